@@ -1,0 +1,1 @@
+"""The driver side: command line, sweep planning, the Ray coordinator."""

@@ -1,0 +1,94 @@
+"""The `actscale` command. Bad input ends with one clear message and a non-zero exit
+(no traceback unless --debug)."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+
+from orchestrator import train_cmd
+from workers.errors import UsageError
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [UsageError]
+    try:
+        from storage.errors import StorageError
+        errors.append(StorageError)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(errors)
+
+
+def cmd_models(args) -> int:
+    from workers.models import REGISTRY
+
+    for name, doc in REGISTRY.items():
+        print(f"{name:<14} {doc}")
+    print("\nAny Hugging Face causal LM works too: a local directory, or a hub id already in the cache "
+          "(offline by default; ACTSCALE_ONLINE=1 allows downloads).")
+    return 0
+
+
+def cmd_tasks(args) -> int:
+    from workers.tasks.base import task_names
+
+    for name, doc in task_names().items():
+        print(f"{name:<14} {doc}")
+    print("\nOr a .jsonl file: one {\"prompt\", \"answer_a\", \"answer_b\", \"template\"} object per line.")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="actscale", description="Activation scaling sweeps on language models.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train", help="run one trial in-process (no Ray) and print its metrics")
+    train_cmd.add_arguments(p)
+    p.set_defaults(func=train_cmd.run)
+    sub.add_parser("models", help="list built-in models").set_defaults(func=cmd_models)
+    sub.add_parser("tasks", help="list built-in tasks").set_defaults(func=cmd_tasks)
+    for register in _extra_commands():
+        register(sub)
+    return parser
+
+
+def _extra_commands():
+    """Sub-commands defined in other modules (sweeps, storage queries, reports)."""
+    out = []
+    for module in ("orchestrator.sweep_cmds", "orchestrator.storage_cmds"):
+        try:
+            mod = __import__(module, fromlist=["register"])
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue
+        out.append(mod.register)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    if not debug:
+        warnings.filterwarnings("ignore")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TQDM_DISABLE", "1")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except _user_errors() as exc:
+        if debug:
+            raise
+        print(f"actscale: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("actscale: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

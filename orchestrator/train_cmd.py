@@ -1,0 +1,107 @@
+"""`actscale train`: one trial in-process, no Ray, printed for a person or as JSON."""
+from __future__ import annotations
+
+import argparse
+import json
+
+import yaml
+
+from workers.errors import UsageError
+from workers.interventions import METHODS
+from workers.sites import SITES
+from workers.tasks.base import TaskSpec
+from workers.unit import Hyper, TrainSettings, UnitSpec
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="built-in name (see `actscale models`), local dir or cached hub id")
+    p.add_argument("--task", required=True, help="built-in task (see `actscale tasks`) or a .jsonl file")
+    p.add_argument("--task-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="task option, value parsed as YAML (e.g. heldout_templates=[long])")
+    p.add_argument("--site", required=True, help=f"one of {', '.join(SITES)}")
+    p.add_argument("--layers", default="all", help="'all' or a comma-separated list such as 0,3,-1")
+    p.add_argument("--method", required=True, help=f"one of {', '.join(METHODS)}")
+    p.add_argument("--lambda-faith", type=float, default=1.0)
+    p.add_argument("--lambda-min", type=float, default=0.01)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0, help="data and batch-order seed")
+    p.add_argument("--filter", default="model_prefers_a", choices=["model_prefers_a", "none"])
+    p.add_argument("--allow-pickle", action="store_true", help="allow loading pickle (.bin) weights")
+    p.add_argument("--top", type=int, default=10, help="how many most-moved scalars to print")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+
+
+def parse_task_options(items: list[str]) -> dict:
+    options = {}
+    for item in items:
+        if "=" not in item:
+            raise UsageError(f"--task-option {item!r}: expected KEY=VALUE")
+        key, value = item.split("=", 1)
+        options[key.strip()] = yaml.safe_load(value)
+    return options
+
+
+def _moved(outcome, method: str, top: int) -> list[dict]:
+    def distance(row):
+        return row["value"] if method == "steervec" else abs(row["value"] - 1)
+    return sorted(outcome.scalars, key=distance, reverse=True)[:top]
+
+
+def run(args: argparse.Namespace) -> int:
+    from workers.models import load_model
+    from workers.prepare import prepare_unit
+    from workers.trainer import train_trials
+
+    if args.steps <= 0 or args.batch_size <= 0 or args.lr <= 0:
+        raise UsageError(f"--steps, --batch-size and --lr must be positive (got {args.steps}, {args.batch_size}, {args.lr})")
+    layers = args.layers if args.layers == "all" else tuple(int(x) for x in _split_layers(args.layers))
+    settings = TrainSettings(steps=args.steps, batch_size=args.batch_size, seed=args.seed, filter=args.filter)
+    spec = UnitSpec(args.model, TaskSpec.make(args.task, parse_task_options(args.task_option)), args.site,
+                    layers, args.method, settings)
+    # validate names before paying for a model load
+    from workers.interventions import check_method
+    from workers.sites import check_site
+    check_site(spec.site)
+    check_method(spec.method)
+    loaded = load_model(args.model, allow_pickle=args.allow_pickle)
+    unit = prepare_unit(loaded, spec)
+    hyper = Hyper(lambda_faith=args.lambda_faith, lambda_min=args.lambda_min, lr=args.lr, seed=args.seed)
+    outcome = train_trials(loaded, unit, [hyper])[0]
+    report = {
+        "unit": spec.describe(), "status": outcome.status, "error": outcome.error,
+        "examples": unit.counts, "base_accuracy": unit.base_accuracy,
+        "val": outcome.metrics.get("val"), "test": outcome.metrics.get("test"),
+        "n_params": outcome.n_params, "n_active": outcome.n_active, "steps": outcome.steps,
+        "wall_s": round(outcome.wall_s, 2), "hyper": hyper.to_dict(),
+        "most_moved": _moved(outcome, spec.method, args.top),
+    }
+    if args.json:
+        print(json.dumps(report))
+    else:
+        _print_text(report)
+    return 0 if outcome.status == "complete" else 1
+
+
+def _split_layers(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UsageError(f"--layers {text!r}: give 'all' or a comma-separated list of integers such as 0,3,-1") from None
+
+
+def _print_text(report: dict) -> None:
+    print(f"unit      {report['unit']}")
+    print(f"status    {report['status']}" + (f" ({report['error']})" if report["error"] else ""))
+    print(f"examples  {report['examples']}  (base accuracy {report['base_accuracy']:.3f})")
+    print(f"params    n_params={report['n_params']}  n_active={report['n_active']}  steps={report['steps']}  "
+          f"wall={report['wall_s']}s")
+    if report["val"]:
+        print(f"{'metric':<12}{'val':>10}{'test':>10}")
+        for name in report["val"]:
+            print(f"{name:<12}{report['val'][name]:>10.4f}{report['test'][name]:>10.4f}")
+    print("most moved:")
+    for row in report["most_moved"]:
+        head = "" if row["head"] is None else f" head {row['head']}"
+        print(f"  layer {row['layer']:>3} pos {row['position']:>3} {row['role']:<10}{head} value {row['value']:.4f}")

@@ -1,0 +1,1 @@
+"""Sweep configuration schema, Optuna search spaces and built-in sweeps."""

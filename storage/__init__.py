@@ -1,0 +1,1 @@
+"""Parquet tables of results: schemas, the atomic writer, DuckDB/pandas queries, reports."""

@@ -1,0 +1,51 @@
+"""Loss terms and metrics against hand-computed values."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from workers.objective import (effectiveness_per_prompt, kl_other_per_prompt, logit_diff,
+                               mass_shift_per_prompt, split_metrics)
+
+A, B = torch.tensor([0, 0]), torch.tensor([1, 1])
+
+
+def test_logit_diff_and_flip_rate():
+    before = torch.tensor([[3.0, 1.0, 0.0, 0.0], [2.0, 0.0, 1.0, 0.0]])
+    after = torch.tensor([[0.0, 1.0, 0.0, 0.0], [2.5, 0.0, 1.0, 0.0]])
+    assert logit_diff(before, A, B).tolist() == [2.0, 2.0]
+    m = split_metrics(before, after, A, B)
+    assert m["flip_rate"].item() == 0.5
+    assert m["ld_after"].item() == (-1.0 + 2.5) / 2
+
+
+def test_kl_other_zero_when_only_answers_change():
+    before = torch.tensor([[3.0, 1.0, 0.5, -1.0, 2.0]])
+    after = before.clone()
+    after[0, 0], after[0, 1] = -4.0, 7.0  # answers move, everything else the same
+    assert kl_other_per_prompt(before, after, A[:1], B[:1]).item() < 1e-6
+    after[0, 2] += 1.0
+    assert kl_other_per_prompt(before, after, A[:1], B[:1]).item() > 1e-3
+
+
+def test_kl_other_matches_definition():
+    before = torch.tensor([[0.2, 0.1, 1.0, 2.0, 3.0]])
+    after = torch.tensor([[5.0, -3.0, 3.0, 1.0, 0.0]])
+    p = torch.softmax(before[0, 2:], 0)
+    q = torch.softmax(after[0, 2:], 0)
+    expected = float((p * (p.log() - q.log())).sum())
+    assert math.isclose(kl_other_per_prompt(before, after, A[:1], B[:1]).item(), expected, rel_tol=1e-5)
+
+
+def test_effectiveness_is_smallest_at_the_exact_swap():
+    ld_before = torch.tensor([2.0])
+    grid = torch.linspace(-6, 6, 241)
+    losses = torch.stack([effectiveness_per_prompt(torch.tensor([x]), ld_before)[0] for x in grid])
+    assert math.isclose(grid[losses.argmin()].item(), -2.0, abs_tol=0.06)
+
+
+def test_mass_shift():
+    before = torch.zeros(1, 4)
+    after = torch.tensor([[10.0, 10.0, 0.0, 0.0]])
+    assert math.isclose(mass_shift_per_prompt(before, after, A[:1], B[:1]).item(), 1.0 - 0.5, abs_tol=1e-3)

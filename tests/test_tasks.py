@@ -1,0 +1,93 @@
+"""Built-in tasks, roles, JSONL loading, filters and splits."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from workers.errors import UsageError
+from workers.prepare import prepare_unit
+from workers.tasks.base import TaskSpec, load_examples, load_jsonl
+from workers.tasks.roles import token_roles, tokenize_examples
+from workers.unit import TrainSettings, UnitSpec
+
+
+def test_ioi_roles_for_a_tokenizer(tiny_models):
+    tok = tiny_models["tiny-gpt2"].tokenizer
+    examples = load_examples(TaskSpec.make("ioi", {"templates": ["when"], "n": 5}), seed=1)
+    kept, dropped = tokenize_examples(examples, tok)
+    assert not dropped
+    roles = kept[0].roles
+    assert roles[:4] == ["When", "IO", "and", "S1"]
+    assert "S2" in roles and roles[-1] == "END"
+    assert tok.decode([kept[0].answer_a_id]) == examples[0].answer_a
+
+
+def test_roles_of_repeated_and_split_words():
+    prompt = "The capital of France is Paris. Q: What is the capital of France? A:"
+    template = "The capital of {COUNTRY} is {CITY}. Q: What is the capital of {COUNTRY_Q}? A:"
+    offsets = [(0, 3), (3, 11), (11, 14), (14, 21), (21, 24), (24, 30), (30, 31), (31, 33), (33, 34),
+               (34, 39), (39, 42), (42, 46), (46, 54), (54, 57), (57, 64), (64, 65), (65, 67), (67, 68)]
+    roles = token_roles(prompt, template, offsets)
+    assert roles[3] == "COUNTRY" and roles[5] == "CITY" and roles[14] == "COUNTRY_Q"
+    assert roles[10] == "is#2" and roles[-1] == "END"
+    assert token_roles("Hello", "Hello", [(0, 0), (0, 3), (3, 5)]) == ["BOS", "Hello", "END"]
+
+
+def test_tasks_are_deterministic():
+    spec = TaskSpec.make("ccc", {"answer": "memory"})
+    assert load_examples(spec, 3) == load_examples(spec, 3)
+    assert load_examples(spec, 3) != load_examples(spec, 4)
+
+
+def test_splits_are_deterministic_and_disjoint(tiny_models):
+    loaded = tiny_models["tiny-llama"]
+    spec = UnitSpec("tiny-llama", TaskSpec.make("ioi"), "mlp_out", "all", "activscalar", TrainSettings(seed=7))
+    one, two = prepare_unit(loaded, spec), prepare_unit(loaded, spec)
+    prompts = {s: [e.example.prompt for e in one.splits[s].examples] for s in one.splits}
+    assert prompts == {s: [e.example.prompt for e in two.splits[s].examples] for s in two.splits}
+    assert not set(prompts["train"]) & set(prompts["test"])
+    c = one.counts
+    assert c["kept_train"] + c["kept_val"] + c["kept_test"] + c["dropped_model_prefers_b"] + \
+        c["dropped_other_length"] + c["dropped_not_single_token_answer"] == c["total"]
+    assert all(ld > 0 for s in one.splits.values() for ld in s.ld.tolist())  # model_prefers_a
+
+
+def test_heldout_template_is_the_test_split(tiny_models):
+    loaded = tiny_models["tiny-neox"]
+    spec = UnitSpec("tiny-neox", TaskSpec.make("ioi", {"heldout_templates": ["long"]}), "mlp_out", "all", "dynscalar")
+    unit = prepare_unit(loaded, spec)
+    assert all(e.example.heldout for e in unit.splits["test"].examples)
+    assert not any(e.example.heldout for e in unit.splits["train"].examples)
+    assert min(e.length for e in unit.splits["test"].examples) > max(e.length for e in unit.splits["train"].examples)
+
+
+def _write(tmp_path, lines):
+    path = tmp_path / "task.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_jsonl_loader(tmp_path):
+    rows = [dict(prompt=f"{c} is in", answer_a=" Italy", answer_b=" France", template="{CITY} is in") for c in ["Rome"] * 3]
+    examples = load_jsonl(_write(tmp_path, [json.dumps(r) for r in rows]))
+    assert len(examples) == 3 and examples[0].answer_a == " Italy"
+
+
+def test_jsonl_errors_name_the_line_and_field(tmp_path):
+    good = json.dumps(dict(prompt="Rome is in", answer_a=" Italy", answer_b=" France", template="x"))
+    with pytest.raises(UsageError, match=r"line 2: missing field\(s\) \['answer_b'\]"):
+        load_jsonl(_write(tmp_path, [good, json.dumps(dict(prompt="p", answer_a="a", template="t"))]))
+    with pytest.raises(UsageError, match="line 1: not valid JSON"):
+        load_jsonl(_write(tmp_path, ["{not json"]))
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b'{"prompt": "\xff\xfe"}\n')
+    with pytest.raises(UsageError, match="not valid UTF-8"):
+        load_jsonl(path)
+
+
+def test_unknown_task_and_option():
+    with pytest.raises(UsageError, match="unknown task 'nope'; accepted: \\['ccc', 'city_country', 'ioi'\\]"):
+        load_examples(TaskSpec.make("nope"), 0)
+    with pytest.raises(UsageError, match="unknown option 'colour'"):
+        load_examples(TaskSpec.make("ioi", {"colour": 1}), 0)

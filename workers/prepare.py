@@ -1,0 +1,135 @@
+"""Turn a unit's task into tokenized, filtered, split tensors with unintervened logits.
+
+Filters, in order, each with its dropped count: answers that are not single tokens; prompts
+of another token length (methods with per-position parameters); prompts where the
+unintervened model does not rank answer a above b (`filter: model_prefers_a`).
+"""
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+
+import torch
+
+from workers.errors import UsageError
+from workers.forward import last_token_logits, pad_batch
+from workers.interventions import FIXED_LENGTH_METHODS, check_method
+from workers.models import LoadedModel
+from workers.objective import logit_diff
+from workers.sites import check_site, resolve_layers
+from workers.tasks.base import examples_hash, load_examples
+from workers.tasks.roles import TokenizedExample, tokenize_examples
+from workers.unit import UnitSpec
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class SplitData:
+    examples: list[TokenizedExample]
+    ids: torch.Tensor  # [N, T] right-padded
+    lengths: torch.Tensor  # [N]
+    a_ids: torch.Tensor
+    b_ids: torch.Tensor
+    logits: torch.Tensor  # [N, V] unintervened, last position
+
+    @property
+    def ld(self) -> torch.Tensor:
+        return logit_diff(self.logits, self.a_ids, self.b_ids)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+
+@dataclass
+class PreparedUnit:
+    spec: UnitSpec
+    layers: list[int]
+    n_positions: int | None  # the one token length (fixed-length methods), else None
+    splits: dict[str, SplitData]
+    counts: dict[str, int] = field(default_factory=dict)
+    task_hash: str = ""
+    base_accuracy: float = 0.0  # share of prompts the model ranks a above b, before that filter
+    mean_ld: float = 0.0
+
+    def roles_at(self, split: str = "test") -> list[str]:
+        """Roles by position, from the longest prompt of the split."""
+        longest = max(self.splits[split].examples, key=lambda e: e.length)
+        return longest.roles
+
+
+def _logits_in_chunks(loaded: LoadedModel, ids, lengths, chunk: int) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([last_token_logits(loaded, ids[i:i + chunk], lengths[i:i + chunk]).cpu()
+                          for i in range(0, ids.shape[0], chunk)])
+
+
+def _split_data(loaded: LoadedModel, examples: list[TokenizedExample], logits: torch.Tensor) -> SplitData:
+    ids, lengths = pad_batch([e.input_ids for e in examples], loaded.tokenizer.pad_token_id)
+    return SplitData(examples, ids, lengths, torch.tensor([e.answer_a_id for e in examples]),
+                     torch.tensor([e.answer_b_id for e in examples]), logits)
+
+
+def prepare_unit(loaded: LoadedModel, spec: UnitSpec) -> PreparedUnit:
+    check_site(spec.site)
+    check_method(spec.method)
+    layers = resolve_layers(loaded.model, list(spec.layers) if not isinstance(spec.layers, str) else spec.layers)
+    settings = spec.settings
+    raw = load_examples(spec.task, settings.seed)
+    counts: dict[str, int] = {"total": len(raw)}
+    tokenized, multi = tokenize_examples(raw, loaded.tokenizer)
+    counts["dropped_not_single_token_answer"] = len(multi)
+    if not tokenized:
+        example = multi[0]
+        raise UsageError(f"task {spec.task.name!r}: no example has single-token answers for model {spec.model!r} "
+                         f"(e.g. {example.answer_a!r} / {example.answer_b!r}); answers must be one token each")
+    max_len = getattr(loaded.model.config, "max_position_embeddings", None) or getattr(loaded.model.config, "n_positions", None)
+    too_long = [e for e in tokenized if max_len and e.length > max_len]
+    if too_long:
+        raise UsageError(f"task {spec.task.name!r}: a prompt has {too_long[0].length} tokens, more than model "
+                         f"{spec.model!r} accepts ({max_len}); shorten the prompts")
+    n_positions = None
+    if spec.method in FIXED_LENGTH_METHODS:
+        by_length = Counter(e.length for e in tokenized if not e.example.heldout)
+        by_length = by_length or Counter(e.length for e in tokenized)
+        n_positions, n_modal = by_length.most_common(1)[0]
+        if n_modal * 2 <= sum(by_length.values()):
+            raise UsageError(
+                f"method {spec.method!r} needs prompts of one token length (one parameter per position), but "
+                f"task {spec.task.name!r} has prompts of lengths {dict(sorted(by_length.items()))} (length: count) "
+                f"for model {spec.model!r}; use method 'dynscalar', or a task/template set of one length")
+        kept = [e for e in tokenized if e.length == n_positions]
+        counts["dropped_other_length"] = len(tokenized) - len(kept)
+        tokenized = kept
+    all_ids, all_lengths = pad_batch([e.input_ids for e in tokenized], loaded.tokenizer.pad_token_id)
+    logits = _logits_in_chunks(loaded, all_ids, all_lengths, settings.eval_batch)
+    ld = logit_diff(logits, torch.tensor([e.answer_a_id for e in tokenized]), torch.tensor([e.answer_b_id for e in tokenized]))
+    base_accuracy = float((ld > 0).float().mean())
+    mean_ld = float(ld.mean())
+    if settings.filter == "model_prefers_a":
+        keep = (ld > 0).tolist()
+    elif settings.filter == "none":
+        keep = [True] * len(tokenized)
+    else:
+        raise UsageError(f"filter={settings.filter!r}; accepted: 'model_prefers_a' or 'none'")
+    counts["dropped_model_prefers_b"] = keep.count(False)
+    indices = [i for i, k in enumerate(keep) if k]
+    heldout = [i for i in indices if tokenized[i].example.heldout]
+    regular = [i for i in indices if not tokenized[i].example.heldout]
+    random.Random(settings.seed).shuffle(regular)
+    f_train, f_val, f_test = settings.split
+    if heldout:
+        n_train = round(len(regular) * f_train / (f_train + f_val))
+        parts = {"train": regular[:n_train], "val": regular[n_train:], "test": heldout}
+    else:
+        n_train = round(len(regular) * f_train)
+        n_val = round(len(regular) * f_val)
+        parts = {"train": regular[:n_train], "val": regular[n_train:n_train + n_val], "test": regular[n_train + n_val:]}
+    for name, idx in parts.items():
+        counts[f"kept_{name}"] = len(idx)
+        if not idx:
+            raise UsageError(f"unit {spec.describe()}: no {name} examples left after filtering ({counts}); "
+                             "use more examples (task option n), filter: none, or another model")
+    splits = {name: _split_data(loaded, [tokenized[i] for i in idx], logits[idx]) for name, idx in parts.items()}
+    return PreparedUnit(spec, layers, n_positions, splits, counts, examples_hash(raw), base_accuracy, mean_ld)

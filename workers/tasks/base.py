@@ -1,0 +1,96 @@
+"""Examples, task lookup (built-in name or JSONL path) and the task-data hash."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from workers.errors import UsageError
+
+REQUIRED_FIELDS = ("prompt", "answer_a", "answer_b", "template")
+
+
+@dataclass(frozen=True)
+class Example:
+    """One prompt; answer_a is the answer the model is expected to give, answer_b the alternative."""
+
+    prompt: str
+    answer_a: str
+    answer_b: str
+    template: str
+    heldout: bool = False  # only for the test split (e.g. a held-out template)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str  # a built-in name or a path to a .jsonl file
+    options: tuple = ()  # sorted (key, value) pairs, hashable
+
+    @classmethod
+    def make(cls, name: str, options: dict | None = None) -> "TaskSpec":
+        return cls(name, tuple(sorted((options or {}).items(), key=lambda kv: kv[0])))
+
+    @property
+    def options_dict(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.options}
+
+
+def task_names() -> dict[str, str]:
+    from workers.tasks.builtin import BUILTIN_TASKS
+
+    return {name: doc for name, (_, doc) in BUILTIN_TASKS.items()}
+
+
+def load_jsonl(path: Path) -> list[Example]:
+    """Read a user task: one JSON object per line with prompt, answer_a, answer_b, template."""
+    if not path.is_file():
+        raise UsageError(f"task file {path} does not exist")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"task file {path}: not valid UTF-8 at byte {exc.start}; save it as UTF-8") from exc
+    examples = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"task file {path} line {number}: not valid JSON ({exc.msg}); "
+                             "each line must be one JSON object") from exc
+        if not isinstance(record, dict):
+            raise UsageError(f"task file {path} line {number}: expected a JSON object, got {type(record).__name__}")
+        missing = [f for f in REQUIRED_FIELDS if f not in record]
+        if missing:
+            raise UsageError(f"task file {path} line {number}: missing field(s) {missing}; each line needs "
+                             f"{list(REQUIRED_FIELDS)} (optional: heldout)")
+        bad = [f for f in REQUIRED_FIELDS if not isinstance(record[f], str) or not record[f]]
+        if bad:
+            raise UsageError(f"task file {path} line {number}: field(s) {bad} must be non-empty strings")
+        examples.append(Example(prompt=record["prompt"], answer_a=record["answer_a"], answer_b=record["answer_b"],
+                                template=record["template"], heldout=bool(record.get("heldout", False))))
+    if not examples:
+        raise UsageError(f"task file {path} holds no examples")
+    return examples
+
+
+def load_examples(spec: TaskSpec, seed: int) -> list[Example]:
+    """All examples of a task, before any tokenizer-dependent filtering."""
+    from workers.tasks.builtin import BUILTIN_TASKS
+
+    if spec.name in BUILTIN_TASKS:
+        return BUILTIN_TASKS[spec.name][0](spec.options_dict, seed)
+    if spec.name.endswith(".jsonl") or Path(spec.name).exists():
+        if spec.options:
+            raise UsageError(f"task file {spec.name} takes no options, got {spec.options_dict}")
+        return load_jsonl(Path(spec.name))
+    raise UsageError(f"unknown task {spec.name!r}; accepted: {sorted(BUILTIN_TASKS)} or a path to a .jsonl file")
+
+
+def examples_hash(examples: list[Example]) -> str:
+    """Content hash of a task's data, so that a changed task file is noticed."""
+    h = hashlib.sha256()
+    for e in examples:
+        h.update(json.dumps(asdict(e), sort_keys=True).encode())
+    return h.hexdigest()[:16]

@@ -1,0 +1,264 @@
+"""Train K trials of one unit in one batched forward and score them on val and test.
+
+Each trial has its own parameters, optimizer, learning rate, regularisation weights,
+step count and batch order, so a batched run gives the same results as running the
+trials one by one; the forward just sees a batch of K x B prompts.
+"""
+from __future__ import annotations
+
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+
+from workers.forward import attention_mask, last_token_logits
+from workers.interventions import DynScalar, Intervention, build_intervention, installed
+from workers.models import LoadedModel
+from workers.objective import kl_other_per_prompt, logit_diff, mass_shift_per_prompt, objective
+from workers.prepare import PreparedUnit, SplitData
+from workers.sites import SiteRef, resolve_site
+from workers.unit import Hyper
+
+METRIC_NAMES = ("flip_rate", "ld_before", "ld_after", "kl_other", "mass_shift", "l1")
+
+
+@dataclass
+class TrialOutcome:
+    hyper: Hyper
+    status: str = "complete"  # complete | failed
+    error: str | None = None
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # split -> name -> value
+    n_params: int = 0
+    n_active: int = 0
+    steps: int = 0
+    wall_s: float = 0.0
+    tokens_per_s: float = 0.0
+    scalars: list[dict] = field(default_factory=list)  # layer, position, role, head, value
+    predictions: list[dict] = field(default_factory=list)  # per test prompt
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)  # learned parameters
+
+
+def site_norms(loaded: LoadedModel, refs: list[SiteRef], split: SplitData, chunk: int) -> torch.Tensor:
+    """Mean |h| per (layer, position) at the site over a split's prompts: [L, T]."""
+    sums = [0.0] * len(refs)
+
+    def recorder(index: int, on_input: bool):
+        def hook(module, args, output=None):
+            h = args[0] if on_input else (output[0] if isinstance(output, tuple) else output)
+            sums[index] = sums[index] + h.detach().float().norm(dim=-1).sum(0).cpu()
+        return hook
+
+    handles = []
+    for i, ref in enumerate(refs):
+        if ref.hook_on_input:
+            handles.append(ref.module.register_forward_pre_hook(recorder(i, True)))
+        else:
+            handles.append(ref.module.register_forward_hook(recorder(i, False)))
+    try:
+        with torch.no_grad():
+            for i in range(0, len(split), chunk):
+                last_token_logits(loaded, split.ids[i:i + chunk], split.lengths[i:i + chunk])
+    finally:
+        for h in handles:
+            h.remove()
+    return torch.stack(sums) / len(split)
+
+
+class _Batches:
+    """Per-trial shuffled epochs over the train split, from the trial's own seed."""
+
+    def __init__(self, n: int, batch: int, seed: int):
+        self.n, self.batch = n, min(batch, n)
+        self.gen = torch.Generator().manual_seed(seed)
+        self.order = torch.randperm(n, generator=self.gen)
+        self.pos = 0
+
+    def next(self) -> torch.Tensor:
+        if self.pos + self.batch > self.n:
+            self.order = torch.randperm(self.n, generator=self.gen)
+            self.pos = 0
+        out = self.order[self.pos:self.pos + self.batch]
+        self.pos += self.batch
+        return out
+
+
+def _forward(loaded: LoadedModel, intervention: Intervention, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    intervention.token_mask = attention_mask(ids, lengths).to(loaded.device)
+    return last_token_logits(loaded, ids, lengths)
+
+
+def _train_group(loaded: LoadedModel, unit: PreparedUnit, hypers: list[Hyper], refs: list[SiteRef],
+                 outcomes: list[TrialOutcome]) -> Intervention:
+    """Train trials that share a batch size together; fills steps/status of `outcomes`."""
+    k = len(hypers)
+    train = unit.splits["train"]
+    intervention = build_intervention(unit.spec.method, refs, k, unit.n_positions).to(loaded.device)
+    optimizers = [torch.optim.Adam(intervention.trial_parameters(i), lr=h.lr) for i, h in enumerate(hypers)]
+    steps = [h.steps or unit.spec.settings.steps for h in hypers]
+    batch = hypers[0].batch_size or unit.spec.settings.batch_size
+    batches = [_Batches(len(train), batch, h.seed) for h in hypers]
+    lam_f = torch.tensor([h.lambda_faith for h in hypers], device=loaded.device)
+    lam_m = torch.tensor([h.lambda_min for h in hypers], device=loaded.device)
+    active = [True] * k
+    tokens = 0
+    with installed(intervention):
+        for step in range(max(steps)):
+            for i in range(k):
+                if active[i] and step >= steps[i]:
+                    active[i] = False
+            if not any(active):
+                break
+            idx = torch.stack([b.next() for b in batches])  # [K, B]
+            flat = idx.flatten()
+            lengths = train.lengths[flat]
+            ids = train.ids[flat][:, : int(lengths.max())]
+            logits = _forward(loaded, intervention, ids, lengths).reshape(k, idx.shape[1], -1)
+            before = train.logits[idx].to(loaded.device)
+            a, b = train.a_ids[idx].to(loaded.device), train.b_ids[idx].to(loaded.device)
+            loss, _ = objective(before, logits, a, b, intervention.minimality(), lam_f, lam_m)
+            mask = torch.tensor(active, device=loaded.device, dtype=loss.dtype)
+            for i in range(k):
+                if active[i] and not math.isfinite(float(loss[i].detach())):
+                    active[i] = False
+                    mask[i] = 0
+                    outcomes[i].status, outcomes[i].error = "failed", f"loss is not finite ({float(loss[i])}) at step {step}"
+            for opt in optimizers:
+                opt.zero_grad(set_to_none=True)
+            (torch.nan_to_num(loss) * mask).sum().backward()
+            for i, opt in enumerate(optimizers):
+                if active[i]:
+                    opt.step()
+                    outcomes[i].steps = step + 1
+            tokens += int(lengths.sum())
+    for o in outcomes:
+        o.tokens_per_s = tokens  # total; divided by wall time by the caller
+    return intervention
+
+
+def _evaluate(loaded: LoadedModel, unit: PreparedUnit, intervention: Intervention, split: SplitData,
+              record: bool) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Per-trial metrics [K] and per-prompt ld_after [K, N] on a split."""
+    k = intervention.n_trials
+    chunk = max(1, unit.spec.settings.eval_batch // k)
+    ld_after, kl, mass, l1 = [], [], [], torch.zeros(k)
+    dyn = isinstance(intervention, DynScalar)
+    if dyn:
+        intervention.record = {}
+        intervention.record_alpha = {} if record else None
+    with torch.no_grad(), installed(intervention):
+        for i in range(0, len(split), chunk):
+            sl = slice(i, i + chunk)
+            n = split.ids[sl].shape[0]
+            lengths = split.lengths[sl].repeat(k)
+            ids = split.ids[sl].repeat(k, 1)[:, : int(lengths.max())]
+            after = _forward(loaded, intervention, ids, lengths).reshape(k, n, -1).cpu()
+            before = split.logits[sl].expand(k, -1, -1)
+            a, b = split.a_ids[sl].expand(k, -1), split.b_ids[sl].expand(k, -1)
+            ld_after.append(logit_diff(after, a, b))
+            kl.append(kl_other_per_prompt(before, after, a, b))
+            mass.append(mass_shift_per_prompt(before, after, a, b))
+            if dyn:
+                l1 += intervention.minimality().cpu() * n / len(split)
+    ld_after_t = torch.cat(ld_after, dim=1)
+    if not dyn:
+        l1 = intervention.minimality().detach().cpu()
+    metrics = {
+        "flip_rate": (ld_after_t < 0).float().mean(1),
+        "ld_before": split.ld.mean().expand(k),
+        "ld_after": ld_after_t.mean(1),
+        "kl_other": torch.cat(kl, dim=1).mean(1),
+        "mass_shift": torch.cat(mass, dim=1).mean(1),
+        "l1": l1,
+    }
+    return metrics, ld_after_t
+
+
+def _n_active(unit: PreparedUnit, intervention: Intervention, norms: torch.Tensor | None, val_tokens: int) -> list[int]:
+    s = unit.spec.settings
+    out = []
+    for i in range(intervention.n_trials):
+        if intervention.method == "activscalar":
+            out.append(int(((intervention.alphas[i].detach() - 1).abs() > s.active_threshold).sum()))
+        elif intervention.method == "steervec":
+            v = intervention.vectors[i].detach().cpu().norm(dim=-1)  # [L, T]
+            out.append(int((v > s.steer_threshold * norms).sum()))
+        else:
+            # DynScalar: a (layer[, head]) is active when its mean |alpha-1| over val tokens is above threshold
+            per_layer = torch.stack([intervention.record[j][i] for j in range(len(intervention.refs))]).cpu()
+            out.append(int((per_layer / val_tokens > s.active_threshold).sum()))
+    return out
+
+
+def _scalar_rows(unit: PreparedUnit, intervention: Intervention, trial: int) -> list[dict]:
+    """The learned values in long form: one row per (layer, position[, head])."""
+    roles = unit.roles_at("test")
+    if intervention.method == "activscalar":
+        values = intervention.alphas[trial].detach().cpu()  # [L, T(, H)]
+    elif intervention.method == "steervec":
+        v = intervention.vectors[trial].detach().cpu()
+        h = intervention.n_heads
+        values = v.reshape(v.shape[0], v.shape[1], h, -1).norm(dim=-1) if h else v.norm(dim=-1)
+    else:
+        values = torch.stack([(s[trial] / c[trial].clamp_min(1)) for s, c in
+                              (intervention.record_alpha[j] for j in range(len(intervention.refs)))]).cpu()
+    rows = []
+    for li, layer in enumerate(unit.layers):
+        for pos in range(values.shape[1]):
+            role = roles[pos] if pos < len(roles) else f"pos{pos}"
+            if values.dim() == 3:
+                rows += [dict(layer=layer, position=pos, role=role, head=h, value=float(values[li, pos, h]))
+                         for h in range(values.shape[2])]
+            else:
+                rows.append(dict(layer=layer, position=pos, role=role, head=None, value=float(values[li, pos])))
+    return rows
+
+
+def train_trials(loaded: LoadedModel, unit: PreparedUnit, hypers: list[Hyper]) -> list[TrialOutcome]:
+    """Train and score trials of one unit; trials with equal batch sizes share one batched forward."""
+    outcomes: list[TrialOutcome] = [TrialOutcome(h) for h in hypers]
+    groups: dict[int, list[int]] = {}
+    for i, h in enumerate(hypers):
+        groups.setdefault(h.batch_size or unit.spec.settings.batch_size, []).append(i)
+    refs = resolve_site(loaded.model, unit.spec.site, unit.layers)
+    norms = None
+    if unit.spec.method == "steervec":
+        norms = site_norms(loaded, refs, unit.splits["train"], unit.spec.settings.eval_batch)
+    for members in groups.values():
+        start = time.perf_counter()
+        group = [outcomes[i] for i in members]
+        try:
+            intervention = _train_group(loaded, unit, [hypers[i] for i in members], refs, group)
+            evals = {}
+            for split in ("val", "test"):
+                evals[split] = _evaluate(loaded, unit, intervention, unit.splits[split], record=split == "test")
+                if split == "val" and isinstance(intervention, DynScalar):
+                    val_record = intervention.record
+            if isinstance(intervention, DynScalar):
+                intervention.record = val_record
+            val_tokens = int(unit.splits["val"].lengths.sum())
+            active = _n_active(unit, intervention, norms, val_tokens)
+        except torch.OutOfMemoryError as exc:
+            for o in group:
+                o.status, o.error = "failed", f"out of memory: {str(exc).splitlines()[0]}"
+            continue
+        wall = time.perf_counter() - start
+        test_split = unit.splits["test"]
+        for j, o in enumerate(group):
+            o.metrics = {split: {name: float(evals[split][0][name][j]) for name in METRIC_NAMES}
+                         for split in ("val", "test")}
+            o.n_params = intervention.n_params
+            o.n_active = active[j]
+            o.wall_s = wall / len(group)
+            o.tokens_per_s = o.tokens_per_s / wall if wall > 0 else 0.0
+            o.scalars = _scalar_rows(unit, intervention, j)
+            ld_after = evals["test"][1][j]
+            ld_before = test_split.ld
+            o.predictions = [dict(index=n, ld_before=float(ld_before[n]), ld_after=float(ld_after[n]),
+                                  flipped=bool(ld_after[n] < 0)) for n in range(len(test_split))]
+            o.tensors = {name: p.detach().cpu().clone() for name, p in
+                         zip(("param", "bias"), intervention.trial_parameters(j))}
+            if o.status == "complete" and not all(math.isfinite(v) for m in o.metrics.values() for v in m.values()):
+                o.status, o.error = "failed", "a metric is not finite"
+    return outcomes

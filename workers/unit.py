@@ -1,0 +1,55 @@
+"""What one unit is (model, task, site, layers, method) and the settings it trains under."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from workers.tasks.base import TaskSpec
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Settings shared by every trial of a unit (part of the unit's identity)."""
+
+    steps: int = 60
+    batch_size: int = 32
+    seed: int = 0  # data seed: task generation and splits
+    split: tuple[float, float, float] = (0.5, 0.25, 0.25)
+    filter: str = "model_prefers_a"  # or "none"
+    active_threshold: float = 0.1  # ActivScalar/DynScalar: |alpha-1| above this counts as active
+    steer_threshold: float = 0.1  # SteerVec: |v| above this times mean |h| at that site counts as active
+    eval_batch: int = 64
+    prefix_cache: bool = True
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["split"] = list(self.split)
+        return d
+
+
+@dataclass(frozen=True)
+class UnitSpec:
+    model: str
+    task: TaskSpec
+    site: str
+    layers: tuple[int, ...] | str  # "all" or explicit layer indices
+    method: str
+    settings: TrainSettings = field(default_factory=TrainSettings)
+
+    def describe(self) -> str:
+        layers = self.layers if isinstance(self.layers, str) else ",".join(map(str, self.layers))
+        return f"{self.model}/{self.task.name}/{self.site}/L[{layers}]/{self.method}"
+
+
+@dataclass(frozen=True)
+class Hyper:
+    """Per-trial hyper-parameters (what Optuna searches)."""
+
+    lambda_faith: float = 1.0
+    lambda_min: float = 0.01
+    lr: float = 0.05
+    steps: int | None = None  # None: the unit's settings.steps
+    batch_size: int | None = None
+    seed: int = 0  # batch order
+
+    def to_dict(self) -> dict:
+        return asdict(self)
