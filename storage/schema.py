@@ -1,0 +1,68 @@
+"""Explicit Arrow schemas of the result tables (DESIGN.md, Tables).
+
+Every part file carries `actscale.table` and `actscale.schema_version` in its Parquet
+metadata; readers accept SCHEMA_VERSION and refuse anything else by name.
+"""
+from __future__ import annotations
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+META_TABLE = b"actscale.table"
+META_VERSION = b"actscale.schema_version"
+SPLITS_REPORTED = ("val", "test")
+METRICS = ("flip_rate", "ld_before", "ld_after", "kl_other", "mass_shift", "l1")
+HYPER_PARAMS = ("lambda_faith", "lambda_min", "lr", "steps", "batch_size", "seed")
+
+_ts = pa.timestamp("us", tz="UTC")
+
+RUNS = pa.schema([
+    ("run_id", pa.string()), ("created_at", _ts), ("config_yaml", pa.string()),
+    ("package_version", pa.string()), ("git_revision", pa.string()), ("host", pa.string()),
+])
+
+UNITS = pa.schema([
+    ("unit_id", pa.string()), ("run_id", pa.string()), ("model", pa.string()), ("model_revision", pa.string()),
+    ("n_layers", pa.int32()), ("d_model", pa.int32()), ("task", pa.string()), ("task_options", pa.string()),
+    ("task_hash", pa.string()), ("site", pa.string()), ("layers", pa.list_(pa.int32())), ("method", pa.string()),
+    ("settings", pa.string()), ("n_train", pa.int32()), ("n_val", pa.int32()), ("n_test", pa.int32()),
+    ("counts", pa.string()), ("base_accuracy", pa.float64()), ("mean_ld", pa.float64()),
+])
+
+TRIALS = pa.schema(
+    [("trial_id", pa.string()), ("unit_id", pa.string()), ("run_id", pa.string()), ("trial_number", pa.int32()),
+     ("status", pa.string()), ("error", pa.string())]
+    + [(name, pa.float64() if name in ("lambda_faith", "lambda_min", "lr") else pa.int32()) for name in HYPER_PARAMS]
+    + [(f"{split}_{metric}", pa.float64()) for split in SPLITS_REPORTED for metric in METRICS]
+    + [("n_params", pa.int64()), ("n_active", pa.int64()), ("steps_done", pa.int32()), ("wall_s", pa.float64()),
+       ("tokens_per_s", pa.float64()), ("worker_node", pa.string()), ("started_at", _ts), ("ended_at", _ts)]
+)
+
+SCALARS = pa.schema([
+    ("trial_id", pa.string()), ("unit_id", pa.string()), ("model", pa.string()), ("task", pa.string()),
+    ("site", pa.string()), ("method", pa.string()), ("layer", pa.int32()), ("rel_depth", pa.float64()),
+    ("position", pa.int32()), ("role", pa.string()), ("head", pa.int32()), ("value", pa.float64()),
+])
+
+EXAMPLES = pa.schema([
+    ("unit_id", pa.string()), ("split", pa.string()), ("index", pa.int32()), ("prompt", pa.string()),
+    ("answer_a", pa.string()), ("answer_b", pa.string()), ("template", pa.string()),
+    ("roles", pa.list_(pa.string())), ("ld_before", pa.float64()),
+])
+
+PREDICTIONS = pa.schema([
+    ("trial_id", pa.string()), ("unit_id", pa.string()), ("index", pa.int32()),
+    ("ld_before", pa.float64()), ("ld_after", pa.float64()), ("flipped", pa.bool_()),
+])
+
+SCHEMAS: dict[str, pa.Schema] = {
+    "runs": RUNS, "units": UNITS, "trials": TRIALS, "scalars": SCALARS,
+    "examples": EXAMPLES, "predictions": PREDICTIONS,
+}
+
+
+def schema_for(table: str) -> pa.Schema:
+    """The table's schema with its version metadata attached."""
+    if table not in SCHEMAS:
+        raise KeyError(f"unknown table {table!r}; tables: {', '.join(SCHEMAS)}")
+    return SCHEMAS[table].with_metadata({META_TABLE: table.encode(), META_VERSION: str(SCHEMA_VERSION).encode()})

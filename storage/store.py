@@ -1,0 +1,183 @@
+"""RunStore: atomic, batched Parquet part files per table, and readers that refuse bad files.
+
+Layout: RUN_DIR/tables/<table>/part-<ns>-<pid>-<seq>.parquet. A part is written under a
+temporary name, fsynced, then renamed, so readers (and DuckDB globs over part-*.parquet)
+never see a torn file; leftovers of a crash are removed when a store is opened.
+Appends are buffered and flushed as one part per table when `flush_rows` rows are waiting
+or the oldest waiting row is `flush_seconds` old (`flush_if_due`, called by the writer's loop).
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from storage.errors import StorageError
+from storage.schema import META_TABLE, META_VERSION, SCHEMA_VERSION, SCHEMAS, schema_for
+
+TMP_PREFIX = ".tmp-"
+
+
+def table_dir(run_dir: Path, table: str) -> Path:
+    return Path(run_dir) / "tables" / table
+
+
+def part_files(run_dir: Path, table: str) -> list[Path]:
+    return sorted(table_dir(run_dir, table).glob("part-*.parquet"))
+
+
+def check_part(path: Path, table: str) -> str | None:
+    """None if `path` is a readable actscale part of `table`, else why it is refused."""
+    try:
+        meta = pq.read_schema(path).metadata or {}
+    except Exception as exc:  # pyarrow raises several types for corrupt files
+        return f"{path}: not a readable Parquet file ({type(exc).__name__}: {str(exc)[:120]})"
+    if META_VERSION not in meta:
+        return f"{path}: not an actscale part file (no {META_VERSION.decode()} metadata); move it out of {path.parent}"
+    version = meta[META_VERSION].decode()
+    if version != str(SCHEMA_VERSION):
+        return (f"{path}: schema version {version} is not supported (this actscale reads version {SCHEMA_VERSION}); "
+                "upgrade actscale or move the file away")
+    if meta.get(META_TABLE, b"").decode() != table:
+        return f"{path}: holds table {meta.get(META_TABLE, b'?').decode()!r}, not {table!r}"
+    return None
+
+
+@dataclass
+class ReadResult:
+    table: pa.Table
+    files: list[Path]
+    problems: list[str] = field(default_factory=list)
+
+
+def valid_parts(run_dirs: list[Path] | Path, table: str) -> tuple[list[Path], list[str]]:
+    """The part files of `table` that can be read, and why each other file is refused."""
+    if table not in SCHEMAS:
+        raise StorageError(f"unknown table {table!r}; tables: {', '.join(SCHEMAS)}")
+    dirs = [run_dirs] if isinstance(run_dirs, (str, Path)) else run_dirs
+    files, problems = [], []
+    for run_dir in dirs:
+        for path in part_files(Path(run_dir), table):
+            problem = check_part(path, table)
+            (files.append(path) if problem is None else problems.append(problem))
+    return files, problems
+
+
+def read_table(run_dirs: list[Path] | Path, table: str) -> ReadResult:
+    """Every good part of `table` across run directories; bad files are listed, not read."""
+    candidates, problems = valid_parts(run_dirs, table)
+    parts, files = [], []
+    for path in candidates:
+        try:
+            parts.append(pq.read_table(path, schema=schema_for(table)))
+            files.append(path)
+        except Exception as exc:
+            problems.append(f"{path}: unreadable ({type(exc).__name__}: {str(exc)[:120]})")
+    data = pa.concat_tables(parts) if parts else schema_for(table).empty_table()
+    return ReadResult(data, files, problems)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class RunStore:
+    """The only writer of a run directory's tables (one per process)."""
+
+    def __init__(self, run_dir: Path | str, flush_rows: int = 100, flush_seconds: float = 5.0):
+        self.run_dir = Path(run_dir)
+        self.flush_rows = flush_rows
+        self.flush_seconds = flush_seconds
+        self._buffers: dict[str, list[dict]] = {t: [] for t in SCHEMAS}
+        self._oldest: float | None = None
+        self._seq = 0
+        self._lock = threading.Lock()
+        for table in SCHEMAS:
+            directory = table_dir(self.run_dir, table)
+            directory.mkdir(parents=True, exist_ok=True)
+            for leftover in directory.glob(TMP_PREFIX + "*"):
+                leftover.unlink(missing_ok=True)
+
+    # ------------------------------------------------------------ writing
+    def append(self, table: str, rows: list[dict]) -> bool:
+        """Buffer rows; returns True if this call flushed (the rows are then durable)."""
+        if table not in SCHEMAS:
+            raise StorageError(f"unknown table {table!r}; tables: {', '.join(SCHEMAS)}")
+        with self._lock:
+            self._buffers[table].extend(rows)
+            if self._oldest is None and rows:
+                self._oldest = time.monotonic()
+        return self.flush_if_due()
+
+    def pending_rows(self) -> int:
+        return sum(len(b) for b in self._buffers.values())
+
+    def flush_if_due(self) -> bool:
+        due = self.pending_rows() >= self.flush_rows or (
+            self._oldest is not None and time.monotonic() - self._oldest >= self.flush_seconds)
+        if due:
+            self.flush()
+        return due
+
+    def flush(self) -> list[Path]:
+        """Write every buffered row now: one part file per table that has rows."""
+        written = []
+        with self._lock:
+            for table, rows in self._buffers.items():
+                if rows:
+                    written.append(self._write_part(table, rows))
+                    self._buffers[table] = []
+            self._oldest = None
+        return written
+
+    def write_now(self, table: str, rows: list[dict]) -> Path:
+        """Write one part immediately (e.g. the run and unit records)."""
+        with self._lock:
+            return self._write_part(table, rows)
+
+    def _write_part(self, table: str, rows: list[dict]) -> Path:
+        schema = schema_for(table)
+        try:
+            data = pa.Table.from_pylist(rows, schema=schema)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, KeyError) as exc:
+            raise StorageError(f"rows for table {table!r} do not fit its schema: {exc}") from exc
+        directory = table_dir(self.run_dir, table)
+        self._seq += 1
+        name = f"part-{time.time_ns():020d}-{os.getpid()}-{self._seq:06d}.parquet"
+        tmp = directory / f"{TMP_PREFIX}{name}"
+        final = directory / name
+        try:
+            with open(tmp, "wb") as fh:
+                pq.write_table(data, fh, compression="zstd")
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.rename(tmp, final)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise StorageError(f"could not write a {table!r} part in {directory} ({exc.strerror or exc}); "
+                               "the rows are kept in memory: free space and flush again, or run the same "
+                               "command again later to resume") from exc
+        _fsync_dir(directory)
+        return final
+
+    def close(self) -> None:
+        self.flush()
+
+    # ------------------------------------------------------------ reading
+    def read(self, table: str) -> ReadResult:
+        return read_table(self.run_dir, table)
+
+    def completed_trial_ids(self) -> set[str]:
+        trials = self.read("trials").table
+        ids = trials.column("trial_id").to_pylist()
+        status = trials.column("status").to_pylist()
+        return {i for i, s in zip(ids, status) if s == "complete"}
