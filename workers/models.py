@@ -230,6 +230,20 @@ def load_model(name: str, *, seed: int = 0, allow_pickle: bool = False, device: 
                        load_seconds=time.perf_counter() - start)
 
 
+def layer_count(name: str) -> int:
+    """Number of decoder layers without loading weights (for planning `layers: each`)."""
+    if name in TINY_KINDS:
+        return int(_tiny_config(TINY_KINDS[name], 8).num_hidden_layers)
+    source = str(embedded_model_dir()) if name == "smollm2-135m" else name
+    try:
+        config = AutoConfig.from_pretrained(source, trust_remote_code=False,
+                                            local_files_only=os.environ.get("ACTSCALE_ONLINE", "") != "1")
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"unknown model {name!r}: not a built-in name ({', '.join(REGISTRY)}), not a local "
+                         f"directory, and not in the Hugging Face cache (offline by default)") from exc
+    return int(config.num_hidden_layers)
+
+
 def _config_hash(model: PreTrainedModel) -> str:
     return hashlib.sha256(model.config.to_json_string().encode()).hexdigest()[:16]
 

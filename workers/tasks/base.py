@@ -29,7 +29,8 @@ class TaskSpec:
 
     @classmethod
     def make(cls, name: str, options: dict | None = None) -> "TaskSpec":
-        return cls(name, tuple(sorted((options or {}).items(), key=lambda kv: kv[0])))
+        frozen = {k: tuple(v) if isinstance(v, list) else v for k, v in (options or {}).items()}
+        return cls(name, tuple(sorted(frozen.items(), key=lambda kv: kv[0])))
 
     @property
     def options_dict(self) -> dict:

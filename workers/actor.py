@@ -1,0 +1,82 @@
+"""WorkerActor: a Ray actor that loads one model once and serves trial batches of its units.
+
+It returns small, plain results (metrics, learned values, per-prompt predictions); the
+coordinator is the only writer of results.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import socket
+
+from workers.models import load_model
+from workers.prepare import PreparedUnit, prepare_unit
+from workers.trainer import train_trials
+from workers.unit import Hyper, UnitSpec
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class WorkerActor:
+    def __init__(self, model_name: str, allow_pickle: bool = False):
+        self.model_name = model_name
+        self.loaded = load_model(model_name, allow_pickle=allow_pickle)
+        self.model_loads = 1
+        self.units: dict[str, PreparedUnit] = {}
+        self.node = _node_address()
+
+    def info(self) -> dict:
+        return dict(model=self.model_name, model_loads=self.model_loads, node=self.node, pid=os.getpid(),
+                    load_seconds=self.loaded.load_seconds, n_layers=self.loaded.n_layers,
+                    d_model=self.loaded.d_model, revision=self.loaded.revision)
+
+    def _unit(self, unit_id: str, spec: UnitSpec) -> PreparedUnit:
+        if unit_id not in self.units:
+            self.units[unit_id] = prepare_unit(self.loaded, spec)
+        return self.units[unit_id]
+
+    def unit_record(self, unit_id: str, spec: UnitSpec) -> tuple[dict, list[dict]]:
+        """The unit's row (without run_id) and its examples rows."""
+        unit = self._unit(unit_id, spec)
+        row = dict(unit_id=unit_id, model=spec.model, model_revision=self.loaded.revision,
+                   n_layers=self.loaded.n_layers, d_model=self.loaded.d_model, task=spec.task.name,
+                   task_options=json.dumps(spec.task.options_dict, sort_keys=True), task_hash=unit.task_hash,
+                   site=spec.site, layers=unit.layers, method=spec.method,
+                   settings=json.dumps(spec.settings.to_dict(), sort_keys=True),
+                   n_train=len(unit.splits["train"]), n_val=len(unit.splits["val"]), n_test=len(unit.splits["test"]),
+                   counts=json.dumps(unit.counts), base_accuracy=unit.base_accuracy, mean_ld=unit.mean_ld)
+        examples = []
+        for split, data in unit.splits.items():
+            lds = data.ld.tolist()
+            examples += [dict(unit_id=unit_id, split=split, index=i, prompt=e.example.prompt,
+                              answer_a=e.example.answer_a, answer_b=e.example.answer_b, template=e.example.template,
+                              roles=e.roles, ld_before=lds[i]) for i, e in enumerate(data.examples)]
+        return row, examples
+
+    def run_trials(self, unit_id: str, spec: UnitSpec, trials: list[tuple[int, dict]]) -> list[dict]:
+        unit = self._unit(unit_id, spec)
+        started = _now()
+        outcomes = train_trials(self.loaded, unit, [Hyper(**params) for _, params in trials])
+        ended = _now()
+        results = []
+        for (number, params), o in zip(trials, outcomes):
+            results.append(dict(
+                number=number, params=params, status=o.status, error=o.error, metrics=o.metrics,
+                n_params=o.n_params, n_active=o.n_active, steps=o.steps, wall_s=o.wall_s,
+                tokens_per_s=o.tokens_per_s, scalars=o.scalars, predictions=o.predictions,
+                tensors={k: v.numpy() for k, v in o.tensors.items()} if spec.method == "steervec" else {},
+                started_at=started, ended_at=ended, node=self.node, layers=unit.layers,
+                n_layers=self.loaded.n_layers))
+        return results
+
+
+def _node_address() -> str:
+    try:
+        import ray
+
+        return ray.util.get_node_ip_address()
+    except Exception:  # noqa: BLE001 - outside Ray
+        return socket.gethostname()
