@@ -16,8 +16,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+BEST_SQL := SELECT u.method, t.trial_number, round(t.val_flip_rate, 3) AS val_flip, round(t.test_flip_rate, 3) AS test_flip, round(t.test_kl_other, 3) AS test_kl, t.n_active, t.n_params FROM trials t JOIN units u USING (unit_id) WHERE t.status = 'complete' QUALIFY row_number() OVER (PARTITION BY t.unit_id ORDER BY t.val_flip_rate DESC, t.val_kl_other, t.val_l1) = 1 ORDER BY u.method
+
 run: install
-	$(BIN)/actscale train --model smollm2-135m --task ioi --site mlp_out --layers all --method activscalar
+	$(BIN)/actscale run --out $(RUN_DIR)
+	@echo "Results are in $(RUN_DIR)/tables (Parquet). Example query (best trial per unit):"
+	@echo "  $(BIN)/actscale query $(RUN_DIR) \"$(BEST_SQL)\""
+	$(BIN)/actscale query $(RUN_DIR) "$(BEST_SQL)"
 
 test: install
 	$(BIN)/python -m pytest -q -ra

@@ -241,6 +241,13 @@ class Coordinator:
             return any(not s.gave_up and (not s.described or s.completed + s.in_flight < search.n_trials)
                        for s in by_model[model])
 
+        def launch(model: str) -> None:
+            """Start an actor; it gets work only once it is up (its info() answered)."""
+            actor = self._new_actor(model)
+            actors[model].append(actor)
+            in_flight[actor.info.remote()] = ("ready", model, actor, None, [])
+            log.info(f"starting a worker for {model}")
+
         def start_models() -> None:
             while waiting_models and len(actors) < self.config.resources.models_at_once:
                 model = waiting_models.pop(0)
@@ -248,10 +255,7 @@ class Coordinator:
                     continue
                 actors[model] = []
                 for _ in range(self.config.resources.workers_per_model):
-                    a = self._new_actor(model)
-                    actors[model].append(a)
-                    idle.append((model, a))
-                    log.info(f"started a worker for {model}")
+                    launch(model)
 
         start_models()
         while in_flight or idle or waiting_models:
@@ -283,30 +287,33 @@ class Coordinator:
             for model in list(actors):
                 if not model_open(model) and not any(v[1] == model for v in in_flight.values()):
                     for a in actors.pop(model):
-                        self._count_loads(a)
                         ray.kill(a)
                     idle[:] = [(m, a) for m, a in idle if m != model]
+                    for ref in [r for r, v in in_flight.items() if v[0] == "ready" and v[1] == model]:
+                        in_flight.pop(ref)
             start_models()
-            if not in_flight and not idle and not waiting_models:
+            working = any(v[0] != "ready" for v in in_flight.values())
+            if not working and not waiting_models and all(not model_open(m) for m in by_model):
                 break
             if not in_flight:
-                if all(not model_open(m) for m in by_model):
-                    break
                 time.sleep(0.05)
                 continue
             ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
             for ref in ready:
                 kind, model, actor, state, asked = in_flight.pop(ref)
-                state.in_flight -= max(1, len(asked)) if kind == "trials" else 1
+                if state is not None:
+                    state.in_flight -= max(1, len(asked)) if kind == "trials" else 1
                 try:
                     value = ray.get(ref)
                 except (ray.exceptions.RayActorError, ray.exceptions.ActorDiedError) as exc:
-                    self._actor_died(model, actor, state, asked, exc, actors, idle)
+                    self._actor_died(model, actor, state, asked, exc, actors, launch)
                     continue
                 except ray.exceptions.RayTaskError as exc:
                     cause = exc.cause if hasattr(exc, "cause") else exc
                     if isinstance(cause, UsageError):
                         raise cause from None
+                    if state is None:
+                        raise UsageError(f"a worker for {model} failed to start: {type(cause).__name__}: {cause}") from None
                     log.error(f"unit {state.unit_id}: worker error {type(cause).__name__}: {cause}")
                     for number, _ in asked:
                         self.pending_tells.append((state, number, None))
@@ -315,6 +322,11 @@ class Coordinator:
                     idle.append((model, actor))
                     continue
                 idle.append((model, actor))
+                if kind == "ready":
+                    self.model_loads += value["model_loads"]
+                    log.info(f"worker for {model} is up on {value['node']} (pid {value['pid']}, "
+                             f"model loaded in {value['load_seconds']:.1f}s)")
+                    continue
                 if kind == "record":
                     row, examples = value
                     store.write_now("units", [dict(row, run_id=self.run_id)])
@@ -329,14 +341,7 @@ class Coordinator:
                 self._progress(by_model, done_at_start, started)
         for model in list(actors):
             for a in actors.pop(model):
-                self._count_loads(a)
                 ray.kill(a)
-
-    def _count_loads(self, actor) -> None:
-        try:
-            self.model_loads += ray.get(actor.info.remote(), timeout=30)["model_loads"]
-        except Exception:  # noqa: BLE001 - a dead actor has nothing to report
-            pass
 
     def _record_results(self, store: RunStore, state: UnitState, results: list[dict]) -> None:
         defaults = {"steps": state.planned.spec.settings.steps, "batch_size": state.planned.spec.settings.batch_size}
@@ -369,7 +374,7 @@ class Coordinator:
         directory = self.run_dir / "artifacts"
         directory.mkdir(exist_ok=True)
         tmp = directory / f".tmp-{tid}.safetensors"
-        save_file({k: torch.as_tensor(v) for k, v in tensors.items()}, str(tmp))
+        save_file({k: torch.from_numpy(v.copy()) for k, v in tensors.items()}, str(tmp))
         os.replace(tmp, directory / f"{tid}.safetensors")
 
     def _tell_pending(self) -> None:
@@ -380,7 +385,7 @@ class Coordinator:
                 state.study.tell(number, values, skip_if_finished=True)
         self.pending_tells = []
 
-    def _actor_died(self, model, actor, state, asked, exc, actors, idle) -> None:
+    def _actor_died(self, model, actor, state, asked, exc, actors, launch) -> None:
         self.actor_failures += 1
         log.error(f"a worker for {model} died ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
                   f"re-running its {len(asked)} in-flight trial(s) on a new worker")
@@ -391,9 +396,7 @@ class Coordinator:
             state.study.enqueue_trial({k: v for k, v in params.items() if k in state.dists})
         if model in actors and actor in actors[model]:
             actors[model].remove(actor)
-            replacement = self._new_actor(model)
-            actors[model].append(replacement)
-            idle.append((model, replacement))
+            launch(model)
 
     def _progress(self, by_model, done_at_start, started) -> None:
         n = self.config.search.n_trials

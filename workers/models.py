@@ -57,16 +57,18 @@ def _tiny_config(kind: str, vocab_size: int):
     from transformers import GPT2Config, GPTNeoXConfig, LlamaConfig
 
     if kind == "gpt2":
-        return GPT2Config(vocab_size=vocab_size, n_positions=256, n_embd=64, n_layer=4, n_head=4,
+        return GPT2Config(vocab_size=vocab_size, n_positions=256, n_embd=64, n_layer=4, n_head=4, initializer_range=0.15,
                           bos_token_id=0, eos_token_id=0)
     if kind == "neox":
         return GPTNeoXConfig(vocab_size=vocab_size, hidden_size=64, num_hidden_layers=4,
                              num_attention_heads=4, intermediate_size=256, max_position_embeddings=256,
-                             rotary_pct=0.25, use_parallel_residual=True, bos_token_id=0, eos_token_id=0)
+                             rotary_pct=0.25, use_parallel_residual=True, bos_token_id=0, eos_token_id=0,
+                             initializer_range=0.15)
     if kind == "llama":
         return LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128,
                            num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-                           max_position_embeddings=256, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+                           max_position_embeddings=256, bos_token_id=0, eos_token_id=0, pad_token_id=0,
+                           initializer_range=0.15)
     raise AssertionError(kind)
 
 

@@ -1,0 +1,67 @@
+"""Helpers for sweep tests: small tiny-model configs and checks of a run's consistency."""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import yaml
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
+
+from search_spaces.config import parse_config
+from storage.store import read_table
+
+
+def tiny_config(**overrides) -> dict:
+    config = {
+        "name": "t",
+        "models": ["tiny-gpt2"],
+        "tasks": [{"name": "ioi", "options": {"n": 20}}],
+        "sites": ["mlp_out"],
+        "layers": "all",
+        "methods": ["activscalar"],
+        "search": {"sampler": "random", "n_trials": 4, "batch": 2},
+        "train": {"steps": 3, "batch_size": 8},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key] = {**config[key], **value}
+        else:
+            config[key] = value
+    return config
+
+
+def write_config(path: Path, config: dict) -> Path:
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def parsed(config: dict):
+    return parse_config(config)
+
+
+def check_run(run_dir: Path, n_trials: int, n_units: int) -> dict:
+    """Every unit has exactly n_trials completed trials, no trial id twice, Parquet == Optuna."""
+    trials = read_table(run_dir, "trials")
+    assert not trials.problems, trials.problems
+    rows = trials.table.to_pylist()
+    ids = Counter(r["trial_id"] for r in rows)
+    assert not [i for i, c in ids.items() if c > 1], "a trial id appears twice"
+    complete = [r for r in rows if r["status"] == "complete"]
+    per_unit = Counter(r["unit_id"] for r in complete)
+    assert len(per_unit) == n_units and set(per_unit.values()) == {n_trials}, per_unit
+    storage = JournalStorage(JournalFileBackend(str(run_dir / "optuna.journal")))
+    by_id = {r["trial_id"]: r for r in complete}
+    for unit_id in per_unit:
+        study = optuna.load_study(study_name=unit_id, storage=storage)
+        done = study.get_trials(states=(TrialState.COMPLETE,))
+        assert len(done) == n_trials, (unit_id, len(done))
+        assert not study.get_trials(states=(TrialState.RUNNING,))
+        for t in done:
+            row = by_id[f"{unit_id}-t{t.number:05d}"]
+            assert t.values[0] == row["val_flip_rate"] and t.values[1] == row["val_kl_other"]
+            assert abs(t.values[2] - row["val_l1"]) < 1e-9
+            assert t.params["lr"] == row["lr"]
+    return per_unit

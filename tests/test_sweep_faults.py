@@ -1,0 +1,82 @@
+"""Crashes during sweeps: coordinator SIGKILLed and resumed, a worker killed, a node removed."""
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+
+import pytest
+
+from storage.store import read_table
+from tests.procs import kill_session, session_processes, start_coordinator, wait_for
+from tests.sweeps import check_run, tiny_config, write_config
+
+pytestmark = pytest.mark.slow
+
+
+def _complete_count(run_dir) -> int:
+    try:
+        rows = read_table(run_dir, "trials").table.column("status").to_pylist()
+    except Exception:  # noqa: BLE001 - directory not there yet
+        return 0
+    return rows.count("complete")
+
+
+def test_coordinator_sigkilled_and_resumed_five_times(tmp_path):
+    cfg = write_config(tmp_path / "sweep.yaml", tiny_config(methods=["activscalar", "steervec"],
+                                                            search={"n_trials": 8, "batch": 2},
+                                                            train={"steps": 120, "batch_size": 8}))
+    run = tmp_path / "run"
+    rng = random.Random(1)
+    for attempt in range(5):
+        proc = start_coordinator(["run", str(cfg), "--out", str(run), "--quiet"], tmp_path / "out.log")
+        time.sleep(rng.uniform(5, 12))
+        kill_session(proc)
+        trials = read_table(run, "trials").table.column("trial_id").to_pylist() if (run / "tables").exists() else []
+        assert len(trials) == len(set(trials)), "a trial id twice"
+    proc = start_coordinator(["resume", str(run), "--quiet"], tmp_path / "out.log")
+    assert proc.wait(timeout=600) == 0, (tmp_path / "out.log").read_text()[-3000:]
+    check_run(run, n_trials=8, n_units=2)
+    text = (run / "actscale.log").read_text()
+    assert "taking over the stale lock" in text
+
+
+def test_worker_process_killed_mid_trial(tmp_path):
+    cfg = write_config(tmp_path / "sweep.yaml", tiny_config(search={"n_trials": 6, "batch": 2},
+                                                            train={"steps": 150, "batch_size": 8}))
+    run = tmp_path / "run"
+    proc = start_coordinator(["run", str(cfg), "--out", str(run), "--quiet"], tmp_path / "out.log")
+
+    def worker():
+        return next((pid for pid, comm in session_processes(proc.pid).items() if comm.startswith("ray::WorkerActo")), None)
+    assert wait_for(lambda: worker() is not None and (run / "tables" / "units").exists()
+                    and any((run / "tables" / "units").glob("part-*")), timeout=120)
+    time.sleep(1.0)  # the first batch of trials is training now
+    os.kill(worker(), signal.SIGKILL)
+    assert proc.wait(timeout=600) == 0, (tmp_path / "out.log").read_text()[-3000:]
+    check_run(run, n_trials=6, n_units=1)
+    assert "died" in (run / "actscale.log").read_text()
+
+
+def test_multi_node_cluster_survives_losing_a_worker_node(tmp_path):
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 0})
+    try:
+        nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]
+        cluster.wait_for_nodes()
+        cfg = write_config(tmp_path / "sweep.yaml", tiny_config(search={"n_trials": 10, "batch": 1},
+                                                                train={"steps": 60, "batch_size": 8},
+                                                                resources={"workers_per_model": 2}))
+        run = tmp_path / "run"
+        proc = start_coordinator(["run", str(cfg), "--out", str(run), "--quiet", "--address", cluster.address],
+                                 tmp_path / "out.log")
+        assert wait_for(lambda: _complete_count(run) >= 2, timeout=180), (tmp_path / "out.log").read_text()[-3000:]
+        cluster.remove_node(nodes[0])
+        assert proc.wait(timeout=600) == 0, (tmp_path / "out.log").read_text()[-3000:]
+        check_run(run, n_trials=10, n_units=1)
+        nodes_seen = set(read_table(run, "trials").table.column("worker_node").to_pylist())
+        assert nodes_seen  # trials ran on the cluster's worker nodes
+    finally:
+        cluster.shutdown()
