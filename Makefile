@@ -23,6 +23,7 @@ run: install
 	@echo "Results are in $(RUN_DIR)/tables (Parquet). Example query (best trial per unit):"
 	@echo "  $(BIN)/actscale query $(RUN_DIR) \"$(BEST_SQL)\""
 	$(BIN)/actscale query $(RUN_DIR) "$(BEST_SQL)"
+	$(BIN)/actscale report $(RUN_DIR)
 
 test: install
 	$(BIN)/python -m pytest -q -ra

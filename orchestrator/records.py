@@ -25,5 +25,5 @@ def trial_rows(run_id: str, unit_id: str, spec, result: dict, defaults: dict) ->
                     position=s["position"], role=s["role"], head=s["head"], value=s["value"])
                for s in result["scalars"]]
     predictions = [dict(trial_id=tid, unit_id=unit_id, index=p["index"], ld_before=p["ld_before"],
-                        ld_after=p["ld_after"], flipped=p["flipped"]) for p in result["predictions"]]
+                        ld_after=p["ld_after"], kl_other=p["kl_other"], flipped=p["flipped"]) for p in result["predictions"]]
     return {"trials": [row], "scalars": scalars, "predictions": predictions}

@@ -18,6 +18,7 @@ def register(sub) -> None:
     out.add_argument("--json", action="store_true", help="print JSON records")
     out.add_argument("--parquet", metavar="OUT", help="write the answer to a Parquet file")
     p.set_defaults(func=cmd_query)
+    register_report(sub)
 
 
 def cmd_query(args: argparse.Namespace) -> int:
@@ -40,3 +41,23 @@ def cmd_query(args: argparse.Namespace) -> int:
     for problem in problems:
         print(f"actscale: error: refused {problem}", file=sys.stderr)
     return 2 if problems else 0
+
+
+def register_report(sub) -> None:
+    p = sub.add_parser("report", help="figures, an HTML page and a Markdown summary from one or several runs")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", help="output directory (default: RUN_DIR/report of the first run)")
+    p.add_argument("--trial", help="report this trial instead of the best per unit")
+    p.set_defaults(func=cmd_report)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from storage.query import _check_dirs
+    from storage.report import render
+
+    dirs = _check_dirs([Path(d) for d in args.run_dirs])
+    out = Path(args.out) if args.out else dirs[0] / "report"
+    made = render(dirs, out, args.trial)
+    n = sum(len(made[k]) for k in ("heatmaps", "across", "depth", "tradeoffs"))
+    print(f"report: {out / 'index.html'}  ({n} figures; summary in {out / 'summary.md'})")
+    return 0

@@ -52,7 +52,7 @@ EXAMPLES = pa.schema([
 
 PREDICTIONS = pa.schema([
     ("trial_id", pa.string()), ("unit_id", pa.string()), ("index", pa.int32()),
-    ("ld_before", pa.float64()), ("ld_after", pa.float64()), ("flipped", pa.bool_()),
+    ("ld_before", pa.float64()), ("ld_after", pa.float64()), ("kl_other", pa.float64()), ("flipped", pa.bool_()),
 ])
 
 SCHEMAS: dict[str, pa.Schema] = {

@@ -70,7 +70,8 @@ def make_sample_run(run_dir: Path, run_id: str = "run-sample", trials_per_unit: 
                 store.append("scalars", scalars)
                 lds = [round(rng.uniform(-2, 1), 4) for _ in range(3)]
                 store.append("predictions", [dict(trial_id=trial["trial_id"], unit_id=unit_id, index=i,
-                                                  ld_before=1.0, ld_after=ld, flipped=ld < 0)
+                                                  ld_before=1.0, ld_after=ld, kl_other=round(rng.uniform(0, 0.5), 4),
+                                                  flipped=ld < 0)
                                              for i, ld in enumerate(lds)])
     store.flush()
     return Path(run_dir)

@@ -52,7 +52,7 @@ def test_several_runs_queried_together(tmp_path):
 def test_batching_makes_few_parts_and_leftovers_are_cleaned(tmp_path):
     store = RunStore(tmp_path, flush_rows=50, flush_seconds=3600)
     for i in range(120):
-        store.append("predictions", [dict(trial_id="t", unit_id="u", index=i, ld_before=1.0, ld_after=0.0, flipped=False)])
+        store.append("predictions", [dict(trial_id="t", unit_id="u", index=i, ld_before=1.0, ld_after=0.0, kl_other=0.0, flipped=False)])
     assert len(part_files(tmp_path, "predictions")) == 2 and store.pending_rows() == 20
     store.flush()
     assert len(part_files(tmp_path, "predictions")) == 3
@@ -134,7 +134,7 @@ def test_duckdb_readers_see_only_whole_files_while_writing(tmp_path):
     reader = subprocess.Popen([sys.executable, "-c", READER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
     store = RunStore(tmp_path, flush_rows=1, flush_seconds=3600)
     for i in range(1000):
-        store.append("predictions", [dict(trial_id="t", unit_id="u", index=i, ld_before=1.0, ld_after=0.0, flipped=False)])
+        store.append("predictions", [dict(trial_id="t", unit_id="u", index=i, ld_before=1.0, ld_after=0.0, kl_other=0.0, flipped=False)])
     out, _ = reader.communicate(timeout=180)
     report = json.loads(out)
     assert not report["errors"], report["errors"][:3]

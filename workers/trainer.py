@@ -138,8 +138,8 @@ def _train_group(loaded: LoadedModel, unit: PreparedUnit, hypers: list[Hyper], r
 
 
 def _evaluate(loaded: LoadedModel, unit: PreparedUnit, intervention: Intervention, split: SplitData,
-              record: bool) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Per-trial metrics [K] and per-prompt ld_after [K, N] on a split."""
+              record: bool) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """Per-trial metrics [K], and per-prompt ld_after and kl_other [K, N], on a split."""
     k = intervention.n_trials
     chunk = max(1, unit.spec.settings.eval_batch // k)
     ld_after, kl, mass, l1 = [], [], [], torch.zeros(k)
@@ -162,17 +162,18 @@ def _evaluate(loaded: LoadedModel, unit: PreparedUnit, intervention: Interventio
             if dyn:
                 l1 += intervention.minimality().cpu() * n / len(split)
     ld_after_t = torch.cat(ld_after, dim=1)
+    kl_t = torch.cat(kl, dim=1)
     if not dyn:
         l1 = intervention.minimality().detach().cpu()
     metrics = {
         "flip_rate": (ld_after_t < 0).float().mean(1),
         "ld_before": split.ld.mean().expand(k),
         "ld_after": ld_after_t.mean(1),
-        "kl_other": torch.cat(kl, dim=1).mean(1),
+        "kl_other": kl_t.mean(1),
         "mass_shift": torch.cat(mass, dim=1).mean(1),
         "l1": l1,
     }
-    return metrics, ld_after_t
+    return metrics, ld_after_t, kl_t
 
 
 def _n_active(unit: PreparedUnit, intervention: Intervention, norms: torch.Tensor | None, val_tokens: int) -> list[int]:
@@ -253,10 +254,11 @@ def train_trials(loaded: LoadedModel, unit: PreparedUnit, hypers: list[Hyper]) -
             o.wall_s = wall / len(group)
             o.tokens_per_s = o.tokens_per_s / wall if wall > 0 else 0.0
             o.scalars = _scalar_rows(unit, intervention, j)
-            ld_after = evals["test"][1][j]
+            _, ld_after, kl = evals["test"]
             ld_before = test_split.ld
-            o.predictions = [dict(index=n, ld_before=float(ld_before[n]), ld_after=float(ld_after[n]),
-                                  flipped=bool(ld_after[n] < 0)) for n in range(len(test_split))]
+            o.predictions = [dict(index=n, ld_before=float(ld_before[n]), ld_after=float(ld_after[j, n]),
+                                  kl_other=float(kl[j, n]), flipped=bool(ld_after[j, n] < 0))
+                             for n in range(len(test_split))]
             o.tensors = {name: p.detach().cpu().clone() for name, p in
                          zip(("param", "bias"), intervention.trial_parameters(j))}
             if o.status == "complete" and not all(math.isfinite(v) for m in o.metrics.values() for v in m.values()):

@@ -1,0 +1,86 @@
+"""`actscale report`: figures, HTML and Markdown from a run of two tiny models."""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from orchestrator.cli import main
+from storage.query import load
+from storage.report import heatmap_matrix, pareto_front, select_trials
+from tests.sample_run import make_sample_run
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    run = make_sample_run(root / "run")
+    assert main(["report", str(run), "--out", str(root / "out")]) == 0
+    return run, root / "out"
+
+
+def test_every_figure_is_a_sensible_png_referenced_by_the_page(report):
+    run, out = report
+    page = (out / "index.html").read_text()
+    figures = sorted((out / "figures").glob("*.png"))
+    kinds = {f.name.split("-")[0] for f in figures}
+    assert kinds == {"heatmap", "across", "depth", "tradeoff"}
+    assert len([f for f in figures if f.name.startswith("heatmap")]) == 4  # 2 models x 2 methods
+    for f in figures:
+        with Image.open(f) as image:
+            image.verify()
+        with Image.open(f) as image:
+            w, h = image.size
+            assert 300 <= w <= 4000 and 200 <= h <= 3000, (f.name, image.size)
+            assert len(set(image.convert("L").getdata())) > 20  # not blank
+        assert f'src="figures/{f.name}"' in page
+    assert 'id="table-methods"' in page and "tiny-llama" in page and "models: [tiny-gpt2, tiny-llama]" in page
+    summary = (out / "summary.md").read_text()
+    assert summary.count("| tiny-") == 4 and re.search(r"\[\d\.\d{3}, \d\.\d{3}\]", summary)
+
+
+def test_heatmap_values_equal_the_scalars_table(report):
+    run, _ = report
+    trials, scalars = load(run, "trials"), load(run, "scalars")
+    for trial_id in select_trials(trials).trial_id:
+        s = scalars[scalars.trial_id == trial_id]
+        matrix, layers, labels = heatmap_matrix(s)
+        for row in s.itertuples():
+            assert matrix[layers.index(row.layer), row.position] == row.value
+        assert labels[:4] == ["When", "IO", "and", "S1"]
+
+
+def test_selection_rule_and_pareto_front(report):
+    run, _ = report
+    trials = load(run, "trials")
+    chosen = select_trials(trials)
+    for row in chosen.itertuples():
+        unit = trials[(trials.unit_id == row.unit_id) & (trials.status == "complete")]
+        assert row.val_flip_rate == unit.val_flip_rate.max()
+    front = pareto_front(np.array([[1.0, 0.5], [2.0, 0.9], [3.0, 0.7], [0.5, 0.1]]))
+    assert front.tolist() == [[0.5, 0.1], [1.0, 0.5], [2.0, 0.9]]
+
+
+def test_report_is_deterministic(report, tmp_path):
+    run, out = report
+    assert main(["report", str(run), "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "index.html").read_text() == (out / "index.html").read_text()
+    assert (tmp_path / "summary.md").read_text() == (out / "summary.md").read_text()
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
+def test_page_renders_in_headless_chromium(report, tmp_path):
+    _, out = report
+    shot = tmp_path / "page.png"
+    result = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                             f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1400,3000",
+                             f"--screenshot={shot}", f"file://{out / 'index.html'}"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    with Image.open(shot) as image:
+        assert image.size == (1400, 3000) and len(set(image.convert("L").getdata())) > 50
