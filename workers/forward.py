@@ -5,7 +5,7 @@ of all of them. Prompts are right-padded; `lengths` says where each one ends.
 """
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import torch
 
@@ -43,3 +43,66 @@ def last_token_logits(loaded: LoadedModel, ids: torch.Tensor, lengths: torch.Ten
         last = hidden[torch.arange(ids.shape[0], device=device), lengths - 1]
         logits = loaded.model.get_output_embeddings()(last)
     return logits.float()
+
+
+@contextmanager
+def start_at_layer(loaded: LoadedModel, first_layer: int, hidden: torch.Tensor):
+    """Run the decoder from `first_layer` on, with `hidden` as the states entering it.
+
+    The layers before it are taken out of the layer list for the duration (their output
+    is already in `hidden`), and a pre-hook hands `hidden` to the first remaining layer.
+    Embeddings, masks and rotary tables are still made by the model, so every
+    architecture keeps its own forward logic.
+    """
+    from workers.sites import architecture, decoder_layers
+
+    if first_layer <= 0:
+        yield
+        return
+    layers = decoder_layers(loaded.model)
+    parent_path, _, attr = architecture(loaded.model)["layers"].rpartition(".")
+    parent = loaded.model
+    for part in parent_path.split("."):
+        parent = getattr(parent, part)
+    target = layers[first_layer]
+
+    def swap_input(module, args, kwargs):
+        states = hidden.to(device=loaded.device, dtype=(args[0] if args else kwargs["hidden_states"]).dtype)
+        if args:
+            return (states,) + tuple(args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": states}
+
+    handle = target.register_forward_pre_hook(swap_input, with_kwargs=True)
+    setattr(parent, attr, torch.nn.ModuleList(list(layers)[first_layer:]))
+    try:
+        yield
+    finally:
+        setattr(parent, attr, layers)
+        handle.remove()
+
+
+def states_entering(loaded: LoadedModel, layer: int, ids: torch.Tensor, lengths: torch.Tensor, chunk: int) -> torch.Tensor:
+    """Hidden states [N, T, d] entering decoder layer `layer` (the prefix cache), on the CPU."""
+    from workers.sites import decoder_layers
+
+    captured: list[torch.Tensor] = []
+
+    def grab(module, args, kwargs):
+        captured.append((args[0] if args else kwargs["hidden_states"]).detach().float().cpu())
+        raise _StopForward
+
+    handle = decoder_layers(loaded.model)[layer].register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            for i in range(0, ids.shape[0], chunk):
+                try:
+                    last_token_logits(loaded, ids[i:i + chunk], lengths[i:i + chunk])
+                except _StopForward:
+                    pass
+    finally:
+        handle.remove()
+    return torch.cat(captured)
+
+
+class _StopForward(Exception):
+    """Raised by the capture hook: nothing after the cached layer needs to run."""

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from workers.errors import UsageError
-from workers.forward import last_token_logits, pad_batch
+from workers.forward import last_token_logits, pad_batch, states_entering
 from workers.interventions import FIXED_LENGTH_METHODS, check_method
 from workers.models import LoadedModel
 from workers.objective import logit_diff
@@ -33,6 +33,7 @@ class SplitData:
     a_ids: torch.Tensor
     b_ids: torch.Tensor
     logits: torch.Tensor  # [N, V] unintervened, last position
+    prefix: torch.Tensor | None = None  # [N, T, d] states entering the first intervened layer (prefix cache)
 
     @property
     def ld(self) -> torch.Tensor:
@@ -52,6 +53,11 @@ class PreparedUnit:
     task_hash: str = ""
     base_accuracy: float = 0.0  # share of prompts the model ranks a above b, before that filter
     mean_ld: float = 0.0
+
+    @property
+    def first_layer(self) -> int:
+        """Layers before this one never change, so their output is cached (0: no cache)."""
+        return self.layers[0] if self.splits["train"].prefix is not None else 0
 
     def roles_at(self, split: str = "test") -> list[str]:
         """Roles by position, from the longest prompt of the split."""
@@ -132,4 +138,7 @@ def prepare_unit(loaded: LoadedModel, spec: UnitSpec) -> PreparedUnit:
             raise UsageError(f"unit {spec.describe()}: no {name} examples left after filtering ({counts}); "
                              "use more examples (task option n), filter: none, or another model")
     splits = {name: _split_data(loaded, [tokenized[i] for i in idx], logits[idx]) for name, idx in parts.items()}
+    if settings.prefix_cache and layers[0] > 0:
+        for data in splits.values():
+            data.prefix = states_entering(loaded, layers[0], data.ids, data.lengths, settings.eval_batch)
     return PreparedUnit(spec, layers, n_positions, splits, counts, examples_hash(raw), base_accuracy, mean_ld)

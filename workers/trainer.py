@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from workers.forward import attention_mask, last_token_logits
+from workers.forward import attention_mask, last_token_logits, start_at_layer
 from workers.interventions import DynScalar, Intervention, build_intervention, installed
 from workers.models import LoadedModel
 from workers.objective import kl_other_per_prompt, logit_diff, mass_shift_per_prompt, objective
@@ -84,9 +84,14 @@ class _Batches:
         return out
 
 
-def _forward(loaded: LoadedModel, intervention: Intervention, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+def _forward(loaded: LoadedModel, intervention: Intervention, ids: torch.Tensor, lengths: torch.Tensor,
+             first_layer: int = 0, prefix: torch.Tensor | None = None) -> torch.Tensor:
+    """Intervened last-position logits; with a prefix cache, only layers from first_layer run."""
     intervention.token_mask = attention_mask(ids, lengths).to(loaded.device)
-    return last_token_logits(loaded, ids, lengths)
+    if prefix is None:
+        return last_token_logits(loaded, ids, lengths)
+    with start_at_layer(loaded, first_layer, prefix[:, : ids.shape[1]]):
+        return last_token_logits(loaded, ids, lengths)
 
 
 def _train_group(loaded: LoadedModel, unit: PreparedUnit, hypers: list[Hyper], refs: list[SiteRef],
@@ -114,7 +119,8 @@ def _train_group(loaded: LoadedModel, unit: PreparedUnit, hypers: list[Hyper], r
             flat = idx.flatten()
             lengths = train.lengths[flat]
             ids = train.ids[flat][:, : int(lengths.max())]
-            logits = _forward(loaded, intervention, ids, lengths).reshape(k, idx.shape[1], -1)
+            prefix = train.prefix[flat] if train.prefix is not None else None
+            logits = _forward(loaded, intervention, ids, lengths, unit.first_layer, prefix).reshape(k, idx.shape[1], -1)
             before = train.logits[idx].to(loaded.device)
             a, b = train.a_ids[idx].to(loaded.device), train.b_ids[idx].to(loaded.device)
             loss, _ = objective(before, logits, a, b, intervention.minimality(), lam_f, lam_m)
@@ -153,7 +159,8 @@ def _evaluate(loaded: LoadedModel, unit: PreparedUnit, intervention: Interventio
             n = split.ids[sl].shape[0]
             lengths = split.lengths[sl].repeat(k)
             ids = split.ids[sl].repeat(k, 1)[:, : int(lengths.max())]
-            after = _forward(loaded, intervention, ids, lengths).reshape(k, n, -1).cpu()
+            prefix = split.prefix[sl].repeat(k, 1, 1) if split.prefix is not None else None
+            after = _forward(loaded, intervention, ids, lengths, unit.first_layer, prefix).reshape(k, n, -1).cpu()
             before = split.logits[sl].expand(k, -1, -1)
             a, b = split.a_ids[sl].expand(k, -1), split.b_ids[sl].expand(k, -1)
             ld_after.append(logit_diff(after, a, b))
