@@ -25,6 +25,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
+from orchestrator.journal import repair_journal
 from orchestrator.lock import RunLock
 from orchestrator.plan import PlannedUnit, plan_units
 from orchestrator.records import trial_id, trial_rows
@@ -126,12 +127,17 @@ class Coordinator:
                                       git_revision=_git_revision(), host=platform.node())])
 
     def _check_task_data(self, planned: list[PlannedUnit], store: RunStore) -> set[str]:
-        """Refuse a unit whose task data changed under the same name since results were stored."""
+        """Read every task once (bad task files fail here, before anything is written) and refuse
+        a unit whose task data changed under the same name since results were stored."""
         stored = store.read("units").table.to_pylist()
         stored_hash = {r["unit_id"]: r["task_hash"] for r in stored}
+        hashes: dict = {}
         for p in planned:
+            key = (p.spec.task, p.spec.settings.seed)
+            if key not in hashes:
+                hashes[key] = examples_hash(load_examples(*key))
+            current = hashes[key]
             if p.unit_id in stored_hash:
-                current = examples_hash(load_examples(p.spec.task, p.spec.settings.seed))
                 if current != stored_hash[p.unit_id]:
                     raise UsageError(
                         f"task {p.spec.task.name!r} changed since unit {p.unit_id} stored its results (data hash "
@@ -140,7 +146,11 @@ class Coordinator:
         return set(stored_hash)
 
     def _open_studies(self, planned: list[PlannedUnit], described: set[str]) -> None:
-        storage = JournalStorage(JournalFileBackend(str(self.run_dir / "optuna.journal")))
+        journal = self.run_dir / "optuna.journal"
+        removed = repair_journal(journal)
+        if removed:
+            log.warning(f"removed a torn last line ({removed} bytes) from {journal}, left by a crash")
+        storage = JournalStorage(JournalFileBackend(str(journal)))
         for p in planned:
             dists = distributions(self.config.search, p.spec.method)
             study = optuna.create_study(storage=storage, study_name=p.unit_id, load_if_exists=True,
@@ -191,9 +201,12 @@ class Coordinator:
             store = RunStore(self.run_dir, flush_rows=100, flush_seconds=2.0)
             self.store = store
             from workers.models import layer_count
-            planned = plan_units(self.config, layer_count)
+            allow = self.config.allow_pickle
+            n_layers = {m: layer_count(m, allow) for m in self.config.models}  # fails early on a bad model
+            planned = plan_units(self.config, n_layers.__getitem__)
             described = self._check_task_data(planned, store)
-            self._record_config(store)
+            if not (self.run_dir / "sweep.yaml").exists():
+                self._record_config(store)  # first run: `resume` needs it even after an early crash
             self._open_studies(planned, described)
             self._reconcile(store)
             todo = sum(max(0, self.config.search.n_trials - s.completed) for s in self.units.values())
@@ -201,11 +214,11 @@ class Coordinator:
             if todo or any(not s.described for s in self.units.values()):
                 if not ray.is_initialized():
                     started_ray = True
-                    ray.init(address=self.address, include_dashboard=False, dashboard_host="127.0.0.1",
-                             log_to_driver=False, configure_logging=False, namespace="actscale")
+                    ray.init(**ray_init_kwargs(self.address))
                 self._dispatch(store)
             store.flush()
             self._tell_pending()
+            self._record_config(store)  # an edited sweep becomes the stored one once it has run
             return self._summary(time.monotonic() - start)
         finally:
             try:
@@ -425,6 +438,15 @@ class Coordinator:
         for b in best:
             log.info(f"  best {b['unit']}: {b['trial_id']} values {b['values']} ({b['completed']} trials)")
         return summary
+
+
+def ray_init_kwargs(address: str | None) -> dict:
+    """Safe by default: no dashboard, and an embedded Ray listens on the loopback only."""
+    kwargs = dict(address=address, include_dashboard=False, dashboard_host="127.0.0.1", log_to_driver=False,
+                  configure_logging=False, namespace="actscale")
+    if address is None:
+        kwargs["_node_ip_address"] = "127.0.0.1"
+    return kwargs
 
 
 def s_done(state: UnitState) -> int:

@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass
 
 from search_spaces.config import SweepConfig
+from workers.errors import UsageError
 from workers.tasks.base import TaskSpec
 from workers.unit import TrainSettings, UnitSpec
 
@@ -43,7 +44,13 @@ def plan_units(config: SweepConfig, n_layers_of) -> list[PlannedUnit]:
         elif config.layers == "each":
             layer_sets = [(layer,) for layer in range(n_layers_of(model))]
         else:
-            layer_sets = [tuple(sorted(set(group))) for group in config.layers]
+            n = n_layers_of(model)
+            for i, group in enumerate(config.layers):
+                bad = [layer for layer in group if not -n <= layer < n]
+                if bad:
+                    raise UsageError(f"layers[{i}] = {group}: layer(s) {bad} out of range for model {model!r}, "
+                                     f"which has {n} layers (0..{n - 1}, or -1..-{n})")
+            layer_sets = [tuple(sorted({layer % n for layer in group})) for group in config.layers]
         for task in config.task_entries():
             for site in config.sites:
                 for layers in layer_sets:

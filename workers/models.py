@@ -232,11 +232,14 @@ def load_model(name: str, *, seed: int = 0, allow_pickle: bool = False, device: 
                        load_seconds=time.perf_counter() - start)
 
 
-def layer_count(name: str) -> int:
-    """Number of decoder layers without loading weights (for planning `layers: each`)."""
+def layer_count(name: str, allow_pickle: bool = False) -> int:
+    """Number of decoder layers without loading weights; also checks that the model can be
+    loaded here (known, cached when offline, safetensors unless allow_pickle)."""
     if name in TINY_KINDS:
         return int(_tiny_config(TINY_KINDS[name], 8).num_hidden_layers)
     source = str(embedded_model_dir()) if name == "smollm2-135m" else name
+    if Path(source).expanduser().is_dir():
+        _check_no_pickle_only(Path(source).expanduser(), allow_pickle)
     try:
         config = AutoConfig.from_pretrained(source, trust_remote_code=False,
                                             local_files_only=os.environ.get("ACTSCALE_ONLINE", "") != "1")
