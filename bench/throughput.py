@@ -44,15 +44,15 @@ def naive_logits(loaded, ids, lengths):
 
 @contextlib.contextmanager
 def full_logits():
-    saved = (trainer.last_token_logits, prepare.last_token_logits, forward.last_token_logits)
-    trainer.last_token_logits = prepare.last_token_logits = forward.last_token_logits = naive_logits
+    saved = (trainer.last_token_logits, forward.last_token_logits)
+    trainer.last_token_logits = forward.last_token_logits = naive_logits
     try:
         yield
     finally:
-        trainer.last_token_logits, prepare.last_token_logits, forward.last_token_logits = saved
+        trainer.last_token_logits, forward.last_token_logits = saved
 
 
-def per_layer_sweep(layers, trials, steps, device, variant: str, shared=None) -> float:
+def per_layer_sweep(layers, trials, steps, device, variant: str, shared=None, n_examples: int = 80) -> float:
     """Seconds for the whole per-layer sweep in one of the variants."""
     reload_each = variant == "naive"
     naive_logit = variant in ("naive", "one_load")
@@ -63,7 +63,7 @@ def per_layer_sweep(layers, trials, steps, device, variant: str, shared=None) ->
     ctx = full_logits() if naive_logit else contextlib.nullcontext()
     with ctx:
         for layer in layers:
-            spec = UnitSpec(MODEL, TaskSpec.make("ioi"), "mlp_out", (layer,), "activscalar",
+            spec = UnitSpec(MODEL, TaskSpec.make("ioi", {"n": n_examples}), "mlp_out", (layer,), "activscalar",
                             TrainSettings(steps=steps, batch_size=32, prefix_cache=cache))
             hypers = [Hyper(lr=0.05, lambda_min=0.01, seed=s) for s in range(trials)]
             if batched:
@@ -96,7 +96,8 @@ def matmul_rate(m: int, k: int, n: int, device, dtype, seconds: float = 1.0) -> 
 def trainer_flops(loaded, steps: int, batch: int) -> tuple[float, float, int]:
     """(achieved FLOP/s of training steps, FLOPs per step, tokens per step) at all layers."""
     cfg = loaded.model.config
-    spec = UnitSpec(MODEL, TaskSpec.make("ioi"), "mlp_out", "all", "activscalar", TrainSettings(steps=steps, batch_size=batch))
+    spec = UnitSpec(MODEL, TaskSpec.make("ioi", {"n": 40}), "mlp_out", "all", "activscalar",
+                    TrainSettings(steps=steps, batch_size=batch))
     unit = prepare.prepare_unit(loaded, spec)
     tokens = batch * unit.n_positions
     d, ff, layers = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
@@ -116,7 +117,8 @@ def trainer_flops(loaded, steps: int, batch: int) -> tuple[float, float, int]:
 
 def trials_per_second(loaded, ks, steps: int) -> dict[int, float]:
     layers = tuple(range(loaded.n_layers - 6, loaded.n_layers))
-    spec = UnitSpec(MODEL, TaskSpec.make("ioi"), "mlp_out", layers, "activscalar", TrainSettings(steps=steps, batch_size=16))
+    spec = UnitSpec(MODEL, TaskSpec.make("ioi", {"n": 40}), "mlp_out", layers, "activscalar",
+                    TrainSettings(steps=steps, batch_size=16))
     unit = prepare.prepare_unit(loaded, spec)
     trainer.train_trials(loaded, unit, [Hyper(steps=1)])  # warm-up
     out = {}
@@ -167,9 +169,10 @@ def main() -> None:
     variants = ["naive", "one_load", "last_position", "prefix_cache", "actscale"]
     times = {}
     for v in variants:
-        times[v] = per_layer_sweep(layers, 2, steps, device, v, shared=None if v == "naive" else loaded)
+        times[v] = per_layer_sweep(layers, 2, steps, device, v, shared=None if v == "naive" else loaded,
+                                   n_examples=30 if quick else 80)
         print(f"a. per-layer sweep {v:<14} {times[v]:7.1f}s  ({times['naive'] / times[v]:.2f}x vs naive)", flush=True)
-    figures["per_layer"] = dict(layers=layers, steps=steps, seconds=times)
+    figures["per_layer"] = dict(layers=layers, steps=steps, trials_per_unit=2, seconds=times)
 
     # b. trainer FLOP/s against the matmul rate at the same shapes
     rate, step_flops, tokens = trainer_flops(loaded, 3 if quick else 10, 32)

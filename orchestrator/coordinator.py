@@ -32,6 +32,7 @@ from orchestrator.records import trial_id, trial_rows
 from search_spaces.config import SweepConfig
 from search_spaces.spaces import directions, distributions, grid_size, make_sampler, objective_values
 from storage.store import RunStore
+from workers.actor import WorkerActor
 from workers.errors import UsageError
 from workers.tasks.base import examples_hash, load_examples
 
@@ -232,9 +233,9 @@ class Coordinator:
 
     def _new_actor(self, model: str):
         r = self.config.resources
-        cls = ray.remote(WorkerActorRemote)
+        cls = ray.remote(WorkerActor)
         actor = cls.options(num_cpus=r.cpus_per_worker, num_gpus=r.gpus_per_worker, max_restarts=0,
-                            max_concurrency=1).remote(model, self.config.allow_pickle, r.cpus_per_worker)
+                            max_concurrency=1).remote(model, self.config.allow_pickle, int(r.cpus_per_worker))
         return actor
 
     def _dispatch(self, store: RunStore) -> None:
@@ -451,23 +452,3 @@ def ray_init_kwargs(address: str | None) -> dict:
 
 def s_done(state: UnitState) -> int:
     return state.completed + state.in_flight
-
-
-class WorkerActorRemote:
-    """Thin wrapper so the actor sets its torch thread count from its CPU share."""
-
-    def __init__(self, model: str, allow_pickle: bool, cpus: float):
-        import torch
-
-        from workers.actor import WorkerActor
-        torch.set_num_threads(max(1, int(cpus)))
-        self.inner = WorkerActor(model, allow_pickle)
-
-    def info(self):
-        return self.inner.info()
-
-    def unit_record(self, unit_id, spec):
-        return self.inner.unit_record(unit_id, spec)
-
-    def run_trials(self, unit_id, spec, trials):
-        return self.inner.run_trials(unit_id, spec, trials)

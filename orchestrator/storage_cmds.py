@@ -52,10 +52,10 @@ def register_report(sub) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from storage.query import _check_dirs
+    from storage.query import check_run_dirs
     from storage.report import render
 
-    dirs = _check_dirs([Path(d) for d in args.run_dirs])
+    dirs = check_run_dirs([Path(d) for d in args.run_dirs])
     out = Path(args.out) if args.out else dirs[0] / "report"
     made = render(dirs, out, args.trial)
     n = sum(len(made[k]) for k in ("heatmaps", "across", "depth", "tradeoffs"))

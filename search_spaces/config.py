@@ -15,6 +15,14 @@ from workers.interventions import METHODS
 from workers.sites import SITES
 
 
+def _all_in(values, accepted: tuple[str, ...], what: str):
+    """Each value must be one of `accepted` (error names the value and the accepted ones)."""
+    for value in values:
+        if value not in accepted:
+            raise ValueError(f"unknown {what} {value!r}; accepted: {', '.join(accepted)}")
+    return values
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -79,10 +87,7 @@ class Search(_Strict):
     @field_validator("method_space")
     @classmethod
     def _methods(cls, v):
-        for m in v:
-            if m not in METHODS:
-                raise ValueError(f"unknown method {m!r}; accepted: {', '.join(METHODS)}")
-        return v
+        return _all_in(v, METHODS, "method")
 
 
 class Train(_Strict):
@@ -132,18 +137,12 @@ class SweepConfig(_Strict):
     @field_validator("sites")
     @classmethod
     def _sites(cls, v):
-        for s in v:
-            if s not in SITES:
-                raise ValueError(f"unknown site {s!r}; accepted: {', '.join(SITES)}")
-        return v
+        return _all_in(v, SITES, "site")
 
     @field_validator("methods")
     @classmethod
     def _methods(cls, v):
-        for m in v:
-            if m not in METHODS:
-                raise ValueError(f"unknown method {m!r}; accepted: {', '.join(METHODS)}")
-        return v
+        return _all_in(v, METHODS, "method")
 
     @field_validator("layers")
     @classmethod

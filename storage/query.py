@@ -16,7 +16,7 @@ from storage.schema import schema_for
 from storage.store import read_table, valid_parts
 
 
-def _check_dirs(run_dirs: list[Path]) -> list[Path]:
+def check_run_dirs(run_dirs: list[Path]) -> list[Path]:
     out = []
     for d in run_dirs:
         d = Path(d)
@@ -28,7 +28,7 @@ def _check_dirs(run_dirs: list[Path]) -> list[Path]:
 
 def connect(run_dirs: list[Path] | Path) -> tuple[duckdb.DuckDBPyConnection, list[str]]:
     """An in-memory DuckDB connection with one view per table; returns (connection, problems)."""
-    dirs = _check_dirs([run_dirs] if isinstance(run_dirs, (str, Path)) else list(run_dirs))
+    dirs = check_run_dirs([run_dirs] if isinstance(run_dirs, (str, Path)) else list(run_dirs))
     con = duckdb.connect()
     problems: list[str] = []
     for table in SCHEMAS:
@@ -57,5 +57,5 @@ def run_sql(run_dirs: list[Path] | Path, sql: str) -> tuple[pd.DataFrame, list[s
 
 def load(run_dirs: list[Path] | Path, table: str) -> pd.DataFrame:
     """One table as a pandas DataFrame (refused files are skipped; see read_table for them)."""
-    dirs = _check_dirs([run_dirs] if isinstance(run_dirs, (str, Path)) else list(run_dirs))
+    dirs = check_run_dirs([run_dirs] if isinstance(run_dirs, (str, Path)) else list(run_dirs))
     return read_table(dirs, table).table.to_pandas()

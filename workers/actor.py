@@ -21,7 +21,11 @@ def _now() -> dt.datetime:
 
 
 class WorkerActor:
-    def __init__(self, model_name: str, allow_pickle: bool = False):
+    def __init__(self, model_name: str, allow_pickle: bool = False, threads: int | None = None):
+        if threads:
+            import torch
+
+            torch.set_num_threads(max(1, threads))  # use the CPU share this worker was given
         self.model_name = model_name
         self.loaded = load_model(model_name, allow_pickle=allow_pickle)
         self.model_loads = 1

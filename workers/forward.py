@@ -81,27 +81,39 @@ def start_at_layer(loaded: LoadedModel, first_layer: int, hidden: torch.Tensor):
         handle.remove()
 
 
-def states_entering(loaded: LoadedModel, layer: int, ids: torch.Tensor, lengths: torch.Tensor, chunk: int) -> torch.Tensor:
-    """Hidden states [N, T, d] entering decoder layer `layer` (the prefix cache), on the CPU."""
+def logits_and_states(loaded: LoadedModel, ids: torch.Tensor, lengths: torch.Tensor, chunk: int,
+                      layer: int | None = None, stop: bool = False) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Unintervened last-position logits [N, V] and, if `layer` is given, the hidden states
+    [N, T, d] entering that layer (the prefix cache), both on the CPU, in one pass.
+    With `stop`, the forward ends at `layer` and no logits are returned."""
     from workers.sites import decoder_layers
 
     captured: list[torch.Tensor] = []
 
     def grab(module, args, kwargs):
         captured.append((args[0] if args else kwargs["hidden_states"]).detach().float().cpu())
-        raise _StopForward
+        if stop:
+            raise _StopForward
 
-    handle = decoder_layers(loaded.model)[layer].register_forward_pre_hook(grab, with_kwargs=True)
+    handle = decoder_layers(loaded.model)[layer].register_forward_pre_hook(grab, with_kwargs=True) \
+        if layer is not None else None
+    logits = []
     try:
         with torch.no_grad():
             for i in range(0, ids.shape[0], chunk):
                 try:
-                    last_token_logits(loaded, ids[i:i + chunk], lengths[i:i + chunk])
+                    logits.append(last_token_logits(loaded, ids[i:i + chunk], lengths[i:i + chunk]).cpu())
                 except _StopForward:
                     pass
     finally:
-        handle.remove()
-    return torch.cat(captured)
+        if handle is not None:
+            handle.remove()
+    return (torch.cat(logits) if logits else None), (torch.cat(captured) if captured else None)
+
+
+def states_entering(loaded: LoadedModel, layer: int, ids: torch.Tensor, lengths: torch.Tensor, chunk: int) -> torch.Tensor:
+    """Hidden states [N, T, d] entering decoder layer `layer`; the forward stops there."""
+    return logits_and_states(loaded, ids, lengths, chunk, layer, stop=True)[1]
 
 
 class _StopForward(Exception):

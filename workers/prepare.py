@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from workers.errors import UsageError
-from workers.forward import last_token_logits, pad_batch, states_entering
+from workers.forward import logits_and_states, pad_batch
 from workers.interventions import FIXED_LENGTH_METHODS, check_method
 from workers.models import LoadedModel
 from workers.objective import logit_diff
@@ -65,12 +65,6 @@ class PreparedUnit:
         return longest.roles
 
 
-def _logits_in_chunks(loaded: LoadedModel, ids, lengths, chunk: int) -> torch.Tensor:
-    with torch.no_grad():
-        return torch.cat([last_token_logits(loaded, ids[i:i + chunk], lengths[i:i + chunk]).cpu()
-                          for i in range(0, ids.shape[0], chunk)])
-
-
 def _split_data(loaded: LoadedModel, examples: list[TokenizedExample], logits: torch.Tensor) -> SplitData:
     ids, lengths = pad_batch([e.input_ids for e in examples], loaded.tokenizer.pad_token_id)
     return SplitData(examples, ids, lengths, torch.tensor([e.answer_a_id for e in examples]),
@@ -109,7 +103,9 @@ def prepare_unit(loaded: LoadedModel, spec: UnitSpec) -> PreparedUnit:
         counts["dropped_other_length"] = len(tokenized) - len(kept)
         tokenized = kept
     all_ids, all_lengths = pad_batch([e.input_ids for e in tokenized], loaded.tokenizer.pad_token_id)
-    logits = _logits_in_chunks(loaded, all_ids, all_lengths, settings.eval_batch)
+    cache_layer = layers[0] if settings.prefix_cache and layers[0] > 0 else None
+    # one pass gives the unintervened logits and the prefix cache (states entering the first layer)
+    logits, states = logits_and_states(loaded, all_ids, all_lengths, settings.eval_batch, cache_layer)
     ld = logit_diff(logits, torch.tensor([e.answer_a_id for e in tokenized]), torch.tensor([e.answer_b_id for e in tokenized]))
     base_accuracy = float((ld > 0).float().mean())
     mean_ld = float(ld.mean())
@@ -138,7 +134,7 @@ def prepare_unit(loaded: LoadedModel, spec: UnitSpec) -> PreparedUnit:
             raise UsageError(f"unit {spec.describe()}: no {name} examples left after filtering ({counts}); "
                              "use more examples (task option n), filter: none, or another model")
     splits = {name: _split_data(loaded, [tokenized[i] for i in idx], logits[idx]) for name, idx in parts.items()}
-    if settings.prefix_cache and layers[0] > 0:
-        for data in splits.values():
-            data.prefix = states_entering(loaded, layers[0], data.ids, data.lengths, settings.eval_batch)
+    if states is not None:
+        for name, data in splits.items():
+            data.prefix = states[parts[name]][:, : data.ids.shape[1]]
     return PreparedUnit(spec, layers, n_positions, splits, counts, examples_hash(raw), base_accuracy, mean_ld)

@@ -129,7 +129,7 @@ def _train_group(loaded: LoadedModel, unit: PreparedUnit, hypers: list[Hyper], r
                 if active[i] and not math.isfinite(float(loss[i].detach())):
                     active[i] = False
                     mask[i] = 0
-                    outcomes[i].status, outcomes[i].error = "failed", f"loss is not finite ({float(loss[i])}) at step {step}"
+                    outcomes[i].status, outcomes[i].error = "failed", f"loss is not finite ({float(loss[i].detach())}) at step {step}"
             for opt in optimizers:
                 opt.zero_grad(set_to_none=True)
             (torch.nan_to_num(loss) * mask).sum().backward()
