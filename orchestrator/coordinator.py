@@ -299,7 +299,7 @@ class Coordinator:
                 idle.remove((model, actor))
             # retire actors of finished models, start the next models
             for model in list(actors):
-                if not model_open(model) and not any(v[1] == model for v in in_flight.values()):
+                if not model_open(model) and not any(v[1] == model and v[0] != "ready" for v in in_flight.values()):
                     for a in actors.pop(model):
                         ray.kill(a)
                     idle[:] = [(m, a) for m, a in idle if m != model]

@@ -1,0 +1,24 @@
+"""Smoke run of the benchmark's --quick mode: it runs and ends with one TARGET line per target."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def test_throughput_quick_prints_targets(tmp_path):
+    result = subprocess.run([sys.executable, "bench/throughput.py", "--quick", "--out", str(tmp_path)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    targets = [line for line in result.stdout.splitlines() if line.startswith("TARGET ")]
+    assert [t.split(":")[0] for t in targets] == ["TARGET per_layer_speedup", "TARGET trainer_matmul_fraction",
+                                                  "TARGET orchestration_overhead"]
+    pattern = re.compile(r"^TARGET [a-z0-9_]+: \S+ \(target \S+\) (ok|short)$")
+    assert all(pattern.match(t) for t in targets), targets
+    assert (tmp_path / "results.json").exists()
