@@ -197,7 +197,9 @@ def _html(run_dirs, made, comparison: pd.DataFrame, config: str) -> str:
     sections = [
         "<h2>Where it happens</h2><p>" + html.escape(SELECTION_RULE) + "</p>"
         + imgs("heatmaps", lambda m: f"{m['model']} {m['method']} ({m['trial_id']})"),
-        "<h2>Across models</h2>" + imgs("across", lambda m: f"{m['task']} {m['site']} {m['method']}")
+        "<h2>Across models</h2>" + (imgs("across", lambda m: f"{m['task']} {m['site']} {m['method']}") or
+                                    "<p>Only one model per task, site and method in these runs: nothing to compare. "
+                                    "Give several run directories, or a sweep with several models.</p>")
         + imgs("depth", lambda m: f"mean |alpha-1| by relative depth: {m['task']} {m['site']} {m['method']}"),
         "<h2>Trade-offs</h2>" + imgs("tradeoffs", lambda m: m["unit_id"]),
         "<h2>Methods compared (test split, 95% bootstrap intervals over prompts)</h2>"
