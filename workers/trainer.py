@@ -95,8 +95,9 @@ def _forward(loaded: LoadedModel, intervention: Intervention, ids: torch.Tensor,
 
 
 def _train_group(loaded: LoadedModel, unit: PreparedUnit, hypers: list[Hyper], refs: list[SiteRef],
-                 outcomes: list[TrialOutcome]) -> Intervention:
-    """Train trials that share a batch size together; fills steps/status of `outcomes`."""
+                 outcomes: list[TrialOutcome]) -> tuple[Intervention, int]:
+    """Train trials that share a batch size together; fills steps/status of `outcomes`.
+    Returns the trained intervention and the number of real tokens it processed."""
     k = len(hypers)
     train = unit.splits["train"]
     intervention = build_intervention(unit.spec.method, refs, k, unit.n_positions).to(loaded.device)
@@ -138,9 +139,7 @@ def _train_group(loaded: LoadedModel, unit: PreparedUnit, hypers: list[Hyper], r
                     opt.step()
                     outcomes[i].steps = step + 1
             tokens += int(lengths.sum())
-    for o in outcomes:
-        o.tokens_per_s = tokens  # total; divided by wall time by the caller
-    return intervention
+    return intervention, tokens
 
 
 def _evaluate(loaded: LoadedModel, unit: PreparedUnit, intervention: Intervention, split: SplitData,
@@ -237,7 +236,7 @@ def train_trials(loaded: LoadedModel, unit: PreparedUnit, hypers: list[Hyper]) -
         start = time.perf_counter()
         group = [outcomes[i] for i in members]
         try:
-            intervention = _train_group(loaded, unit, [hypers[i] for i in members], refs, group)
+            intervention, tokens = _train_group(loaded, unit, [hypers[i] for i in members], refs, group)
             evals = {}
             for split in ("val", "test"):
                 evals[split] = _evaluate(loaded, unit, intervention, unit.splits[split], record=split == "test")
@@ -259,7 +258,7 @@ def train_trials(loaded: LoadedModel, unit: PreparedUnit, hypers: list[Hyper]) -
             o.n_params = intervention.n_params
             o.n_active = active[j]
             o.wall_s = wall / len(group)
-            o.tokens_per_s = o.tokens_per_s / wall if wall > 0 else 0.0
+            o.tokens_per_s = tokens / wall if wall > 0 else 0.0
             o.scalars = _scalar_rows(unit, intervention, j)
             _, ld_after, kl = evals["test"]
             ld_before = test_split.ld
