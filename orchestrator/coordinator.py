@@ -1,10 +1,17 @@
 """The Ray driver and the only writer of a run: actors, Optuna ask/tell, dispatch, resume.
 
 Order of truth: a finished trial goes to Parquet first, and to Optuna only once its part
-file is durable. On start the two are reconciled (DESIGN.md, Reliability contract):
+file is durable. On start the two are reconciled (docs/architecture.md, Reliability):
 a trial in Parquet but RUNNING in Optuna is told its stored values; a RUNNING trial with
-no result is failed and its parameters re-enqueued. So after any sequence of crashes and
-resumes each unit has exactly n_trials completed trials, and no trial id twice.
+no result is recorded as `interrupted`, failed in Optuna and (a search trial) its
+parameters re-enqueued. So after any sequence of crashes and resumes each unit has exactly
+n_trials completed search trials and replicates - 1 completed replicates of its selected
+trial, and no trial id twice.
+
+A unit has two phases: the search (n_trials trials asked from its Optuna study), then, with
+`search.replicates: R > 1`, R - 1 replicates: the selected trial's hyper-parameters (by the
+one rule of storage/selection.py) asked again with fixed values, so they get new trial
+numbers and so new trial seeds, marked with the user attribute `replicate_of`.
 """
 from __future__ import annotations
 
@@ -18,6 +25,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import optuna
 import ray
@@ -28,9 +36,11 @@ from optuna.trial import TrialState
 from orchestrator.journal import repair_journal
 from orchestrator.lock import RunLock
 from orchestrator.plan import PlannedUnit, plan_units
-from orchestrator.records import trial_id, trial_rows
+from orchestrator.records import trial_id, trial_rows, unfinished_row
 from search_spaces.config import SweepConfig
 from search_spaces.spaces import directions, distributions, grid_size, make_sampler, objective_values
+from storage.schema import Status
+from storage.selection import describe_rule, select_rows
 from storage.store import RunStore
 from workers.actor import WorkerActor
 from workers.errors import UsageError
@@ -40,20 +50,44 @@ log = logging.getLogger("actscale")
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
+REPLICATE_ATTR = "replicate_of"
+
+
+class Asked(NamedTuple):
+    """One trial handed to a worker: its Optuna number, parameters, and the trial it replicates."""
+
+    number: int
+    params: dict
+    replicate_of: str | None = None
+
+
 @dataclass
 class UnitState:
     planned: PlannedUnit
     study: optuna.Study
     dists: dict
-    completed: int = 0
-    failed: int = 0
-    in_flight: int = 0
+    search_rows: list[dict] = field(default_factory=list)  # complete search trials (for the selection)
+    replicates_done: dict[str, int] = field(default_factory=dict)  # selected trial id -> complete replicates
+    failed: int = 0  # trials whose own computation failed
+    interrupted: int = 0  # trials cut off by a crash or a dead worker (re-run)
+    in_flight_search: int = 0
+    in_flight_replicates: int = 0
+    describing: bool = False
     described: bool = False
     gave_up: bool = False
+    selection: tuple[int, dict | None] | None = None  # (number of search rows, selected row) cache
 
     @property
     def unit_id(self) -> str:
         return self.planned.unit_id
+
+    @property
+    def completed(self) -> int:
+        return len(self.search_rows) + sum(self.replicates_done.values())
+
+    @property
+    def in_flight(self) -> int:
+        return self.in_flight_search + self.in_flight_replicates + int(self.describing)
 
 
 @dataclass
@@ -62,8 +96,20 @@ class Summary:
     completed: int
     failed: int
     model_loads: int
-    best: list[dict] = field(default_factory=list)
+    selected: list[dict] = field(default_factory=list)
     wall_s: float = 0.0
+    interrupted: int = 0
+
+
+@dataclass
+class Pending:
+    """Work in flight on an actor: start-up ('ready'), a unit's description ('record') or trials."""
+
+    kind: str  # ready | record | trials
+    model: str
+    actor: Any
+    state: UnitState | None = None
+    asked: list[Asked] = field(default_factory=list)
 
 
 def _setup_logging(run_dir: Path, quiet: bool) -> None:
@@ -165,29 +211,121 @@ class Coordinator:
                     raise UsageError(f"search.n_trials={self.config.search.n_trials} but the grid has only {size} "
                                      "points; raise search.grid_points or lower n_trials")
 
+    def _defaults(self, state: UnitState) -> dict:
+        settings = state.planned.spec.settings
+        return {"steps": settings.steps, "batch_size": settings.batch_size}
+
     def _reconcile(self, store: RunStore) -> None:
-        trials = store.read("trials").table.to_pylist()
-        stored = {r["trial_id"]: r for r in trials}
-        fixed = 0
+        """Settle trials an earlier coordinator left RUNNING, then count each unit's trials from Parquet."""
+        stored = {r["trial_id"]: r for r in store.read("trials").table.to_pylist()}
+        tells: list[tuple[UnitState, Any, dict]] = []
         for state in self.units.values():
-            for t in state.study.get_trials(deepcopy=False):
-                if t.state != TrialState.RUNNING:
-                    continue
-                row = stored.get(trial_id(state.unit_id, t.number))
-                if row is not None and row["status"] == "complete":
-                    metrics = {s: {m: row[f"{s}_{m}"] for m in ("flip_rate", "kl_other", "l1")} for s in ("val",)}
-                    state.study.tell(t.number, objective_values(self.config.search, metrics, row["n_active"], row["n_params"]))
-                elif row is not None:
-                    state.study.tell(t.number, state=TrialState.FAIL)
-                else:
-                    state.study.tell(t.number, state=TrialState.FAIL)
-                    state.study.enqueue_trial(t.params)
-                fixed += 1
-            done = state.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            state.completed = len(done)
-            state.failed = len(state.study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
-        if fixed:
-            log.info(f"reconciled {fixed} trial(s) left running by an earlier coordinator")
+            for t in state.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                tid = trial_id(state.unit_id, t.number)
+                row = stored.get(tid)
+                if row is None:
+                    replicate_of = t.user_attrs.get(REPLICATE_ATTR)
+                    row = unfinished_row(self.run_id, state.unit_id, t.number, self._trial_params(t, replicate_of),
+                                         self._defaults(state), Status.INTERRUPTED,
+                                         "interrupted: the coordinator stopped before the result was stored; re-run",
+                                         replicate_of)
+                    store.append("trials", [row])
+                    stored[tid] = row
+                tells.append((state, t, row))
+        store.flush()  # Parquet first: the interrupted rows are durable before Optuna hears of them
+        for state, t, row in tells:
+            if row["status"] == Status.COMPLETE:
+                metrics = {"val": {m: row[f"val_{m}"] for m in ("flip_rate", "kl_other", "l1")}}
+                state.study.tell(t.number, objective_values(self.config.search, metrics, row["sites_moved"],
+                                                            row["sites_total"]))
+                continue
+            state.study.tell(t.number, state=TrialState.FAIL)
+            if row["status"] == Status.INTERRUPTED:
+                self._requeue(state, t.params, row["replicate_of"])
+        for row in stored.values():
+            state = self.units.get(row["unit_id"])
+            if state is not None:
+                self._count(state, row)
+        if tells:
+            log.info(f"reconciled {len(tells)} trial(s) left running by an earlier coordinator")
+
+    def _trial_params(self, trial, replicate_of: str | None) -> dict:
+        params = dict(trial.params, seed=trial.number)
+        if replicate_of is not None:
+            params["resample_train"] = self.config.search.replicate_data
+        return params
+
+    def _requeue(self, state: UnitState, params: dict, replicate_of: str | None) -> None:
+        """Run an interrupted search trial's parameters again (a replicate is simply asked again)."""
+        if replicate_of is None and set(params) >= set(state.dists):
+            state.study.enqueue_trial({k: params[k] for k in state.dists})
+
+    def _count(self, state: UnitState, row: dict) -> None:
+        """Count one stored trials row into its unit's state."""
+        if row["status"] == Status.COMPLETE:
+            if row["replicate_of"] is None:
+                state.search_rows.append(row)
+            else:
+                state.replicates_done[row["replicate_of"]] = state.replicates_done.get(row["replicate_of"], 0) + 1
+        elif row["status"] == Status.FAILED:
+            state.failed += 1
+        elif row["status"] == Status.INTERRUPTED:
+            state.interrupted += 1
+
+    # ------------------------------------------------------------------ phases of a unit
+    def _search_left(self, state: UnitState) -> int:
+        return self.config.search.n_trials - len(state.search_rows) - state.in_flight_search
+
+    def _selected(self, state: UnitState) -> dict | None:
+        """The unit's selected search trial (cached until its search rows change)."""
+        if state.selection is None or state.selection[0] != len(state.search_rows):
+            state.selection = (len(state.search_rows), select_rows(state.search_rows, self.config.selection.min_flip))
+        return state.selection[1]
+
+    def _replicates_left(self, state: UnitState) -> int:
+        """Replicates still to ask: only once the unit's search is complete and nothing of it is in flight."""
+        replicates = self.config.search.replicates
+        if replicates <= 1 or self._search_left(state) > 0 or state.in_flight_search:
+            return 0
+        selected = self._selected(state)
+        if selected is None:
+            return 0
+        done = state.replicates_done.get(selected["trial_id"], 0)
+        return max(0, replicates - 1 - done - state.in_flight_replicates)
+
+    def _has_work(self, state: UnitState) -> bool:
+        return not state.gave_up and (not state.described or self._search_left(state) > 0
+                                      or self._replicates_left(state) > 0)
+
+    def _ask(self, state: UnitState, replicate_of: str | None) -> optuna.trial.Trial:
+        """Ask the study for a trial; a stale waiting trial of the other kind (left by a crash) is
+        discarded (failed in Optuna, never run) so that search and replicates never mix."""
+        while True:
+            trial = state.study.ask(state.dists)
+            if trial.user_attrs.get(REPLICATE_ATTR) == replicate_of:
+                return trial
+            state.study.tell(trial.number, state=TrialState.FAIL)
+
+    def _ask_search(self, state: UnitState, k: int) -> list[Asked]:
+        asked = []
+        for _ in range(k):
+            trial = self._ask(state, None)
+            asked.append(Asked(trial.number, dict(trial.params, seed=trial.number)))
+        return asked
+
+    def _ask_replicates(self, state: UnitState, k: int) -> list[Asked]:
+        """The selected trial's hyper-parameters again, as new Optuna trials (so new trial seeds).
+        Enqueued with the `replicate_of` attribute in one journal record, then asked at once."""
+        selected = self._selected(state)
+        params = {name: selected[name] for name in state.dists}
+        asked = []
+        for _ in range(k):
+            state.study.enqueue_trial(params, user_attrs={REPLICATE_ATTR: selected["trial_id"]})
+            trial = self._ask(state, selected["trial_id"])
+            asked.append(Asked(trial.number, dict(trial.params, seed=trial.number,
+                                                  resample_train=self.config.search.replicate_data),
+                               selected["trial_id"]))
+        return asked
 
     # ------------------------------------------------------------------ run
     def run(self) -> Summary:
@@ -210,9 +348,11 @@ class Coordinator:
                 self._record_config(store)  # first run: `resume` needs it even after an early crash
             self._open_studies(planned, described)
             self._reconcile(store)
-            todo = sum(max(0, self.config.search.n_trials - s.completed) for s in self.units.values())
-            log.info(f"run {self.run_id} in {self.run_dir}: {len(self.units)} unit(s), {todo} trial(s) to run")
-            if todo or any(not s.described for s in self.units.values()):
+            todo = sum(max(0, self._search_left(s)) for s in self.units.values())
+            replicates = sum(self._replicates_left(s) for s in self.units.values())
+            log.info(f"run {self.run_id} in {self.run_dir}: {len(self.units)} unit(s), {todo} search trial(s) "
+                     f"to run" + (f", {replicates} replicate(s)" if replicates else ""))
+            if any(self._has_work(s) for s in self.units.values()):
                 if not ray.is_initialized():
                     started_ray = True
                     ray.init(**ray_init_kwargs(self.address))
@@ -239,27 +379,26 @@ class Coordinator:
         return actor
 
     def _dispatch(self, store: RunStore) -> None:
-        search = self.config.search
         by_model: dict[str, list[UnitState]] = {}
         for s in self.units.values():
             by_model.setdefault(s.planned.spec.model, []).append(s)
         waiting_models = list(by_model)
         actors: dict[str, list] = {}  # model -> actors
         idle: list[tuple[str, object]] = []
-        in_flight: dict = {}
+        in_flight: dict = {}  # ObjectRef -> Pending
         last_progress = time.monotonic()
         started = time.monotonic()
         done_at_start = {m: sum(s.completed for s in us) for m, us in by_model.items()}
+        last_line: dict[str, str] = {}
 
         def model_open(model: str) -> bool:
-            return any(not s.gave_up and (not s.described or s.completed + s.in_flight < search.n_trials)
-                       for s in by_model[model])
+            return any(self._has_work(s) for s in by_model[model])
 
         def launch(model: str) -> None:
             """Start an actor; it gets work only once it is up (its info() answered)."""
             actor = self._new_actor(model)
             actors[model].append(actor)
-            in_flight[actor.info.remote()] = ("ready", model, actor, None, [])
+            in_flight[actor.info.remote()] = Pending("ready", model, actor)
             log.info(f"starting a worker for {model}")
 
         def start_models() -> None:
@@ -273,40 +412,21 @@ class Coordinator:
 
         start_models()
         while in_flight or idle or waiting_models:
-            # hand work to idle actors
-            for model, actor in list(idle):
-                state = next((s for s in by_model[model] if not s.gave_up and not s.described and s.in_flight == 0), None)
-                if state is not None:
-                    state.in_flight += 1
-                    ref = actor.unit_record.remote(state.unit_id, state.planned.spec)
-                    in_flight[ref] = ("record", model, actor, state, [])
+            for model, actor in list(idle):  # hand work to idle actors
+                work = self._assign(by_model[model], model, actor)
+                if work is not None:
+                    ref, pending = work
+                    in_flight[ref] = pending
                     idle.remove((model, actor))
-                    continue
-                state = next((s for s in by_model[model] if not s.gave_up and s.described
-                              and s.completed + s.in_flight < search.n_trials), None)
-                if state is None:
-                    continue
-                k = min(search.batch, search.n_trials - s_done(state))
-                asked = []
-                for _ in range(k):
-                    trial = state.study.ask(state.dists)
-                    params = dict(trial.params)
-                    params["seed"] = trial.number
-                    asked.append((trial.number, params))
-                state.in_flight += k
-                ref = actor.run_trials.remote(state.unit_id, state.planned.spec, asked)
-                in_flight[ref] = ("trials", model, actor, state, asked)
-                idle.remove((model, actor))
-            # retire actors of finished models, start the next models
-            for model in list(actors):
-                if not model_open(model) and not any(v[1] == model and v[0] != "ready" for v in in_flight.values()):
+            for model in list(actors):  # retire actors of finished models, start the next models
+                if not model_open(model) and not any(p.model == model and p.kind != "ready" for p in in_flight.values()):
                     for a in actors.pop(model):
                         ray.kill(a)
                     idle[:] = [(m, a) for m, a in idle if m != model]
-                    for ref in [r for r, v in in_flight.items() if v[0] == "ready" and v[1] == model]:
+                    for ref in [r for r, p in in_flight.items() if p.kind == "ready" and p.model == model]:
                         in_flight.pop(ref)
             start_models()
-            working = any(v[0] != "ready" for v in in_flight.values())
+            working = any(p.kind != "ready" for p in in_flight.values())
             if not working and not waiting_models and all(not model_open(m) for m in by_model):
                 break
             if not in_flight:
@@ -314,65 +434,111 @@ class Coordinator:
                 continue
             ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
             for ref in ready:
-                kind, model, actor, state, asked = in_flight.pop(ref)
-                if state is not None:
-                    state.in_flight -= max(1, len(asked)) if kind == "trials" else 1
-                try:
-                    value = ray.get(ref)
-                except (ray.exceptions.RayActorError, ray.exceptions.ActorDiedError) as exc:
-                    self._actor_died(model, actor, state, asked, exc, actors, launch)
-                    continue
-                except ray.exceptions.RayTaskError as exc:
-                    cause = exc.cause if hasattr(exc, "cause") else exc
-                    if isinstance(cause, UsageError):
-                        raise cause from None
-                    if state is None:
-                        raise UsageError(f"a worker for {model} failed to start: {type(cause).__name__}: {cause}") from None
-                    log.error(f"unit {state.unit_id}: worker error {type(cause).__name__}: {cause}")
-                    for number, _ in asked:
-                        self.pending_tells.append((state, number, None))
-                    state.failed += len(asked)
-                    self._maybe_give_up(state)
-                    idle.append((model, actor))
-                    continue
-                idle.append((model, actor))
-                if kind == "ready":
-                    self.model_loads += value["model_loads"]
-                    log.info(f"worker for {model} is up on {value['node']} (pid {value['pid']}, "
-                             f"model loaded in {value['load_seconds']:.1f}s)")
-                    continue
-                if kind == "record":
-                    row, examples = value
-                    store.write_now("units", [dict(row, run_id=self.run_id)])
-                    store.append("examples", examples)
-                    state.described = True
-                    continue
-                self._record_results(store, state, value)
+                pending = in_flight.pop(ref)
+                if self._handle(store, ref, pending, actors, launch):
+                    idle.append((pending.model, pending.actor))
             if store.flush_if_due():
                 self._tell_pending()
             if time.monotonic() - last_progress > 5:
                 last_progress = time.monotonic()
-                self._progress(by_model, done_at_start, started)
+                self._progress(by_model, done_at_start, started, last_line)
         for model in list(actors):
             for a in actors.pop(model):
                 ray.kill(a)
 
-    def _record_results(self, store: RunStore, state: UnitState, results: list[dict]) -> None:
-        defaults = {"steps": state.planned.spec.settings.steps, "batch_size": state.planned.spec.settings.batch_size}
+    def _assign(self, states: list[UnitState], model: str, actor) -> tuple[Any, Pending] | None:
+        """The next piece of work for an idle actor of `model`: describe a unit, or a batch of trials."""
+        state = next((s for s in states if not s.gave_up and not s.described and not s.describing), None)
+        if state is not None:
+            state.describing = True
+            return actor.unit_record.remote(state.unit_id, state.planned.spec), Pending("record", model, actor, state)
+        batch = self.config.search.batch
+        for state in states:
+            if state.gave_up or not state.described:
+                continue
+            if (left := self._search_left(state)) > 0:
+                asked = self._ask_search(state, min(batch, left))
+                state.in_flight_search += len(asked)
+            elif (left := self._replicates_left(state)) > 0:
+                asked = self._ask_replicates(state, min(batch, left))
+                state.in_flight_replicates += len(asked)
+            else:
+                continue
+            ref = actor.run_trials.remote(state.unit_id, state.planned.spec, [(a.number, a.params) for a in asked])
+            return ref, Pending("trials", model, actor, state, asked)
+        return None
+
+    def _release(self, pending: Pending) -> None:
+        state = pending.state
+        if state is None:
+            return
+        if pending.kind == "record":
+            state.describing = False
+        elif pending.asked and pending.asked[0].replicate_of is not None:
+            state.in_flight_replicates -= len(pending.asked)
+        else:
+            state.in_flight_search -= len(pending.asked)
+
+    def _handle(self, store: RunStore, ref, pending: Pending, actors: dict, launch) -> bool:
+        """Take one finished piece of work; returns whether its actor is free for more."""
+        self._release(pending)
+        state, model = pending.state, pending.model
+        try:
+            value = ray.get(ref)
+        except (ray.exceptions.RayActorError, ray.exceptions.ActorDiedError) as exc:
+            self._actor_died(store, pending, exc, actors, launch)
+            return False
+        except ray.exceptions.RayTaskError as exc:
+            cause = exc.cause if hasattr(exc, "cause") else exc
+            if isinstance(cause, UsageError):
+                raise cause from None
+            if state is None:
+                raise UsageError(f"a worker for {model} failed to start: {type(cause).__name__}: {cause}") from None
+            log.error(f"unit {state.unit_id}: worker error {type(cause).__name__}: {cause}")
+            self._record_unfinished(store, state, pending.asked, Status.FAILED,
+                                    f"worker error {type(cause).__name__}: {str(cause)[:500]}")
+            self._maybe_give_up(state)
+            return True
+        if pending.kind == "ready":
+            self.model_loads += value["model_loads"]
+            log.info(f"worker for {model} is up on {value['node']} (pid {value['pid']}, "
+                     f"model loaded in {value['load_seconds']:.1f}s)")
+        elif pending.kind == "record":
+            row, examples = value
+            store.write_now("units", [dict(row, run_id=self.run_id)])
+            store.append("examples", examples)
+            state.described = True
+        else:
+            self._record_results(store, state, value, pending.asked)
+        return True
+
+    def _record_unfinished(self, store: RunStore, state: UnitState, asked: list[Asked], status: str,
+                           error: str) -> None:
+        """Rows (and Optuna FAILs, once durable) for trials that produced no result."""
+        for a in asked:
+            row = unfinished_row(self.run_id, state.unit_id, a.number, a.params, self._defaults(state), status, error,
+                                 a.replicate_of)
+            store.append("trials", [row])
+            self._count(state, row)
+            self.pending_tells.append((state, a.number, None))
+
+    def _record_results(self, store: RunStore, state: UnitState, results: list[dict], asked: list[Asked]) -> None:
+        replicate_of = {a.number: a.replicate_of for a in asked}
         for result in results:
-            rows = trial_rows(self.run_id, state.unit_id, state.planned.spec, result, defaults)
+            rows = trial_rows(self.run_id, state.unit_id, state.planned.spec, result, self._defaults(state),
+                              replicate_of.get(result["number"]))
             for table, table_rows in rows.items():
                 store.append(table, table_rows)
             if result["tensors"]:
                 self._write_artifact(trial_id(state.unit_id, result["number"]), result["tensors"])
-            if result["status"] == "complete":
-                values = objective_values(self.config.search, result["metrics"], result["n_active"], result["n_params"])
+            self._count(state, rows["trials"][0])
+            if result["status"] == Status.COMPLETE:
+                values = objective_values(self.config.search, result["metrics"], result["sites_moved"],
+                                          result["sites_total"])
                 self.pending_tells.append((state, result["number"], values))
-                state.completed += 1
             else:
                 log.warning(f"unit {state.unit_id} trial {result['number']} failed: {result['error']}")
                 self.pending_tells.append((state, result["number"], None))
-                state.failed += 1
                 self._maybe_give_up(state)
 
     def _maybe_give_up(self, state: UnitState) -> None:
@@ -399,45 +565,64 @@ class Coordinator:
                 state.study.tell(number, values, skip_if_finished=True)
         self.pending_tells = []
 
-    def _actor_died(self, model, actor, state, asked, exc, actors, launch) -> None:
+    def _actor_died(self, store: RunStore, pending: Pending, exc: Exception, actors: dict, launch) -> None:
+        """A dead worker costs its in-flight trials: recorded as interrupted, re-run on a new worker."""
         self.actor_failures += 1
+        model, state = pending.model, pending.state
         log.error(f"a worker for {model} died ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
-                  f"re-running its {len(asked)} in-flight trial(s) on a new worker")
+                  f"re-running its {len(pending.asked)} interrupted trial(s) on a new worker")
         if self.actor_failures > 10 + 2 * len(self.units):
             raise UsageError(f"workers for {model} keep dying ({self.actor_failures} times); see {self.run_dir}/actscale.log")
-        for number, params in asked:
-            state.study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
-            state.study.enqueue_trial({k: v for k, v in params.items() if k in state.dists})
-        if model in actors and actor in actors[model]:
-            actors[model].remove(actor)
+        if state is not None and pending.asked:
+            self._record_unfinished(store, state, pending.asked, Status.INTERRUPTED,
+                                    f"interrupted: the worker died ({type(exc).__name__}); re-run")
+            store.flush()  # durable before Optuna hears of it
+            self._tell_pending()
+            for a in pending.asked:
+                self._requeue(state, a.params, a.replicate_of)
+        if model in actors and pending.actor in actors[model]:
+            actors[model].remove(pending.actor)
             launch(model)
 
-    def _progress(self, by_model, done_at_start, started) -> None:
-        n = self.config.search.n_trials
+    def _progress(self, by_model, done_at_start, started, last_line: dict) -> None:
+        """One line per model, only when something changed since its last line."""
         for model, states in by_model.items():
             done = sum(s.completed for s in states)
-            total = n * len(states)
+            total = sum(self.config.search.n_trials + self.config.search.replicates - 1 for _ in states)
             failed = sum(s.failed for s in states)
+            interrupted = sum(s.interrupted for s in states)
             rate = (done - done_at_start[model]) / max(1e-9, time.monotonic() - started)
             eta = f"{(total - done) / rate:.0f}s" if rate > 0 else "?"
-            log.info(f"{model}: {done}/{total} trials, {rate:.2f}/s, ETA {eta}, failed {failed}")
+            key = f"{done}/{total} {failed} {interrupted}"
+            if last_line.get(model) == key:
+                continue
+            last_line[model] = key
+            log.info(f"{model}: {done}/{total} trials, {rate:.2f}/s, ETA {eta}, failed {failed}, "
+                     f"interrupted {interrupted}")
 
     def _summary(self, wall: float) -> Summary:
-        best = []
+        selected = []
         for state in self.units.values():
-            complete = state.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if not complete:
+            row = self._selected(state)
+            if row is None:
                 continue
-            top = max(complete, key=lambda t: (t.values[0], *(-v for v in t.values[1:])))
-            best.append(dict(unit=state.planned.spec.describe(), trial_id=trial_id(state.unit_id, top.number),
-                             values=[round(v, 4) for v in top.values], completed=len(complete)))
+            replicates = state.replicates_done.get(row["trial_id"], 0)
+            selected.append(dict(unit=state.planned.spec.describe(), trial_id=row["trial_id"],
+                                 val_flip_rate=row["val_flip_rate"], val_kl_other=row["val_kl_other"],
+                                 sites_moved=row["sites_moved"], sites_total=row["sites_total"],
+                                 selected_by=row["selected_by"], replicates=replicates))
         completed = sum(s.completed for s in self.units.values())
         failed = sum(s.failed for s in self.units.values())
-        summary = Summary(self.run_dir, completed, failed, self.model_loads, best, wall)
-        log.info(f"done: {completed} completed trial(s), {failed} failed, model loads: {self.model_loads}, "
-                 f"{wall:.1f}s")
-        for b in best:
-            log.info(f"  best {b['unit']}: {b['trial_id']} values {b['values']} ({b['completed']} trials)")
+        interrupted = sum(s.interrupted for s in self.units.values())
+        summary = Summary(self.run_dir, completed, failed, self.model_loads, selected, wall, interrupted)
+        log.info(f"done: {completed} completed trial(s), {failed} failed, {interrupted} interrupted and re-run, "
+                 f"model loads: {self.model_loads}, {wall:.1f}s")
+        log.info(f"  ({describe_rule(self.config.selection.min_flip)})")
+        for b in selected:
+            flag = "  [fallback: none reached min_flip]" if b["selected_by"] == "fallback" else ""
+            log.info(f"  selected {b['unit']}: {b['trial_id']} val flip_rate {b['val_flip_rate']:.3f}, "
+                     f"val kl_other {b['val_kl_other']:.3f}, sites moved {b['sites_moved']}/{b['sites_total']}, "
+                     f"{b['replicates']} replicate(s){flag}")
         return summary
 
 
@@ -448,7 +633,3 @@ def ray_init_kwargs(address: str | None) -> dict:
     if address is None:
         kwargs["_node_ip_address"] = "127.0.0.1"
     return kwargs
-
-
-def s_done(state: UnitState) -> int:
-    return state.completed + state.in_flight

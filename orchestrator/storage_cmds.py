@@ -58,6 +58,6 @@ def cmd_report(args: argparse.Namespace) -> int:
     dirs = check_run_dirs([Path(d) for d in args.run_dirs])
     out = Path(args.out) if args.out else dirs[0] / "report"
     made = render(dirs, out, args.trial)
-    n = sum(len(made[k]) for k in ("heatmaps", "across", "depth", "tradeoffs"))
+    n = sum(len(made[k]) for k in ("heatmaps", "seeds", "across", "depth", "tradeoffs"))
     print(f"report: {out / 'index.html'}  ({n} figures; summary in {out / 'summary.md'})")
     return 0

@@ -21,7 +21,7 @@ def register(sub) -> None:
     p.add_argument("--address")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_resume)
-    p = sub.add_parser("status", help="per unit: done, failed, pending, best values")
+    p = sub.add_parser("status", help="per unit: trials done, failed, interrupted, pending; the selected trial's values")
     p.add_argument("run_dir")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
@@ -31,8 +31,8 @@ def _run(config, run_dir: Path, address: str | None, quiet: bool) -> int:
     from orchestrator.coordinator import Coordinator
 
     summary = Coordinator(config, run_dir, address=address, quiet=quiet).run()
-    print(f"results: {run_dir}/tables  ({summary.completed} completed, {summary.failed} failed trials, "
-          f"model loads: {summary.model_loads}, {summary.wall_s:.0f}s)")
+    print(f"results: {run_dir}/tables  ({summary.completed} completed, {summary.failed} failed, "
+          f"{summary.interrupted} interrupted and re-run; model loads: {summary.model_loads}, {summary.wall_s:.0f}s)")
     return 0
 
 
@@ -51,36 +51,79 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return _run(load_config(stored), run_dir, args.address, args.quiet)
 
 
+STATUS_SQL = """
+WITH u AS (SELECT DISTINCT ON (unit_id) * FROM units ORDER BY unit_id),
+counts AS (
+    SELECT unit_id,
+           count(*) FILTER (WHERE status = 'complete' AND replicate_of IS NULL) AS done,
+           count(*) FILTER (WHERE status = 'failed') AS failed,
+           count(*) FILTER (WHERE status = 'interrupted') AS interrupted
+    FROM trials GROUP BY unit_id)
+SELECT u.unit_id, u.model, u.task, u.site, u.method, u.n_val, u.n_test,
+       coalesce(c.done, 0) AS done, coalesce(c.failed, 0) AS failed, coalesce(c.interrupted, 0) AS interrupted,
+       s.trial_id AS selected_trial, s.selected_by, s.val_flip_rate, s.val_kl_other, s.test_flip_rate,
+       s.test_kl_other, s.sites_moved, s.sites_total, s.n_params,
+       (SELECT count(*) FROM trials r WHERE r.replicate_of = s.trial_id AND r.status = 'complete') AS replicates
+FROM u LEFT JOIN counts c USING (unit_id) LEFT JOIN selected s USING (unit_id)
+ORDER BY u.model, u.task, u.site, u.method, u.unit_id"""
+
+
 def unit_status(run_dir: Path) -> list[dict]:
-    from storage.query import run_sql
+    """Per unit: trial counts, and the selected trial's val and test values (never a maximum over test)."""
+    import math
+
+    from storage.query import connect
+    from storage.seeds import seed_stats
 
     stored = run_dir / "sweep.yaml"
     if not stored.is_file():
         raise UsageError(f"{run_dir} holds no sweep.yaml: not an actscale run directory")
-    n_trials = load_config(stored).search.n_trials
-    frame, _ = run_sql([run_dir], """
-        SELECT u.unit_id, u.model, u.task, u.site, u.method,
-               count(t.trial_id) FILTER (WHERE t.status = 'complete') AS done,
-               count(t.trial_id) FILTER (WHERE t.status <> 'complete') AS failed,
-               max(t.val_flip_rate) AS best_val_flip, min(t.val_kl_other) AS best_val_kl,
-               max(t.test_flip_rate) AS best_test_flip
-        FROM (SELECT DISTINCT ON (unit_id) * FROM units) u LEFT JOIN trials t USING (unit_id)
-        GROUP BY ALL ORDER BY u.model, u.task, u.site, u.method""")
-    rows = frame.to_dict("records")
-    for r in rows:
-        r["pending"] = max(0, n_trials - int(r["done"]))
+    search = load_config(stored).search
+    con, _ = connect([run_dir])
+    try:
+        rows = con.execute(STATUS_SQL).df().to_dict("records")
+        for r in rows:
+            r["pending"] = max(0, search.n_trials - int(r["done"])) + max(0, search.replicates - 1 - int(r["replicates"]))
+            r["seed_jaccard"] = math.nan
+            if r["replicates"]:
+                trials = con.execute("SELECT * FROM trials WHERE trial_id = ? OR replicate_of = ?",
+                                     [r["selected_trial"]] * 2).df()
+                scalars = con.execute("SELECT * FROM scalars WHERE trial_id IN (SELECT trial_id FROM trials "
+                                      "WHERE trial_id = ? OR replicate_of = ?)", [r["selected_trial"]] * 2).df()
+                r["seed_jaccard"] = seed_stats(r["selected_trial"], trials, scalars).jaccard
+    finally:
+        con.close()
     return rows
 
 
+def _fmt(value, spec: str = ".3f") -> str:
+    if value is None or value != value:
+        return "-"
+    return format(value, spec)
+
+
 def cmd_status(args: argparse.Namespace) -> int:
+    from storage.query import run_min_flip
+    from storage.selection import describe_rule
+
     rows = unit_status(Path(args.run_dir))
     if args.json:
         print(json.dumps(rows, default=str))
         return 0
-    print(f"{'unit':<16}{'model':<16}{'task':<14}{'site':<12}{'method':<13}{'done':>5}{'failed':>7}{'pending':>8}"
-          f"{'val_flip':>10}{'test_flip':>10}")
+    print(f"{'unit':<16}{'model':<14}{'task':<13}{'site':<11}{'method':<12}{'done':>5}{'reps':>5}{'failed':>7}"
+          f"{'interr.':>8}{'pending':>8}  {'selected':<22}{'val_flip':>9}{'test_flip':>10}{'val_kl':>8}"
+          f"{'test_kl':>8}{'sites moved':>13}{'n_params':>10}{'seed J':>8}")
     for r in rows:
-        fmt = lambda v: "-" if v is None or v != v else f"{v:.3f}"  # noqa: E731
-        print(f"{r['unit_id']:<16}{r['model']:<16}{r['task']:<14}{r['site']:<12}{r['method']:<13}{r['done']:>5}"
-              f"{r['failed']:>7}{r['pending']:>8}{fmt(r['best_val_flip']):>10}{fmt(r['best_test_flip']):>10}")
+        sites = "-" if r["selected_trial"] is None else f"{int(r['sites_moved'])}/{int(r['sites_total'])}"
+        selected = "-" if r["selected_trial"] is None else r["selected_trial"][-6:] + (
+            " (fallback)" if r["selected_by"] == "fallback" else "")
+        n_params = "-" if r["n_params"] is None or r["n_params"] != r["n_params"] else f"{int(r['n_params'])}"
+        print(f"{r['unit_id']:<16}{r['model']:<14}{r['task']:<13}{r['site']:<11}{r['method']:<12}{r['done']:>5}"
+              f"{r['replicates']:>5}{r['failed']:>7}{r['interrupted']:>8}{r['pending']:>8}  {selected:<22}"
+              f"{_fmt(r['val_flip_rate']):>9}{_fmt(r['test_flip_rate']):>10}{_fmt(r['val_kl_other']):>8}"
+              f"{_fmt(r['test_kl_other']):>8}{sites:>13}{n_params:>10}{_fmt(r['seed_jaccard'], '.2f'):>8}")
+    rule = describe_rule(run_min_flip(Path(args.run_dir))[1])
+    print(f"\n{rule[0].upper() + rule[1:]}.\nsites moved: cells (layer, position[, head]) whose effect is above the "
+          "method's threshold (units.moved_measure, units.moved_threshold); seed J: mean pairwise Jaccard overlap "
+          "of the moved cells of the selected trial and its replicates; (fallback): no trial reached min_flip.")
     return 0

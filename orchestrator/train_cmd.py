@@ -43,10 +43,9 @@ def parse_task_options(items: list[str]) -> dict:
     return options
 
 
-def _moved(outcome, method: str, top: int) -> list[dict]:
-    def distance(row):
-        return row["value"] if method == "steervec" else abs(row["value"] - 1)
-    return sorted(outcome.scalars, key=distance, reverse=True)[:top]
+def _moved(outcome, top: int) -> list[dict]:
+    """The cells with the largest effect (the measure that decides sites_moved, for every method)."""
+    return sorted(outcome.scalars, key=lambda row: row["effect"], reverse=True)[:top]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -73,9 +72,10 @@ def run(args: argparse.Namespace) -> int:
         "unit": spec.describe(), "status": outcome.status, "error": outcome.error,
         "examples": unit.counts, "base_accuracy": unit.base_accuracy,
         "val": outcome.metrics.get("val"), "test": outcome.metrics.get("test"),
-        "n_params": outcome.n_params, "n_active": outcome.n_active, "steps": outcome.steps,
+        "n_params": outcome.n_params, "sites_moved": outcome.sites_moved, "sites_total": outcome.sites_total,
+        "steps": outcome.steps,
         "wall_s": round(outcome.wall_s, 2), "hyper": hyper.to_dict(),
-        "most_moved": _moved(outcome, spec.method, args.top),
+        "most_moved": _moved(outcome, args.top),
     }
     if args.json:
         print(json.dumps(report))
@@ -95,8 +95,8 @@ def _print_text(report: dict) -> None:
     print(f"unit      {report['unit']}")
     print(f"status    {report['status']}" + (f" ({report['error']})" if report["error"] else ""))
     print(f"examples  {report['examples']}  (base accuracy {report['base_accuracy']:.3f})")
-    print(f"params    n_params={report['n_params']}  n_active={report['n_active']}  steps={report['steps']}  "
-          f"wall={report['wall_s']}s")
+    print(f"sites     moved {report['sites_moved']} of {report['sites_total']} cells (layer, position[, head])  "
+          f"n_params={report['n_params']}  steps={report['steps']}  wall={report['wall_s']}s")
     if report["val"]:
         print(f"{'metric':<12}{'val':>10}{'test':>10}")
         for name in report["val"]:
@@ -104,4 +104,5 @@ def _print_text(report: dict) -> None:
     print("most moved:")
     for row in report["most_moved"]:
         head = "" if row["head"] is None else f" head {row['head']}"
-        print(f"  layer {row['layer']:>3} pos {row['position']:>3} {row['role']:<10}{head} value {row['value']:.4f}")
+        print(f"  layer {row['layer']:>3} pos {row['position']:>3} {row['role']:<10}{head} value {row['value']:.4f}"
+              f"  effect {row['effect']:.4f}" + ("  moved" if row["moved"] else ""))

@@ -10,6 +10,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from storage.selection import DEFAULT_MIN_FLIP
 from workers.errors import UsageError
 from workers.interventions import METHODS
 from workers.sites import SITES
@@ -83,6 +84,9 @@ class Search(_Strict):
     space: Space = Space()
     method_space: dict[str, SpaceOverride] = Field(default_factory=dict)
     grid_points: int = Field(3, ge=2)
+    # after a unit's search: re-train its selected hyper-parameters with replicates - 1 more trial seeds
+    replicates: int = Field(1, ge=1, le=100)
+    replicate_data: bool = False  # replicates also train on a bootstrap resample of the train split
 
     @field_validator("method_space")
     @classmethod
@@ -107,6 +111,14 @@ class Train(_Strict):
         return v
 
 
+class Selection(_Strict):
+    """The one selection rule (storage/selection.py): among complete search trials with val
+    flip_rate >= min_flip, the fewest sites_moved, then the lowest val kl_other; if none
+    qualifies, the highest val flip_rate (flagged as a fallback)."""
+
+    min_flip: float = Field(DEFAULT_MIN_FLIP, gt=0, le=1)
+
+
 class Resources(_Strict):
     cpus_per_worker: float = Field(1.0, gt=0)
     gpus_per_worker: float = Field(0.0, ge=0)
@@ -123,6 +135,7 @@ class SweepConfig(_Strict):
     methods: list[str] = Field(min_length=1)
     search: Search = Search()
     train: Train = Train()
+    selection: Selection = Selection()
     resources: Resources = Resources()
     allow_pickle: bool = False
 

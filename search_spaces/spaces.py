@@ -1,8 +1,9 @@
 """The search space as Optuna distributions, the sampler, and the objective values.
 
 Default: three objectives with NSGA-II: maximize val flip_rate, minimize val kl_other,
-minimize val l1. `objective: scalar` (e.g. with TPE) uses one documented score:
-    score = val_flip_rate - val_kl_other - n_active / n_params      (maximized)
+minimize val l1. `objective: scalar` (e.g. with TPE) uses one documented score, with moved
+sites counted in the same unit for every method (docs/architecture.md, Definitions):
+    score = val_flip_rate - val_kl_other - sites_moved / sites_total      (maximized)
 """
 from __future__ import annotations
 
@@ -66,11 +67,11 @@ def directions(search: Search) -> list[str]:
     return PARETO_DIRECTIONS if search.objective == "pareto" else SCALAR_DIRECTIONS
 
 
-def objective_values(search: Search, metrics: dict, n_active: int, n_params: int) -> list[float]:
+def objective_values(search: Search, metrics: dict, sites_moved: int, sites_total: int) -> list[float]:
     val = metrics["val"]
     if search.objective == "pareto":
         return [val["flip_rate"], val["kl_other"], val["l1"]]
-    return [val["flip_rate"] - val["kl_other"] - n_active / max(1, n_params)]
+    return [val["flip_rate"] - val["kl_other"] - sites_moved / max(1, sites_total)]
 
 
 __all__ = ["distributions", "make_sampler", "directions", "objective_values", "grid_size"]

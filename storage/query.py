@@ -2,6 +2,8 @@
 
 Several run directories at once is how cross-model analysis works: their tables are
 unioned. Only whole, valid part files are seen; refused files are reported by name.
+Besides the tables, the view `selected` holds each unit's selected trial by the one rule of
+storage/selection.py, with each run's own `selection.min_flip` (from its sweep.yaml).
 """
 from __future__ import annotations
 
@@ -11,8 +13,8 @@ import duckdb
 import pandas as pd
 
 from storage.errors import StorageError
-from storage.schema import SCHEMAS
-from storage.schema import schema_for
+from storage.schema import SCHEMAS, schema_for
+from storage.selection import DEFAULT_MIN_FLIP, selected_sql
 from storage.store import read_table, valid_parts
 
 
@@ -26,8 +28,25 @@ def check_run_dirs(run_dirs: list[Path]) -> list[Path]:
     return out
 
 
-def connect(run_dirs: list[Path] | Path) -> tuple[duckdb.DuckDBPyConnection, list[str]]:
-    """An in-memory DuckDB connection with one view per table; returns (connection, problems)."""
+def run_min_flip(run_dir: Path) -> tuple[str | None, float]:
+    """(run_id, selection.min_flip) of a run directory, from run.json and sweep.yaml (defaults if absent)."""
+    import json
+
+    import yaml
+
+    run_id, min_flip = None, DEFAULT_MIN_FLIP
+    try:
+        run_id = json.loads((run_dir / "run.json").read_text())["run_id"]
+        stored = yaml.safe_load((run_dir / "sweep.yaml").read_text()) or {}
+        min_flip = float((stored.get("selection") or {}).get("min_flip", DEFAULT_MIN_FLIP))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+    return run_id, min_flip
+
+
+def connect(run_dirs: list[Path] | Path, min_flip: float | None = None) -> tuple[duckdb.DuckDBPyConnection, list[str]]:
+    """An in-memory DuckDB connection with one view per table and the `selected` view; returns
+    (connection, problems). `min_flip` overrides every run's stored selection.min_flip."""
     dirs = check_run_dirs([run_dirs] if isinstance(run_dirs, (str, Path)) else list(run_dirs))
     con = duckdb.connect()
     problems: list[str] = []
@@ -40,16 +59,26 @@ def connect(run_dirs: list[Path] | Path) -> tuple[duckdb.DuckDBPyConnection, lis
         else:
             con.register(f"_{table}_empty", schema_for(table).empty_table())
             con.execute(f'CREATE VIEW "{table}" AS SELECT * FROM "_{table}_empty"')
+    per_run = [run_min_flip(d) for d in dirs]
+    con.execute("CREATE TABLE _selection (run_id VARCHAR, min_flip DOUBLE)")
+    thresholds = [[run_id, min_flip if min_flip is not None else value] for run_id, value in per_run if run_id]
+    if thresholds:
+        con.executemany("INSERT INTO _selection VALUES (?, ?)", thresholds)
+    default = DEFAULT_MIN_FLIP if min_flip is None else float(min_flip)
+    with_threshold = (f"(SELECT trials.*, coalesce(s.min_flip, {default!r}) AS _min_flip "
+                      "FROM trials LEFT JOIN _selection s USING (run_id))")
+    con.execute("CREATE VIEW selected AS " + selected_sql(with_threshold, "t._min_flip").replace(
+        "t.*,", "t.* EXCLUDE (_min_flip),", 1))
     return con, problems
 
 
-def run_sql(run_dirs: list[Path] | Path, sql: str) -> tuple[pd.DataFrame, list[str]]:
-    con, problems = connect(run_dirs)
+def run_sql(run_dirs: list[Path] | Path, sql: str, min_flip: float | None = None) -> tuple[pd.DataFrame, list[str]]:
+    con, problems = connect(run_dirs, min_flip)
     try:
         frame = con.execute(sql).df()
     except duckdb.Error as exc:
         raise StorageError(f"query failed: {str(exc).splitlines()[0]}\n  query: {sql.strip()[:300]}\n"
-                           f"  tables: {', '.join(SCHEMAS)}") from exc
+                           f"  tables: {', '.join(SCHEMAS)}, and the view selected") from exc
     finally:
         con.close()
     return frame, problems

@@ -1,7 +1,8 @@
-"""The example queries of docs/querying.md, and the page rendered from a run.
+"""The example queries of docs/querying.md, and the page rendered from a real run.
 
-A test renders the page from a generated run and compares it with the committed file, so
-the page cannot drift from the code (`ACTSCALE_WRITE_DOCS=1` rewrites it).
+A test renders the page from the committed run `docs/data/sample-run` and compares it with
+the committed page, so the page cannot drift from the code (`ACTSCALE_WRITE_DOCS=1`
+rewrites it; `make docs` also re-runs the sweep).
 """
 from __future__ import annotations
 
@@ -11,55 +12,83 @@ import pandas as pd
 
 from storage.query import run_sql
 
+SAMPLE_RUN = Path(__file__).resolve().parents[1] / "docs" / "data" / "sample-run"
+# A real trial id of the sample run (tiny-gpt2's selected ActivScalar trial); a test checks it is there.
+EXAMPLE_TRIAL = "u-4116b0e5c7a1-t00001"
+
 QUERIES: list[tuple[str, str, str]] = [
-    ("Best trial per unit",
-     "Which trial of each unit is best on val (highest flip rate, then lowest kl_other, then lowest l1), "
-     "and how does it do on test?",
-     """SELECT u.model, u.method, t.trial_number, t.val_flip_rate, t.test_flip_rate, t.val_kl_other
-FROM trials t JOIN units u USING (unit_id)
-WHERE t.status = 'complete'
-QUALIFY row_number() OVER (PARTITION BY t.unit_id
-                           ORDER BY t.val_flip_rate DESC, t.val_kl_other, t.val_l1) = 1
+    ("Selected trial per unit",
+     "Which trial does each unit stand for (the one selection rule, on val), and how does it do on test? "
+     "`selected_by` is 'fallback' where no trial reached `selection.min_flip`.",
+     """SELECT u.model, u.method, s.trial_id, s.selected_by, s.val_flip_rate, s.test_flip_rate,
+       s.sites_moved, s.sites_total, s.n_params
+FROM selected s JOIN units u USING (unit_id)
 ORDER BY u.model, u.method"""),
-    ("Flip rate against l1 per method",
-     "Does a method buy its effect with more movement? Mean flip rate and l1, and their correlation.",
+    ("Effect against moved sites per method",
+     "Does a method buy its effect with more moved sites? Sites are counted in the same unit for every "
+     "method, so the shares compare; n_params does not.",
      """SELECT u.method, count(*) AS trials,
        round(avg(t.val_flip_rate), 3) AS mean_val_flip,
-       round(avg(t.val_l1), 3) AS mean_val_l1,
-       round(corr(t.val_flip_rate, t.val_l1), 3) AS corr_flip_l1
+       round(avg(t.sites_moved / t.sites_total), 3) AS mean_share_moved,
+       round(corr(t.val_flip_rate, t.sites_moved), 3) AS corr_flip_moved
 FROM trials t JOIN units u USING (unit_id)
-WHERE t.status = 'complete'
+WHERE t.status = 'complete' AND t.replicate_of IS NULL
 GROUP BY u.method ORDER BY u.method"""),
     ("One trial's scalars as a layer x role grid",
-     "Where did this trial move the activations? Rows are layers, columns token roles.",
-     """PIVOT (SELECT layer, role, round(value, 2) AS value
+     "Where did this trial move the activations? Rows are layers, columns token roles; the value is alpha.",
+     f"""PIVOT (SELECT layer, role, round(value, 2) AS value
        FROM scalars
-       WHERE trial_id = 'tiny-gpt2-ioi-mlp_out-activscalar-t000'
+       WHERE trial_id = '{EXAMPLE_TRIAL}'
          AND role IN ('IO', 'S1', 'S2', 'END'))
 ON role IN ('IO', 'S1', 'S2', 'END') USING first(value)
 GROUP BY layer ORDER BY layer"""),
-    ("Scalars across models by relative depth and role",
-     "Do two models with different depths act at the same relative depth and role?",
-     """SELECT model, round(rel_depth, 2) AS rel_depth,
-       round(avg(abs(value - 1)) FILTER (WHERE role = 'S2'), 3) AS s2_shift,
-       round(avg(abs(value - 1)) FILTER (WHERE role = 'END'), 3) AS end_shift
-FROM scalars
-WHERE method = 'activscalar'
-GROUP BY ALL ORDER BY model, rel_depth"""),
-    ("Failed trials with their errors",
-     "Which trials failed, and why?",
-     """SELECT u.model, u.method, t.trial_number, t.error
+    ("Effects across models by relative depth and role",
+     "Do two models with different depths act at the same relative depth and role? `effect` is the "
+     "measure that decides `moved` (|alpha-1| for ActivScalar), so it compares across methods too.",
+     """SELECT c.model, round(c.rel_depth, 2) AS rel_depth,
+       round(avg(c.effect) FILTER (WHERE c.role = 'S2'), 3) AS s2_effect,
+       round(avg(c.effect) FILTER (WHERE c.role = 'END'), 3) AS end_effect
+FROM scalars c JOIN selected s USING (trial_id)
+WHERE c.method = 'activscalar'
+GROUP BY ALL ORDER BY c.model, rel_depth"""),
+    ("Moved cells shared across seeds",
+     "Are the moved cells of a selected trial the same when its hyper-parameters are re-trained with other "
+     "seeds (`search.replicates`)?",
+     """WITH seeds AS (
+    SELECT s.unit_id, t.trial_id
+    FROM selected s JOIN trials t ON t.trial_id = s.trial_id
+                                  OR (t.replicate_of = s.trial_id AND t.status = 'complete')),
+n AS (SELECT unit_id, count(*) AS seeds FROM seeds GROUP BY unit_id),
+moved AS (
+    SELECT seeds.unit_id, c.layer, c.position, c.head, count(*) AS k
+    FROM seeds JOIN scalars c USING (trial_id) WHERE c.moved GROUP BY ALL)
+SELECT u.model, u.method, n.seeds,
+       count(*) FILTER (WHERE moved.k = n.seeds) AS moved_in_all_seeds,
+       count(*) AS moved_in_any_seed
+FROM moved JOIN n USING (unit_id) JOIN units u USING (unit_id)
+GROUP BY ALL ORDER BY u.model, u.method"""),
+    ("Trials that failed or were interrupted",
+     "Which trials failed (their own computation), and which were cut off by a crash and re-run?",
+     """SELECT u.model, u.method, t.trial_number, t.status, t.error
 FROM trials t JOIN units u USING (unit_id)
 WHERE t.status <> 'complete'
 ORDER BY u.model, u.method, t.trial_number"""),
+    ("No prompt in two splits",
+     "Is any prompt (or, for tasks split by entity, any entity such as an IOI name pair) in more than one split?",
+     """SELECT unit_id, e.entity, count(DISTINCT split) AS splits
+FROM (SELECT unit_id, split, unnest(entities) AS entity FROM examples) e
+GROUP BY ALL HAVING count(DISTINCT split) > 1"""),
 ]
 
 HEADER = """# Querying results
 
 Every result of a sweep is a Parquet table under `RUN_DIR/tables/<table>/part-*.parquet`
 (tables: `runs`, `units`, `trials`, `scalars`, `examples`, `predictions`; schemas in
-`storage/schema.py`). Query one or several run directories at once (several = cross-model
-analysis); the tables appear as DuckDB views of the same names:
+`storage/schema.py`, columns explained in `docs/architecture.md`). Query one or several run
+directories at once (several = cross-model analysis); the tables appear as DuckDB views of
+the same names, plus the view `selected`: each unit's selected trial by the project's one
+selection rule (docs/architecture.md, Selection), with columns `selected_by`, `qualifies`
+and `min_flip` added.
 
 ```
 actscale query RUN_DIR [RUN_DIR...] "SQL"          # a table on the terminal
@@ -71,9 +100,11 @@ From Python: `storage.query.load(run_dir, "trials")` gives a pandas DataFrame an
 `storage.query.run_sql([run_a, run_b], sql)` a DataFrame of any query. Queries work while a
 sweep is still running: parts appear whole or not at all.
 
-The outputs below come from a small generated run (two tiny models, ActivScalar and
-SteerVec, four trials per unit; `tests/sample_run.py`), rendered by a test that fails if
-this page and the code disagree.
+The outputs below come from a real run, `docs/data/sample-run` (two tiny random-weight
+models, ActivScalar and SteerVec on IOI, four search trials and one replicate per unit;
+`make docs` re-runs `docs/data/sample-sweep.yaml` and rewrites this page), rendered by a test
+that fails if this page, the code and that run disagree. Tiny random models barely flip IOI:
+the numbers show the tool, not the science.
 """
 
 
@@ -87,5 +118,6 @@ def render_page(run_dir: Path) -> str:
     for number, (title, question, sql) in enumerate(QUERIES, start=1):
         frame, problems = run_sql([run_dir], sql)
         assert not problems, problems
-        parts.append(f"## {number}. {title}\n\n{question}\n\n```sql\n{sql}\n```\n\n```\n{_table(frame)}\n```\n")
+        shown = _table(frame) if len(frame) else f"(no rows; columns: {', '.join(frame.columns)})"
+        parts.append(f"## {number}. {title}\n\n{question}\n\n```sql\n{sql}\n```\n\n```\n{shown}\n```\n")
     return "\n".join(parts)

@@ -1,9 +1,11 @@
 """Figures and a one-page report from any set of runs (`actscale report RUN_DIR... --out DIR`).
 
-Selection rule (documented, also used by `make run`'s query): for each unit, the best trial
-is the completed one with the highest val flip_rate, then the lowest val kl_other, then
-the lowest val l1 (`--trial ID` picks one trial instead). Test data is only reported.
-Output is deterministic for given tables: fixed bootstrap seed, sorted inputs.
+Each unit is shown by its selected trial, chosen on val by the one rule of
+storage/selection.py (`--trial ID` picks one trial instead); test data is only reported.
+Methods are compared on sites_moved / sites_total (the same unit for every method) with
+n_params beside it, and, where a unit has replicates, on how stable its moved cells are
+across seeds (storage/seeds.py). Output is deterministic for given tables: fixed bootstrap
+seed, sorted inputs.
 """
 from __future__ import annotations
 
@@ -19,24 +21,23 @@ import pandas as pd  # noqa: E402
 from matplotlib.colors import TwoSlopeNorm  # noqa: E402
 
 from storage.errors import StorageError  # noqa: E402
-from storage.query import load  # noqa: E402
+from storage.query import load, run_min_flip, run_sql  # noqa: E402
+from storage.seeds import SeedStats, seed_stats  # noqa: E402
+from storage.selection import describe_rule  # noqa: E402
 
-SELECTION_RULE = ("best trial per unit = highest val flip_rate, then lowest val kl_other, then lowest val l1 "
-                  "(test split only reported)")
 BOOTSTRAP_SAMPLES = 1000
 SCALED_METHODS = ("activscalar", "dynscalar")
 
 
-def select_trials(trials: pd.DataFrame, trial_id: str | None = None) -> pd.DataFrame:
-    done = trials[trials.status == "complete"]
+def select_trials(run_dirs: list[Path], trials: pd.DataFrame, trial_id: str | None = None) -> pd.DataFrame:
+    """The trials to show: each unit's selected trial (the `selected` view), or the one asked for."""
     if trial_id is not None:
-        chosen = done[done.trial_id == trial_id]
+        chosen = trials[(trials.status == "complete") & (trials.trial_id == trial_id)]
         if chosen.empty:
             raise StorageError(f"--trial {trial_id!r} is not a completed trial of these runs")
-        return chosen
-    ordered = done.sort_values(["unit_id", "val_flip_rate", "val_kl_other", "val_l1", "trial_id"],
-                               ascending=[True, False, True, True, True])
-    return ordered.groupby("unit_id", sort=True).head(1)
+        return chosen.assign(selected_by="--trial", qualifies=None, min_flip=None)
+    chosen, _ = run_sql(run_dirs, "SELECT * FROM selected ORDER BY unit_id, run_id")
+    return chosen
 
 
 def bootstrap_ci(values: np.ndarray, seed: int = 0) -> tuple[float, float]:
@@ -93,8 +94,9 @@ def render(run_dirs: list[Path], out: Path, trial_id: str | None = None) -> dict
     scalars, predictions, runs = load(run_dirs, "scalars"), load(run_dirs, "predictions"), load(run_dirs, "runs")
     if trials.empty:
         raise StorageError(f"no trials in {', '.join(map(str, run_dirs))}: nothing to report")
-    chosen = select_trials(trials, trial_id).merge(units, on="unit_id", suffixes=("", "_unit"))
-    made: dict = {"heatmaps": [], "across": [], "depth": [], "tradeoffs": [], "tables": []}
+    chosen = select_trials(run_dirs, trials, trial_id).merge(units, on="unit_id", suffixes=("", "_unit"))
+    made: dict = {"heatmaps": [], "seeds": [], "across": [], "depth": [], "tradeoffs": [], "tables": []}
+    stability = {row.trial_id: seed_stats(row.trial_id, trials, scalars) for row in chosen.itertuples()}
 
     # where it happens: one heatmap per unit's selected trial
     for row in chosen.sort_values(["model", "task", "site", "method"]).itertuples():
@@ -109,6 +111,9 @@ def render(run_dirs: list[Path], out: Path, trial_id: str | None = None) -> dict
         name = f"heatmap-{_slug(row.model, row.task, row.site, row.method)}.png"
         _save(fig, figures_dir / name)
         made["heatmaps"].append(dict(file=f"figures/{name}", trial_id=row.trial_id, model=row.model, method=row.method))
+        stats = stability[row.trial_id]
+        if stats.n_seeds > 1:
+            made["seeds"].append(_seed_heatmap(figures_dir, row, stats))
 
     # across models: side by side, aligned by role, and |alpha-1| against relative depth
     for (task, site, method), group in chosen.groupby(["task", "site", "method"], sort=True):
@@ -156,12 +161,35 @@ def render(run_dirs: list[Path], out: Path, trial_id: str | None = None) -> dict
         _save(fig, figures_dir / name)
         made["tradeoffs"].append(dict(file=f"figures/{name}", unit_id=unit_id))
 
-    comparison = method_table(chosen, predictions)
+    comparison = method_table(chosen, predictions, stability)
     made["tables"].append("methods")
     config = runs.sort_values("created_at").config_yaml.iloc[-1] if not runs.empty else ""
-    (out / "index.html").write_text(_html(run_dirs, made, comparison, config))
-    (out / "summary.md").write_text(_markdown(run_dirs, made, comparison))
+    thresholds = sorted({run_min_flip(Path(d))[1] for d in run_dirs})
+    rule = describe_rule(thresholds[0] if len(thresholds) == 1 else None) if trial_id is None else \
+        f"trial {trial_id}, chosen by the user (--trial)"
+    (out / "index.html").write_text(_html(run_dirs, made, comparison, config, rule))
+    (out / "summary.md").write_text(_markdown(run_dirs, made, comparison, rule))
     return made
+
+
+def _seed_heatmap(figures_dir: Path, row, stats: SeedStats) -> dict:
+    """Per cell, the share of seeds (selected trial and replicates) in which it moved."""
+    freq = stats.cell_frequency.rename(columns={"moved_share": "value"})
+    matrix, layers, labels = heatmap_matrix(freq)
+    fig, ax = plt.subplots(figsize=(max(5, 0.35 * len(labels) + 2), max(3, 0.18 * len(layers) + 1.5)))
+    image = ax.imshow(matrix, aspect="auto", cmap="Greens", vmin=0, vmax=1, origin="lower")
+    ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(len(layers)), layers, fontsize=7)
+    ax.set_xlabel("token role (position)" if not labels or not labels[0].startswith("head") else "head (last position)")
+    ax.set_ylabel("layer")
+    ax.set_title(f"{row.model} / {row.task} / {row.site} / {row.method}: moved in how many of {stats.n_seeds} seeds\n"
+                 f"Jaccard {stats.jaccard:.2f}, rank corr {stats.rank_corr:.2f}, in all seeds {stats.moved_in_all}, "
+                 f"in any {stats.moved_in_any}", fontsize=9)
+    fig.colorbar(image, ax=ax, label="share of seeds in which the cell moved")
+    name = f"seeds-{_slug(row.model, row.task, row.site, row.method)}.png"
+    _save(fig, figures_dir / name)
+    return dict(file=f"figures/{name}", trial_id=row.trial_id, model=row.model, method=row.method,
+                n_seeds=stats.n_seeds)
 
 
 def pareto_front(points: np.ndarray) -> np.ndarray:
@@ -175,7 +203,13 @@ def pareto_front(points: np.ndarray) -> np.ndarray:
     return np.array(front)
 
 
-def method_table(chosen: pd.DataFrame, predictions: pd.DataFrame) -> pd.DataFrame:
+def _interval(mean: float, lo: float, hi: float) -> str:
+    return "-" if mean != mean else f"{mean:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def method_table(chosen: pd.DataFrame, predictions: pd.DataFrame, stability: dict[str, SeedStats]) -> pd.DataFrame:
+    """One row per shown trial: test metrics with intervals over prompts and over seeds, and the
+    moved sites in the same unit for every method, with the parameter count beside them."""
     rows = []
     for row in chosen.sort_values(["model", "task", "site", "method"]).itertuples():
         p = predictions[predictions.trial_id == row.trial_id].sort_values("index")
@@ -183,26 +217,40 @@ def method_table(chosen: pd.DataFrame, predictions: pd.DataFrame) -> pd.DataFram
         kls = p.kl_other.to_numpy(dtype=float)
         f_lo, f_hi = bootstrap_ci(flips)
         k_lo, k_hi = bootstrap_ci(kls)
+        stats = stability[row.trial_id]
         rows.append(dict(model=row.model, task=row.task, site=row.site, method=row.method, trial_id=row.trial_id,
+                         selected_by=row.selected_by,
                          test_flip_rate=row.test_flip_rate, flip_ci95=f"[{f_lo:.3f}, {f_hi:.3f}]",
                          test_kl_other=row.test_kl_other, kl_ci95=f"[{k_lo:.3f}, {k_hi:.3f}]",
-                         n_params=int(row.n_params), n_active=int(row.n_active), n_test_prompts=len(p)))
+                         sites_moved=f"{int(row.sites_moved)} / {int(row.sites_total)}", n_params=int(row.n_params),
+                         n_test_prompts=len(p), seeds=stats.n_seeds,
+                         flip_over_seeds=_interval(*stats.test_flip) if stats.n_seeds > 1 else "-",
+                         kl_over_seeds=_interval(*stats.test_kl) if stats.n_seeds > 1 else "-",
+                         moved_jaccard=stats.jaccard, moved_rank_corr=stats.rank_corr,
+                         moved_in_all_seeds=stats.moved_in_all if stats.n_seeds > 1 else None))
     return pd.DataFrame(rows)
 
 
-def _html(run_dirs, made, comparison: pd.DataFrame, config: str) -> str:
+def _html(run_dirs, made, comparison: pd.DataFrame, config: str, rule: str) -> str:
     def imgs(key, caption):
         return "".join(f'<figure><img src="{html.escape(m["file"])}" alt="{html.escape(m["file"])}">'
                        f"<figcaption>{html.escape(caption(m))}</figcaption></figure>" for m in made[key])
     sections = [
-        "<h2>Where it happens</h2><p>" + html.escape(SELECTION_RULE) + "</p>"
+        "<h2>Where it happens</h2><p>" + html.escape(rule[0].upper() + rule[1:]) + ".</p>"
         + imgs("heatmaps", lambda m: f"{m['model']} {m['method']} ({m['trial_id']})"),
+        "<h2>Across seeds</h2>" + (imgs("seeds", lambda m: f"{m['model']} {m['method']}: {m['trial_id']} and its "
+                                                           f"{m['n_seeds'] - 1} replicate(s)") or
+                                   "<p>No replicates in these runs: set <code>search.replicates</code> to 2 or "
+                                   "more to see how stable the moved cells are across seeds.</p>"),
         "<h2>Across models</h2>" + (imgs("across", lambda m: f"{m['task']} {m['site']} {m['method']}") or
                                     "<p>Only one model per task, site and method in these runs: nothing to compare. "
                                     "Give several run directories, or a sweep with several models.</p>")
         + imgs("depth", lambda m: f"mean |alpha-1| by relative depth: {m['task']} {m['site']} {m['method']}"),
         "<h2>Trade-offs</h2>" + imgs("tradeoffs", lambda m: m["unit_id"]),
-        "<h2>Methods compared (test split, 95% bootstrap intervals over prompts)</h2>"
+        "<h2>Methods compared</h2><p>Test split; 95% bootstrap intervals over prompts; over seeds, the mean "
+        "and 95% Student-t interval across the selected trial and its replicates. sites_moved counts cells "
+        "(layer, position[, head]) whose effect is above the method's threshold (units.moved_measure, "
+        "units.moved_threshold), in the same unit for every method; n_params is the parameter count.</p>"
         + f'<div id="table-methods">{comparison.to_html(index=False, float_format=lambda v: f"{v:.3f}")}</div>',
         f"<h2>Sweep config</h2><pre>{html.escape(config)}</pre>",
     ]
@@ -214,14 +262,18 @@ def _html(run_dirs, made, comparison: pd.DataFrame, config: str) -> str:
             f"</head><body><h1>actscale report</h1><p>Runs: {runs}</p>{''.join(sections)}</body></html>\n")
 
 
-def _markdown(run_dirs, made, comparison: pd.DataFrame) -> str:
-    lines = ["# actscale report", "", f"Runs: {', '.join(map(str, run_dirs))}", "", SELECTION_RULE, "",
-             "| model | task | site | method | test flip_rate (95% CI) | test kl_other (95% CI) | n_active / n_params |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+def _markdown(run_dirs, made, comparison: pd.DataFrame, rule: str) -> str:
+    lines = ["# actscale report", "", f"Runs: {', '.join(map(str, run_dirs))}", "", rule[0].upper() + rule[1:] + ".",
+             "", "| model | task | site | method | test flip_rate (95% CI, prompts) | test kl_other (95% CI) | "
+             "sites moved / total | n_params | seeds | test flip_rate over seeds | moved Jaccard |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in comparison.itertuples():
-        lines.append(f"| {r.model} | {r.task} | {r.site} | {r.method} | {r.test_flip_rate:.3f} {r.flip_ci95} | "
-                     f"{r.test_kl_other:.3f} {r.kl_ci95} | {r.n_active} / {r.n_params} |")
-    lines += ["", "Figures: " + ", ".join(m["file"] for key in ("heatmaps", "across", "depth", "tradeoffs")
+        flag = " (fallback)" if r.selected_by == "fallback" else ""
+        jac = "-" if r.moved_jaccard != r.moved_jaccard else f"{r.moved_jaccard:.2f}"
+        lines.append(f"| {r.model} | {r.task} | {r.site} | {r.method}{flag} | {r.test_flip_rate:.3f} {r.flip_ci95} | "
+                     f"{r.test_kl_other:.3f} {r.kl_ci95} | {r.sites_moved} | {r.n_params} | {r.seeds} | "
+                     f"{r.flip_over_seeds} | {jac} |")
+    lines += ["", "Figures: " + ", ".join(m["file"] for key in ("heatmaps", "seeds", "across", "depth", "tradeoffs")
                                           for m in made[key])]
     return "\n".join(lines) + "\n"
 

@@ -1,4 +1,4 @@
-"""Explicit Arrow schemas of the result tables (DESIGN.md, Tables).
+"""Explicit Arrow schemas of the result tables (docs/architecture.md, Tables).
 
 Every part file carries `actscale.table` and `actscale.schema_version` in its Parquet
 metadata; readers accept SCHEMA_VERSION and refuse anything else by name.
@@ -7,12 +7,21 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: sites_moved/sites_total, replicates, interrupted rows, cell effects, entities
 META_TABLE = b"actscale.table"
 META_VERSION = b"actscale.schema_version"
 SPLITS_REPORTED = ("val", "test")
 METRICS = ("flip_rate", "ld_before", "ld_after", "kl_other", "mass_shift", "l1")
 HYPER_PARAMS = ("lambda_faith", "lambda_min", "lr", "steps", "batch_size", "seed")
+
+
+class Status:
+    """Values of trials.status. `interrupted`: cut off by a crash or a dead worker and re-run
+    under a new trial number; `failed`: the trial's own computation failed (error says why)."""
+
+    COMPLETE = "complete"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
 
 _ts = pa.timestamp("us", tz="UTC")
 
@@ -27,6 +36,7 @@ UNITS = pa.schema([
     ("task_hash", pa.string()), ("site", pa.string()), ("layers", pa.list_(pa.int32())), ("method", pa.string()),
     ("settings", pa.string()), ("n_train", pa.int32()), ("n_val", pa.int32()), ("n_test", pa.int32()),
     ("counts", pa.string()), ("base_accuracy", pa.float64()), ("mean_ld", pa.float64()),
+    ("moved_measure", pa.string()), ("moved_threshold", pa.float64()),
 ])
 
 TRIALS = pa.schema(
@@ -34,7 +44,9 @@ TRIALS = pa.schema(
      ("status", pa.string()), ("error", pa.string())]
     + [(name, pa.float64() if name in ("lambda_faith", "lambda_min", "lr") else pa.int32()) for name in HYPER_PARAMS]
     + [(f"{split}_{metric}", pa.float64()) for split in SPLITS_REPORTED for metric in METRICS]
-    + [("n_params", pa.int64()), ("n_active", pa.int64()), ("steps_done", pa.int32()), ("wall_s", pa.float64()),
+    + [("resample_train", pa.bool_()), ("replicate_of", pa.string())]
+    + [("n_params", pa.int64()), ("sites_moved", pa.int64()), ("sites_total", pa.int64()),
+       ("steps_done", pa.int32()), ("wall_s", pa.float64()),
        ("tokens_per_s", pa.float64()), ("worker_node", pa.string()), ("started_at", _ts), ("ended_at", _ts)]
 )
 
@@ -42,12 +54,13 @@ SCALARS = pa.schema([
     ("trial_id", pa.string()), ("unit_id", pa.string()), ("model", pa.string()), ("task", pa.string()),
     ("site", pa.string()), ("method", pa.string()), ("layer", pa.int32()), ("rel_depth", pa.float64()),
     ("position", pa.int32()), ("role", pa.string()), ("head", pa.int32()), ("value", pa.float64()),
+    ("effect", pa.float64()), ("moved", pa.bool_()),
 ])
 
 EXAMPLES = pa.schema([
     ("unit_id", pa.string()), ("split", pa.string()), ("index", pa.int32()), ("prompt", pa.string()),
     ("answer_a", pa.string()), ("answer_b", pa.string()), ("template", pa.string()),
-    ("roles", pa.list_(pa.string())), ("ld_before", pa.float64()),
+    ("roles", pa.list_(pa.string())), ("ld_before", pa.float64()), ("entities", pa.list_(pa.string())),
 ])
 
 PREDICTIONS = pa.schema([

@@ -1,16 +1,20 @@
 """A small, deterministic run directory made of generated rows (two tiny models, two methods).
 
-Used by the storage, query-docs and report tests; values come from a seeded RNG so that
-pages generated from it do not drift.
+Used by the storage and report tests; values come from a seeded RNG so that pages generated
+from it do not drift. Each unit has `trials_per_unit` search trials (SteerVec's last one
+failed), one interrupted trial, and one replicate of its selected trial, so every status and
+the seed statistics appear. (docs/querying.md is rendered from a real run instead.)
 """
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import random
 from pathlib import Path
 
 from storage.schema import HYPER_PARAMS, METRICS, SPLITS_REPORTED
+from storage.selection import select_rows
 from storage.store import RunStore
 
 MODELS = {"tiny-gpt2": 4, "tiny-llama": 6}
@@ -19,12 +23,18 @@ ROLES = ["When", "IO", "and", "S1", "went", "to", "the", "PLACE", ",", "S2", "ga
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
 
 
-def trial_row(rng: random.Random, unit_id: str, run_id: str, number: int, status: str = "complete") -> dict:
-    row = dict(trial_id=f"{unit_id}-t{number:03d}", unit_id=unit_id, run_id=run_id, trial_number=number,
-               status=status, error=None if status == "complete" else "loss is not finite (nan) at step 3",
+ERRORS = {"failed": "loss is not finite (nan) at step 3",
+          "interrupted": "interrupted: the worker died (ActorDiedError); re-run"}
+
+
+def trial_row(rng: random.Random, unit_id: str, run_id: str, number: int, status: str = "complete",
+              replicate_of: str | None = None) -> dict:
+    row = dict(trial_id=f"{unit_id}-t{number:05d}", unit_id=unit_id, run_id=run_id, trial_number=number,
+               status=status, error=ERRORS.get(status), resample_train=False, replicate_of=replicate_of,
                lambda_faith=round(rng.uniform(0.1, 3), 4), lambda_min=round(10 ** rng.uniform(-4, -1), 6),
                lr=round(10 ** rng.uniform(-3, -1), 5), steps=60, batch_size=32, seed=number,
-               n_params=56, n_active=rng.randint(1, 20), steps_done=60, wall_s=round(rng.uniform(1, 3), 3),
+               n_params=56, sites_moved=rng.randint(1, 20), sites_total=56, steps_done=60,
+               wall_s=round(rng.uniform(1, 3), 3),
                tokens_per_s=round(rng.uniform(1e3, 5e3), 1), worker_node="127.0.0.1",
                started_at=T0 + dt.timedelta(seconds=10 * number), ended_at=T0 + dt.timedelta(seconds=10 * number + 3))
     for split in SPLITS_REPORTED:
@@ -41,32 +51,43 @@ def make_sample_run(run_dir: Path, run_id: str = "run-sample", trials_per_unit: 
                                   package_version="0.1.0", git_revision="sample", host="localhost")])
     for model, n_layers in MODELS.items():
         for method in METHODS:
-            unit_id = f"{model}-ioi-mlp_out-{method}"
+            unit_id = "u-" + hashlib.sha256(f"{model}/{method}".encode()).hexdigest()[:12]
             store.append("units", [dict(unit_id=unit_id, run_id=run_id, model=model, model_revision="tiny-seed0",
                                         n_layers=n_layers, d_model=64, task="ioi", task_options="{}", task_hash="abc123",
                                         site="mlp_out", layers=list(range(n_layers)), method=method,
                                         settings=json.dumps({"steps": 60}), n_train=90, n_val=45, n_test=45,
-                                        counts=json.dumps({"total": 360}), base_accuracy=0.5, mean_ld=0.1)])
+                                        counts=json.dumps({"total": 360}), base_accuracy=0.5, mean_ld=0.1,
+                                        moved_measure="|alpha-1|" if method == "activscalar" else "|v|/mean|h|",
+                                        moved_threshold=0.1)])
             for split, n in (("train", 3), ("test", 3)):
                 store.append("examples", [dict(unit_id=unit_id, split=split, index=i, prompt=f"prompt {i}",
                                                answer_a=" Mary", answer_b=" John", template="t", roles=ROLES,
-                                               ld_before=round(rng.uniform(0, 2), 4)) for i in range(n)])
-            for number in range(trials_per_unit):
-                status = "failed" if number == trials_per_unit - 1 and method == "steervec" else "complete"
-                trial = trial_row(rng, unit_id, run_id, number, status)
+                                               ld_before=round(rng.uniform(0, 2), 4),
+                                               entities=[f"pair{split}{i}"]) for i in range(n)])
+            numbers = [(n, "failed" if n == trials_per_unit - 1 and method == "steervec" else "complete")
+                       for n in range(trials_per_unit)] + [(trials_per_unit, "interrupted"), (trials_per_unit + 1, None)]
+            search_rows = []
+            for number, status in numbers:
+                replicate_of = None
+                if status is None:  # the replicate of the selected trial, by the project's one rule
+                    status, replicate_of = "complete", select_rows(search_rows, 0.9)["trial_id"]
+                trial = trial_row(rng, unit_id, run_id, number, status, replicate_of)
                 store.append("trials", [trial])
                 if status != "complete":
                     continue
+                if replicate_of is None:
+                    search_rows.append(trial)
                 scalars = []
                 for layer in range(n_layers):
                     for pos, role in enumerate(ROLES):
                         value = 1 + rng.gauss(0, 0.05) + (0.8 if (role == "S2" and layer == n_layers // 2) else 0)
+                        effect = abs(value - 1)
                         if method == "steervec":
-                            value = abs(value - 1)
+                            value = effect
                         scalars.append(dict(trial_id=trial["trial_id"], unit_id=unit_id, model=model, task="ioi",
                                             site="mlp_out", method=method, layer=layer,
                                             rel_depth=layer / (n_layers - 1), position=pos, role=role, head=None,
-                                            value=round(value, 5)))
+                                            value=round(value, 5), effect=round(effect, 5), moved=effect > 0.1))
                 store.append("scalars", scalars)
                 lds = [round(rng.uniform(-2, 1), 4) for _ in range(3)]
                 store.append("predictions", [dict(trial_id=trial["trial_id"], unit_id=unit_id, index=i,

@@ -11,6 +11,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from search_spaces.config import parse_config
+from storage.query import run_sql
 from storage.store import read_table
 
 
@@ -42,22 +43,32 @@ def parsed(config: dict):
     return parse_config(config)
 
 
-def check_run(run_dir: Path, n_trials: int, n_units: int) -> dict:
-    """Every unit has exactly n_trials completed trials, no trial id twice, Parquet == Optuna."""
+def check_run(run_dir: Path, n_trials: int, n_units: int, replicates: int = 1) -> dict:
+    """Every unit has exactly n_trials completed search trials and replicates - 1 completed replicates
+    of its selected trial, no trial id twice, Parquet == Optuna."""
     trials = read_table(run_dir, "trials")
     assert not trials.problems, trials.problems
     rows = trials.table.to_pylist()
     ids = Counter(r["trial_id"] for r in rows)
     assert not [i for i, c in ids.items() if c > 1], "a trial id appears twice"
     complete = [r for r in rows if r["status"] == "complete"]
-    per_unit = Counter(r["unit_id"] for r in complete)
+    per_unit = Counter(r["unit_id"] for r in complete if r["replicate_of"] is None)
     assert len(per_unit) == n_units and set(per_unit.values()) == {n_trials}, per_unit
+    selected, _ = run_sql([run_dir], "SELECT unit_id, trial_id FROM selected")
+    for unit_id, selected_id in zip(selected.unit_id, selected.trial_id):
+        reps = [r for r in complete if r["unit_id"] == unit_id and r["replicate_of"] is not None]
+        assert len(reps) == replicates - 1 and {r["replicate_of"] for r in reps} <= {selected_id}, (unit_id, reps)
+        chosen = next(r for r in complete if r["trial_id"] == selected_id)
+        for r in reps:  # the selected hyper-parameters, another trial seed
+            assert (r["lambda_faith"], r["lambda_min"], r["lr"]) == (chosen["lambda_faith"], chosen["lambda_min"],
+                                                                     chosen["lr"])
+            assert r["seed"] != chosen["seed"]
     storage = JournalStorage(JournalFileBackend(str(run_dir / "optuna.journal")))
     by_id = {r["trial_id"]: r for r in complete}
     for unit_id in per_unit:
         study = optuna.load_study(study_name=unit_id, storage=storage)
         done = study.get_trials(states=(TrialState.COMPLETE,))
-        assert len(done) == n_trials, (unit_id, len(done))
+        assert len(done) == n_trials + replicates - 1, (unit_id, len(done))
         assert not study.get_trials(states=(TrialState.RUNNING,))
         for t in done:
             row = by_id[f"{unit_id}-t{t.number:05d}"]

@@ -11,7 +11,7 @@ from tests.sweeps import check_run, parsed, tiny_config
 
 def test_sweep_2_models_2_tasks_2_methods(tmp_path):
     config = parsed(tiny_config(models=["tiny-gpt2", "tiny-llama"],
-                                tasks=[{"name": "ioi", "options": {"n": 20}}, {"name": "city_country", "options": {"n": 60}}],
+                                tasks=[{"name": "ioi", "options": {"n": 20}}, {"name": "city_country"}],
                                 methods=["activscalar", "steervec"],
                                 resources={"workers_per_model": 1, "models_at_once": 2}))
     summary = Coordinator(config, tmp_path, quiet=True).run()

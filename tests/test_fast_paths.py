@@ -63,4 +63,4 @@ def test_batched_trials_equal_trials_one_by_one(tiny_models, method):
         for split in ("val", "test"):
             for metric, value in alone.metrics[split].items():
                 assert abs(together.metrics[split][metric] - value) <= 1e-4 * max(1.0, abs(value)), (split, metric)
-        assert together.n_active == alone.n_active
+        assert together.sites_moved == alone.sites_moved and together.sites_total == alone.sites_total

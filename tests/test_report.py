@@ -12,6 +12,7 @@ from PIL import Image
 from orchestrator.cli import main
 from storage.query import load
 from storage.report import heatmap_matrix, pareto_front, select_trials
+from storage.selection import select_rows
 from tests.sample_run import make_sample_run
 
 
@@ -28,7 +29,7 @@ def test_every_figure_is_a_sensible_png_referenced_by_the_page(report):
     page = (out / "index.html").read_text()
     figures = sorted((out / "figures").glob("*.png"))
     kinds = {f.name.split("-")[0] for f in figures}
-    assert kinds == {"heatmap", "across", "depth", "tradeoff"}
+    assert kinds == {"heatmap", "seeds", "across", "depth", "tradeoff"}
     assert len([f for f in figures if f.name.startswith("heatmap")]) == 4  # 2 models x 2 methods
     for f in figures:
         with Image.open(f) as image:
@@ -41,12 +42,14 @@ def test_every_figure_is_a_sensible_png_referenced_by_the_page(report):
     assert 'id="table-methods"' in page and "tiny-llama" in page and "models: [tiny-gpt2, tiny-llama]" in page
     summary = (out / "summary.md").read_text()
     assert summary.count("| tiny-") == 4 and re.search(r"\[\d\.\d{3}, \d\.\d{3}\]", summary)
+    assert "sites moved / total" in summary and "| 12 / 56 | 56 |" in summary and "(fallback)" in summary
+    assert "n_active" not in page + summary
 
 
 def test_heatmap_values_equal_the_scalars_table(report):
     run, _ = report
     trials, scalars = load(run, "trials"), load(run, "scalars")
-    for trial_id in select_trials(trials).trial_id:
+    for trial_id in select_trials([run], trials).trial_id:
         s = scalars[scalars.trial_id == trial_id]
         matrix, layers, labels = heatmap_matrix(s)
         for row in s.itertuples():
@@ -54,13 +57,13 @@ def test_heatmap_values_equal_the_scalars_table(report):
         assert labels[:4] == ["When", "IO", "and", "S1"]
 
 
-def test_selection_rule_and_pareto_front(report):
+def test_report_selects_by_the_one_rule_and_pareto_front(report):
     run, _ = report
     trials = load(run, "trials")
-    chosen = select_trials(trials)
+    chosen = select_trials([run], trials)
     for row in chosen.itertuples():
-        unit = trials[(trials.unit_id == row.unit_id) & (trials.status == "complete")]
-        assert row.val_flip_rate == unit.val_flip_rate.max()
+        unit = trials[(trials.unit_id == row.unit_id) & (trials.status == "complete") & trials.replicate_of.isna()]
+        assert row.trial_id == select_rows(unit.to_dict("records"), 0.9)["trial_id"]
     front = pareto_front(np.array([[1.0, 0.5], [2.0, 0.9], [3.0, 0.7], [0.5, 0.1]]))
     assert front.tolist() == [[0.5, 0.1], [1.0, 0.5], [2.0, 0.9]]
 
@@ -75,12 +78,45 @@ def test_report_is_deterministic(report, tmp_path):
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
 def test_page_renders_in_headless_chromium(report, tmp_path):
     _, out = report
+
+    def chromium(*args):
+        result = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                                 f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1400,3000", *args],
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr[-2000:]
+        return result.stdout
+
     shot = tmp_path / "page.png"
-    result = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                             f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1400,3000",
-                             f"--screenshot={shot}", f"file://{out / 'index.html'}"],
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
+    chromium(f"--screenshot={shot}", (out / "index.html").as_uri())
     with Image.open(shot) as image:
         assert image.size == (1400, 3000) and len(np.unique(np.asarray(image.convert("L")))) > 50
+
+    # Every figure must load and decode in the browser, not just be referenced. A copy of the page gets a
+    # script that, on window load (all images loaded or failed), records how many <img> decoded, the total,
+    # the failures and the rendered height; --dump-dom prints it. <base> keeps the figures' relative paths.
+    probe_script = """<script>
+window.addEventListener("load", () => {
+  const imgs = Array.from(document.images);
+  const ok = imgs.filter(i => i.complete && i.naturalWidth > 0);
+  const marker = document.createElement("div");
+  marker.id = "loaded-images";
+  marker.dataset.height = String(document.documentElement.scrollHeight);
+  marker.dataset.broken = imgs.filter(i => !ok.includes(i)).map(i => i.getAttribute("src")).join(" ");
+  marker.textContent = ok.length + "/" + imgs.length;
+  document.body.appendChild(marker);
+});
+</script>"""
+    page = (out / "index.html").read_text()
+    n_img = len(re.findall(r"<img\b", page))
+    assert n_img > 0 and page.count("<head>") == 1 and page.count("</body>") == 1
+    probe = tmp_path / "probe.html"
+    probe.write_text(page.replace("<head>", f'<head><base href="{out.as_uri()}/">')
+                     .replace("</body>", probe_script + "</body>"))
+    dom = chromium("--run-all-compositor-stages-before-draw", "--virtual-time-budget=10000", "--dump-dom",
+                   probe.as_uri())
+    found = re.search(r'<div id="loaded-images" data-height="(\d+)" data-broken="([^"]*)">(\d+)/(\d+)</div>', dom)
+    assert found, dom[-2000:]
+    height, broken, loaded, total = int(found[1]), found[2], int(found[3]), int(found[4])
+    assert (loaded, total, broken) == (n_img, n_img, ""), f"{loaded}/{total} images loaded; broken: {broken}"
+    assert height > 1000, height

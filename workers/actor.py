@@ -10,6 +10,7 @@ import json
 import os
 import socket
 
+from workers.interventions import moved_rule
 from workers.models import load_model
 from workers.prepare import PreparedUnit, prepare_unit
 from workers.trainer import train_trials
@@ -45,19 +46,21 @@ class WorkerActor:
     def unit_record(self, unit_id: str, spec: UnitSpec) -> tuple[dict, list[dict]]:
         """The unit's row (without run_id) and its examples rows."""
         unit = self._unit(unit_id, spec)
+        measure, threshold = moved_rule(spec.method, spec.settings)
         row = dict(unit_id=unit_id, model=spec.model, model_revision=self.loaded.revision,
                    n_layers=self.loaded.n_layers, d_model=self.loaded.d_model, task=spec.task.name,
                    task_options=json.dumps(spec.task.options_dict, sort_keys=True), task_hash=unit.task_hash,
                    site=spec.site, layers=unit.layers, method=spec.method,
                    settings=json.dumps(spec.settings.to_dict(), sort_keys=True),
                    n_train=len(unit.splits["train"]), n_val=len(unit.splits["val"]), n_test=len(unit.splits["test"]),
-                   counts=json.dumps(unit.counts), base_accuracy=unit.base_accuracy, mean_ld=unit.mean_ld)
+                   counts=json.dumps(unit.counts), base_accuracy=unit.base_accuracy, mean_ld=unit.mean_ld,
+                   moved_measure=measure, moved_threshold=threshold)
         examples = []
         for split, data in unit.splits.items():
             lds = data.ld.tolist()
             examples += [dict(unit_id=unit_id, split=split, index=i, prompt=e.example.prompt,
                               answer_a=e.example.answer_a, answer_b=e.example.answer_b, template=e.example.template,
-                              roles=e.roles, ld_before=lds[i]) for i, e in enumerate(data.examples)]
+                              roles=e.roles, ld_before=lds[i], entities=list(e.example.split_keys)) for i, e in enumerate(data.examples)]
         return row, examples
 
     def run_trials(self, unit_id: str, spec: UnitSpec, trials: list[tuple[int, dict]]) -> list[dict]:
@@ -69,7 +72,7 @@ class WorkerActor:
         for (number, params), o in zip(trials, outcomes):
             results.append(dict(
                 number=number, params=params, status=o.status, error=o.error, metrics=o.metrics,
-                n_params=o.n_params, n_active=o.n_active, steps=o.steps, wall_s=o.wall_s,
+                n_params=o.n_params, sites_moved=o.sites_moved, sites_total=o.sites_total, steps=o.steps, wall_s=o.wall_s,
                 tokens_per_s=o.tokens_per_s, scalars=o.scalars, predictions=o.predictions,
                 tensors={k: v.numpy() for k, v in o.tensors.items()} if spec.method == "steervec" else {},
                 started_at=started, ended_at=ended, node=self.node, layers=unit.layers,

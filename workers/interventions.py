@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from workers.errors import UsageError
@@ -54,6 +55,17 @@ class Intervention(nn.Module):
     def trial_parameters(self, k: int) -> list[nn.Parameter]:
         raise NotImplementedError
 
+    # What a "site" is, the same for every method: one (layer, position[, head]) cell.
+    moved_measure = ""  # how a cell's effect is measured (stored in the units table)
+
+    def moved_threshold(self, settings) -> float:
+        """A cell is moved when its effect is above this (TrainSettings holds both thresholds)."""
+        return settings.active_threshold
+
+    def cells(self, k: int, norms: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Trial k's (value, effect) per cell, each [L, T(, H)] on the CPU. `norms`: mean |h| per cell."""
+        raise NotImplementedError
+
     @property
     def n_params(self) -> int:
         return sum(p.numel() for p in self.trial_parameters(0))
@@ -85,6 +97,12 @@ class ActivScalar(Intervention):
     def trial_parameters(self, k: int) -> list[nn.Parameter]:
         return [self.alphas[k]]
 
+    moved_measure = "|alpha-1|"
+
+    def cells(self, k: int, norms: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        alpha = self.alphas[k].detach().cpu()  # [L, T(, H)]
+        return alpha, (alpha - 1).abs()
+
 
 class SteerVec(Intervention):
     """h <- h + v, one vector per (layer, position), initialised to 0."""
@@ -108,6 +126,20 @@ class SteerVec(Intervention):
     def trial_parameters(self, k: int) -> list[nn.Parameter]:
         return [self.vectors[k]]
 
+    moved_measure = "|v|/mean|h|"
+
+    def moved_threshold(self, settings) -> float:
+        return settings.steer_threshold
+
+    def cells(self, k: int, norms: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Value: |v| per cell (per head's slice for the head site); effect: |v| / mean |h| there."""
+        v = self.vectors[k].detach().cpu()  # [L, T, W]
+        if self.n_heads:
+            v = v.reshape(v.shape[0], v.shape[1], self.n_heads, -1)  # [L, T, H, W/H]
+        value = v.norm(dim=-1)  # [L, T(, H)]
+        assert norms is not None, "SteerVec needs the mean |h| per cell"
+        return value, value / norms.clamp_min(1e-6)
+
 
 class DynScalar(Intervention):
     """h <- alpha_l(h) * h, alpha_l(h) = 1 + w_l . h/|h| + b_l: works for prompts of any length.
@@ -125,8 +157,10 @@ class DynScalar(Intervention):
         self.weights = nn.ParameterList([nn.Parameter(torch.zeros(w_shape)) for _ in range(n_trials)])
         self.biases = nn.ParameterList([nn.Parameter(torch.zeros((len(refs),) + head)) for _ in range(n_trials)])
         self._l1_terms: list[torch.Tensor] = []
-        self.record: dict[int, torch.Tensor] | None = None  # layer index -> summed |alpha-1| (eval)
-        self.record_alpha: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None
+        # While set (evaluation on val): layer index -> (sum alpha, sum |alpha-1|) [K, T(, H)] and
+        # real-token count [K, T] per position, over prompts padded to `record_len` positions.
+        self.record: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
+        self.record_len = 0
 
     def alpha(self, index: int, x: torch.Tensor) -> torch.Tensor:
         """x: [K, B, T(, H), W] -> alpha [K, B, T(, H)]."""
@@ -145,17 +179,34 @@ class DynScalar(Intervention):
         mask = self.token_mask.reshape(k, bsz, -1)[:, :, :t].to(x.dtype) if self.token_mask is not None \
             else torch.ones(k, bsz, t, dtype=x.dtype, device=x.device)
         dev = (alpha - 1).abs()
-        dev_real = dev * (mask[..., None] if self.n_heads else mask)
+        m = mask[..., None] if self.n_heads else mask  # [K, B, T(, 1)]
+        dev_real = dev * m
         self._l1_terms.append(dev_real.flatten(2).sum(2).mean(1))  # [K]: mean over prompts
         if self.record is not None:
-            per_unit = dev_real.sum(dim=(1, 2))  # [K(, H)]
-            self.record[index] = self.record.get(index, 0) + per_unit.detach()
-        if self.record_alpha is not None:
-            m = mask[..., None] if self.n_heads else mask
-            s, c = self.record_alpha.get(index, (0, 0))
-            self.record_alpha[index] = (s + (alpha * m).sum(1).detach(), c + m.sum(1).detach())
+            self._record(index, (alpha * m).sum(1).detach().float(), dev_real.sum(1).detach().float(),
+                         mask.sum(1).detach().float())
         scale = alpha[..., None]
         return (x * scale).reshape(h.shape)
+
+    def _record(self, index: int, alpha_sum: torch.Tensor, dev_sum: torch.Tensor, count: torch.Tensor) -> None:
+        pad = self.record_len - count.shape[1]
+        widths = (0, 0, 0, pad) if self.n_heads else (0, pad)
+        new = (F.pad(alpha_sum, widths), F.pad(dev_sum, widths), F.pad(count, (0, pad)))
+        old = self.record.get(index)
+        self.record[index] = new if old is None else tuple(a + b for a, b in zip(old, new))
+
+    moved_measure = "mean |alpha-1| over val tokens"
+
+    def cells(self, k: int, norms: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean alpha and mean |alpha-1| over the recorded (val) tokens at each (layer, position[, head])."""
+        assert self.record, "DynScalar cells need a recorded evaluation"
+        values, effects = [], []
+        for j in range(len(self.refs)):
+            alpha_sum, dev_sum, count = (x[k].cpu() for x in self.record[j])
+            c = count.clamp_min(1)[:, None] if self.n_heads else count.clamp_min(1)
+            values.append(alpha_sum / c)
+            effects.append(dev_sum / c)
+        return torch.stack(values), torch.stack(effects)  # [L, T(, H)]
 
     def minimality(self) -> torch.Tensor:
         """Sum of the terms gathered since the last call (one forward), then reset."""
@@ -167,6 +218,17 @@ class DynScalar(Intervention):
 
     def trial_parameters(self, k: int) -> list[nn.Parameter]:
         return [self.weights[k], self.biases[k]]
+
+
+METHOD_CLASSES: dict[str, type[Intervention]] = {"activscalar": ActivScalar, "steervec": SteerVec,
+                                                  "dynscalar": DynScalar}
+
+
+def moved_rule(method: str, settings) -> tuple[str, float]:
+    """(how a cell's effect is measured, the threshold above which it counts as moved) for a method."""
+    check_method(method)
+    cls = METHOD_CLASSES[method]
+    return cls.moved_measure, cls.moved_threshold(cls, settings)
 
 
 def build_intervention(method: str, refs: list[SiteRef], n_trials: int, n_positions: int | None) -> Intervention:

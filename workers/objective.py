@@ -1,4 +1,4 @@
-"""The loss terms and metrics of DESIGN.md (Definitions), on last-position logits.
+"""The loss terms and metrics (docs/architecture.md, Definitions), on last-position logits.
 
 All functions take tensors with any leading dimensions (e.g. [K, B, V] for K trials)
 and reduce over the prompt dimension (the one before the vocabulary), so one call scores
@@ -36,6 +36,15 @@ def kl_other_per_prompt(logits_before: torch.Tensor, logits_after: torch.Tensor,
     return terms.sum(-1).clamp_min(0.0)
 
 
+def flipped(ld_after: torch.Tensor, ld_before: torch.Tensor) -> torch.Tensor:
+    """True where the intervention changed which answer the model prefers: sign(LD') != sign(LD).
+
+    LD = 0 counts as preferring b, on both sides. Not "LD' < 0": with `filter: none` a prompt
+    the model already got "wrong" (LD < 0) would otherwise count as flipped without any change.
+    """
+    return (ld_after > 0) != (ld_before > 0)
+
+
 def mass_shift_per_prompt(logits_before, logits_after, a_ids, b_ids) -> torch.Tensor:
     def mass(logits):
         p = torch.softmax(logits, dim=-1)
@@ -59,7 +68,7 @@ def split_metrics(logits_before, logits_after, a_ids, b_ids) -> dict[str, torch.
     ld_before = logit_diff(logits_before, a_ids, b_ids)
     ld_after = logit_diff(logits_after, a_ids, b_ids)
     return {
-        "flip_rate": (ld_after < 0).float().mean(-1),
+        "flip_rate": flipped(ld_after, ld_before).float().mean(-1),
         "ld_before": ld_before.mean(-1),
         "ld_after": ld_after.mean(-1),
         "kl_other": kl_other_per_prompt(logits_before, logits_after, a_ids, b_ids).mean(-1),

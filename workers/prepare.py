@@ -1,12 +1,12 @@
 """Turn a unit's task into tokenized, filtered, split tensors with unintervened logits.
 
-Filters, in order, each with its dropped count: answers that are not single tokens; prompts
-of another token length (methods with per-position parameters); prompts where the
-unintervened model does not rank answer a above b (`filter: model_prefers_a`).
+Filters, in order, each with its dropped count: repeated prompts; answers that are not single
+tokens; prompts of another token length (methods with per-position parameters); prompts
+where the unintervened model does not rank answer a above b (`filter: model_prefers_a`);
+prompts whose entities landed in different splits (workers/splits.py).
 """
 from __future__ import annotations
 
-import random
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -19,6 +19,7 @@ from workers.models import LoadedModel
 from workers.objective import logit_diff
 from workers.sites import check_site, resolve_layers
 from workers.tasks.base import examples_hash, load_examples
+from workers.splits import assign_splits, drop_duplicates
 from workers.tasks.roles import TokenizedExample, tokenize_examples
 from workers.unit import UnitSpec
 
@@ -78,7 +79,8 @@ def prepare_unit(loaded: LoadedModel, spec: UnitSpec) -> PreparedUnit:
     settings = spec.settings
     raw = load_examples(spec.task, settings.seed)
     counts: dict[str, int] = {"total": len(raw)}
-    tokenized, multi = tokenize_examples(raw, loaded.tokenizer)
+    distinct, counts["dropped_duplicate_prompt"] = drop_duplicates(raw)
+    tokenized, multi = tokenize_examples([raw[i] for i in distinct], loaded.tokenizer)
     counts["dropped_not_single_token_answer"] = len(multi)
     if not tokenized:
         example = multi[0]
@@ -117,17 +119,8 @@ def prepare_unit(loaded: LoadedModel, spec: UnitSpec) -> PreparedUnit:
         raise UsageError(f"filter={settings.filter!r}; accepted: 'model_prefers_a' or 'none'")
     counts["dropped_model_prefers_b"] = keep.count(False)
     indices = [i for i, k in enumerate(keep) if k]
-    heldout = [i for i in indices if tokenized[i].example.heldout]
-    regular = [i for i in indices if not tokenized[i].example.heldout]
-    random.Random(settings.seed).shuffle(regular)
-    f_train, f_val, f_test = settings.split
-    if heldout:
-        n_train = round(len(regular) * f_train / (f_train + f_val))
-        parts = {"train": regular[:n_train], "val": regular[n_train:], "test": heldout}
-    else:
-        n_train = round(len(regular) * f_train)
-        n_val = round(len(regular) * f_val)
-        parts = {"train": regular[:n_train], "val": regular[n_train:n_train + n_val], "test": regular[n_train + n_val:]}
+    parts, counts["dropped_entity_across_splits"] = assign_splits([e.example for e in tokenized], indices,
+                                                                  settings.split, settings.seed)
     for name, idx in parts.items():
         counts[f"kept_{name}"] = len(idx)
         if not idx:

@@ -16,7 +16,7 @@ import torch
 from workers.forward import attention_mask, last_token_logits, start_at_layer
 from workers.interventions import DynScalar, Intervention, build_intervention, installed
 from workers.models import LoadedModel
-from workers.objective import kl_other_per_prompt, logit_diff, mass_shift_per_prompt, objective
+from workers.objective import flipped, kl_other_per_prompt, logit_diff, mass_shift_per_prompt, objective
 from workers.prepare import PreparedUnit, SplitData
 from workers.sites import SiteRef, resolve_site
 from workers.unit import Hyper
@@ -31,23 +31,28 @@ class TrialOutcome:
     error: str | None = None
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # split -> name -> value
     n_params: int = 0
-    n_active: int = 0
+    sites_moved: int = 0  # cells (layer, position[, head]) whose effect is above the method's threshold
+    sites_total: int = 0  # all cells the method could move
     steps: int = 0
     wall_s: float = 0.0
     tokens_per_s: float = 0.0
-    scalars: list[dict] = field(default_factory=list)  # layer, position, role, head, value
+    scalars: list[dict] = field(default_factory=list)  # layer, position, role, head, value, effect, moved
     predictions: list[dict] = field(default_factory=list)  # per test prompt
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)  # learned parameters
 
 
 def site_norms(loaded: LoadedModel, refs: list[SiteRef], split: SplitData, chunk: int) -> torch.Tensor:
-    """Mean |h| per (layer, position) at the site over a split's prompts: [L, T]."""
+    """Mean |h| per cell at the site over a split's prompts: [L, T], or [L, T, H] per head's slice."""
     sums = [0.0] * len(refs)
+    n_heads = refs[0].n_heads
 
     def recorder(index: int, on_input: bool):
         def hook(module, args, output=None):
             h = args[0] if on_input else (output[0] if isinstance(output, tuple) else output)
-            sums[index] = sums[index] + h.detach().float().norm(dim=-1).sum(0).cpu()
+            h = h.detach().float()  # [B, T, W]
+            if n_heads:
+                h = h.reshape(h.shape[0], h.shape[1], n_heads, -1)  # [B, T, H, W/H]
+            sums[index] = sums[index] + h.norm(dim=-1).sum(0).cpu()
         return hook
 
     handles = []
@@ -67,11 +72,15 @@ def site_norms(loaded: LoadedModel, refs: list[SiteRef], split: SplitData, chunk
 
 
 class _Batches:
-    """Per-trial shuffled epochs over the train split, from the trial's own seed."""
+    """Per-trial shuffled epochs over the train split, from the trial's own seed.
 
-    def __init__(self, n: int, batch: int, seed: int):
+    With `resample`, the epochs run over a bootstrap resample of the train split (drawn once
+    from the same seed): a replicate that also varies the training data."""
+
+    def __init__(self, n: int, batch: int, seed: int, resample: bool = False):
         self.n, self.batch = n, min(batch, n)
         self.gen = torch.Generator().manual_seed(seed)
+        self.pool = torch.randint(n, (n,), generator=self.gen) if resample else torch.arange(n)
         self.order = torch.randperm(n, generator=self.gen)
         self.pos = 0
 
@@ -79,7 +88,7 @@ class _Batches:
         if self.pos + self.batch > self.n:
             self.order = torch.randperm(self.n, generator=self.gen)
             self.pos = 0
-        out = self.order[self.pos:self.pos + self.batch]
+        out = self.pool[self.order[self.pos:self.pos + self.batch]]
         self.pos += self.batch
         return out
 
@@ -104,7 +113,7 @@ def _train_group(loaded: LoadedModel, unit: PreparedUnit, hypers: list[Hyper], r
     optimizers = [torch.optim.Adam(intervention.trial_parameters(i), lr=h.lr) for i, h in enumerate(hypers)]
     steps = [h.steps or unit.spec.settings.steps for h in hypers]
     batch = hypers[0].batch_size or unit.spec.settings.batch_size
-    batches = [_Batches(len(train), batch, h.seed) for h in hypers]
+    batches = [_Batches(len(train), batch, h.seed, h.resample_train) for h in hypers]
     lam_f = torch.tensor([h.lambda_faith for h in hypers], device=loaded.device)
     lam_m = torch.tensor([h.lambda_min for h in hypers], device=loaded.device)
     active = [True] * k
@@ -144,14 +153,14 @@ def _train_group(loaded: LoadedModel, unit: PreparedUnit, hypers: list[Hyper], r
 
 def _evaluate(loaded: LoadedModel, unit: PreparedUnit, intervention: Intervention, split: SplitData,
               record: bool) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
-    """Per-trial metrics [K], and per-prompt ld_after and kl_other [K, N], on a split."""
+    """Per-trial metrics [K], and per-prompt ld_after and kl_other [K, N], on a split.
+    With `record`, DynScalar keeps its per-cell alpha statistics of this split (see DynScalar.cells)."""
     k = intervention.n_trials
     chunk = max(1, unit.spec.settings.eval_batch // k)
     ld_after, kl, mass, l1 = [], [], [], torch.zeros(k)
     dyn = isinstance(intervention, DynScalar)
     if dyn:
-        intervention.record = {}
-        intervention.record_alpha = {} if record else None
+        intervention.record, intervention.record_len = ({}, split.ids.shape[1]) if record else (None, 0)
     with torch.no_grad(), installed(intervention):
         for i in range(0, len(split), chunk):
             sl = slice(i, i + chunk)
@@ -167,12 +176,12 @@ def _evaluate(loaded: LoadedModel, unit: PreparedUnit, intervention: Interventio
             mass.append(mass_shift_per_prompt(before, after, a, b))
             if dyn:
                 l1 += intervention.minimality().cpu() * n / len(split)
-    ld_after_t = torch.cat(ld_after, dim=1)
-    kl_t = torch.cat(kl, dim=1)
+    ld_after_t = torch.cat(ld_after, dim=1)  # [K, N]
+    kl_t = torch.cat(kl, dim=1)  # [K, N]
     if not dyn:
         l1 = intervention.minimality().detach().cpu()
     metrics = {
-        "flip_rate": (ld_after_t < 0).float().mean(1),
+        "flip_rate": flipped(ld_after_t, split.ld[None]).float().mean(1),
         "ld_before": split.ld.mean().expand(k),
         "ld_after": ld_after_t.mean(1),
         "kl_other": kl_t.mean(1),
@@ -182,43 +191,19 @@ def _evaluate(loaded: LoadedModel, unit: PreparedUnit, intervention: Interventio
     return metrics, ld_after_t, kl_t
 
 
-def _n_active(unit: PreparedUnit, intervention: Intervention, norms: torch.Tensor | None, val_tokens: int) -> list[int]:
-    s = unit.spec.settings
-    out = []
-    for i in range(intervention.n_trials):
-        if intervention.method == "activscalar":
-            out.append(int(((intervention.alphas[i].detach() - 1).abs() > s.active_threshold).sum()))
-        elif intervention.method == "steervec":
-            v = intervention.vectors[i].detach().cpu().norm(dim=-1)  # [L, T]
-            out.append(int((v > s.steer_threshold * norms).sum()))
-        else:
-            # DynScalar: a (layer[, head]) is active when its mean |alpha-1| over val tokens is above threshold
-            per_layer = torch.stack([intervention.record[j][i] for j in range(len(intervention.refs))]).cpu()
-            out.append(int((per_layer / val_tokens > s.active_threshold).sum()))
-    return out
-
-
-def _scalar_rows(unit: PreparedUnit, intervention: Intervention, trial: int) -> list[dict]:
-    """The learned values in long form: one row per (layer, position[, head])."""
-    roles = unit.roles_at("test")
-    if intervention.method == "activscalar":
-        values = intervention.alphas[trial].detach().cpu()  # [L, T(, H)]
-    elif intervention.method == "steervec":
-        v = intervention.vectors[trial].detach().cpu()
-        h = intervention.n_heads
-        values = v.reshape(v.shape[0], v.shape[1], h, -1).norm(dim=-1) if h else v.norm(dim=-1)
-    else:
-        values = torch.stack([(s[trial] / c[trial].clamp_min(1)) for s, c in
-                              (intervention.record_alpha[j] for j in range(len(intervention.refs)))]).cpu()
+def _cell_rows(unit: PreparedUnit, values: torch.Tensor, effects: torch.Tensor, threshold: float) -> list[dict]:
+    """The learned values in long form: one row per (layer, position[, head]) cell, roles from val.
+    values, effects: [L, T(, H)]."""
+    roles = unit.roles_at("val")
     rows = []
     for li, layer in enumerate(unit.layers):
         for pos in range(values.shape[1]):
             role = roles[pos] if pos < len(roles) else f"pos{pos}"
-            if values.dim() == 3:
-                rows += [dict(layer=layer, position=pos, role=role, head=h, value=float(values[li, pos, h]))
-                         for h in range(values.shape[2])]
-            else:
-                rows.append(dict(layer=layer, position=pos, role=role, head=None, value=float(values[li, pos])))
+            for h in (range(values.shape[2]) if values.dim() == 3 else [None]):
+                at = (li, pos) if h is None else (li, pos, h)
+                effect = float(effects[at])
+                rows.append(dict(layer=layer, position=pos, role=role, head=h, value=float(values[at]),
+                                 effect=effect, moved=effect > threshold))
     return rows
 
 
@@ -229,7 +214,7 @@ def train_trials(loaded: LoadedModel, unit: PreparedUnit, hypers: list[Hyper]) -
     for i, h in enumerate(hypers):
         groups.setdefault(h.batch_size or unit.spec.settings.batch_size, []).append(i)
     refs = resolve_site(loaded.model, unit.spec.site, unit.layers)
-    norms = None
+    norms = None  # mean |h| per cell on train, for SteerVec's relative effect
     if unit.spec.method == "steervec":
         norms = site_norms(loaded, refs, unit.splits["train"], unit.spec.settings.eval_batch)
     for members in groups.values():
@@ -237,33 +222,32 @@ def train_trials(loaded: LoadedModel, unit: PreparedUnit, hypers: list[Hyper]) -
         group = [outcomes[i] for i in members]
         try:
             intervention, tokens = _train_group(loaded, unit, [hypers[i] for i in members], refs, group)
-            evals = {}
-            for split in ("val", "test"):
-                evals[split] = _evaluate(loaded, unit, intervention, unit.splits[split], record=split == "test")
-                if split == "val" and isinstance(intervention, DynScalar):
-                    val_record = intervention.record
-            if isinstance(intervention, DynScalar):
-                intervention.record = val_record
-            val_tokens = int(unit.splits["val"].lengths.sum())
-            active = _n_active(unit, intervention, norms, val_tokens)
+            # test first, so that the cells (which DynScalar records while evaluating) come from val
+            evals = {split: _evaluate(loaded, unit, intervention, unit.splits[split], record=split == "val")
+                     for split in ("test", "val")}
+            cells = [intervention.cells(j, norms) for j in range(len(members))]  # (values, effects) per trial
         except torch.OutOfMemoryError as exc:
             for o in group:
                 o.status, o.error = "failed", f"out of memory: {str(exc).splitlines()[0]}"
             continue
         wall = time.perf_counter() - start
         test_split = unit.splits["test"]
+        threshold = intervention.moved_threshold(unit.spec.settings)
         for j, o in enumerate(group):
             o.metrics = {split: {name: float(evals[split][0][name][j]) for name in METRIC_NAMES}
                          for split in ("val", "test")}
             o.n_params = intervention.n_params
-            o.n_active = active[j]
+            values, effects = cells[j]
+            o.sites_moved = int((effects > threshold).sum())
+            o.sites_total = effects.numel()
             o.wall_s = wall / len(group)
             o.tokens_per_s = tokens / wall if wall > 0 else 0.0
-            o.scalars = _scalar_rows(unit, intervention, j)
+            o.scalars = _cell_rows(unit, values, effects, threshold)
             _, ld_after, kl = evals["test"]
             ld_before = test_split.ld
+            flips = flipped(ld_after[j], ld_before)
             o.predictions = [dict(index=n, ld_before=float(ld_before[n]), ld_after=float(ld_after[j, n]),
-                                  kl_other=float(kl[j, n]), flipped=bool(ld_after[j, n] < 0))
+                                  kl_other=float(kl[j, n]), flipped=bool(flips[n]))
                              for n in range(len(test_split))]
             o.tensors = {name: p.detach().cpu().clone() for name, p in
                          zip(("param", "bias"), intervention.trial_parameters(j))}

@@ -49,7 +49,8 @@ class Hyper:
     lr: float = 0.05
     steps: int | None = None  # None: the unit's settings.steps
     batch_size: int | None = None
-    seed: int = 0  # batch order
+    seed: int = 0  # batch order (and the bootstrap resample, with resample_train)
+    resample_train: bool = False  # replicates with search.replicate_data: train on a bootstrap resample
 
     def to_dict(self) -> dict:
         return asdict(self)

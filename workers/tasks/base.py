@@ -20,6 +20,12 @@ class Example:
     answer_b: str
     template: str
     heldout: bool = False  # only for the test split (e.g. a held-out template)
+    # What the prompt is about (names, countries): no entity is in two splits. Empty: the prompt itself.
+    entities: tuple[str, ...] = ()
+
+    @property
+    def split_keys(self) -> tuple[str, ...]:
+        return self.entities or (self.prompt,)
 
 
 @dataclass(frozen=True)
@@ -65,12 +71,17 @@ def load_jsonl(path: Path) -> list[Example]:
         missing = [f for f in REQUIRED_FIELDS if f not in record]
         if missing:
             raise UsageError(f"task file {path} line {number}: missing field(s) {missing}; each line needs "
-                             f"{list(REQUIRED_FIELDS)} (optional: heldout)")
+                             f"{list(REQUIRED_FIELDS)} (optional: heldout, entities)")
         bad = [f for f in REQUIRED_FIELDS if not isinstance(record[f], str) or not record[f]]
         if bad:
             raise UsageError(f"task file {path} line {number}: field(s) {bad} must be non-empty strings")
+        entities = record.get("entities", [])
+        if not isinstance(entities, list) or not all(isinstance(x, str) and x for x in entities):
+            raise UsageError(f"task file {path} line {number}: field 'entities' must be a list of non-empty strings "
+                             f"(what the prompt is about; no entity is put in two splits), got {entities!r}")
         examples.append(Example(prompt=record["prompt"], answer_a=record["answer_a"], answer_b=record["answer_b"],
-                                template=record["template"], heldout=bool(record.get("heldout", False))))
+                                template=record["template"], heldout=bool(record.get("heldout", False)),
+                                entities=tuple(entities)))
     if not examples:
         raise UsageError(f"task file {path} holds no examples")
     return examples

@@ -58,7 +58,13 @@ def _n(task: str, options: dict, default: int) -> int:
     return n
 
 
+def _too_many(task: str, n: int, available: int, detail: str) -> UsageError:
+    return UsageError(f"task {task!r}: n={n} asks for more distinct prompts than the task has ({available} {detail}); "
+                      "lower n (prompts are never repeated: a repeat could land in two splits)")
+
+
 def ioi(options: dict, seed: int) -> list[Example]:
+    """Distinct prompts; the entity is the unordered name pair, so no pair is in two splits."""
     _check_options("ioi", options, {"n": "examples per template, default 120",
                                     "templates": f"list of {sorted(IOI_TEMPLATES)}",
                                     "heldout_templates": "templates used only for the test split"})
@@ -68,55 +74,68 @@ def ioi(options: dict, seed: int) -> list[Example]:
     for t in templates + heldout:
         if t not in IOI_TEMPLATES:
             raise UsageError(f"task 'ioi': unknown template {t!r}; accepted: {sorted(IOI_TEMPLATES)}")
+    available = len(NAMES) * (len(NAMES) - 1) * len(PLACES) * len(OBJECTS)
+    if n > available // 4:
+        raise _too_many("ioi", n, available, "per template; n may be at most a quarter of that")
     rng = random.Random(seed)
     out = []
     for template_id in templates + heldout:
         template = IOI_TEMPLATES[template_id]
-        for _ in range(n):
+        seen: set[str] = set()
+        while len(seen) < n:
             io, s = rng.sample(NAMES, 2)
             fills = {"IO": io, "S1": s, "S2": s, "PLACE": rng.choice(PLACES), "OBJECT": rng.choice(OBJECTS)}
-            out.append(Example(prompt=template.format(**fills), answer_a=" " + io, answer_b=" " + s,
-                               template=template, heldout=template_id in heldout))
+            prompt = template.format(**fills)
+            if prompt in seen:
+                continue
+            seen.add(prompt)
+            out.append(Example(prompt=prompt, answer_a=" " + io, answer_b=" " + s, template=template,
+                               heldout=template_id in heldout, entities=("+".join(sorted((io, s))),)))
     return out
 
 
 def ccc(options: dict, seed: int) -> list[Example]:
-    _check_options("ccc", options, {"n": "examples, default 200",
+    """Distinct (country, context city) pairs; both countries are entities, so neither is in two splits."""
+    pairs = [(c, o) for c in sorted(CAPITALS) for o in sorted(CAPITALS) if c != o]
+    _check_options("ccc", options, {"n": f"examples, default all {len(pairs)} (country, other country) pairs",
                                     "answer": "'context' (the city in the prompt) or 'memory' (the true capital)"})
-    n = _n("ccc", options, 200)
+    n = _n("ccc", options, len(pairs))
+    if n > len(pairs):
+        raise _too_many("ccc", n, len(pairs), "(country, other country) pairs")
     answer = options.get("answer", "context")
     if answer not in ("context", "memory"):
         raise UsageError(f"task 'ccc': option answer={answer!r}; accepted: 'context' or 'memory'")
     rng = random.Random(seed)
-    countries = sorted(CAPITALS)
     out = []
-    for _ in range(n):
-        country, other = rng.sample(countries, 2)
+    for country, other in rng.sample(pairs, n):
         city, capital = CAPITALS[other], CAPITALS[country]
-        if city == capital:
-            continue
         prompt = CCC_TEMPLATE.format(COUNTRY=country, CITY=city, COUNTRY_Q=country)
         a, b = (city, capital) if answer == "context" else (capital, city)
-        out.append(Example(prompt=prompt, answer_a=" " + a, answer_b=" " + b, template=CCC_TEMPLATE))
+        out.append(Example(prompt=prompt, answer_a=" " + a, answer_b=" " + b, template=CCC_TEMPLATE,
+                           entities=(country, other)))
     return out
 
 
 def city_country(options: dict, seed: int) -> list[Example]:
-    _check_options("city_country", options, {"n": "examples, default 200",
+    """One prompt per (city, template); the entity is the country, so no city is in two splits."""
+    countries = [c for c in sorted(CAPITALS) if CAPITALS[c] != c]
+    _check_options("city_country", options, {"n": "examples, default all (one per city and template)",
                                              "templates": f"list of {sorted(CITY_TEMPLATES)}, default [is_in]"})
-    n = _n("city_country", options, 200)
     templates = list(options.get("templates", ["is_in"]))
     for t in templates:
         if t not in CITY_TEMPLATES:
             raise UsageError(f"task 'city_country': unknown template {t!r}; accepted: {sorted(CITY_TEMPLATES)}")
+    cells = [(c, t) for c in countries for t in templates]
+    n = _n("city_country", options, len(cells))
+    if n > len(cells):
+        raise _too_many("city_country", n, len(cells), f"= {len(countries)} cities x {len(templates)} template(s)")
     rng = random.Random(seed)
-    countries = [c for c in sorted(CAPITALS) if CAPITALS[c] != c]
     out = []
-    for i in range(n):
-        country, other = rng.sample(countries, 2)
-        template = CITY_TEMPLATES[templates[i % len(templates)]]
+    for country, t in rng.sample(cells, n):
+        other = rng.choice([c for c in countries if c != country])
+        template = CITY_TEMPLATES[t]
         out.append(Example(prompt=template.format(CITY=CAPITALS[country]), answer_a=" " + country,
-                           answer_b=" " + other, template=template))
+                           answer_b=" " + other, template=template, entities=(country,)))
     return out
 
 

@@ -1,0 +1,100 @@
+"""How stable a selected trial is across seeds: the selected trial and its replicates.
+
+A unit's replicates (`trials.replicate_of` = the selected trial's id) re-train the selected
+hyper-parameters with other trial seeds. From their moved cells (`scalars.moved`) and
+effects (`scalars.effect`) this gives: how often each cell moved, the mean pairwise Jaccard
+overlap of the moved sets, the mean pairwise Spearman rank correlation of the cells'
+effects, and 95% intervals over seeds of the test metrics (Student t, as seeds are few).
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+# two-sided 95% Student t quantiles by degrees of freedom (1..30); 1.96 beyond
+_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+         2.045, 2.042]
+CELL = ["layer", "position", "head"]
+
+
+def t_interval(values: np.ndarray, low: float = -math.inf, high: float = math.inf) -> tuple[float, float, float]:
+    """(mean, low, high): 95% Student-t interval of the mean, clipped to [low, high] (a rate's
+    interval stays within 0..1); low = high = mean for one value."""
+    values = np.asarray(values, dtype=float)
+    values = values[~np.isnan(values)]
+    if len(values) == 0:
+        return (math.nan, math.nan, math.nan)
+    mean = float(values.mean())
+    if len(values) == 1:
+        return (mean, mean, mean)
+    df = len(values) - 1
+    half = (_T975[df - 1] if df <= len(_T975) else 1.96) * float(values.std(ddof=1)) / math.sqrt(len(values))
+    return (mean, max(low, mean - half), min(high, mean + half))
+
+
+def jaccard(a: set, b: set) -> float:
+    union = a | b
+    return len(a & b) / len(union) if union else math.nan
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    rx, ry = pd.Series(x).rank().to_numpy(), pd.Series(y).rank().to_numpy()
+    if rx.std() == 0 or ry.std() == 0:
+        return math.nan
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+@dataclass
+class SeedStats:
+    trial_ids: list[str]  # the selected trial first, then its complete replicates
+    jaccard: float  # mean pairwise Jaccard overlap of the moved sets (nan with one seed)
+    rank_corr: float  # mean pairwise Spearman correlation of the cells' effects (nan with one seed)
+    moved_in_all: int  # cells moved in every seed
+    moved_in_any: int  # cells moved in at least one seed
+    test_flip: tuple[float, float, float]  # mean, low, high over seeds
+    test_kl: tuple[float, float, float]
+    cell_frequency: pd.DataFrame  # layer, position, role, head, moved_share (0..1 over seeds)
+
+    @property
+    def n_seeds(self) -> int:
+        return len(self.trial_ids)
+
+
+def group_of(selected_trial_id: str, trials: pd.DataFrame) -> list[str]:
+    """The selected trial and its complete replicates, in trial order."""
+    reps = trials[(trials.replicate_of == selected_trial_id) & (trials.status == "complete")]
+    return [selected_trial_id] + sorted(reps.trial_id.tolist())
+
+
+def seed_stats(selected_trial_id: str, trials: pd.DataFrame, scalars: pd.DataFrame) -> SeedStats:
+    """Stability of one selected trial over its seeds; `scalars` must hold the group's rows."""
+    ids = group_of(selected_trial_id, trials)
+    rows = scalars[scalars.trial_id.isin(ids)].copy()
+    rows["head"] = rows["head"].fillna(-1).astype(int)
+    moved_sets = {tid: set(map(tuple, g.loc[g.moved.astype(bool), CELL].to_numpy().tolist()))
+                  for tid, g in rows.groupby("trial_id")}
+    moved_sets = {tid: moved_sets.get(tid, set()) for tid in ids}
+    effects = rows.pivot_table(index=CELL, columns="trial_id", values="effect", aggfunc="first")
+    pairs = list(itertools.combinations(ids, 2))
+    jac = [jaccard(moved_sets[a], moved_sets[b]) for a, b in pairs]
+    rho = [spearman(effects[a].to_numpy(), effects[b].to_numpy()) for a, b in pairs
+           if a in effects.columns and b in effects.columns]
+    frequency = rows.groupby(CELL + ["role"], as_index=False).moved.mean().rename(columns={"moved": "moved_share"})
+    frequency["head"] = frequency["head"].where(frequency["head"] >= 0, None)
+    chosen = trials.set_index("trial_id").loc[ids]
+    all_sets = list(moved_sets.values())
+    return SeedStats(
+        trial_ids=ids,
+        jaccard=float(np.nanmean(jac)) if jac and not all(math.isnan(j) for j in jac) else math.nan,
+        rank_corr=float(np.nanmean(rho)) if rho and not all(math.isnan(r) for r in rho) else math.nan,
+        moved_in_all=len(set.intersection(*all_sets)) if all_sets else 0,
+        moved_in_any=len(set.union(*all_sets)) if all_sets else 0,
+        test_flip=t_interval(chosen.test_flip_rate.to_numpy(), 0.0, 1.0),
+        test_kl=t_interval(chosen.test_kl_other.to_numpy(), 0.0),
+        cell_frequency=frequency,
+    )

@@ -1,0 +1,64 @@
+"""The one selection rule, defined here once as SQL, decided on val only.
+
+For each unit (of each run): among its complete *search* trials (replicates excluded) whose
+val flip_rate is at least `min_flip` (sweep YAML `selection.min_flip`, default 0.9), the one
+with the fewest `sites_moved`, then the lowest val kl_other; if none qualifies, the one with
+the highest val flip_rate, then the lowest val kl_other, flagged `selected_by = 'fallback'`.
+Ties end on trial_id. Test metrics never enter the choice.
+
+Every consumer uses this SQL: the `selected` DuckDB view of `storage.query.connect` (and so
+`actscale query`, `status`, `report`, the Makefile and the docs), and the coordinator, which
+runs it over a unit's rows in memory to pick the hyper-parameters its replicates re-train.
+"""
+from __future__ import annotations
+
+DEFAULT_MIN_FLIP = 0.9
+
+RULE = ("the selected trial of a unit is chosen on val only: among its complete search trials with val flip_rate "
+        ">= min_flip (selection.min_flip, default {min_flip}), the fewest sites_moved, then the lowest val kl_other; "
+        "if none qualifies, the highest val flip_rate (marked 'fallback'); test metrics are only reported")
+
+
+def describe_rule(min_flip: float | None = None) -> str:
+    """The rule in words, with the threshold used (or the default)."""
+    if min_flip is None:
+        return RULE.format(min_flip=DEFAULT_MIN_FLIP)
+    return RULE.replace(" (selection.min_flip, default {min_flip})", f" (selection.min_flip = {min_flip:g})")
+
+
+def selected_sql(trials: str = "trials", min_flip: str = str(DEFAULT_MIN_FLIP)) -> str:
+    """SQL selecting one trial per (run_id, unit_id) from the relation `trials`.
+
+    `min_flip` is an SQL expression: a number, or a column of `trials`. The result has every
+    column of `trials` plus `min_flip`, `qualifies` (val flip_rate >= min_flip) and
+    `selected_by` ('min_flip' or 'fallback')."""
+    q = f"(t.val_flip_rate >= {min_flip})"
+    return f"""SELECT t.*, {min_flip} AS min_flip, {q} AS qualifies,
+       CASE WHEN bool_or({q}) OVER (PARTITION BY t.run_id, t.unit_id) THEN 'min_flip' ELSE 'fallback' END
+           AS selected_by
+FROM {trials} t
+WHERE t.status = 'complete' AND t.replicate_of IS NULL
+QUALIFY row_number() OVER (PARTITION BY t.run_id, t.unit_id
+                           ORDER BY {q} DESC,
+                                    CASE WHEN {q} THEN t.sites_moved ELSE 0 END,
+                                    CASE WHEN {q} THEN 0 ELSE -t.val_flip_rate END,
+                                    t.val_kl_other, t.trial_id) = 1"""
+
+
+def select_rows(rows: list[dict], min_flip: float) -> dict | None:
+    """The selected trial among trials rows held in memory (the coordinator's use), by the SQL above."""
+    import duckdb
+    import pyarrow as pa
+
+    from storage.schema import schema_for
+
+    if not rows:
+        return None
+    table = pa.Table.from_pylist(rows, schema=schema_for("trials"))
+    con = duckdb.connect()
+    try:
+        con.register("candidate_trials", table)
+        found = con.sql(selected_sql("candidate_trials", repr(float(min_flip)))).to_arrow_table()
+    finally:
+        con.close()
+    return found.to_pylist()[0] if found.num_rows else None
