@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.actscale-installed
 RUN_DIR ?= runs/quickstart
 
-.PHONY: install run test test-fast bench clean
+.PHONY: install run test test-fast bench clean docs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,14 +16,23 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-BEST_SQL := SELECT u.method, t.trial_number, round(t.val_flip_rate, 3) AS val_flip, round(t.test_flip_rate, 3) AS test_flip, round(t.test_kl_other, 3) AS test_kl, t.n_active, t.n_params FROM trials t JOIN units u USING (unit_id) WHERE t.status = 'complete' QUALIFY row_number() OVER (PARTITION BY t.unit_id ORDER BY t.val_flip_rate DESC, t.val_kl_other, t.val_l1) = 1 ORDER BY u.method
+# Each unit's selected trial: the `selected` view applies the project's one selection rule (on val).
+SELECTED_SQL := SELECT u.method, s.trial_id, s.selected_by, round(s.val_flip_rate, 3) AS val_flip, round(s.test_flip_rate, 3) AS test_flip, round(s.test_kl_other, 3) AS test_kl, s.sites_moved, s.sites_total, s.n_params FROM selected s JOIN units u USING (unit_id) ORDER BY u.method
 
 run: install
 	$(BIN)/actscale run --out $(RUN_DIR)
-	@echo "Results are in $(RUN_DIR)/tables (Parquet). Example query (best trial per unit):"
-	@echo "  $(BIN)/actscale query $(RUN_DIR) \"$(BEST_SQL)\""
-	$(BIN)/actscale query $(RUN_DIR) "$(BEST_SQL)"
+	@echo "Results are in $(RUN_DIR)/tables (Parquet). The selected trial of each unit:"
+	@echo "  $(BIN)/actscale query $(RUN_DIR) \"$(SELECTED_SQL)\""
+	$(BIN)/actscale query $(RUN_DIR) "$(SELECTED_SQL)"
+	$(BIN)/actscale status $(RUN_DIR)
 	$(BIN)/actscale report $(RUN_DIR)
+
+# Re-run the real sweep behind docs/querying.md and rewrite the page from it.
+docs: install
+	rm -rf docs/data/sample-run
+	$(BIN)/actscale run docs/data/sample-sweep.yaml --out docs/data/sample-run --quiet
+	rm -f docs/data/sample-run/actscale.log
+	ACTSCALE_WRITE_DOCS=1 $(BIN)/python -m pytest -q tests/test_query_docs.py
 
 test: install
 	$(BIN)/python -m pytest -q -ra

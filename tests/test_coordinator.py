@@ -1,6 +1,8 @@
 """Sweeps with a real local Ray, real Optuna journal storage and tiny models."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from orchestrator.coordinator import Coordinator
@@ -62,3 +64,64 @@ def test_changed_task_file_is_refused(tmp_path):
     with pytest.raises(UsageError, match="changed since unit"):
         Coordinator(config, run, quiet=True).run()
     assert stored == sorted(p.read_bytes() for p in run.rglob("*.parquet"))
+
+
+def test_replicates_retrain_the_selected_trial_with_other_seeds(tmp_path):
+    config = parsed(tiny_config(methods=["activscalar", "steervec"], selection={"min_flip": 0.5},
+                                search={"n_trials": 4, "batch": 2, "replicates": 3, "replicate_data": True}))
+    summary = Coordinator(config, tmp_path, quiet=True).run()
+    assert summary.completed == 2 * (4 + 2) and summary.failed == 0 and summary.interrupted == 0
+    check_run(tmp_path, n_trials=4, n_units=2, replicates=3)
+    trials = load(tmp_path, "trials")
+    reps = trials[trials.replicate_of.notna()]
+    assert reps.resample_train.all() and not trials[trials.replicate_of.isna()].resample_train.any()
+    assert {s["selected_by"] for s in summary.selected} <= {"min_flip", "fallback"}
+    again = Coordinator(config, tmp_path, quiet=True).run()  # nothing left: no replicate runs twice
+    assert again.model_loads == 0 and len(load(tmp_path, "trials")) == len(trials)
+    rows = unit_status(tmp_path)
+    assert all(r["replicates"] == 2 and r["pending"] == 0 for r in rows)
+    assert all(0 <= r["seed_jaccard"] <= 1 or r["seed_jaccard"] != r["seed_jaccard"] for r in rows)
+
+
+def test_status_shows_the_selected_trials_values_never_a_test_maximum(tmp_path, capsys):
+    from orchestrator.cli import main
+    from storage.query import run_sql
+
+    config = parsed(tiny_config(search={"n_trials": 6, "batch": 3}))
+    Coordinator(config, tmp_path, quiet=True).run()
+    (row,) = unit_status(tmp_path)
+    chosen, _ = run_sql([tmp_path], "SELECT * FROM selected")
+    trials = load(tmp_path, "trials")
+    assert row["selected_trial"] == chosen.trial_id[0]
+    assert row["test_flip_rate"] == trials.set_index("trial_id").test_flip_rate[row["selected_trial"]]
+    assert main(["status", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"{row['test_flip_rate']:.3f}" in out and "chosen on val only" in out
+
+
+def _break_trial_batches():
+    """Ray worker setup hook: every trial batch raises, as a bug in the worker would."""
+    import workers.actor
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("injected worker error")
+    workers.actor.train_trials = broken
+
+
+def test_a_worker_error_writes_failed_rows_that_status_sees(tmp_path):
+    import ray
+
+    from orchestrator.coordinator import ray_init_kwargs
+    config = parsed(tiny_config(search={"n_trials": 2, "batch": 1}))
+    root = str(Path(__file__).resolve().parents[1])  # so that workers can import this hook
+    ray.init(**ray_init_kwargs(None), runtime_env={"worker_process_setup_hook": _break_trial_batches,
+                                                   "env_vars": {"PYTHONPATH": root}})
+    try:
+        summary = Coordinator(config, tmp_path, quiet=True).run()
+    finally:
+        ray.shutdown()
+    trials = load(tmp_path, "trials")
+    assert len(trials) == summary.failed == 4 and (trials.status == "failed").all()  # gave up after 2 x n_trials
+    assert trials.error.str.contains("RuntimeError: injected worker error").all()
+    (row,) = unit_status(tmp_path)
+    assert row["failed"] == 4 and row["interrupted"] == 0 and row["selected_trial"] is None

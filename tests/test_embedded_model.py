@@ -19,17 +19,19 @@ def test_activscalar_flips_ioi_with_few_scalars(capsys, embedded_model):
             "--method", "activscalar", "--json"]
     assert main(argv) == 0
     report = json.loads(capsys.readouterr().out)
-    print("activscalar", report["test"], report["n_active"], report["n_params"])
+    print("activscalar", report["test"], report["sites_moved"], report["sites_total"], report["n_params"])
     assert report["test"]["flip_rate"] >= 0.9
-    assert report["n_active"] <= 0.15 * report["n_params"]
+    assert report["sites_total"] == report["n_params"] and report["sites_total"] % 30 == 0  # one alpha per cell
+    assert report["sites_moved"] <= 0.15 * report["sites_total"]
     assert report["test"]["kl_other"] <= 0.3
 
 
 def test_steervec_flips_ioi(embedded_model):
     spec = UnitSpec("smollm2-135m", TaskSpec.make("ioi"), "mlp_out", "all", "steervec", TrainSettings(steps=60))
     outcome = train_trials(embedded_model, prepare_unit(embedded_model, spec), [Hyper(lr=0.01, lambda_min=1e-4)])[0]
-    print("steervec", outcome.metrics["test"])
+    print("steervec", outcome.metrics["test"], outcome.sites_moved, outcome.sites_total, outcome.n_params)
     assert outcome.metrics["test"]["flip_rate"] >= 0.9
+    assert outcome.sites_total * 576 == outcome.n_params  # same cells as ActivScalar; one 576-vector per cell
 
 
 def test_dynscalar_transfers_to_a_heldout_template_of_another_length(embedded_model):

@@ -49,3 +49,16 @@ def test_mass_shift():
     before = torch.zeros(1, 4)
     after = torch.tensor([[10.0, 10.0, 0.0, 0.0]])
     assert math.isclose(mass_shift_per_prompt(before, after, A[:1], B[:1]).item(), 1.0 - 0.5, abs_tol=1e-3)
+
+
+def test_flip_is_a_change_of_sign_not_a_negative_ld():
+    from workers.objective import flipped
+
+    before = torch.tensor([2.0, -1.0, -3.0, 1.0])  # the model prefers b on prompts 1 and 2
+    after = torch.tensor([-1.0, 2.0, -0.5, 0.5])
+    assert flipped(after, before).tolist() == [True, True, False, False]
+    # a prompt the model already got "wrong" and left alone is not a flip
+    logits_before = torch.tensor([[0.0, 3.0, 0.0], [3.0, 0.0, 0.0]])  # LD = -3, +3
+    logits_after = logits_before.clone()
+    m = split_metrics(logits_before, logits_after, torch.tensor([0, 0]), torch.tensor([1, 1]))
+    assert m["flip_rate"].item() == 0.0

@@ -63,7 +63,8 @@ def test_report_selects_by_the_one_rule_and_pareto_front(report):
     chosen = select_trials([run], trials)
     for row in chosen.itertuples():
         unit = trials[(trials.unit_id == row.unit_id) & (trials.status == "complete") & trials.replicate_of.isna()]
-        assert row.trial_id == select_rows(unit.to_dict("records"), 0.9)["trial_id"]
+        records = unit.astype(object).where(unit.notna(), None).to_dict("records")
+        assert row.trial_id == select_rows(records, 0.9)["trial_id"]
     front = pareto_front(np.array([[1.0, 0.5], [2.0, 0.9], [3.0, 0.7], [0.5, 0.1]]))
     assert front.tolist() == [[0.5, 0.1], [1.0, 0.5], [2.0, 0.9]]
 

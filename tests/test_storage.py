@@ -39,6 +39,9 @@ def test_round_trip_every_table(tmp_path):
     trials = load(run, "trials")
     failed = trials[trials.status == "failed"]
     assert len(failed) == 2 and failed["val_flip_rate"].isna().all() and failed["error"].str.contains("not finite").all()
+    interrupted = trials[trials.status == "interrupted"]
+    assert len(interrupted) == 4 and interrupted["error"].str.contains("interrupted").all()
+    assert trials.replicate_of.notna().sum() == 4 and scalars["moved"].any() and (scalars["effect"] >= 0).all()
 
 
 def test_several_runs_queried_together(tmp_path):
@@ -46,7 +49,7 @@ def test_several_runs_queried_together(tmp_path):
     two = make_sample_run(tmp_path / "two", run_id="r2", seed=2)
     frame, problems = run_sql([one, two], "SELECT run_id, count(*) AS n FROM trials GROUP BY run_id ORDER BY run_id")
     assert not problems
-    assert frame.to_dict("list") == {"run_id": ["r1", "r2"], "n": [16, 16]}
+    assert frame.to_dict("list") == {"run_id": ["r1", "r2"], "n": [24, 24]}
 
 
 def test_batching_makes_few_parts_and_leftovers_are_cleaned(tmp_path):
@@ -159,7 +162,7 @@ def test_bad_files_are_refused_by_name_and_the_rest_still_reads(tmp_path, capsys
     run = make_sample_run(tmp_path / "run")
     bad = _bad_files(run)
     result = read_table(run, "trials")
-    assert result.table.num_rows == 16
+    assert result.table.num_rows == 24
     text = "\n".join(result.problems)
     assert str(bad["corrupt"]) in text and "not a readable Parquet file" in text
     assert str(bad["foreign"]) in text and "not an actscale part file" in text
@@ -167,7 +170,7 @@ def test_bad_files_are_refused_by_name_and_the_rest_still_reads(tmp_path, capsys
     before = {p: p.read_bytes() for p in run.rglob("*.parquet")}
     rc = main(["query", str(run), "SELECT count(*) AS n FROM trials"])
     captured = capsys.readouterr()
-    assert rc != 0 and "16" in captured.out
+    assert rc != 0 and "24" in captured.out
     assert captured.err.count("actscale: error: refused") == 3 and "Traceback" not in captured.err
     assert before == {p: p.read_bytes() for p in run.rglob("*.parquet")}
 

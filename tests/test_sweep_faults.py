@@ -25,7 +25,7 @@ def _complete_count(run_dir) -> int:
 
 def test_coordinator_sigkilled_and_resumed_five_times(tmp_path):
     cfg = write_config(tmp_path / "sweep.yaml", tiny_config(methods=["activscalar", "steervec"],
-                                                            search={"n_trials": 8, "batch": 2},
+                                                            search={"n_trials": 8, "batch": 2, "replicates": 3},
                                                             train={"steps": 120, "batch_size": 8}))
     run = tmp_path / "run"
     rng = random.Random(1)
@@ -37,9 +37,15 @@ def test_coordinator_sigkilled_and_resumed_five_times(tmp_path):
         assert len(trials) == len(set(trials)), "a trial id twice"
     proc = start_coordinator(["resume", str(run), "--quiet"], tmp_path / "out.log")
     assert proc.wait(timeout=600) == 0, (tmp_path / "out.log").read_text()[-3000:]
-    check_run(run, n_trials=8, n_units=2)
+    check_run(run, n_trials=8, n_units=2, replicates=3)  # replicates, too, exactly once
     text = (run / "actscale.log").read_text()
     assert "taking over the stale lock" in text
+    # trials cut off by the kills are interrupted, not failed, and the summary says so
+    statuses = read_table(run, "trials").table.column("status").to_pylist()
+    interrupted = statuses.count("interrupted")
+    assert statuses.count("failed") == 0 and interrupted >= 1
+    final = [line for line in (tmp_path / "out.log").read_text().splitlines() if line.startswith("results:")][-1]
+    assert f"0 failed, {interrupted} interrupted and re-run" in final
 
 
 def test_worker_process_killed_mid_trial(tmp_path):
@@ -57,6 +63,8 @@ def test_worker_process_killed_mid_trial(tmp_path):
     assert proc.wait(timeout=600) == 0, (tmp_path / "out.log").read_text()[-3000:]
     check_run(run, n_trials=6, n_units=1)
     assert "died" in (run / "actscale.log").read_text()
+    statuses = read_table(run, "trials").table.column("status").to_pylist()
+    assert statuses.count("failed") == 0 and statuses.count("interrupted") >= 1  # the batch in flight
 
 
 def test_multi_node_cluster_survives_losing_a_worker_node(tmp_path):

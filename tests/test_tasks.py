@@ -91,3 +91,55 @@ def test_unknown_task_and_option():
         load_examples(TaskSpec.make("nope"), 0)
     with pytest.raises(UsageError, match="unknown option 'colour'"):
         load_examples(TaskSpec.make("ioi", {"colour": 1}), 0)
+
+
+@pytest.mark.parametrize("task", ["ioi", "ccc", "city_country"])
+def test_no_prompt_or_entity_in_two_splits(tiny_models, task):
+    loaded = tiny_models["tiny-llama"]
+    spec = UnitSpec("tiny-llama", TaskSpec.make(task), "mlp_out", "all", "activscalar", TrainSettings(filter="none"))
+    unit = prepare_unit(loaded, spec)
+    prompts = {s: {e.example.prompt for e in d.examples} for s, d in unit.splits.items()}
+    entities = {s: {k for e in d.examples for k in e.example.entities} for s, d in unit.splits.items()}
+    for a, b in [("train", "val"), ("train", "test"), ("val", "test")]:
+        assert not prompts[a] & prompts[b], (task, a, b)
+        assert not entities[a] & entities[b], (task, a, b)
+    assert all(entities.values())  # every built-in task splits by entity
+    c = unit.counts
+    assert c["kept_train"] + c["kept_val"] + c["kept_test"] + c["dropped_entity_across_splits"] + \
+        c["dropped_duplicate_prompt"] + c["dropped_other_length"] + c["dropped_not_single_token_answer"] + \
+        c["dropped_model_prefers_b"] == c["total"]
+    assert min(len(d) for d in unit.splits.values()) >= 5
+
+
+def test_heldout_template_shares_no_name_pair_with_training(tiny_models):
+    loaded = tiny_models["tiny-neox"]
+    spec = UnitSpec("tiny-neox", TaskSpec.make("ioi", {"heldout_templates": ["long"]}), "mlp_out", "all", "dynscalar",
+                    TrainSettings(filter="none"))
+    unit = prepare_unit(loaded, spec)
+    pairs = {s: {e.example.entities for e in d.examples} for s, d in unit.splits.items()}
+    assert not (pairs["train"] | pairs["val"]) & pairs["test"]
+
+
+def test_duplicates_are_dropped_before_splitting(tiny_models, tmp_path):
+    rows = [dict(prompt=f"When Mary and John went to the store, John gave a {o} to", answer_a=" Mary",
+                 answer_b=" John", template="t") for o in ["drink", "book", "ball", "ring", "bag", "key"] * 3]
+    path = _write(tmp_path, [json.dumps(r) for r in rows])
+    spec = UnitSpec("tiny-gpt2", TaskSpec.make(str(path)), "mlp_out", "all", "activscalar", TrainSettings(filter="none"))
+    unit = prepare_unit(tiny_models["tiny-gpt2"], spec)
+    assert unit.counts["dropped_duplicate_prompt"] == 12
+    assert sum(len(d) for d in unit.splits.values()) == 6
+
+
+def test_a_task_asked_for_more_distinct_prompts_than_it_has_says_so():
+    with pytest.raises(UsageError, match=r"task 'city_country': n=200 asks for more distinct prompts than the task "
+                                         r"has \(28 = 28 cities x 1 template\(s\)\)"):
+        load_examples(TaskSpec.make("city_country", {"n": 200}), 0)
+    with pytest.raises(UsageError, match=r"task 'ccc': n=900 asks for more distinct prompts than the task has \(812"):
+        load_examples(TaskSpec.make("ccc", {"n": 900}), 0)
+    assert len({e.prompt for e in load_examples(TaskSpec.make("ccc", {"n": 300}), 0)}) == 300
+
+
+def test_jsonl_entities_must_be_strings(tmp_path):
+    bad = json.dumps(dict(prompt="Rome is in", answer_a=" Italy", answer_b=" France", template="x", entities="Italy"))
+    with pytest.raises(UsageError, match="line 1: field 'entities' must be a list of non-empty strings"):
+        load_jsonl(_write(tmp_path, [bad]))

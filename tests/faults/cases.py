@@ -8,7 +8,9 @@ from __future__ import annotations
 # (case id, what is tried, outcome that the test checks, test that checks it)
 FAULTS = [
     ("coordinator-sigkill", "coordinator SIGKILLed at random moments (5 times), then resumed",
-     "every unit ends with exactly n_trials completed trials, no trial id twice, Parquet equals Optuna",
+     "every unit ends with exactly n_trials completed search trials and replicates - 1 completed replicates of its "
+     "selected trial, no trial id twice, Parquet equals Optuna; the cut-off trials are counted as interrupted, "
+     "none as failed",
      "tests/test_sweep_faults.py::test_coordinator_sigkilled_and_resumed_five_times"),
     ("writer-sigkill", "a process writing part files SIGKILLed at random moments (22 times)",
      "every visible part reads whole, no row twice, every acknowledged row present",
@@ -23,11 +25,16 @@ FAULTS = [
      "its trials are recorded as failed with 'out of memory'; the sweep goes on",
      "tests/faults/test_faults.py::test_out_of_memory_is_recorded"),
     ("worker-killed", "a worker process SIGKILLed mid-trial",
-     "its in-flight trials run again on a new worker; the death is in the run's log",
+     "its in-flight trials are recorded as interrupted (not failed) and run again on a new worker; the death is "
+     "in the run's log",
      "tests/test_sweep_faults.py::test_worker_process_killed_mid_trial"),
     ("node-removed", "a worker node removed from a 3-node local Ray cluster mid-sweep",
      "the sweep completes on the remaining node with every trial",
      "tests/test_sweep_faults.py::test_multi_node_cluster_survives_losing_a_worker_node"),
+    ("worker-error", "every trial batch raises in the worker (a bug)",
+     "each trial gets a failed row with the error in the trials table, which status counts; the unit is given up "
+     "after 2 x n_trials failures",
+     "tests/test_coordinator.py::test_a_worker_error_writes_failed_rows_that_status_sees"),
     ("torn-journal", "the Optuna journal's last line torn by a crash",
      "the fragment is cut off with a warning and the run resumes to exactly n_trials per unit",
      "tests/faults/test_faults.py::test_torn_journal_line_is_repaired"),

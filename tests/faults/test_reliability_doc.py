@@ -19,8 +19,13 @@ HEADER = """# Reliability
 - Parquet is the source of truth. A finished trial goes to Parquet first and is told to
   Optuna only once its part file is durable. On start the coordinator reconciles: a trial
   recorded in Parquet but RUNNING in Optuna is told its stored values; a RUNNING trial with
-  no result is failed and its parameters re-enqueued. After any sequence of crashes and
-  resumes, each unit has exactly its n_trials completed trials and no trial id twice.
+  no result gets an `interrupted` row, is failed in Optuna and, for a search trial, its
+  parameters are re-enqueued. After any sequence of crashes and resumes, each unit has
+  exactly its n_trials completed search trials, replicates - 1 completed replicates of its
+  selected trial, and no trial id twice.
+- Interrupted is not failed: `interrupted` trials were cut off by a crash or a dead worker
+  and re-run; `failed` trials failed in their own computation (NaN, out of memory, a worker
+  error), each with its error in the trials table. Summary, `status` and log count both.
 - Resume = run the same command again, or `actscale resume RUN_DIR`.
 - A worker that dies costs only its in-flight trials, which run again on a new worker. A
   trial that fails (NaN, out of memory, error) is recorded with its error; the sweep goes on.
