@@ -48,6 +48,10 @@ from workers.tasks.base import examples_hash, load_examples
 
 log = logging.getLogger("actscale")
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+STILL_WAITING_S = 30.0  # log what the loop waits for when nothing has finished for this long
+
+# The coordinator running in this process, if any: a test that times out reports what it waited for.
+RUNNING: list["Coordinator"] = []
 
 
 REPLICATE_ATTR = "replicate_of"
@@ -110,6 +114,17 @@ class Pending:
     actor: Any
     state: UnitState | None = None
     asked: list[Asked] = field(default_factory=list)
+    since: float = field(default_factory=time.monotonic)
+
+    def describe(self) -> str:
+        age = f"{time.monotonic() - self.since:.0f}s"
+        if self.kind == "ready":
+            return f"a worker for {self.model} to start ({age})"
+        if self.kind == "record":
+            return f"unit {self.state.unit_id} to be prepared on a {self.model} worker ({age})"
+        numbers = ", ".join(str(a.number) for a in self.asked)
+        kind = "replicate" if self.asked and self.asked[0].replicate_of else "trial"
+        return f"{kind}(s) {numbers} of unit {self.state.unit_id} on a {self.model} worker ({age})"
 
 
 def _setup_logging(run_dir: Path, quiet: bool) -> None:
@@ -335,6 +350,7 @@ class Coordinator:
         _setup_logging(self.run_dir, self.quiet)
         lock.acquire(say=log.warning)
         started_ray = False
+        RUNNING.append(self)
         try:
             self.run_id = self._run_id()
             store = RunStore(self.run_dir, flush_rows=100, flush_seconds=2.0)
@@ -367,6 +383,7 @@ class Coordinator:
                     self.store.flush()
                     self._tell_pending()
             finally:
+                RUNNING.remove(self)
                 if started_ray:
                     ray.shutdown()
                 lock.release()
@@ -386,8 +403,9 @@ class Coordinator:
         actors: dict[str, list] = {}  # model -> actors
         idle: list[tuple[str, object]] = []
         in_flight: dict = {}  # ObjectRef -> Pending
-        last_progress = time.monotonic()
+        last_progress = last_result = last_waiting_line = time.monotonic()
         started = time.monotonic()
+        self.in_flight = in_flight
         done_at_start = {m: sum(s.completed for s in us) for m, us in by_model.items()}
         last_line: dict[str, str] = {}
 
@@ -433,6 +451,12 @@ class Coordinator:
                 time.sleep(0.05)
                 continue
             ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
+            now = time.monotonic()
+            if ready:
+                last_result = now
+            elif now - last_result > STILL_WAITING_S and now - last_waiting_line > STILL_WAITING_S:
+                last_waiting_line = now
+                log.info(f"still waiting ({now - last_result:.0f}s without a result) for: {self.waiting_for()}")
             for ref in ready:
                 pending = in_flight.pop(ref)
                 if self._handle(store, ref, pending, actors, launch):
@@ -445,6 +469,11 @@ class Coordinator:
         for model in list(actors):
             for a in actors.pop(model):
                 ray.kill(a)
+
+    def waiting_for(self) -> str:
+        """What the dispatch loop is waiting for now (for logs and for a test that times out)."""
+        pending = list(getattr(self, "in_flight", {}).values())
+        return "; ".join(p.describe() for p in pending) or "nothing in flight"
 
     def _assign(self, states: list[UnitState], model: str, actor) -> tuple[Any, Pending] | None:
         """The next piece of work for an idle actor of `model`: describe a unit, or a batch of trials."""

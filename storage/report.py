@@ -64,6 +64,12 @@ def heatmap_matrix(scalars: pd.DataFrame) -> tuple[np.ndarray, list[int], list[s
     return grid.to_numpy(), list(grid.index), [str(roles[p]) for p in grid.columns]
 
 
+def _shown(scalars: pd.DataFrame, method: str) -> pd.DataFrame:
+    """The values a heatmap shows: alpha for scaling methods; for SteerVec the relative norm
+    |v| / mean |h|, the measure that decides which cells moved, rather than the raw |v|."""
+    return scalars if method in SCALED_METHODS else scalars.assign(value=scalars.effect)
+
+
 def _draw_heatmap(ax, matrix: np.ndarray, layers: list[int], labels: list[str], method: str, title: str):
     if method in SCALED_METHODS:
         spread = max(1e-3, float(np.nanmax(np.abs(matrix - 1))))
@@ -100,14 +106,16 @@ def render(run_dirs: list[Path], out: Path, trial_id: str | None = None) -> dict
 
     # where it happens: one heatmap per unit's selected trial
     for row in chosen.sort_values(["model", "task", "site", "method"]).itertuples():
-        s = scalars[scalars.trial_id == row.trial_id]
+        s = _shown(scalars[scalars.trial_id == row.trial_id], row.method)
         if s.empty:
             continue
         matrix, layers, labels = heatmap_matrix(s)
         fig, ax = plt.subplots(figsize=(max(5, 0.35 * len(labels) + 2), max(3, 0.18 * len(layers) + 1.5)))
+        flag = " (fallback)" if row.selected_by == "fallback" else ""
         image = _draw_heatmap(ax, matrix, layers, labels, row.method,
-                              f"{row.model} / {row.task} / {row.site} / {row.method}\n{row.trial_id}")
-        fig.colorbar(image, ax=ax, label="alpha" if row.method in SCALED_METHODS else "|v| (L2 norm)")
+                              f"{row.model} / {row.task} / {row.site} / {row.method}{flag}\n{row.trial_id}, "
+                              f"{int(row.sites_moved)} of {int(row.sites_total)} cells moved")
+        fig.colorbar(image, ax=ax, label="alpha" if row.method in SCALED_METHODS else "|v| / mean |h| (the moved measure)")
         name = f"heatmap-{_slug(row.model, row.task, row.site, row.method)}.png"
         _save(fig, figures_dir / name)
         made["heatmaps"].append(dict(file=f"figures/{name}", trial_id=row.trial_id, model=row.model, method=row.method))
@@ -122,7 +130,7 @@ def render(run_dirs: list[Path], out: Path, trial_id: str | None = None) -> dict
         group = group.sort_values("model")
         fig, axes = plt.subplots(1, len(group), figsize=(5 * len(group), 4), squeeze=False)
         for ax, row in zip(axes[0], group.itertuples()):
-            matrix, layers, labels = heatmap_matrix(scalars[scalars.trial_id == row.trial_id])
+            matrix, layers, labels = heatmap_matrix(_shown(scalars[scalars.trial_id == row.trial_id], method))
             _draw_heatmap(ax, matrix, [f"{layer / max(1, row.n_layers - 1):.2f}" for layer in layers], labels,
                           method, f"{row.model}")
             ax.set_ylabel("relative depth l/(L-1)")

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import os
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
 
@@ -10,6 +12,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TQDM_DISABLE", "1")
 warnings.filterwarnings("ignore", category=UserWarning)
+
+pytest_plugins = ["pytester"]
 
 TINY = ("tiny-gpt2", "tiny-neox", "tiny-llama")
 
@@ -26,3 +30,22 @@ def embedded_model():
     from workers.models import load_model
 
     return load_model("smollm2-135m")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A test that times out says which sweep step was waiting: what an in-process coordinator
+    waits for, and the end of every run log under the test's tmp_path (for subprocess ones)."""
+    outcome = yield
+    report = outcome.get_result()
+    if not (report.failed and call.excinfo is not None and "Timeout" in str(call.excinfo.value)):
+        return
+    lines = []
+    coordinator = sys.modules.get("orchestrator.coordinator")
+    for running in getattr(coordinator, "RUNNING", []):
+        lines.append(f"coordinator of {running.run_dir} is waiting for: {running.waiting_for()}")
+    tmp_path = item.funcargs.get("tmp_path")
+    for log in sorted(Path(tmp_path).rglob("actscale.log")) if tmp_path else []:
+        lines.append(f"--- last lines of {log}")
+        lines += log.read_text(errors="replace").splitlines()[-15:]
+    report.sections.append(("sweep step that was waiting", "\n".join(lines) or "no sweep was running"))

@@ -1,6 +1,7 @@
 """Sweeps with a real local Ray, real Optuna journal storage and tiny models."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -125,3 +126,34 @@ def test_a_worker_error_writes_failed_rows_that_status_sees(tmp_path):
     assert trials.error.str.contains("RuntimeError: injected worker error").all()
     (row,) = unit_status(tmp_path)
     assert row["failed"] == 4 and row["interrupted"] == 0 and row["selected_trial"] is None
+
+
+def test_a_long_wait_is_logged_with_what_it_waits_for(tmp_path, monkeypatch):
+    from orchestrator import coordinator
+
+    monkeypatch.setattr(coordinator, "STILL_WAITING_S", 0.5)
+    config = parsed(tiny_config(search={"n_trials": 2, "batch": 2}, train={"steps": 300, "batch_size": 8}))
+    Coordinator(config, tmp_path, quiet=True).run()
+    log = (tmp_path / "actscale.log").read_text()
+    assert re.search(r"still waiting \(\d+s without a result\) for: trial\(s\) 0, 1 of unit u-[0-9a-f]{12} on a "
+                     r"tiny-gpt2 worker \(\d+s\)", log), log[-2000:]
+
+
+def test_a_test_that_times_out_reports_the_waiting_sweep_step(pytester):
+    pytester.makeconftest((Path(__file__).parent / "conftest.py").read_text())
+    pytester.makepyfile("""
+        import time
+        from orchestrator import coordinator
+
+        class Stuck:
+            run_dir = "RUN"
+            def waiting_for(self):
+                return "trial(s) 3 of unit u-000000000000 on a tiny-gpt2 worker (9s)"
+
+        def test_hangs():
+            coordinator.RUNNING.append(Stuck())
+            time.sleep(30)
+    """)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--timeout=2")
+    result.stdout.fnmatch_lines(["*sweep step that was waiting*",
+                                 "*coordinator of RUN is waiting for: trial(s) 3 of unit u-000000000000*"])

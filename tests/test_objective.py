@@ -62,3 +62,21 @@ def test_flip_is_a_change_of_sign_not_a_negative_ld():
     logits_after = logits_before.clone()
     m = split_metrics(logits_before, logits_after, torch.tensor([0, 0]), torch.tensor([1, 1]))
     assert m["flip_rate"].item() == 0.0
+
+
+def test_an_untrained_intervention_flips_nothing_even_where_the_model_prefers_b(tiny_models):
+    """With filter: none, about half the prompts start with LD < 0; leaving them alone is not a flip."""
+    from workers.prepare import prepare_unit
+    from workers.tasks.base import TaskSpec
+    from workers.trainer import train_trials
+    from workers.unit import Hyper, TrainSettings, UnitSpec
+
+    loaded = tiny_models["tiny-llama"]
+    spec = UnitSpec("tiny-llama", TaskSpec.make("ioi", {"n": 40}), "mlp_out", "all", "activscalar",
+                    TrainSettings(steps=1, filter="none"))
+    unit = prepare_unit(loaded, spec)
+    assert (unit.splits["test"].ld < 0).any() and (unit.splits["test"].ld > 0).any()
+    outcome = train_trials(loaded, unit, [Hyper(lr=1e-12)])[0]  # parameters stay (almost exactly) at identity
+    assert outcome.metrics["test"]["flip_rate"] == 0.0 and outcome.metrics["val"]["flip_rate"] == 0.0
+    assert not any(p["flipped"] for p in outcome.predictions)
+    assert outcome.sites_moved == 0 and outcome.sites_total == outcome.n_params
