@@ -26,6 +26,33 @@ def tiny_models():
 
 
 @pytest.fixture(scope="session")
+def ray_session():
+    """One embedded Ray for the session: a coordinator uses a Ray that is already running instead
+    of starting (about 6 s) and stopping its own. Tests that need their own Ray use `own_ray`."""
+    import ray
+
+    from orchestrator.coordinator import ray_init_kwargs
+
+    if not ray.is_initialized():
+        ray.init(**ray_init_kwargs(None))
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def own_ray(ray_session):
+    """Stop the session's Ray for this test (which starts its own), and bring it back afterwards."""
+    import ray
+
+    from orchestrator.coordinator import ray_init_kwargs
+
+    ray.shutdown()
+    yield
+    ray.shutdown()
+    ray.init(**ray_init_kwargs(None))
+
+
+@pytest.fixture(scope="session")
 def embedded_model():
     from workers.models import load_model
 

@@ -11,6 +11,8 @@ from orchestrator.sweep_cmds import unit_status
 from storage.query import load
 from tests.sweeps import check_run, parsed, tiny_config
 
+pytestmark = pytest.mark.usefixtures("ray_session")
+
 
 def test_sweep_2_models_2_tasks_2_methods(tmp_path):
     config = parsed(tiny_config(models=["tiny-gpt2", "tiny-llama"],
@@ -109,7 +111,7 @@ def _break_trial_batches():
     workers.actor.train_trials = broken
 
 
-def test_a_worker_error_writes_failed_rows_that_status_sees(tmp_path):
+def test_a_worker_error_writes_failed_rows_that_status_sees(tmp_path, own_ray):
     import ray
 
     from orchestrator.coordinator import ray_init_kwargs
@@ -131,8 +133,8 @@ def test_a_worker_error_writes_failed_rows_that_status_sees(tmp_path):
 def test_a_long_wait_is_logged_with_what_it_waits_for(tmp_path, monkeypatch):
     from orchestrator import coordinator
 
-    monkeypatch.setattr(coordinator, "STILL_WAITING_S", 0.5)
-    config = parsed(tiny_config(search={"n_trials": 2, "batch": 2}, train={"steps": 300, "batch_size": 8}))
+    monkeypatch.setattr(coordinator, "STILL_WAITING_S", 0.3)
+    config = parsed(tiny_config(search={"n_trials": 2, "batch": 2}, train={"steps": 150, "batch_size": 8}))
     Coordinator(config, tmp_path, quiet=True).run()
     log = (tmp_path / "actscale.log").read_text()
     assert re.search(r"still waiting \(\d+s without a result\) for: trial\(s\) 0, 1 of unit u-[0-9a-f]{12} on a "
@@ -142,10 +144,14 @@ def test_a_long_wait_is_logged_with_what_it_waits_for(tmp_path, monkeypatch):
 def test_a_test_that_times_out_reports_the_waiting_sweep_step(pytester):
     pytester.makeconftest((Path(__file__).parent / "conftest.py").read_text())
     pytester.makepyfile("""
+        import sys
         import time
-        from orchestrator import coordinator
+        import types
 
-        class Stuck:
+        coordinator = sys.modules["orchestrator.coordinator"] = types.ModuleType("orchestrator.coordinator")
+        coordinator.RUNNING = []
+
+        class Stuck:  # stands for a Coordinator stuck in its dispatch loop
             run_dir = "RUN"
             def waiting_for(self):
                 return "trial(s) 3 of unit u-000000000000 on a tiny-gpt2 worker (9s)"

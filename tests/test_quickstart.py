@@ -10,7 +10,7 @@ from orchestrator.sweep_cmds import unit_status
 from storage.query import load, run_sql
 from tests.sweeps import check_run
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(2700)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2700), pytest.mark.usefixtures("ray_session")]
 
 
 def test_quickstart_completes_and_its_selected_activscalar_trial_flips_ioi(tmp_path, capsys):

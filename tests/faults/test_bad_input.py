@@ -12,6 +12,7 @@ from orchestrator.cli import main
 from tests.faults.cases import BAD_INPUTS
 from tests.sweeps import tiny_config
 
+pytestmark = pytest.mark.usefixtures("ray_session")
 EXPECTED = {case: message for case, _, message in BAD_INPUTS}
 GOOD_ROW = {"prompt": "When Mary and John went to the store, John gave a drink to", "answer_a": " Mary",
             "answer_b": " John", "template": "When {IO} and {S1} went to the store, {S2} gave a drink to"}

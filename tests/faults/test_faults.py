@@ -22,6 +22,9 @@ from workers.trainer import train_trials
 from workers.unit import Hyper, TrainSettings, UnitSpec
 
 
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+
 def test_disk_full_stops_cleanly_and_resumes(tmp_path, monkeypatch, capsys):
     sweep = write_config(tmp_path / "s.yaml", tiny_config(search={"n_trials": 6, "batch": 2}))
     run = tmp_path / "run"

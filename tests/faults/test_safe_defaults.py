@@ -13,6 +13,9 @@ from workers.models import load_model
 PICKLE_MAGIC = (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
 
 
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+
 def test_remote_code_is_never_trusted(tmp_path):
     model_dir = tmp_path / "custom"
     model_dir.mkdir()
