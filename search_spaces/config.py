@@ -29,14 +29,16 @@ class _Strict(BaseModel):
 
 
 class TaskEntry(_Strict):
-    name: str
-    options: dict[str, Any] = Field(default_factory=dict)
+    name: str = Field(description="a built-in task (`actscale tasks`) or a path to a .jsonl file")
+    options: dict[str, Any] = Field(default_factory=dict, description="task options, e.g. `{n: 60}`; each task "
+                                    "names the ones it accepts (ioi: n, templates, heldout_templates; ccc: n, "
+                                    "answer; city_country: n, templates)")
 
 
 class Range(_Strict):
-    low: float
-    high: float
-    log: bool = False
+    low: float = Field(description="lowest value")
+    high: float = Field(description="highest value (above low)")
+    log: bool = Field(False, description="sample on a log scale (needs low > 0)")
 
     @model_validator(mode="after")
     def _ordered(self):
@@ -48,9 +50,9 @@ class Range(_Strict):
 
 
 class IntRange(_Strict):
-    low: int
-    high: int
-    log: bool = False
+    low: int = Field(description="lowest value (> 0)")
+    high: int = Field(description="highest value (>= low)")
+    log: bool = Field(False, description="sample on a log scale")
 
     @model_validator(mode="after")
     def _ordered(self):
@@ -60,33 +62,37 @@ class IntRange(_Strict):
 
 
 class Space(_Strict):
-    lambda_faith: Range = Range(low=0.1, high=10.0, log=True)
-    lambda_min: Range = Range(low=1e-3, high=0.1, log=True)
-    lr: Range = Range(low=0.01, high=0.1, log=True)
-    steps: IntRange | None = None
-    batch_size: list[int] | None = None
+    lambda_faith: Range = Field(Range(low=0.1, high=10.0, log=True), description="weight of faithfulness F")
+    lambda_min: Range = Field(Range(low=1e-3, high=0.1, log=True), description="weight of minimality M")
+    lr: Range = Field(Range(low=0.01, high=0.1, log=True), description="Adam learning rate")
+    steps: IntRange | None = Field(None, description="training steps per trial (absent: train.steps)")
+    batch_size: list[int] | None = Field(None, description="batch sizes to choose from (absent: train.batch_size)")
 
 
 class SpaceOverride(_Strict):
-    lambda_faith: Range | None = None
-    lambda_min: Range | None = None
-    lr: Range | None = None
-    steps: IntRange | None = None
-    batch_size: list[int] | None = None
+    lambda_faith: Range | None = Field(None, description="replaces search.space.lambda_faith for this method")
+    lambda_min: Range | None = Field(None, description="replaces search.space.lambda_min for this method")
+    lr: Range | None = Field(None, description="replaces search.space.lr for this method")
+    steps: IntRange | None = Field(None, description="replaces search.space.steps for this method")
+    batch_size: list[int] | None = Field(None, description="replaces search.space.batch_size for this method")
 
 
 class Search(_Strict):
-    sampler: Literal["nsga2", "tpe", "random", "grid"] = "nsga2"
-    objective: Literal["pareto", "scalar"] = "pareto"
-    n_trials: int = Field(8, gt=0)
-    batch: int = Field(4, gt=0)
-    seed: int = 0
-    space: Space = Space()
-    method_space: dict[str, SpaceOverride] = Field(default_factory=dict)
-    grid_points: int = Field(3, ge=2)
-    # after a unit's search: re-train its selected hyper-parameters with replicates - 1 more trial seeds
-    replicates: int = Field(1, ge=1, le=100)
-    replicate_data: bool = False  # replicates also train on a bootstrap resample of the train split
+    sampler: Literal["nsga2", "tpe", "random", "grid"] = Field("nsga2", description="Optuna sampler of each unit's study")
+    objective: Literal["pareto", "scalar"] = Field(
+        "pareto", description="pareto: maximise val flip_rate, minimise val kl_other and val l1; scalar: maximise "
+        "val flip_rate - val kl_other - sites_moved / sites_total")
+    n_trials: int = Field(8, gt=0, description="search trials per unit")
+    batch: int = Field(4, gt=0, description="trials of a unit trained together in one batched forward")
+    seed: int = Field(0, description="the sampler's seed")
+    space: Space = Field(Space(), description="the hyper-parameters searched, for every method")
+    method_space: dict[str, SpaceOverride] = Field(default_factory=dict, description="per method name, ranges that "
+                                                   "replace those of search.space")
+    grid_points: int = Field(3, ge=2, description="points per range with sampler: grid")
+    replicates: int = Field(1, ge=1, le=100, description="after a unit's search, its selected trial's "
+                            "hyper-parameters are trained again replicates - 1 times with other trial seeds")
+    replicate_data: bool = Field(False, description="replicates also train on a bootstrap resample of the train "
+                                 "split (the stronger test of stability)")
 
     @field_validator("method_space")
     @classmethod
@@ -95,13 +101,17 @@ class Search(_Strict):
 
 
 class Train(_Strict):
-    steps: int = Field(60, gt=0)
-    batch_size: int = Field(32, gt=0)
-    split: tuple[float, float, float] = (0.5, 0.25, 0.25)
-    seed: int = 0
-    filter: Literal["model_prefers_a", "none"] = "model_prefers_a"
-    active_threshold: float = Field(0.1, gt=0)
-    steer_threshold: float = Field(0.1, gt=0)
+    steps: int = Field(60, gt=0, description="training steps per trial")
+    batch_size: int = Field(32, gt=0, description="prompts per training step")
+    split: tuple[float, float, float] = Field((0.5, 0.25, 0.25), description="train, val, test fractions of the "
+                                              "entities (no prompt or entity is in two splits)")
+    seed: int = Field(0, description="data seed: task generation and splits")
+    filter: Literal["model_prefers_a", "none"] = Field(
+        "model_prefers_a", description="keep only prompts where the model ranks answer a above b, or all")
+    active_threshold: float = Field(0.1, gt=0, description="ActivScalar and DynScalar: a cell is moved when its "
+                                    "|alpha - 1| is above this")
+    steer_threshold: float = Field(0.1, gt=0, description="SteerVec: a cell is moved when its |v| / mean |h| is "
+                                   "above this")
 
     @field_validator("split")
     @classmethod
@@ -116,28 +126,33 @@ class Selection(_Strict):
     flip_rate >= min_flip, the fewest sites_moved, then the lowest val kl_other; if none
     qualifies, the highest val flip_rate (flagged as a fallback)."""
 
-    min_flip: float = Field(DEFAULT_MIN_FLIP, gt=0, le=1)
+    min_flip: float = Field(DEFAULT_MIN_FLIP, gt=0, le=1, description="val flip_rate a trial must reach to be "
+                            "selected by fewest sites moved; below it for every trial, the highest val flip_rate "
+                            "is selected and marked fallback")
 
 
 class Resources(_Strict):
-    cpus_per_worker: float = Field(1.0, gt=0)
-    gpus_per_worker: float = Field(0.0, ge=0)
-    workers_per_model: int = Field(1, gt=0)
-    models_at_once: int = Field(1, gt=0)
+    cpus_per_worker: float = Field(1.0, gt=0, description="Ray CPUs per worker (also its torch threads)")
+    gpus_per_worker: float = Field(0.0, ge=0, description="Ray GPUs per worker")
+    workers_per_model: int = Field(1, gt=0, description="workers (each loads the model once) per model")
+    models_at_once: int = Field(1, gt=0, description="models whose workers run at the same time")
 
 
 class SweepConfig(_Strict):
-    name: str = "sweep"
-    models: list[str] = Field(min_length=1)
-    tasks: list[str | TaskEntry] = Field(min_length=1)
-    sites: list[str] = Field(min_length=1)
-    layers: Literal["all", "each"] | list[list[int]] = "all"
-    methods: list[str] = Field(min_length=1)
-    search: Search = Search()
-    train: Train = Train()
-    selection: Selection = Selection()
-    resources: Resources = Resources()
-    allow_pickle: bool = False
+    name: str = Field("sweep", description="the sweep's name (default run directory: runs/NAME)")
+    models: list[str] = Field(min_length=1, description="built-in names (`actscale models`), local directories or "
+                              "cached Hugging Face hub ids")
+    tasks: list[str | TaskEntry] = Field(min_length=1, description="task names or .jsonl paths, or `{name, options}`")
+    sites: list[str] = Field(min_length=1, description=f"any of {', '.join(SITES)}")
+    layers: Literal["all", "each"] | list[list[int]] = Field(
+        "all", description="all (one unit over every layer), each (a unit per layer) or a list of layer lists "
+        "(negative counts from the end)")
+    methods: list[str] = Field(min_length=1, description=f"any of {', '.join(METHODS)}")
+    search: Search = Field(Search(), description="the hyper-parameter search of each unit")
+    train: Train = Field(Train(), description="settings shared by every trial of a unit (part of the unit's id)")
+    selection: Selection = Field(Selection(), description="the one rule that picks each unit's selected trial")
+    resources: Resources = Field(Resources(), description="Ray resources")
+    allow_pickle: bool = Field(False, description="allow pickle (.bin) checkpoints; safetensors only by default")
 
     @field_validator("models", "sites", "methods")
     @classmethod
