@@ -254,9 +254,9 @@ class Coordinator:
                 state.study.tell(t.number, objective_values(self.config.search, metrics, row["sites_moved"],
                                                             row["sites_total"]))
                 continue
-            state.study.tell(t.number, state=TrialState.FAIL)
-            if row["status"] == Status.INTERRUPTED:
+            if row["status"] == Status.INTERRUPTED:  # re-queue first: a crash in between loses nothing
                 self._requeue(state, t.params, row["replicate_of"])
+            state.study.tell(t.number, state=TrialState.FAIL)
         for row in stored.values():
             state = self.units.get(row["unit_id"])
             if state is not None:
@@ -331,6 +331,8 @@ class Coordinator:
     def _ask_replicates(self, state: UnitState, k: int) -> list[Asked]:
         """The selected trial's hyper-parameters again, as new Optuna trials (so new trial seeds).
         Enqueued with the `replicate_of` attribute in one journal record, then asked at once."""
+        self.store.flush()  # the search rows behind this selection are durable before any replicate runs
+        self._tell_pending()
         selected = self._selected(state)
         params = {name: selected[name] for name in state.dists}
         asked = []
@@ -524,6 +526,8 @@ class Coordinator:
             if state is None:
                 raise UsageError(f"a worker for {model} failed to start: {type(cause).__name__}: {cause}") from None
             log.error(f"unit {state.unit_id}: worker error {type(cause).__name__}: {cause}")
+            if pending.kind == "record":  # preparing the unit failed: counts towards giving up on it
+                state.failed += 1
             self._record_unfinished(store, state, pending.asked, Status.FAILED,
                                     f"worker error {type(cause).__name__}: {str(cause)[:500]}")
             self._maybe_give_up(state)
@@ -535,7 +539,7 @@ class Coordinator:
         elif pending.kind == "record":
             row, examples = value
             store.write_now("units", [dict(row, run_id=self.run_id)])
-            store.append("examples", examples)
+            store.append("examples", [dict(e, run_id=self.run_id) for e in examples])
             state.described = True
         else:
             self._record_results(store, state, value, pending.asked)
@@ -606,9 +610,9 @@ class Coordinator:
             self._record_unfinished(store, state, pending.asked, Status.INTERRUPTED,
                                     f"interrupted: the worker died ({type(exc).__name__}); re-run")
             store.flush()  # durable before Optuna hears of it
-            self._tell_pending()
-            for a in pending.asked:
+            for a in pending.asked:  # re-queue first: a crash in between loses nothing
                 self._requeue(state, a.params, a.replicate_of)
+            self._tell_pending()
         if model in actors and pending.actor in actors[model]:
             actors[model].remove(pending.actor)
             launch(model)

@@ -34,11 +34,12 @@ def trial_rows(run_id: str, unit_id: str, spec, result: dict, defaults: dict,
         for metric in METRICS:
             row[f"{split}_{metric}"] = result["metrics"].get(split, {}).get(metric)
     n_layers = result["n_layers"]
-    scalars = [dict(trial_id=tid, unit_id=unit_id, model=spec.model, task=spec.task.name, site=spec.site,
+    scalars = [dict(trial_id=tid, unit_id=unit_id, run_id=run_id, model=spec.model, task=spec.task.name, site=spec.site,
                     method=spec.method, layer=s["layer"], rel_depth=s["layer"] / max(1, n_layers - 1),
                     position=s["position"], role=s["role"], head=s["head"], value=s["value"], effect=s["effect"],
                     moved=s["moved"])
                for s in result["scalars"]]
-    predictions = [dict(trial_id=tid, unit_id=unit_id, index=p["index"], ld_before=p["ld_before"],
+    predictions = [dict(trial_id=tid, unit_id=unit_id, run_id=run_id, index=p["index"], ld_before=p["ld_before"],
                         ld_after=p["ld_after"], kl_other=p["kl_other"], flipped=p["flipped"]) for p in result["predictions"]]
-    return {"trials": [row], "scalars": scalars, "predictions": predictions}
+    # in writing order: a trial's row goes after its cells and predictions (see RunStore.flush)
+    return {"scalars": scalars, "predictions": predictions, "trials": [row]}

@@ -47,7 +47,7 @@ def register_report(sub) -> None:
     p = sub.add_parser("report", help="figures, an HTML page and a Markdown summary from one or several runs")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--out", help="output directory (default: RUN_DIR/report of the first run)")
-    p.add_argument("--trial", help="report this trial instead of the best per unit")
+    p.add_argument("--trial", help="report this trial instead of each unit's selected trial")
     p.set_defaults(func=cmd_report)
 
 

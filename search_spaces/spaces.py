@@ -48,6 +48,15 @@ def _grid(dists: dict[str, BaseDistribution], points: int) -> dict[str, list]:
     return grid
 
 
+class _GridSampler(optuna.samplers.GridSampler):
+    """Optuna's grid sampler, without its `study.stop()` once the grid is used up: that raises
+    outside `study.optimize`, and here the coordinator decides how many trials a unit gets
+    (enqueued trials, such as replicates, carry no grid id either)."""
+
+    def after_trial(self, study, trial, state, values) -> None:
+        return None
+
+
 def make_sampler(search: Search, dists: dict[str, BaseDistribution]) -> optuna.samplers.BaseSampler:
     seed = search.seed
     if search.sampler == "nsga2":
@@ -56,7 +65,7 @@ def make_sampler(search: Search, dists: dict[str, BaseDistribution]) -> optuna.s
         return optuna.samplers.TPESampler(seed=seed)
     if search.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.GridSampler(_grid(dists, search.grid_points), seed=seed)
+    return _GridSampler(_grid(dists, search.grid_points), seed=seed)
 
 
 def grid_size(search: Search, dists: dict[str, BaseDistribution]) -> int:

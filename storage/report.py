@@ -64,6 +64,11 @@ def heatmap_matrix(scalars: pd.DataFrame) -> tuple[np.ndarray, list[int], list[s
     return grid.to_numpy(), list(grid.index), [str(roles[p]) for p in grid.columns]
 
 
+def _of(frame: pd.DataFrame, row) -> pd.DataFrame:
+    """The rows of `frame` that belong to the trial of `row` (trial ids repeat across runs)."""
+    return frame[(frame.run_id == row.run_id) & (frame.trial_id == row.trial_id)]
+
+
 def _shown(scalars: pd.DataFrame, method: str) -> pd.DataFrame:
     """The values a heatmap shows: alpha for scaling methods; for SteerVec the relative norm
     |v| / mean |h|, the measure that decides which cells moved, rather than the raw |v|."""
@@ -102,11 +107,17 @@ def render(run_dirs: list[Path], out: Path, trial_id: str | None = None) -> dict
         raise StorageError(f"no trials in {', '.join(map(str, run_dirs))}: nothing to report")
     chosen = select_trials(run_dirs, trials, trial_id).merge(units, on="unit_id", suffixes=("", "_unit"))
     made: dict = {"heatmaps": [], "seeds": [], "across": [], "depth": [], "tradeoffs": [], "tables": []}
-    stability = {row.trial_id: seed_stats(row.trial_id, trials, scalars) for row in chosen.itertuples()}
+    # trial ids repeat across runs of the same unit: every lookup is by (run_id, trial_id)
+    stability = {(row.run_id, row.trial_id): seed_stats(row.trial_id, trials[trials.run_id == row.run_id],
+                                                        scalars[scalars.run_id == row.run_id])
+                 for row in chosen.itertuples()}
+    several_runs = chosen.duplicated(["model", "task", "site", "method"], keep=False)
+    chosen = chosen.assign(slug=[_slug(r.model, r.task, r.site, r.method) + (f"-{r.run_id}" if dup else "")
+                                 for r, dup in zip(chosen.itertuples(), several_runs)])
 
     # where it happens: one heatmap per unit's selected trial
     for row in chosen.sort_values(["model", "task", "site", "method"]).itertuples():
-        s = _shown(scalars[scalars.trial_id == row.trial_id], row.method)
+        s = _shown(_of(scalars, row), row.method)
         if s.empty:
             continue
         matrix, layers, labels = heatmap_matrix(s)
@@ -116,10 +127,10 @@ def render(run_dirs: list[Path], out: Path, trial_id: str | None = None) -> dict
                               f"{row.model} / {row.task} / {row.site} / {row.method}{flag}\n{row.trial_id}, "
                               f"{int(row.sites_moved)} of {int(row.sites_total)} cells moved")
         fig.colorbar(image, ax=ax, label="alpha" if row.method in SCALED_METHODS else "|v| / mean |h| (the moved measure)")
-        name = f"heatmap-{_slug(row.model, row.task, row.site, row.method)}.png"
+        name = f"heatmap-{row.slug}.png"
         _save(fig, figures_dir / name)
         made["heatmaps"].append(dict(file=f"figures/{name}", trial_id=row.trial_id, model=row.model, method=row.method))
-        stats = stability[row.trial_id]
+        stats = stability[(row.run_id, row.trial_id)]
         if stats.n_seeds > 1:
             made["seeds"].append(_seed_heatmap(figures_dir, row, stats))
 
@@ -130,7 +141,7 @@ def render(run_dirs: list[Path], out: Path, trial_id: str | None = None) -> dict
         group = group.sort_values("model")
         fig, axes = plt.subplots(1, len(group), figsize=(5 * len(group), 4), squeeze=False)
         for ax, row in zip(axes[0], group.itertuples()):
-            matrix, layers, labels = heatmap_matrix(_shown(scalars[scalars.trial_id == row.trial_id], method))
+            matrix, layers, labels = heatmap_matrix(_shown(_of(scalars, row), method))
             _draw_heatmap(ax, matrix, [f"{layer / max(1, row.n_layers - 1):.2f}" for layer in layers], labels,
                           method, f"{row.model}")
             ax.set_ylabel("relative depth l/(L-1)")
@@ -141,7 +152,7 @@ def render(run_dirs: list[Path], out: Path, trial_id: str | None = None) -> dict
         if method in SCALED_METHODS:
             fig, ax = plt.subplots(figsize=(6, 4))
             for row in group.itertuples():
-                s = scalars[scalars.trial_id == row.trial_id]
+                s = _of(scalars, row)
                 depth = s.assign(dev=(s.value - 1).abs()).groupby("rel_depth").dev.mean().sort_index()
                 ax.plot(depth.index, depth.to_numpy(), marker="o", label=row.model)
             ax.set_xlabel("relative depth l/(L-1)")
@@ -154,7 +165,7 @@ def render(run_dirs: list[Path], out: Path, trial_id: str | None = None) -> dict
 
     # trade-offs per unit: val flip_rate against l1, coloured by kl_other, Pareto front
     done = trials[trials.status == "complete"].merge(units, on="unit_id", suffixes=("", "_unit"))
-    for unit_id, group in done.groupby("unit_id", sort=True):
+    for (run_id, unit_id), group in done.groupby(["run_id", "unit_id"], sort=True):
         first = group.iloc[0]
         fig, ax = plt.subplots(figsize=(5.5, 4))
         points = ax.scatter(group.val_l1, group.val_flip_rate, c=group.val_kl_other, cmap="magma_r", edgecolor="k")
@@ -165,7 +176,10 @@ def render(run_dirs: list[Path], out: Path, trial_id: str | None = None) -> dict
         ax.set_ylabel("val flip_rate")
         ax.set_title(f"{first.model} / {first.task} / {first.site} / {first.method}", fontsize=9)
         ax.legend(loc="lower right")
-        name = f"tradeoff-{_slug(first.model, first.task, first.site, first.method)}.png"
+        key = (first.model, first.task, first.site, first.method)
+        runs_of_key = done[(done.model == key[0]) & (done.task == key[1]) & (done.site == key[2])
+                           & (done.method == key[3])].run_id.nunique()
+        name = f"tradeoff-{_slug(*key)}{f'-{run_id}' if runs_of_key > 1 else ''}.png"
         _save(fig, figures_dir / name)
         made["tradeoffs"].append(dict(file=f"figures/{name}", unit_id=unit_id))
 
@@ -194,7 +208,7 @@ def _seed_heatmap(figures_dir: Path, row, stats: SeedStats) -> dict:
                  f"Jaccard {stats.jaccard:.2f}, rank corr {stats.rank_corr:.2f}, in all seeds {stats.moved_in_all}, "
                  f"in any {stats.moved_in_any}", fontsize=9)
     fig.colorbar(image, ax=ax, label="share of seeds in which the cell moved")
-    name = f"seeds-{_slug(row.model, row.task, row.site, row.method)}.png"
+    name = f"seeds-{row.slug}.png"
     _save(fig, figures_dir / name)
     return dict(file=f"figures/{name}", trial_id=row.trial_id, model=row.model, method=row.method,
                 n_seeds=stats.n_seeds)
@@ -220,12 +234,12 @@ def method_table(chosen: pd.DataFrame, predictions: pd.DataFrame, stability: dic
     moved sites in the same unit for every method, with the parameter count beside them."""
     rows = []
     for row in chosen.sort_values(["model", "task", "site", "method"]).itertuples():
-        p = predictions[predictions.trial_id == row.trial_id].sort_values("index")
+        p = _of(predictions, row).sort_values("index")
         flips = p.flipped.to_numpy(dtype=float)
         kls = p.kl_other.to_numpy(dtype=float)
         f_lo, f_hi = bootstrap_ci(flips)
         k_lo, k_hi = bootstrap_ci(kls)
-        stats = stability[row.trial_id]
+        stats = stability[(row.run_id, row.trial_id)]
         rows.append(dict(model=row.model, task=row.task, site=row.site, method=row.method, trial_id=row.trial_id,
                          selected_by=row.selected_by,
                          test_flip_rate=row.test_flip_rate, flip_ci95=f"[{f_lo:.3f}, {f_hi:.3f}]",

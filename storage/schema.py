@@ -51,20 +51,20 @@ TRIALS = pa.schema(
 )
 
 SCALARS = pa.schema([
-    ("trial_id", pa.string()), ("unit_id", pa.string()), ("model", pa.string()), ("task", pa.string()),
+    ("trial_id", pa.string()), ("unit_id", pa.string()), ("run_id", pa.string()), ("model", pa.string()), ("task", pa.string()),
     ("site", pa.string()), ("method", pa.string()), ("layer", pa.int32()), ("rel_depth", pa.float64()),
     ("position", pa.int32()), ("role", pa.string()), ("head", pa.int32()), ("value", pa.float64()),
     ("effect", pa.float64()), ("moved", pa.bool_()),
 ])
 
 EXAMPLES = pa.schema([
-    ("unit_id", pa.string()), ("split", pa.string()), ("index", pa.int32()), ("prompt", pa.string()),
+    ("unit_id", pa.string()), ("run_id", pa.string()), ("split", pa.string()), ("index", pa.int32()), ("prompt", pa.string()),
     ("answer_a", pa.string()), ("answer_b", pa.string()), ("template", pa.string()),
     ("roles", pa.list_(pa.string())), ("ld_before", pa.float64()), ("entities", pa.list_(pa.string())),
 ])
 
 PREDICTIONS = pa.schema([
-    ("trial_id", pa.string()), ("unit_id", pa.string()), ("index", pa.int32()),
+    ("trial_id", pa.string()), ("unit_id", pa.string()), ("run_id", pa.string()), ("index", pa.int32()),
     ("ld_before", pa.float64()), ("ld_after", pa.float64()), ("kl_other", pa.float64()), ("flipped", pa.bool_()),
 ])
 

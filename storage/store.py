@@ -129,10 +129,12 @@ class RunStore:
         return due
 
     def flush(self) -> list[Path]:
-        """Write every buffered row now: one part file per table that has rows."""
+        """Write every buffered row now: one part file per table that has rows. The trials part
+        goes last, so a complete trials row is never durable without its scalars and predictions."""
         written = []
         with self._lock:
-            for table, rows in self._buffers.items():
+            for table in sorted(self._buffers, key=lambda t: t == "trials"):
+                rows = self._buffers[table]
                 if rows:
                     written.append(self._write_part(table, rows))
                     self._buffers[table] = []

@@ -60,7 +60,7 @@ def make_sample_run(run_dir: Path, run_id: str = "run-sample", trials_per_unit: 
                                         moved_measure="|alpha-1|" if method == "activscalar" else "|v|/mean|h|",
                                         moved_threshold=0.1)])
             for split, n in (("train", 3), ("test", 3)):
-                store.append("examples", [dict(unit_id=unit_id, split=split, index=i, prompt=f"prompt {i}",
+                store.append("examples", [dict(unit_id=unit_id, run_id=run_id, split=split, index=i, prompt=f"prompt {i}",
                                                answer_a=" Mary", answer_b=" John", template="t", roles=ROLES,
                                                ld_before=round(rng.uniform(0, 2), 4),
                                                entities=[f"pair{split}{i}"]) for i in range(n)])
@@ -84,13 +84,13 @@ def make_sample_run(run_dir: Path, run_id: str = "run-sample", trials_per_unit: 
                         effect = abs(value - 1)
                         if method == "steervec":
                             value = effect
-                        scalars.append(dict(trial_id=trial["trial_id"], unit_id=unit_id, model=model, task="ioi",
+                        scalars.append(dict(trial_id=trial["trial_id"], unit_id=unit_id, run_id=run_id, model=model, task="ioi",
                                             site="mlp_out", method=method, layer=layer,
                                             rel_depth=layer / (n_layers - 1), position=pos, role=role, head=None,
                                             value=round(value, 5), effect=round(effect, 5), moved=effect > 0.1))
                 store.append("scalars", scalars)
                 lds = [round(rng.uniform(-2, 1), 4) for _ in range(3)]
-                store.append("predictions", [dict(trial_id=trial["trial_id"], unit_id=unit_id, index=i,
+                store.append("predictions", [dict(trial_id=trial["trial_id"], unit_id=unit_id, run_id=run_id, index=i,
                                                   ld_before=1.0, ld_after=ld, kl_other=round(rng.uniform(0, 0.5), 4),
                                                   flipped=ld < 0)
                                              for i, ld in enumerate(lds)])

@@ -163,3 +163,13 @@ def test_a_test_that_times_out_reports_the_waiting_sweep_step(pytester):
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--timeout=2")
     result.stdout.fnmatch_lines(["*sweep step that was waiting*",
                                  "*coordinator of RUN is waiting for: trial(s) 3 of unit u-000000000000*"])
+
+
+def test_grid_sampler_runs_the_whole_grid_and_then_replicates(tmp_path):
+    config = parsed(tiny_config(search={"sampler": "grid", "grid_points": 2, "n_trials": 8, "batch": 4,
+                                        "replicates": 2}))
+    summary = Coordinator(config, tmp_path, quiet=True).run()
+    assert summary.completed == 9
+    check_run(tmp_path, n_trials=8, n_units=1, replicates=2)
+    search = load(tmp_path, "trials").query("replicate_of.isna()")
+    assert len(search[["lambda_faith", "lambda_min", "lr"]].drop_duplicates()) == 8  # every grid point once

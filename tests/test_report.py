@@ -11,7 +11,7 @@ from PIL import Image
 
 from orchestrator.cli import main
 from storage.query import load
-from storage.report import heatmap_matrix, pareto_front, select_trials
+from storage.report import heatmap_matrix, pareto_front, render, select_trials
 from storage.selection import select_rows
 from tests.sample_run import make_sample_run
 
@@ -121,3 +121,13 @@ window.addEventListener("load", () => {
     height, broken, loaded, total = int(found[1]), found[2], int(found[3]), int(found[4])
     assert (loaded, total, broken) == (n_img, n_img, ""), f"{loaded}/{total} images loaded; broken: {broken}"
     assert height > 1000, height
+
+
+def test_two_runs_of_the_same_units_are_reported_apart(tmp_path):
+    """Trial ids repeat across runs of the same unit: rows, seeds and figures must not mix."""
+    one = make_sample_run(tmp_path / "one", run_id="r1", seed=1)
+    two = make_sample_run(tmp_path / "two", run_id="r2", seed=2)
+    made = render([one, two], tmp_path / "out")
+    assert len(made["heatmaps"]) == len({m["file"] for m in made["heatmaps"]}) == 8
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert summary.count("| tiny-") == 8 and "| 2 |" in summary  # each selected trial: itself and one replicate
