@@ -40,9 +40,11 @@ def _grid(dists: dict[str, BaseDistribution], points: int) -> dict[str, list]:
         elif isinstance(d, FloatDistribution):
             if d.log:
                 lo, hi = math.log(d.low), math.log(d.high)
-                grid[name] = [math.exp(lo + (hi - lo) * i / (points - 1)) for i in range(points)]
+                values = [math.exp(lo + (hi - lo) * i / (points - 1)) for i in range(points)]
             else:
-                grid[name] = [d.low + (d.high - d.low) * i / (points - 1) for i in range(points)]
+                values = [d.low + (d.high - d.low) * i / (points - 1) for i in range(points)]
+            # exact ends: exp(log(x)) can land just outside the range, which Optuna warns about
+            grid[name] = [d.low] + [min(max(v, d.low), d.high) for v in values[1:-1]] + [d.high]
         else:
             grid[name] = sorted({round(d.low + (d.high - d.low) * i / (points - 1)) for i in range(points)})
     return grid
