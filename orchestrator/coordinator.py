@@ -41,7 +41,7 @@ from search_spaces.config import SweepConfig
 from search_spaces.spaces import directions, distributions, grid_size, make_sampler, objective_values
 from storage.schema import Status
 from storage.selection import describe_rule, select_rows
-from storage.store import RunStore
+from storage.store import RunStore, replace_durably, write_durably
 from workers.actor import WorkerActor
 from workers.errors import UsageError
 from workers.tasks.base import examples_hash, load_examples
@@ -166,9 +166,7 @@ class Coordinator:
         if path.exists():
             return json.loads(path.read_text())["run_id"]
         run_id = f"run-{dt.datetime.now(dt.timezone.utc):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"run_id": run_id}))
-        os.replace(tmp, path)
+        write_durably(path, json.dumps({"run_id": run_id}))
         return run_id
 
     def _record_config(self, store: RunStore) -> None:
@@ -176,9 +174,7 @@ class Coordinator:
         path = self.run_dir / "sweep.yaml"
         if path.exists() and path.read_text() == text:
             return
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        write_durably(path, text)
         from importlib.metadata import PackageNotFoundError, version
         try:
             package_version = version("actscale")
@@ -588,7 +584,7 @@ class Coordinator:
         directory.mkdir(exist_ok=True)
         tmp = directory / f".tmp-{tid}.safetensors"
         save_file({k: torch.from_numpy(v.copy()) for k, v in tensors.items()}, str(tmp))
-        os.replace(tmp, directory / f"{tid}.safetensors")
+        replace_durably(tmp, directory / f"{tid}.safetensors")
 
     def _tell_pending(self) -> None:
         for state, number, values in self.pending_tells:

@@ -90,6 +90,23 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def replace_durably(tmp: Path, final: Path) -> None:
+    """Rename a fully written temporary file over `final`, fsyncing the file first and the
+    directory after, so that a crash leaves the old file or the new one, never a torn one."""
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, final)
+    _fsync_dir(Path(final).parent)
+
+
+def write_durably(path: Path, text: str) -> None:
+    """Write a small text file (run.json, sweep.yaml) atomically and durably."""
+    path = Path(path)
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}")
+    tmp.write_text(text)
+    replace_durably(tmp, path)
+
+
 class RunStore:
     """The only writer of a run directory's tables (one per process)."""
 
