@@ -35,7 +35,7 @@ docs: install
 	ACTSCALE_WRITE_DOCS=1 $(BIN)/python -m pytest -q tests/test_query_docs.py
 
 test: install
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra --durations=15
 
 test-fast: install
 	$(BIN)/python -m pytest -q -ra -m "not slow"
