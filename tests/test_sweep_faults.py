@@ -29,9 +29,18 @@ def test_coordinator_sigkilled_and_resumed_five_times(tmp_path):
                                                             train={"steps": 120, "batch_size": 8}))
     run = tmp_path / "run"
     rng = random.Random(1)
+    log = run / "actscale.log"
+
+    def workers_up() -> int:
+        return log.read_text().count(" is up on ") if log.exists() else 0
     for attempt in range(5):
+        before = workers_up()
         proc = start_coordinator(["run", str(cfg), "--out", str(run), "--quiet"], tmp_path / "out.log")
-        time.sleep(rng.uniform(5, 12))
+        if attempt % 2 == 0:  # any moment, start-up included
+            time.sleep(rng.uniform(5, 12))
+        else:  # once its worker is up, so that trials are in flight, however slow the machine
+            assert wait_for(lambda: workers_up() > before, timeout=300)
+            time.sleep(rng.uniform(0.5, 2.0))
         kill_session(proc)
         trials = read_table(run, "trials").table.column("trial_id").to_pylist() if (run / "tables").exists() else []
         assert len(trials) == len(set(trials)), "a trial id twice"
