@@ -48,7 +48,7 @@ from workers.tasks.base import examples_hash, load_examples
 
 log = logging.getLogger("actscale")
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-STILL_WAITING_S = 30.0  # log what the loop waits for when nothing has finished for this long
+STILL_WAITING_S = 300.0  # log what the loop waits for when nothing has finished for this long
 
 # The coordinator running in this process, if any: a test that times out reports what it waited for.
 RUNNING: list["Coordinator"] = []
