@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.actscale-installed
 RUN_DIR ?= runs/quickstart
 
-.PHONY: install run test test-fast bench clean docs
+.PHONY: install run test test-fast lint bench clean docs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ docs: install
 
 test: install
 	$(BIN)/python -m pytest -q -ra --durations=15
+
+# ruff (lint, import order) everywhere; mypy --strict on storage/ and search_spaces/ (pyproject.toml)
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 test-fast: install
 	$(BIN)/python -m pytest -q -ra -m "not slow"

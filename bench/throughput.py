@@ -26,11 +26,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from workers import forward, prepare, trainer  # noqa: E402
+from workers.interventions import ActivScalar  # noqa: E402
 from workers.models import load_model  # noqa: E402
 from workers.tasks.base import TaskSpec  # noqa: E402
 from workers.unit import Hyper, TrainSettings, UnitSpec  # noqa: E402
 
 MODEL = "smollm2-135m"
+METHOD = ActivScalar.method  # the benchmark times ActivScalar
 
 
 def naive_logits(loaded, ids, lengths):
@@ -63,7 +65,7 @@ def per_layer_sweep(layers, trials, steps, device, variant: str, shared=None, n_
     ctx = full_logits() if naive_logit else contextlib.nullcontext()
     with ctx:
         for layer in layers:
-            spec = UnitSpec(MODEL, TaskSpec.make("ioi", {"n": n_examples}), "mlp_out", (layer,), "activscalar",
+            spec = UnitSpec(MODEL, TaskSpec.make("ioi", {"n": n_examples}), "mlp_out", (layer,), METHOD,
                             TrainSettings(steps=steps, batch_size=32, prefix_cache=cache))
             hypers = [Hyper(lr=0.05, lambda_min=0.01, seed=s) for s in range(trials)]
             if batched:
@@ -96,7 +98,7 @@ def matmul_rate(m: int, k: int, n: int, device, dtype, seconds: float = 1.0) -> 
 def trainer_flops(loaded, steps: int, batch: int) -> tuple[float, float, int]:
     """(achieved FLOP/s of training steps, FLOPs per step, tokens per step) at all layers."""
     cfg = loaded.model.config
-    spec = UnitSpec(MODEL, TaskSpec.make("ioi", {"n": 40}), "mlp_out", "all", "activscalar",
+    spec = UnitSpec(MODEL, TaskSpec.make("ioi", {"n": 40}), "mlp_out", "all", METHOD,
                     TrainSettings(steps=steps, batch_size=batch))
     unit = prepare.prepare_unit(loaded, spec)
     tokens = batch * unit.n_positions
@@ -106,7 +108,7 @@ def trainer_flops(loaded, steps: int, batch: int) -> tuple[float, float, int]:
     forward_flops = tokens * layers * per_token_layer + 2 * batch * d * cfg.vocab_size
     step_flops = 2 * forward_flops  # backward to the activations (weights are frozen) ~ one forward
     refs = trainer.resolve_site(loaded.model, "mlp_out", unit.layers)
-    outcomes = [trainer.TrialOutcome(Hyper())]
+    outcomes = [trainer.TrialResult(Hyper())]
     trainer._train_group(loaded, unit, [Hyper(steps=2)], refs, outcomes)  # warm-up
     start = time.perf_counter()
     trainer._train_group(loaded, unit, [Hyper(steps=steps)], refs, outcomes)
@@ -117,7 +119,7 @@ def trainer_flops(loaded, steps: int, batch: int) -> tuple[float, float, int]:
 
 def trials_per_second(loaded, ks, steps: int) -> dict[int, float]:
     layers = tuple(range(loaded.n_layers - 6, loaded.n_layers))
-    spec = UnitSpec(MODEL, TaskSpec.make("ioi", {"n": 40}), "mlp_out", layers, "activscalar",
+    spec = UnitSpec(MODEL, TaskSpec.make("ioi", {"n": 40}), "mlp_out", layers, METHOD,
                     TrainSettings(steps=steps, batch_size=16))
     unit = prepare.prepare_unit(loaded, spec)
     trainer.train_trials(loaded, unit, [Hyper(steps=1)])  # warm-up
@@ -135,7 +137,7 @@ def orchestration_overhead(n_trials: int, steps: int) -> dict:
     from storage.query import load
 
     config = parse_config({"name": "overhead", "models": ["tiny-llama"], "tasks": [{"name": "ioi", "options": {"n": 40}}],
-                           "sites": ["mlp_out"], "methods": ["activscalar"],
+                           "sites": ["mlp_out"], "methods": [METHOD],
                            "search": {"sampler": "random", "n_trials": n_trials, "batch": 4},
                            "train": {"steps": steps, "batch_size": 16}, "resources": {"cpus_per_worker": 1}})
     with tempfile.TemporaryDirectory() as tmp:

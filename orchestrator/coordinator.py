@@ -25,7 +25,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import optuna
 import ray
@@ -36,6 +36,8 @@ from optuna.trial import TrialState
 from orchestrator.journal import repair_journal
 from orchestrator.lock import RunLock
 from orchestrator.plan import PlannedUnit, plan_units
+from orchestrator.pool import ActorPool, Asked, Pending, PendingKind
+from orchestrator.progress import Progress
 from orchestrator.records import trial_id, trial_rows, unfinished_row
 from search_spaces.config import SweepConfig
 from search_spaces.spaces import directions, distributions, grid_size, make_sampler, objective_values
@@ -44,6 +46,7 @@ from storage.selection import describe_rule, select_rows
 from storage.store import RunStore, replace_durably, write_durably
 from workers.actor import WorkerActor
 from workers.errors import UsageError
+from workers.results import TrialResult
 from workers.tasks.base import examples_hash, load_examples
 
 log = logging.getLogger("actscale")
@@ -51,18 +54,10 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 STILL_WAITING_S = 300.0  # log what the loop waits for when nothing has finished for this long
 
 # The coordinator running in this process, if any: a test that times out reports what it waited for.
-RUNNING: list["Coordinator"] = []
+RUNNING: list[Coordinator] = []
 
 
 REPLICATE_ATTR = "replicate_of"
-
-
-class Asked(NamedTuple):
-    """One trial handed to a worker: its Optuna number, parameters, and the trial it replicates."""
-
-    number: int
-    params: dict
-    replicate_of: str | None = None
 
 
 @dataclass
@@ -105,28 +100,6 @@ class Summary:
     interrupted: int = 0
 
 
-@dataclass
-class Pending:
-    """Work in flight on an actor: start-up ('ready'), a unit's description ('record') or trials."""
-
-    kind: str  # ready | record | trials
-    model: str
-    actor: Any
-    state: UnitState | None = None
-    asked: list[Asked] = field(default_factory=list)
-    since: float = field(default_factory=time.monotonic)
-
-    def describe(self) -> str:
-        age = f"{time.monotonic() - self.since:.0f}s"
-        if self.kind == "ready":
-            return f"a worker for {self.model} to start ({age})"
-        if self.kind == "record":
-            return f"unit {self.state.unit_id} to be prepared on a {self.model} worker ({age})"
-        numbers = ", ".join(str(a.number) for a in self.asked)
-        kind = "replicate" if self.asked and self.asked[0].replicate_of else "trial"
-        return f"{kind}(s) {numbers} of unit {self.state.unit_id} on a {self.model} worker ({age})"
-
-
 def _setup_logging(run_dir: Path, quiet: bool) -> None:
     log.setLevel(logging.INFO)
     for h in list(log.handlers):
@@ -165,7 +138,7 @@ class Coordinator:
         path = self.run_dir / "run.json"
         if path.exists():
             return json.loads(path.read_text())["run_id"]
-        run_id = f"run-{dt.datetime.now(dt.timezone.utc):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
+        run_id = f"run-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
         write_durably(path, json.dumps({"run_id": run_id}))
         return run_id
 
@@ -180,7 +153,7 @@ class Coordinator:
             package_version = version("actscale")
         except PackageNotFoundError:
             package_version = "unknown"
-        store.write_now("runs", [dict(run_id=self.run_id, created_at=dt.datetime.now(dt.timezone.utc),
+        store.write_now("runs", [dict(run_id=self.run_id, created_at=dt.datetime.now(dt.UTC),
                                       config_yaml=text, package_version=package_version,
                                       git_revision=_git_revision(), host=platform.node())])
 
@@ -222,10 +195,6 @@ class Coordinator:
                     raise UsageError(f"search.n_trials={self.config.search.n_trials} but the grid has only {size} "
                                      "points; raise search.grid_points or lower n_trials")
 
-    def _defaults(self, state: UnitState) -> dict:
-        settings = state.planned.spec.settings
-        return {"steps": settings.steps, "batch_size": settings.batch_size}
-
     def _reconcile(self, store: RunStore) -> None:
         """Settle trials an earlier coordinator left RUNNING, then count each unit's trials from Parquet."""
         stored = {r["trial_id"]: r for r in store.read("trials").table.to_pylist()}
@@ -237,7 +206,7 @@ class Coordinator:
                 if row is None:
                     replicate_of = t.user_attrs.get(REPLICATE_ATTR)
                     row = unfinished_row(self.run_id, state.unit_id, t.number, self._trial_params(t, replicate_of),
-                                         self._defaults(state), Status.INTERRUPTED,
+                                         state.planned.spec.settings, Status.INTERRUPTED,
                                          "interrupted: the coordinator stopped before the result was stored; re-run",
                                          replicate_of)
                     store.append("trials", [row])
@@ -389,88 +358,73 @@ class Coordinator:
     def _new_actor(self, model: str):
         r = self.config.resources
         cls = ray.remote(WorkerActor)
-        actor = cls.options(num_cpus=r.cpus_per_worker, num_gpus=r.gpus_per_worker, max_restarts=0,
-                            max_concurrency=1).remote(model, self.config.allow_pickle, int(r.cpus_per_worker))
-        return actor
+        return cls.options(num_cpus=r.cpus_per_worker, num_gpus=r.gpus_per_worker, max_restarts=0,
+                           max_concurrency=1, runtime_env={"env_vars": worker_env()},
+                           ).remote(model, self.config.allow_pickle, int(r.cpus_per_worker), self.config.plugins)
 
+    # ------------------------------------------------------------------ the dispatch loop
     def _dispatch(self, store: RunStore) -> None:
+        """Until every unit is done: give idle workers work, retire finished models, start the
+        next ones, and take finished work as it comes."""
         by_model: dict[str, list[UnitState]] = {}
         for s in self.units.values():
             by_model.setdefault(s.planned.spec.model, []).append(s)
-        waiting_models = list(by_model)
-        actors: dict[str, list] = {}  # model -> actors
-        idle: list[tuple[str, object]] = []
-        in_flight: dict = {}  # ObjectRef -> Pending
-        last_progress = last_result = last_waiting_line = time.monotonic()
-        started = time.monotonic()
-        self.in_flight = in_flight
-        done_at_start = {m: sum(s.completed for s in us) for m, us in by_model.items()}
-        last_line: dict[str, str] = {}
-
-        def model_open(model: str) -> bool:
-            return any(self._has_work(s) for s in by_model[model])
-
-        def launch(model: str) -> None:
-            """Start an actor; it gets work only once it is up (its info() answered)."""
-            actor = self._new_actor(model)
-            actors[model].append(actor)
-            in_flight[actor.info.remote()] = Pending("ready", model, actor)
-            log.info(f"starting a worker for {model}")
-
-        def start_models() -> None:
-            while waiting_models and len(actors) < self.config.resources.models_at_once:
-                model = waiting_models.pop(0)
-                if not model_open(model):
+        r = self.config.resources
+        pool = ActorPool(self._new_actor, list(by_model), r.workers_per_model, r.models_at_once)
+        self.pool = pool
+        progress = Progress(by_model, self.config.search.n_trials + self.config.search.replicates - 1)
+        self.last_result = self.last_waiting_line = time.monotonic()
+        has_work = self._model_has_work(by_model)
+        pool.start_models(has_work)
+        try:
+            while pool.active():
+                self._assign_idle(pool, by_model)
+                self._retire_finished(pool, by_model)
+                pool.start_models(has_work)
+                if not pool.working() and not pool.waiting_models and not any(map(has_work, by_model)):
+                    break
+                if not pool.in_flight:
+                    time.sleep(0.05)
                     continue
-                actors[model] = []
-                for _ in range(self.config.resources.workers_per_model):
-                    launch(model)
+                self._take_finished(store, pool)
+                if store.flush_if_due():
+                    self._tell_pending()
+                progress.tick()
+        finally:
+            pool.shutdown()
 
-        start_models()
-        while in_flight or idle or waiting_models:
-            for model, actor in list(idle):  # hand work to idle actors
-                work = self._assign(by_model[model], model, actor)
-                if work is not None:
-                    ref, pending = work
-                    in_flight[ref] = pending
-                    idle.remove((model, actor))
-            for model in list(actors):  # retire actors of finished models, start the next models
-                if not model_open(model) and not any(p.model == model and p.kind != "ready" for p in in_flight.values()):
-                    for a in actors.pop(model):
-                        ray.kill(a)
-                    idle[:] = [(m, a) for m, a in idle if m != model]
-                    for ref in [r for r, p in in_flight.items() if p.kind == "ready" and p.model == model]:
-                        in_flight.pop(ref)
-            start_models()
-            working = any(p.kind != "ready" for p in in_flight.values())
-            if not working and not waiting_models and all(not model_open(m) for m in by_model):
-                break
-            if not in_flight:
-                time.sleep(0.05)
-                continue
-            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
-            now = time.monotonic()
-            if ready:
-                last_result = now
-            elif now - last_result > STILL_WAITING_S and now - last_waiting_line > STILL_WAITING_S:
-                last_waiting_line = now
-                log.info(f"still waiting ({now - last_result:.0f}s without a result) for: {self.waiting_for()}")
-            for ref in ready:
-                pending = in_flight.pop(ref)
-                if self._handle(store, ref, pending, actors, launch):
-                    idle.append((pending.model, pending.actor))
-            if store.flush_if_due():
-                self._tell_pending()
-            if time.monotonic() - last_progress > 5:
-                last_progress = time.monotonic()
-                self._progress(by_model, done_at_start, started, last_line)
-        for model in list(actors):
-            for a in actors.pop(model):
-                ray.kill(a)
+    def _model_has_work(self, by_model: dict[str, list[UnitState]]):
+        return lambda model: any(self._has_work(s) for s in by_model[model])
+
+    def _assign_idle(self, pool: ActorPool, by_model: dict[str, list[UnitState]]) -> None:
+        for model, actor in list(pool.idle):
+            work = self._assign(by_model[model], model, actor)
+            if work is not None:
+                pool.submit(*work)
+
+    def _retire_finished(self, pool: ActorPool, by_model: dict[str, list[UnitState]]) -> None:
+        for model in list(pool.actors):
+            if not any(self._has_work(s) for s in by_model[model]) and not pool.busy(model):
+                pool.retire(model)
+
+    def _take_finished(self, store: RunStore, pool: ActorPool) -> None:
+        """Wait up to a second for one finished piece of work and record it; log what is awaited
+        when nothing has finished for STILL_WAITING_S."""
+        finished = pool.wait(timeout=1.0)
+        now = time.monotonic()
+        if finished:
+            self.last_result = now
+        elif now - self.last_result > STILL_WAITING_S and now - self.last_waiting_line > STILL_WAITING_S:
+            self.last_waiting_line = now
+            log.info(f"still waiting ({now - self.last_result:.0f}s without a result) for: {self.waiting_for()}")
+        for ref, pending in finished:
+            if self._handle(store, ref, pending, pool):
+                pool.free(pending)
 
     def waiting_for(self) -> str:
         """What the dispatch loop is waiting for now (for logs and for a test that times out)."""
-        pending = list(getattr(self, "in_flight", {}).values())
+        pool = getattr(self, "pool", None)
+        pending = list(pool.in_flight.values()) if pool is not None else []
         return "; ".join(p.describe() for p in pending) or "nothing in flight"
 
     def _assign(self, states: list[UnitState], model: str, actor) -> tuple[Any, Pending] | None:
@@ -478,7 +432,8 @@ class Coordinator:
         state = next((s for s in states if not s.gave_up and not s.described and not s.describing), None)
         if state is not None:
             state.describing = True
-            return actor.unit_record.remote(state.unit_id, state.planned.spec), Pending("record", model, actor, state)
+            return (actor.unit_record.remote(state.unit_id, state.planned.spec),
+                    Pending(PendingKind.DESCRIBE, model, actor, state))
         batch = self.config.search.batch
         for state in states:
             if state.gave_up or not state.described:
@@ -492,89 +447,93 @@ class Coordinator:
             else:
                 continue
             ref = actor.run_trials.remote(state.unit_id, state.planned.spec, [(a.number, a.params) for a in asked])
-            return ref, Pending("trials", model, actor, state, asked)
+            return ref, Pending(PendingKind.TRIALS, model, actor, state, asked)
         return None
 
     def _release(self, pending: Pending) -> None:
         state = pending.state
         if state is None:
             return
-        if pending.kind == "record":
+        if pending.kind is PendingKind.DESCRIBE:
             state.describing = False
-        elif pending.asked and pending.asked[0].replicate_of is not None:
+        elif pending.replicates:
             state.in_flight_replicates -= len(pending.asked)
         else:
             state.in_flight_search -= len(pending.asked)
 
-    def _handle(self, store: RunStore, ref, pending: Pending, actors: dict, launch) -> bool:
+    # ------------------------------------------------------------------ finished work
+    def _handle(self, store: RunStore, ref, pending: Pending, pool: ActorPool) -> bool:
         """Take one finished piece of work; returns whether its actor is free for more."""
         self._release(pending)
-        state, model = pending.state, pending.model
         try:
             value = ray.get(ref)
         except (ray.exceptions.RayActorError, ray.exceptions.ActorDiedError) as exc:
-            self._actor_died(store, pending, exc, actors, launch)
+            self._actor_died(store, pending, exc, pool)
             return False
         except ray.exceptions.RayTaskError as exc:
-            cause = exc.cause if hasattr(exc, "cause") else exc
-            if isinstance(cause, UsageError):
-                raise cause from None
-            if state is None:
-                raise UsageError(f"a worker for {model} failed to start: {type(cause).__name__}: {cause}") from None
-            log.error(f"unit {state.unit_id}: worker error {type(cause).__name__}: {cause}")
-            if pending.kind == "record":  # preparing the unit failed: counts towards giving up on it
-                state.failed += 1
-            self._record_unfinished(store, state, pending.asked, Status.FAILED,
-                                    f"worker error {type(cause).__name__}: {str(cause)[:500]}")
-            self._maybe_give_up(state)
+            self._worker_error(store, pending, exc.cause if hasattr(exc, "cause") else exc)
             return True
-        if pending.kind == "ready":
+        if pending.kind is PendingKind.READY:
             self.model_loads += value["model_loads"]
-            log.info(f"worker for {model} is up on {value['node']} (pid {value['pid']}, "
+            log.info(f"worker for {pending.model} is up on {value['node']} (pid {value['pid']}, "
                      f"model loaded in {value['load_seconds']:.1f}s)")
-        elif pending.kind == "record":
+        elif pending.kind is PendingKind.DESCRIBE:
             row, examples = value
             store.write_now("units", [dict(row, run_id=self.run_id)])
             store.append("examples", [dict(e, run_id=self.run_id) for e in examples])
-            state.described = True
+            pending.state.described = True
         else:
-            self._record_results(store, state, value, pending.asked)
+            self._record_results(store, pending.state, value, pending.asked)
         return True
 
-    def _record_unfinished(self, store: RunStore, state: UnitState, asked: list[Asked], status: str,
+    def _worker_error(self, store: RunStore, pending: Pending, cause: BaseException) -> None:
+        """An exception inside a worker: a usage error stops the run; otherwise the trials fail."""
+        state = pending.state
+        if isinstance(cause, UsageError):
+            raise cause from None
+        if state is None:
+            raise UsageError(f"a worker for {pending.model} failed to start: {type(cause).__name__}: {cause}") from None
+        log.error(f"unit {state.unit_id}: worker error {type(cause).__name__}: {cause}")
+        if pending.kind is PendingKind.DESCRIBE:  # preparing the unit failed: counts towards giving up on it
+            state.failed += 1
+        self._record_unfinished(store, state, pending.asked, Status.FAILED,
+                                f"worker error {type(cause).__name__}: {str(cause)[:500]}")
+        self._maybe_give_up(state)
+
+    def _record_unfinished(self, store: RunStore, state: UnitState, asked: list[Asked], status: Status,
                            error: str) -> None:
         """Rows (and Optuna FAILs, once durable) for trials that produced no result."""
         for a in asked:
-            row = unfinished_row(self.run_id, state.unit_id, a.number, a.params, self._defaults(state), status, error,
-                                 a.replicate_of)
+            row = unfinished_row(self.run_id, state.unit_id, a.number, a.params, state.planned.spec.settings, status,
+                                 error, a.replicate_of)
             store.append("trials", [row])
             self._count(state, row)
             self.pending_tells.append((state, a.number, None))
 
-    def _record_results(self, store: RunStore, state: UnitState, results: list[dict], asked: list[Asked]) -> None:
+    def _record_results(self, store: RunStore, state: UnitState, results: list[TrialResult],
+                        asked: list[Asked]) -> None:
         replicate_of = {a.number: a.replicate_of for a in asked}
         for result in results:
-            rows = trial_rows(self.run_id, state.unit_id, state.planned.spec, result, self._defaults(state),
-                              replicate_of.get(result["number"]))
+            rows = trial_rows(self.run_id, state.unit_id, state.planned.spec, result, replicate_of.get(result.number))
             for table, table_rows in rows.items():
                 store.append(table, table_rows)
-            if result["tensors"]:
-                self._write_artifact(trial_id(state.unit_id, result["number"]), result["tensors"])
+            if result.tensors:
+                self._write_artifact(trial_id(state.unit_id, result.number), result.tensors)
             self._count(state, rows["trials"][0])
-            if result["status"] == Status.COMPLETE:
-                values = objective_values(self.config.search, result["metrics"], result["sites_moved"],
-                                          result["sites_total"])
-                self.pending_tells.append((state, result["number"], values))
+            if result.ok:
+                values = objective_values(self.config.search, result.metrics, result.sites_moved, result.sites_total)
+                self.pending_tells.append((state, result.number, values))
             else:
-                log.warning(f"unit {state.unit_id} trial {result['number']} failed: {result['error']}")
-                self.pending_tells.append((state, result["number"], None))
+                log.warning(f"unit {state.unit_id} trial {result.number} failed: {result.error}")
+                self.pending_tells.append((state, result.number, None))
                 self._maybe_give_up(state)
 
     def _maybe_give_up(self, state: UnitState) -> None:
         limit = max(3, 2 * self.config.search.n_trials)
         if state.failed >= limit and not state.gave_up:
             state.gave_up = True
-            log.error(f"unit {state.unit_id} ({state.planned.spec.describe()}): {state.failed} failed trials; giving up on it")
+            log.error(f"unit {state.unit_id} ({state.planned.spec.describe()}): {state.failed} failed trials; "
+                      "giving up on it")
 
     def _write_artifact(self, tid: str, tensors: dict) -> None:
         import torch
@@ -594,14 +553,15 @@ class Coordinator:
                 state.study.tell(number, values, skip_if_finished=True)
         self.pending_tells = []
 
-    def _actor_died(self, store: RunStore, pending: Pending, exc: Exception, actors: dict, launch) -> None:
+    def _actor_died(self, store: RunStore, pending: Pending, exc: Exception, pool: ActorPool) -> None:
         """A dead worker costs its in-flight trials: recorded as interrupted, re-run on a new worker."""
         self.actor_failures += 1
         model, state = pending.model, pending.state
         log.error(f"a worker for {model} died ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
                   f"re-running its {len(pending.asked)} interrupted trial(s) on a new worker")
         if self.actor_failures > 10 + 2 * len(self.units):
-            raise UsageError(f"workers for {model} keep dying ({self.actor_failures} times); see {self.run_dir}/actscale.log")
+            raise UsageError(f"workers for {model} keep dying ({self.actor_failures} times); "
+                             f"see {self.run_dir}/actscale.log")
         if state is not None and pending.asked:
             self._record_unfinished(store, state, pending.asked, Status.INTERRUPTED,
                                     f"interrupted: the worker died ({type(exc).__name__}); re-run")
@@ -609,25 +569,7 @@ class Coordinator:
             for a in pending.asked:  # re-queue first: a crash in between loses nothing
                 self._requeue(state, a.params, a.replicate_of)
             self._tell_pending()
-        if model in actors and pending.actor in actors[model]:
-            actors[model].remove(pending.actor)
-            launch(model)
-
-    def _progress(self, by_model, done_at_start, started, last_line: dict) -> None:
-        """One line per model, only when something changed since its last line."""
-        for model, states in by_model.items():
-            done = sum(s.completed for s in states)
-            total = sum(self.config.search.n_trials + self.config.search.replicates - 1 for _ in states)
-            failed = sum(s.failed for s in states)
-            interrupted = sum(s.interrupted for s in states)
-            rate = (done - done_at_start[model]) / max(1e-9, time.monotonic() - started)
-            eta = f"{(total - done) / rate:.0f}s" if rate > 0 else "?"
-            key = f"{done}/{total} {failed} {interrupted}"
-            if last_line.get(model) == key:
-                continue
-            last_line[model] = key
-            log.info(f"{model}: {done}/{total} trials, {rate:.2f}/s, ETA {eta}, failed {failed}, "
-                     f"interrupted {interrupted}")
+        pool.replace(pending)
 
     def _summary(self, wall: float) -> Summary:
         selected = []
@@ -653,6 +595,15 @@ class Coordinator:
                      f"val kl_other {b['val_kl_other']:.3f}, sites moved {b['sites_moved']}/{b['sites_total']}, "
                      f"{b['replicates']} replicate(s){flag}")
         return summary
+
+
+def worker_env() -> dict[str, str]:
+    """Environment of every worker process. OMP_WAIT_POLICY=PASSIVE: torch's OpenMP threads
+    sleep instead of spinning while they wait for each other, so a worker whose thread shares
+    a core with another busy process (Ray also runs workers at nice 15) is not held up at
+    every parallel region: 4x faster on a 2-core machine with a CPU burner on one core, the
+    same when the machine is idle (docs/performance.md). A value set by the user is kept."""
+    return {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
 
 
 def ray_init_kwargs(address: str | None) -> dict:

@@ -6,8 +6,9 @@ import json
 
 import yaml
 
+from storage.schema import Status
 from workers.errors import UsageError
-from workers.interventions import METHODS
+from workers.interventions import import_plugins, method_names
 from workers.sites import SITES
 from workers.tasks.base import TaskSpec
 from workers.unit import Hyper, TrainSettings, UnitSpec
@@ -20,14 +21,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="task option, value parsed as YAML (e.g. heldout_templates=[long])")
     p.add_argument("--site", required=True, help=f"one of {', '.join(SITES)}")
     p.add_argument("--layers", default="all", help="'all' or a comma-separated list such as 0,3,-1")
-    p.add_argument("--method", required=True, help=f"one of {', '.join(METHODS)}")
-    p.add_argument("--lambda-faith", type=float, default=1.0)
-    p.add_argument("--lambda-min", type=float, default=0.01)
-    p.add_argument("--lr", type=float, default=0.05)
-    p.add_argument("--steps", type=int, default=60)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0, help="data and batch-order seed")
-    p.add_argument("--filter", default="model_prefers_a", choices=["model_prefers_a", "none"])
+    p.add_argument("--method", required=True, help=f"one of {', '.join(method_names())}, or a plugin's")
+    p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                   help="import this module first: it registers methods of its own (repeatable)")
+    hyper, settings = Hyper(), TrainSettings()  # the defaults, written once there
+    p.add_argument("--lambda-faith", type=float, default=hyper.lambda_faith)
+    p.add_argument("--lambda-min", type=float, default=hyper.lambda_min)
+    p.add_argument("--lr", type=float, default=hyper.lr)
+    p.add_argument("--steps", type=int, default=settings.steps)
+    p.add_argument("--batch-size", type=int, default=settings.batch_size)
+    p.add_argument("--seed", type=int, default=settings.seed, help="data and batch-order seed")
+    p.add_argument("--filter", default=settings.filter, choices=["model_prefers_a", "none"])
     p.add_argument("--allow-pickle", action="store_true", help="allow loading pickle (.bin) weights")
     p.add_argument("--top", type=int, default=10, help="how many most-moved scalars to print")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
@@ -53,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     from workers.prepare import prepare_unit
     from workers.trainer import train_trials
 
+    import_plugins(args.plugin)
     if args.steps <= 0 or args.batch_size <= 0 or args.lr <= 0:
         raise UsageError(f"--steps, --batch-size and --lr must be positive (got {args.steps}, {args.batch_size}, {args.lr})")
     layers = args.layers if args.layers == "all" else tuple(int(x) for x in _split_layers(args.layers))
@@ -69,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     hyper = Hyper(lambda_faith=args.lambda_faith, lambda_min=args.lambda_min, lr=args.lr, seed=args.seed)
     outcome = train_trials(loaded, unit, [hyper])[0]
     report = {
-        "unit": spec.describe(), "status": outcome.status, "error": outcome.error,
+        "unit": spec.describe(), "status": Status.COMPLETE if outcome.ok else Status.FAILED, "error": outcome.error,
         "examples": unit.counts, "base_accuracy": unit.base_accuracy,
         "val": outcome.metrics.get("val"), "test": outcome.metrics.get("test"),
         "n_params": outcome.n_params, "sites_moved": outcome.sites_moved, "sites_total": outcome.sites_total,
@@ -81,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(report))
     else:
         _print_text(report)
-    return 0 if outcome.status == "complete" else 1
+    return 0 if outcome.ok else 1
 
 
 def _split_layers(text: str) -> list[int]:

@@ -4,19 +4,23 @@ An unknown key or a bad value fails with the key's path and what is accepted.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from storage.selection import DEFAULT_MIN_FLIP
 from workers.errors import UsageError
-from workers.interventions import METHODS
+from workers.interventions import import_plugins, method_names
 from workers.sites import SITES
+from workers.unit import TrainSettings
+
+V = TypeVar("V", bound=Iterable[str])
 
 
-def _all_in(values, accepted: tuple[str, ...], what: str):
+def _all_in(values: V, accepted: tuple[str, ...], what: str) -> V:
     """Each value must be one of `accepted` (error names the value and the accepted ones)."""
     for value in values:
         if value not in accepted:
@@ -41,7 +45,7 @@ class Range(_Strict):
     log: bool = Field(False, description="sample on a log scale (needs low > 0)")
 
     @model_validator(mode="after")
-    def _ordered(self):
+    def _ordered(self) -> Self:
         if not self.low < self.high:
             raise ValueError(f"low ({self.low}) must be below high ({self.high})")
         if self.log and self.low <= 0:
@@ -55,7 +59,7 @@ class IntRange(_Strict):
     log: bool = Field(False, description="sample on a log scale")
 
     @model_validator(mode="after")
-    def _ordered(self):
+    def _ordered(self) -> Self:
         if not 0 < self.low <= self.high:
             raise ValueError(f"need 0 < low <= high (got {self.low}, {self.high})")
         return self
@@ -96,26 +100,29 @@ class Search(_Strict):
 
     @field_validator("method_space")
     @classmethod
-    def _methods(cls, v):
-        return _all_in(v, METHODS, "method")
+    def _methods(cls, v: Any) -> Any:
+        return _all_in(v, method_names(), "method")
+
+
+_TRAIN = TrainSettings()  # the defaults, written once in workers/unit.py
 
 
 class Train(_Strict):
-    steps: int = Field(60, gt=0, description="training steps per trial")
-    batch_size: int = Field(32, gt=0, description="prompts per training step")
-    split: tuple[float, float, float] = Field((0.5, 0.25, 0.25), description="train, val, test fractions of the "
+    steps: int = Field(_TRAIN.steps, gt=0, description="training steps per trial")
+    batch_size: int = Field(_TRAIN.batch_size, gt=0, description="prompts per training step")
+    split: tuple[float, float, float] = Field(_TRAIN.split, description="train, val, test fractions of the "
                                               "entities (no prompt or entity is in two splits)")
-    seed: int = Field(0, description="data seed: task generation and splits")
+    seed: int = Field(_TRAIN.seed, description="data seed: task generation and splits")
     filter: Literal["model_prefers_a", "none"] = Field(
-        "model_prefers_a", description="keep only prompts where the model ranks answer a above b, or all")
-    active_threshold: float = Field(0.1, gt=0, description="ActivScalar and DynScalar: a cell is moved when its "
-                                    "|alpha - 1| is above this")
-    steer_threshold: float = Field(0.1, gt=0, description="SteerVec: a cell is moved when its |v| / mean |h| is "
-                                   "above this")
+        _TRAIN.filter, description="keep only prompts where the model ranks answer a above b, or all")
+    active_threshold: float = Field(_TRAIN.active_threshold, gt=0, description="ActivScalar and DynScalar: a cell "
+                                    "is moved when its |alpha - 1| is above this")
+    steer_threshold: float = Field(_TRAIN.steer_threshold, gt=0, description="SteerVec: a cell is moved when its "
+                                   "|v| / mean |h| is above this")
 
     @field_validator("split")
     @classmethod
-    def _split(cls, v):
+    def _split(cls, v: Any) -> Any:
         if any(x <= 0 for x in v):
             raise ValueError(f"every split fraction must be > 0 (got {list(v)})")
         return v
@@ -140,6 +147,10 @@ class Resources(_Strict):
 
 class SweepConfig(_Strict):
     name: str = Field("sweep", description="the sweep's name (default run directory: runs/NAME)")
+    # before every field that names a method: the plugins register theirs when imported
+    plugins: list[str] | None = Field(None, description="Python modules to import on the coordinator and every "
+                                      "worker before anything else: each registers methods of its own "
+                                      "(docs/architecture.md, Where a new thing goes)")
     models: list[str] = Field(min_length=1, description="built-in names (`actscale models`), local directories or "
                               "cached Hugging Face hub ids")
     tasks: list[str | TaskEntry] = Field(min_length=1, description="task names or .jsonl paths, or `{name, options}`")
@@ -147,7 +158,8 @@ class SweepConfig(_Strict):
     layers: Literal["all", "each"] | list[list[int]] = Field(
         "all", description="all (one unit over every layer), each (a unit per layer) or a list of layer lists "
         "(negative counts from the end)")
-    methods: list[str] = Field(min_length=1, description=f"any of {', '.join(METHODS)}")
+    methods: list[str] = Field(min_length=1, description=f"any of {', '.join(method_names())}, or a method "
+                               "registered by a module under plugins")
     search: Search = Field(Search(), description="the hyper-parameter search of each unit")
     train: Train = Field(Train(), description="settings shared by every trial of a unit (part of the unit's id)")
     selection: Selection = Field(Selection(), description="the one rule that picks each unit's selected trial")
@@ -156,25 +168,34 @@ class SweepConfig(_Strict):
 
     @field_validator("models", "sites", "methods")
     @classmethod
-    def _unique(cls, v, info):
+    def _unique(cls, v: list[str]) -> list[str]:
         duplicates = sorted({x for x in v if v.count(x) > 1})
         if duplicates:
             raise ValueError(f"{duplicates} listed more than once")
         return v
 
+    @field_validator("plugins")
+    @classmethod
+    def _plugins(cls, v: Any) -> Any:
+        try:
+            import_plugins(v or [])
+        except UsageError as exc:
+            raise ValueError(str(exc)) from None
+        return v
+
     @field_validator("sites")
     @classmethod
-    def _sites(cls, v):
+    def _sites(cls, v: Any) -> Any:
         return _all_in(v, SITES, "site")
 
     @field_validator("methods")
     @classmethod
-    def _methods(cls, v):
-        return _all_in(v, METHODS, "method")
+    def _methods(cls, v: Any) -> Any:
+        return _all_in(v, method_names(), "method")
 
     @field_validator("layers")
     @classmethod
-    def _layers(cls, v):
+    def _layers(cls, v: Any) -> Any:
         if isinstance(v, list) and (not v or any(not group for group in v)):
             raise ValueError("layers must be 'all', 'each', or a non-empty list of non-empty layer lists")
         return v
@@ -202,7 +223,8 @@ def _format(exc: ValidationError, source: str) -> str:
 
 def parse_config(data: Any, source: str = "sweep") -> SweepConfig:
     if not isinstance(data, dict):
-        raise UsageError(f"{source}: a sweep config must be a YAML mapping (models:, tasks:, ...), got {type(data).__name__}")
+        raise UsageError(f"{source}: a sweep config must be a YAML mapping (models:, tasks:, ...), "
+                         f"got {type(data).__name__}")
     try:
         return SweepConfig.model_validate(data)
     except ValidationError as exc:
@@ -216,8 +238,9 @@ def load_config(path: Path | str) -> SweepConfig:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise UsageError(f"{path}: not valid YAML ({str(exc).splitlines()[0]}"
-                         + (f", line {exc.problem_mark.line + 1}" if getattr(exc, "problem_mark", None) else "") + ")") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f", line {mark.line + 1}" if mark else ""
+        raise UsageError(f"{path}: not valid YAML ({str(exc).splitlines()[0]}{where})") from None
     return parse_config(data, str(path))
 
 

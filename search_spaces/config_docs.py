@@ -11,6 +11,7 @@ import typing
 from typing import Any
 
 from pydantic import BaseModel
+from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from search_spaces.config import SweepConfig
@@ -56,10 +57,11 @@ def _type_name(annotation: Any) -> str:
     return getattr(annotation, "__name__", str(annotation))
 
 
-def _default(field) -> str:
+def _default(field: FieldInfo) -> str:
     if field.is_required():
         return "required"
-    value = field.default_factory() if field.default is PydanticUndefined else field.default
+    factory = field.default_factory
+    value = factory() if field.default is PydanticUndefined and factory is not None else field.default  # type: ignore[call-arg]
     if isinstance(value, BaseModel):
         if type(value).__name__ in ("Range", "IntRange"):
             return f"`{value.model_dump()}`"

@@ -8,9 +8,12 @@ sites counted in the same unit for every method (docs/architecture.md, Definitio
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any
 
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import FrozenTrial, TrialState
 
 from search_spaces.config import Search
 
@@ -32,8 +35,8 @@ def distributions(search: Search, method: str) -> dict[str, BaseDistribution]:
     return out
 
 
-def _grid(dists: dict[str, BaseDistribution], points: int) -> dict[str, list]:
-    grid = {}
+def _grid(dists: dict[str, BaseDistribution], points: int) -> dict[str, list[Any]]:
+    grid: dict[str, list[Any]] = {}
     for name, d in dists.items():
         if isinstance(d, CategoricalDistribution):
             grid[name] = list(d.choices)
@@ -45,7 +48,7 @@ def _grid(dists: dict[str, BaseDistribution], points: int) -> dict[str, list]:
                 values = [d.low + (d.high - d.low) * i / (points - 1) for i in range(points)]
             # exact ends: exp(log(x)) can land just outside the range, which Optuna warns about
             grid[name] = [d.low] + [min(max(v, d.low), d.high) for v in values[1:-1]] + [d.high]
-        else:
+        elif isinstance(d, IntDistribution):
             grid[name] = sorted({round(d.low + (d.high - d.low) * i / (points - 1)) for i in range(points)})
     return grid
 
@@ -55,7 +58,8 @@ class _GridSampler(optuna.samplers.GridSampler):
     outside `study.optimize`, and here the coordinator decides how many trials a unit gets
     (enqueued trials, such as replicates, carry no grid id either)."""
 
-    def after_trial(self, study, trial, state, values) -> None:
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
+                    values: Sequence[float] | None) -> None:
         return None
 
 
@@ -78,7 +82,8 @@ def directions(search: Search) -> list[str]:
     return PARETO_DIRECTIONS if search.objective == "pareto" else SCALAR_DIRECTIONS
 
 
-def objective_values(search: Search, metrics: dict, sites_moved: int, sites_total: int) -> list[float]:
+def objective_values(search: Search, metrics: dict[str, dict[str, float]], sites_moved: int,
+                     sites_total: int) -> list[float]:
     val = metrics["val"]
     if search.objective == "pareto":
         return [val["flip_rate"], val["kl_other"], val["l1"]]

@@ -110,7 +110,7 @@ the numbers show the tool, not the science.
 
 def _table(frame: pd.DataFrame) -> str:
     with pd.option_context("display.width", 200, "display.max_columns", 50, "display.max_colwidth", 80):
-        return frame.to_string(index=False)
+        return str(frame.to_string(index=False))
 
 
 def render_page(run_dir: Path) -> str:

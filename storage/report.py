@@ -10,7 +10,9 @@ seed, sorted inputs.
 from __future__ import annotations
 
 import html
+from collections.abc import Callable, Collection
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -18,21 +20,24 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.colors import TwoSlopeNorm  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.image import AxesImage  # noqa: E402
 
 from storage.errors import StorageError  # noqa: E402
 from storage.query import load, run_min_flip, run_sql  # noqa: E402
+from storage.schema import Status  # noqa: E402
 from storage.seeds import SeedStats, seed_stats  # noqa: E402
 from storage.selection import describe_rule  # noqa: E402
 
 BOOTSTRAP_SAMPLES = 1000
-SCALED_METHODS = ("activscalar", "dynscalar")
 
 
 def select_trials(run_dirs: list[Path], trials: pd.DataFrame, trial_id: str | None = None) -> pd.DataFrame:
     """The trials to show: each unit's selected trial (the `selected` view), or the one asked for."""
     if trial_id is not None:
-        chosen = trials[(trials.status == "complete") & (trials.trial_id == trial_id)]
+        chosen = trials[(trials.status == Status.COMPLETE) & (trials.trial_id == trial_id)]
         if chosen.empty:
             raise StorageError(f"--trial {trial_id!r} is not a completed trial of these runs")
         return chosen.assign(selected_by="--trial", qualifies=None, min_flip=None)
@@ -48,7 +53,7 @@ def bootstrap_ci(values: np.ndarray, seed: int = 0) -> tuple[float, float]:
     return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
 
 
-def _slug(*parts) -> str:
+def _slug(*parts: object) -> str:
     return "-".join(str(p).replace("/", "_").replace(" ", "_") for p in parts)
 
 
@@ -64,40 +69,45 @@ def heatmap_matrix(scalars: pd.DataFrame) -> tuple[np.ndarray, list[int], list[s
     return grid.to_numpy(), list(grid.index), [str(roles[p]) for p in grid.columns]
 
 
-def _of(frame: pd.DataFrame, row) -> pd.DataFrame:
+def _of(frame: pd.DataFrame, row: Any) -> pd.DataFrame:
     """The rows of `frame` that belong to the trial of `row` (trial ids repeat across runs)."""
     return frame[(frame.run_id == row.run_id) & (frame.trial_id == row.trial_id)]
 
 
-def _shown(scalars: pd.DataFrame, method: str) -> pd.DataFrame:
-    """The values a heatmap shows: alpha for scaling methods; for SteerVec the relative norm
-    |v| / mean |h|, the measure that decides which cells moved, rather than the raw |v|."""
-    return scalars if method in SCALED_METHODS else scalars.assign(value=scalars.effect)
+def _shown(scalars: pd.DataFrame, scaled: bool) -> pd.DataFrame:
+    """The values a heatmap shows: alpha for scaling methods; for others (SteerVec) the moved
+    measure (|v| / mean |h|), the one that decides which cells moved, rather than the raw value."""
+    return scalars if scaled else scalars.assign(value=scalars.effect)
 
 
-def _draw_heatmap(ax, matrix: np.ndarray, layers: list[int], labels: list[str], method: str, title: str):
-    if method in SCALED_METHODS:
+def _draw_heatmap(ax: Axes, matrix: np.ndarray, layers: list[Any], labels: list[str], scaled: bool,
+                  title: str) -> AxesImage:
+    if scaled:
         spread = max(1e-3, float(np.nanmax(np.abs(matrix - 1))))
         image = ax.imshow(matrix, aspect="auto", cmap="RdBu_r", norm=TwoSlopeNorm(1.0, 1 - spread, 1 + spread),
                           origin="lower")
     else:
         image = ax.imshow(matrix, aspect="auto", cmap="viridis", origin="lower")
     ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=7)
-    ax.set_yticks(range(len(layers)), layers, fontsize=7)
+    ax.set_yticks(range(len(layers)), [str(layer) for layer in layers], fontsize=7)
     ax.set_xlabel("token role (position)" if not labels or not labels[0].startswith("head") else "head (last position)")
     ax.set_ylabel("layer")
     ax.set_title(title, fontsize=9)
     return image
 
 
-def _save(fig, path: Path) -> None:
+def _save(fig: Figure, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100, metadata={"Software": None})
     plt.close(fig)
 
 
-def render(run_dirs: list[Path], out: Path, trial_id: str | None = None) -> dict:
-    """Write figures, index.html and summary.md into `out`; returns what was made."""
+def render(run_dirs: list[Path], out: Path, trial_id: str | None = None, *,
+           scaled_methods: Collection[str]) -> dict[str, list[Any]]:
+    """Write figures, index.html and summary.md into `out`; returns what was made.
+
+    `scaled_methods`: the methods whose stored `value` is a scale factor (identity 1), drawn as
+    alpha around 1; every other method is drawn by its moved measure (`effect`)."""
     out = Path(out)
     figures_dir = out / "figures"
     figures_dir.mkdir(parents=True, exist_ok=True)
@@ -106,7 +116,8 @@ def render(run_dirs: list[Path], out: Path, trial_id: str | None = None) -> dict
     if trials.empty:
         raise StorageError(f"no trials in {', '.join(map(str, run_dirs))}: nothing to report")
     chosen = select_trials(run_dirs, trials, trial_id).merge(units, on="unit_id", suffixes=("", "_unit"))
-    made: dict = {"heatmaps": [], "seeds": [], "across": [], "depth": [], "tradeoffs": [], "tables": []}
+    made: dict[str, list[Any]] = {"heatmaps": [], "seeds": [], "across": [], "depth": [], "tradeoffs": [],
+                                  "tables": []}  # figures: {file, ...} each; tables: names
     # trial ids repeat across runs of the same unit: every lookup is by (run_id, trial_id)
     stability = {(row.run_id, row.trial_id): seed_stats(row.trial_id, trials[trials.run_id == row.run_id],
                                                         scalars[scalars.run_id == row.run_id])
@@ -117,16 +128,17 @@ def render(run_dirs: list[Path], out: Path, trial_id: str | None = None) -> dict
 
     # where it happens: one heatmap per unit's selected trial
     for row in chosen.sort_values(["model", "task", "site", "method"]).itertuples():
-        s = _shown(_of(scalars, row), row.method)
+        scaled = row.method in scaled_methods
+        s = _shown(_of(scalars, row), scaled)
         if s.empty:
             continue
         matrix, layers, labels = heatmap_matrix(s)
         fig, ax = plt.subplots(figsize=(max(5, 0.35 * len(labels) + 2), max(3, 0.18 * len(layers) + 1.5)))
         flag = " (fallback)" if row.selected_by == "fallback" else ""
-        image = _draw_heatmap(ax, matrix, layers, labels, row.method,
+        image = _draw_heatmap(ax, matrix, layers, labels, scaled,
                               f"{row.model} / {row.task} / {row.site} / {row.method}{flag}\n{row.trial_id}, "
                               f"{int(row.sites_moved)} of {int(row.sites_total)} cells moved")
-        fig.colorbar(image, ax=ax, label="alpha" if row.method in SCALED_METHODS else "|v| / mean |h| (the moved measure)")
+        fig.colorbar(image, ax=ax, label="alpha" if scaled else f"{row.moved_measure} (the moved measure)")
         name = f"heatmap-{row.slug}.png"
         _save(fig, figures_dir / name)
         made["heatmaps"].append(dict(file=f"figures/{name}", trial_id=row.trial_id, model=row.model, method=row.method))
@@ -141,15 +153,15 @@ def render(run_dirs: list[Path], out: Path, trial_id: str | None = None) -> dict
         group = group.sort_values("model")
         fig, axes = plt.subplots(1, len(group), figsize=(5 * len(group), 4), squeeze=False)
         for ax, row in zip(axes[0], group.itertuples()):
-            matrix, layers, labels = heatmap_matrix(_shown(_of(scalars, row), method))
+            matrix, layers, labels = heatmap_matrix(_shown(_of(scalars, row), method in scaled_methods))
             _draw_heatmap(ax, matrix, [f"{layer / max(1, row.n_layers - 1):.2f}" for layer in layers], labels,
-                          method, f"{row.model}")
+                          method in scaled_methods, f"{row.model}")
             ax.set_ylabel("relative depth l/(L-1)")
         fig.suptitle(f"{task} / {site} / {method}: models side by side", fontsize=10)
         name = f"across-{_slug(task, site, method)}.png"
         _save(fig, figures_dir / name)
         made["across"].append(dict(file=f"figures/{name}", task=task, site=site, method=method))
-        if method in SCALED_METHODS:
+        if method in scaled_methods:
             fig, ax = plt.subplots(figsize=(6, 4))
             for row in group.itertuples():
                 s = _of(scalars, row)
@@ -164,7 +176,7 @@ def render(run_dirs: list[Path], out: Path, trial_id: str | None = None) -> dict
             made["depth"].append(dict(file=f"figures/{name}", task=task, site=site, method=method))
 
     # trade-offs per unit: val flip_rate against l1, coloured by kl_other, Pareto front
-    done = trials[trials.status == "complete"].merge(units, on="unit_id", suffixes=("", "_unit"))
+    done = trials[trials.status == Status.COMPLETE].merge(units, on="unit_id", suffixes=("", "_unit"))
     for (run_id, unit_id), group in done.groupby(["run_id", "unit_id"], sort=True):
         first = group.iloc[0]
         fig, ax = plt.subplots(figsize=(5.5, 4))
@@ -194,14 +206,14 @@ def render(run_dirs: list[Path], out: Path, trial_id: str | None = None) -> dict
     return made
 
 
-def _seed_heatmap(figures_dir: Path, row, stats: SeedStats) -> dict:
+def _seed_heatmap(figures_dir: Path, row: Any, stats: SeedStats) -> dict[str, Any]:
     """Per cell, the share of seeds (selected trial and replicates) in which it moved."""
     freq = stats.cell_frequency.rename(columns={"moved_share": "value"})
     matrix, layers, labels = heatmap_matrix(freq)
     fig, ax = plt.subplots(figsize=(max(5, 0.35 * len(labels) + 2), max(3, 0.18 * len(layers) + 1.5)))
     image = ax.imshow(matrix, aspect="auto", cmap="Greens", vmin=0, vmax=1, origin="lower")
     ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=7)
-    ax.set_yticks(range(len(layers)), layers, fontsize=7)
+    ax.set_yticks(range(len(layers)), [str(layer) for layer in layers], fontsize=7)
     ax.set_xlabel("token role (position)" if not labels or not labels[0].startswith("head") else "head (last position)")
     ax.set_ylabel("layer")
     ax.set_title(f"{row.model} / {row.task} / {row.site} / {row.method}: moved in how many of {stats.n_seeds} seeds\n"
@@ -229,7 +241,8 @@ def _interval(mean: float, lo: float, hi: float) -> str:
     return "-" if mean != mean else f"{mean:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
-def method_table(chosen: pd.DataFrame, predictions: pd.DataFrame, stability: dict[str, SeedStats]) -> pd.DataFrame:
+def method_table(chosen: pd.DataFrame, predictions: pd.DataFrame,
+                 stability: dict[tuple[str, str], SeedStats]) -> pd.DataFrame:
     """One row per shown trial: test metrics with intervals over prompts and over seeds, and the
     moved sites in the same unit for every method, with the parameter count beside them."""
     rows = []
@@ -253,8 +266,9 @@ def method_table(chosen: pd.DataFrame, predictions: pd.DataFrame, stability: dic
     return pd.DataFrame(rows)
 
 
-def _html(run_dirs, made, comparison: pd.DataFrame, config: str, rule: str) -> str:
-    def imgs(key, caption):
+def _html(run_dirs: list[Path], made: dict[str, list[Any]], comparison: pd.DataFrame, config: str,
+          rule: str) -> str:
+    def imgs(key: str, caption: Callable[[dict[str, Any]], str]) -> str:
         return "".join(f'<figure><img src="{html.escape(m["file"])}" alt="{html.escape(m["file"])}">'
                        f"<figcaption>{html.escape(caption(m))}</figcaption></figure>" for m in made[key])
     sections = [
@@ -284,7 +298,7 @@ def _html(run_dirs, made, comparison: pd.DataFrame, config: str, rule: str) -> s
             f"</head><body><h1>actscale report</h1><p>Runs: {runs}</p>{''.join(sections)}</body></html>\n")
 
 
-def _markdown(run_dirs, made, comparison: pd.DataFrame, rule: str) -> str:
+def _markdown(run_dirs: list[Path], made: dict[str, list[Any]], comparison: pd.DataFrame, rule: str) -> str:
     lines = ["# actscale report", "", f"Runs: {', '.join(map(str, run_dirs))}", "", rule[0].upper() + rule[1:] + ".",
              "", "| model | task | site | method | test flip_rate (95% CI, prompts) | test kl_other (95% CI) | "
              "sites moved / total | n_params | seeds | test flip_rate over seeds | moved Jaccard |",

@@ -5,6 +5,8 @@ metadata; readers accept SCHEMA_VERSION and refuse anything else by name.
 """
 from __future__ import annotations
 
+from enum import StrEnum
+
 import pyarrow as pa
 
 SCHEMA_VERSION = 2  # 2: sites_moved/sites_total, replicates, interrupted rows, cell effects, entities
@@ -15,13 +17,14 @@ METRICS = ("flip_rate", "ld_before", "ld_after", "kl_other", "mass_shift", "l1")
 HYPER_PARAMS = ("lambda_faith", "lambda_min", "lr", "steps", "batch_size", "seed")
 
 
-class Status:
+class Status(StrEnum):
     """Values of trials.status. `interrupted`: cut off by a crash or a dead worker and re-run
     under a new trial number; `failed`: the trial's own computation failed (error says why)."""
 
     COMPLETE = "complete"
     FAILED = "failed"
     INTERRUPTED = "interrupted"
+
 
 _ts = pa.timestamp("us", tz="UTC")
 
@@ -51,14 +54,16 @@ TRIALS = pa.schema(
 )
 
 SCALARS = pa.schema([
-    ("trial_id", pa.string()), ("unit_id", pa.string()), ("run_id", pa.string()), ("model", pa.string()), ("task", pa.string()),
+    ("trial_id", pa.string()), ("unit_id", pa.string()), ("run_id", pa.string()), ("model", pa.string()),
+    ("task", pa.string()),
     ("site", pa.string()), ("method", pa.string()), ("layer", pa.int32()), ("rel_depth", pa.float64()),
     ("position", pa.int32()), ("role", pa.string()), ("head", pa.int32()), ("value", pa.float64()),
     ("effect", pa.float64()), ("moved", pa.bool_()),
 ])
 
 EXAMPLES = pa.schema([
-    ("unit_id", pa.string()), ("run_id", pa.string()), ("split", pa.string()), ("index", pa.int32()), ("prompt", pa.string()),
+    ("unit_id", pa.string()), ("run_id", pa.string()), ("split", pa.string()), ("index", pa.int32()),
+    ("prompt", pa.string()),
     ("answer_a", pa.string()), ("answer_b", pa.string()), ("template", pa.string()),
     ("roles", pa.list_(pa.string())), ("ld_before", pa.float64()), ("entities", pa.list_(pa.string())),
 ])

@@ -11,9 +11,12 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from storage.schema import Status
 
 # two-sided 95% Student t quantiles by degrees of freedom (1..30); 1.96 beyond
 _T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
@@ -37,7 +40,7 @@ def t_interval(values: np.ndarray, low: float = -math.inf, high: float = math.in
     return (mean, max(low, mean - half), min(high, mean + half))
 
 
-def jaccard(a: set, b: set) -> float:
+def jaccard(a: set[Any], b: set[Any]) -> float:
     union = a | b
     return len(a & b) / len(union) if union else math.nan
 
@@ -67,7 +70,7 @@ class SeedStats:
 
 def group_of(selected_trial_id: str, trials: pd.DataFrame) -> list[str]:
     """The selected trial and its complete replicates, in trial order."""
-    reps = trials[(trials.replicate_of == selected_trial_id) & (trials.status == "complete")]
+    reps = trials[(trials.replicate_of == selected_trial_id) & (trials.status == Status.COMPLETE)]
     return [selected_trial_id] + sorted(reps.trial_id.tolist())
 
 

@@ -12,6 +12,10 @@ runs it over a unit's rows in memory to pick the hyper-parameters its replicates
 """
 from __future__ import annotations
 
+from typing import Any
+
+from storage.schema import Status
+
 DEFAULT_MIN_FLIP = 0.9
 
 RULE = ("the selected trial of a unit is chosen on val only: among its complete search trials with val flip_rate "
@@ -37,7 +41,7 @@ def selected_sql(trials: str = "trials", min_flip: str = str(DEFAULT_MIN_FLIP)) 
        CASE WHEN bool_or({q}) OVER (PARTITION BY t.run_id, t.unit_id) THEN 'min_flip' ELSE 'fallback' END
            AS selected_by
 FROM {trials} t
-WHERE t.status = 'complete' AND t.replicate_of IS NULL
+WHERE t.status = '{Status.COMPLETE}' AND t.replicate_of IS NULL
 QUALIFY row_number() OVER (PARTITION BY t.run_id, t.unit_id
                            ORDER BY {q} DESC,
                                     CASE WHEN {q} THEN t.sites_moved ELSE 0 END,
@@ -45,7 +49,7 @@ QUALIFY row_number() OVER (PARTITION BY t.run_id, t.unit_id
                                     t.val_kl_other, t.trial_id) = 1"""
 
 
-def select_rows(rows: list[dict], min_flip: float) -> dict | None:
+def select_rows(rows: list[dict[str, Any]], min_flip: float) -> dict[str, Any] | None:
     """The selected trial among trials rows held in memory (the coordinator's use), by the SQL above."""
     import duckdb
     import pyarrow as pa

@@ -13,6 +13,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -114,7 +115,7 @@ class RunStore:
         self.run_dir = Path(run_dir)
         self.flush_rows = flush_rows
         self.flush_seconds = flush_seconds
-        self._buffers: dict[str, list[dict]] = {t: [] for t in SCHEMAS}
+        self._buffers: dict[str, list[dict[str, Any]]] = {t: [] for t in SCHEMAS}
         self._oldest: float | None = None
         self._seq = 0
         self._lock = threading.Lock()
@@ -125,7 +126,7 @@ class RunStore:
                 leftover.unlink(missing_ok=True)
 
     # ------------------------------------------------------------ writing
-    def append(self, table: str, rows: list[dict]) -> bool:
+    def append(self, table: str, rows: list[dict[str, Any]]) -> bool:
         """Buffer rows; returns True if this call flushed (the rows are then durable)."""
         if table not in SCHEMAS:
             raise StorageError(f"unknown table {table!r}; tables: {', '.join(SCHEMAS)}")
@@ -158,12 +159,12 @@ class RunStore:
             self._oldest = None
         return written
 
-    def write_now(self, table: str, rows: list[dict]) -> Path:
+    def write_now(self, table: str, rows: list[dict[str, Any]]) -> Path:
         """Write one part immediately (e.g. the run and unit records)."""
         with self._lock:
             return self._write_part(table, rows)
 
-    def _write_part(self, table: str, rows: list[dict]) -> Path:
+    def _write_part(self, table: str, rows: list[dict[str, Any]]) -> Path:
         schema = schema_for(table)
         try:
             data = pa.Table.from_pylist(rows, schema=schema)
@@ -194,9 +195,3 @@ class RunStore:
     # ------------------------------------------------------------ reading
     def read(self, table: str) -> ReadResult:
         return read_table(self.run_dir, table)
-
-    def completed_trial_ids(self) -> set[str]:
-        trials = self.read("trials").table
-        ids = trials.column("trial_id").to_pylist()
-        status = trials.column("status").to_pylist()
-        return {i for i, s in zip(ids, status) if s == "complete"}

@@ -20,7 +20,7 @@ from storage.store import RunStore
 MODELS = {"tiny-gpt2": 4, "tiny-llama": 6}
 METHODS = ("activscalar", "steervec")
 ROLES = ["When", "IO", "and", "S1", "went", "to", "the", "PLACE", ",", "S2", "gave", "a", "OBJECT", "END"]
-T0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 
 ERRORS = {"failed": "loss is not finite (nan) at step 3",

@@ -5,12 +5,21 @@ import pytest
 import torch
 
 from tests.conftest import TINY
-from workers.forward import last_token_logits, start_at_layer, states_entering
+from workers.forward import last_token_logits, logits_and_states, start_at_layer
 from workers.prepare import prepare_unit
 from workers.sites import decoder_layers
 from workers.tasks.base import TaskSpec
 from workers.trainer import train_trials
 from workers.unit import Hyper, TrainSettings, UnitSpec
+
+
+def _same_parameters(a, b, atol: float) -> None:
+    """The learned values (per cell) and artifact tensors of two results agree."""
+    values_a, values_b = torch.tensor([r["value"] for r in a.scalars]), torch.tensor([r["value"] for r in b.scalars])
+    assert len(values_a) > 0 and torch.allclose(values_a, values_b, atol=atol)
+    assert a.tensors.keys() == b.tensors.keys()
+    for key in a.tensors:
+        assert torch.allclose(a.tensors[key], b.tensors[key], atol=atol), key
 
 
 @pytest.mark.parametrize("name", TINY)
@@ -21,9 +30,9 @@ def test_prefix_cache_logits_equal_the_full_forward(tiny_models, name):
     with torch.no_grad():
         full = last_token_logits(loaded, ids, lengths)
         for layer in (1, 3):
-            hidden = states_entering(loaded, layer, ids, lengths, chunk=3)
+            _, hidden = logits_and_states(loaded, ids, lengths, chunk=3, layer=layer, stop=True)
             calls = []
-            handle = decoder_layers(loaded.model)[0].register_forward_hook(lambda *a: calls.append(1))
+            handle = decoder_layers(loaded.model)[0].register_forward_hook(lambda *a: calls.append(1))  # noqa: B023
             with start_at_layer(loaded, layer, hidden):
                 part = last_token_logits(loaded, ids, lengths)
             handle.remove()
@@ -42,8 +51,7 @@ def test_prefix_cache_trains_the_same_parameters(tiny_models, method):
         unit = prepare_unit(loaded, spec)
         assert unit.first_layer == (2 if cache else 0)
         outcomes.append(train_trials(loaded, unit, [Hyper(lr=0.05, seed=3)])[0])
-    for key in outcomes[0].tensors:
-        assert torch.allclose(outcomes[0].tensors[key], outcomes[1].tensors[key], atol=1e-6)
+    _same_parameters(outcomes[0], outcomes[1], atol=1e-6)
     assert abs(outcomes[0].metrics["test"]["kl_other"] - outcomes[1].metrics["test"]["kl_other"]) < 1e-5
 
 
@@ -58,8 +66,7 @@ def test_batched_trials_equal_trials_one_by_one(tiny_models, method):
     for hyper, together in zip(hypers, batched):
         alone = train_trials(loaded, unit, [hyper])[0]
         assert together.steps == alone.steps == (hyper.steps or 6)
-        for key in alone.tensors:
-            assert torch.allclose(together.tensors[key], alone.tensors[key], atol=1e-5), key
+        _same_parameters(together, alone, atol=1e-5)
         for split in ("val", "test"):
             for metric, value in alone.metrics[split].items():
                 assert abs(together.metrics[split][metric] - value) <= 1e-4 * max(1.0, abs(value)), (split, metric)

@@ -5,8 +5,7 @@ import math
 
 import torch
 
-from workers.objective import (effectiveness_per_prompt, kl_other_per_prompt, logit_diff,
-                               mass_shift_per_prompt, split_metrics)
+from workers.objective import effectiveness_per_prompt, flipped, kl_other_per_prompt, logit_diff, mass_shift_per_prompt
 
 A, B = torch.tensor([0, 0]), torch.tensor([1, 1])
 
@@ -15,9 +14,9 @@ def test_logit_diff_and_flip_rate():
     before = torch.tensor([[3.0, 1.0, 0.0, 0.0], [2.0, 0.0, 1.0, 0.0]])
     after = torch.tensor([[0.0, 1.0, 0.0, 0.0], [2.5, 0.0, 1.0, 0.0]])
     assert logit_diff(before, A, B).tolist() == [2.0, 2.0]
-    m = split_metrics(before, after, A, B)
-    assert m["flip_rate"].item() == 0.5
-    assert m["ld_after"].item() == (-1.0 + 2.5) / 2
+    ld_before, ld_after = logit_diff(before, A, B), logit_diff(after, A, B)
+    assert flipped(ld_after, ld_before).float().mean().item() == 0.5
+    assert ld_after.mean().item() == (-1.0 + 2.5) / 2
 
 
 def test_kl_other_zero_when_only_answers_change():
@@ -60,8 +59,8 @@ def test_flip_is_a_change_of_sign_not_a_negative_ld():
     # a prompt the model already got "wrong" and left alone is not a flip
     logits_before = torch.tensor([[0.0, 3.0, 0.0], [3.0, 0.0, 0.0]])  # LD = -3, +3
     logits_after = logits_before.clone()
-    m = split_metrics(logits_before, logits_after, torch.tensor([0, 0]), torch.tensor([1, 1]))
-    assert m["flip_rate"].item() == 0.0
+    ld_before, ld_after = logit_diff(logits_before, A, B), logit_diff(logits_after, A, B)
+    assert not flipped(ld_after, ld_before).any()
 
 
 def test_an_untrained_intervention_flips_nothing_even_where_the_model_prefers_b(tiny_models):

@@ -6,8 +6,10 @@ import torch
 
 from tests.conftest import TINY
 from workers.forward import last_token_logits
-from workers.interventions import METHODS, build_intervention, installed
+from workers.interventions import build_intervention, installed, method_names
 from workers.sites import SITES, decoder_layers, resolve_site
+
+METHODS = method_names()
 
 IDS = torch.tensor([[5, 17, 42, 9, 33, 81, 7, 12], [6, 18, 40, 11, 3, 80, 71, 14]])
 LENGTHS = torch.tensor([8, 8])

@@ -90,7 +90,7 @@ def test_sigkill_at_random_moments_loses_nothing_acknowledged(tmp_path):
         proc = subprocess.Popen([sys.executable, "-m", "tests.storage_writer", str(tmp_path), str(next_start), "100000", str(PER_PART), "0.02"],
                                 stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
         lines: list[str] = []
-        reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+        reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)  # noqa: B023
         reader.start()
         time.sleep(rng.uniform(0.8, 2.0))
         proc.send_signal(signal.SIGKILL)

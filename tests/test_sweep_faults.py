@@ -40,7 +40,7 @@ def test_coordinator_sigkilled_and_resumed_five_times(tmp_path):
         if attempt % 2 == 0:  # any moment, start-up included
             time.sleep(rng.uniform(5, 12))
         else:  # once its worker is up, so that trials are in flight, however slow the machine
-            assert wait_for(lambda: workers_up() > before, timeout=600)
+            assert wait_for(lambda: workers_up() > before, timeout=600)  # noqa: B023
             time.sleep(rng.uniform(0.5, 2.0))
         kill_session(proc)
         trials = read_table(run, "trials").table.column("trial_id").to_pylist() if (run / "tables").exists() else []

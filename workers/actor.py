@@ -10,19 +10,22 @@ import json
 import os
 import socket
 
-from workers.interventions import moved_rule
+from workers.interventions import import_plugins, moved_rule
 from workers.models import load_model
 from workers.prepare import PreparedUnit, prepare_unit
+from workers.results import TrialResult
 from workers.trainer import train_trials
 from workers.unit import Hyper, UnitSpec
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 class WorkerActor:
-    def __init__(self, model_name: str, allow_pickle: bool = False, threads: int | None = None):
+    def __init__(self, model_name: str, allow_pickle: bool = False, threads: int | None = None,
+                 plugins: list[str] | None = None):
+        import_plugins(plugins or [])  # the sweep's own methods, registered before any unit needs them
         if threads:
             import torch
 
@@ -60,23 +63,19 @@ class WorkerActor:
             lds = data.ld.tolist()
             examples += [dict(unit_id=unit_id, split=split, index=i, prompt=e.example.prompt,
                               answer_a=e.example.answer_a, answer_b=e.example.answer_b, template=e.example.template,
-                              roles=e.roles, ld_before=lds[i], entities=list(e.example.split_keys)) for i, e in enumerate(data.examples)]
+                              roles=e.roles, ld_before=lds[i], entities=list(e.example.split_keys))
+                         for i, e in enumerate(data.examples)]
         return row, examples
 
-    def run_trials(self, unit_id: str, spec: UnitSpec, trials: list[tuple[int, dict]]) -> list[dict]:
+    def run_trials(self, unit_id: str, spec: UnitSpec, trials: list[tuple[int, dict]]) -> list[TrialResult]:
         unit = self._unit(unit_id, spec)
         started = _now()
-        outcomes = train_trials(self.loaded, unit, [Hyper(**params) for _, params in trials])
+        results = train_trials(self.loaded, unit, [Hyper(**params) for _, params in trials])
         ended = _now()
-        results = []
-        for (number, params), o in zip(trials, outcomes):
-            results.append(dict(
-                number=number, params=params, status=o.status, error=o.error, metrics=o.metrics,
-                n_params=o.n_params, sites_moved=o.sites_moved, sites_total=o.sites_total, steps=o.steps, wall_s=o.wall_s,
-                tokens_per_s=o.tokens_per_s, scalars=o.scalars, predictions=o.predictions,
-                tensors={k: v.numpy() for k, v in o.tensors.items()} if spec.method == "steervec" else {},
-                started_at=started, ended_at=ended, node=self.node, layers=unit.layers,
-                n_layers=self.loaded.n_layers))
+        for (number, _), result in zip(trials, results):
+            result.number, result.started_at, result.ended_at = number, started, ended
+            result.node, result.n_layers = self.node, self.loaded.n_layers
+            result.tensors = {k: v.numpy() for k, v in result.tensors.items()}
         return results
 
 

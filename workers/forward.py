@@ -54,7 +54,7 @@ def start_at_layer(loaded: LoadedModel, first_layer: int, hidden: torch.Tensor):
     Embeddings, masks and rotary tables are still made by the model, so every
     architecture keeps its own forward logic.
     """
-    from workers.sites import architecture, decoder_layers
+    from workers.sites import architecture, decoder_layers, hooked, layer_input
 
     if first_layer <= 0:
         yield
@@ -64,21 +64,17 @@ def start_at_layer(loaded: LoadedModel, first_layer: int, hidden: torch.Tensor):
     parent = loaded.model
     for part in parent_path.split("."):
         parent = getattr(parent, part)
-    target = layers[first_layer]
+    entry = layer_input(loaded.model, first_layer)
 
-    def swap_input(module, args, kwargs):
-        states = hidden.to(device=loaded.device, dtype=(args[0] if args else kwargs["hidden_states"]).dtype)
-        if args:
-            return (states,) + tuple(args[1:]), kwargs
-        return args, {**kwargs, "hidden_states": states}
+    def cached(index: int, h: torch.Tensor) -> torch.Tensor:
+        return hidden.to(device=loaded.device, dtype=h.dtype)
 
-    handle = target.register_forward_pre_hook(swap_input, with_kwargs=True)
-    setattr(parent, attr, torch.nn.ModuleList(list(layers)[first_layer:]))
-    try:
-        yield
-    finally:
-        setattr(parent, attr, layers)
-        handle.remove()
+    with hooked([entry], cached):
+        setattr(parent, attr, torch.nn.ModuleList(list(layers)[first_layer:]))
+        try:
+            yield
+        finally:
+            setattr(parent, attr, layers)
 
 
 def logits_and_states(loaded: LoadedModel, ids: torch.Tensor, lengths: torch.Tensor, chunk: int,
@@ -86,34 +82,24 @@ def logits_and_states(loaded: LoadedModel, ids: torch.Tensor, lengths: torch.Ten
     """Unintervened last-position logits [N, V] and, if `layer` is given, the hidden states
     [N, T, d] entering that layer (the prefix cache), both on the CPU, in one pass.
     With `stop`, the forward ends at `layer` and no logits are returned."""
-    from workers.sites import decoder_layers
+    from workers.sites import hooked, layer_input
 
     captured: list[torch.Tensor] = []
 
-    def grab(module, args, kwargs):
-        captured.append((args[0] if args else kwargs["hidden_states"]).detach().float().cpu())
+    def grab(index: int, h: torch.Tensor) -> None:
+        captured.append(h.detach().float().cpu())
         if stop:
             raise _StopForward
 
-    handle = decoder_layers(loaded.model)[layer].register_forward_pre_hook(grab, with_kwargs=True) \
-        if layer is not None else None
+    points = [layer_input(loaded.model, layer)] if layer is not None else []
     logits = []
-    try:
-        with torch.no_grad():
-            for i in range(0, ids.shape[0], chunk):
-                try:
-                    logits.append(last_token_logits(loaded, ids[i:i + chunk], lengths[i:i + chunk]).cpu())
-                except _StopForward:
-                    pass
-    finally:
-        if handle is not None:
-            handle.remove()
+    with torch.no_grad(), hooked(points, grab):
+        for i in range(0, ids.shape[0], chunk):
+            try:
+                logits.append(last_token_logits(loaded, ids[i:i + chunk], lengths[i:i + chunk]).cpu())
+            except _StopForward:
+                pass
     return (torch.cat(logits) if logits else None), (torch.cat(captured) if captured else None)
-
-
-def states_entering(loaded: LoadedModel, layer: int, ids: torch.Tensor, lengths: torch.Tensor, chunk: int) -> torch.Tensor:
-    """Hidden states [N, T, d] entering decoder layer `layer`; the forward stops there."""
-    return logits_and_states(loaded, ids, lengths, chunk, layer, stop=True)[1]
 
 
 class _StopForward(Exception):

@@ -1,4 +1,10 @@
-"""ActivScalar, SteerVec and DynScalar as torch modules, with a leading trial dimension.
+"""Methods as plugins: ActivScalar, SteerVec and DynScalar as torch modules, with a leading trial dimension.
+
+Each method is a subclass of `Intervention`, registered by name with `@register_method`; the
+subclass owns everything method-specific (its parameters, transform, minimality, the moved
+measure of a cell, its artifact tensors, the value meaning "no change"), so the trainer, the
+actor, the CLI and the report never compare method names. A user's method is a subclass in
+the user's own module, named in the sweep's `plugins:` list (docs/architecture.md).
 
 Parameters are stacked over K trials so that K trials of one unit train in one batched
 forward (batch K x B); each trial has its own nn.Parameter so that optimizers keep
@@ -7,29 +13,60 @@ place, and `installed` always removes them.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from workers.errors import UsageError
-from workers.sites import SiteRef
+from workers.sites import SiteRef, hooked
 
-METHODS = ("activscalar", "steervec", "dynscalar")
-FIXED_LENGTH_METHODS = ("activscalar", "steervec")
+METHOD_CLASSES: dict[str, type[Intervention]] = {}  # the registry: method name -> class
+
+
+def register_method(cls: type[Intervention]) -> type[Intervention]:
+    """Class decorator: make a method available by its `method` name (sweeps, CLI, report)."""
+    if not cls.method or not cls.method.isidentifier():
+        raise UsageError(f"method class {cls.__name__} needs a `method` name that is an identifier (got {cls.method!r})")
+    known = METHOD_CLASSES.get(cls.method)
+    if known is not None and known.__qualname__ != cls.__qualname__:
+        raise UsageError(f"method {cls.method!r} is registered twice ({known.__qualname__} and {cls.__qualname__})")
+    METHOD_CLASSES[cls.method] = cls
+    return cls
+
+
+def method_names() -> tuple[str, ...]:
+    return tuple(METHOD_CLASSES)
+
+
+def method_class(method: str) -> type[Intervention]:
+    """The registered class of a method; a clear error naming the accepted ones otherwise."""
+    if method not in METHOD_CLASSES:
+        raise UsageError(f"unknown method {method!r}; accepted: {', '.join(METHOD_CLASSES)} (a method of your own: "
+                         "a registered Intervention subclass in a module named under `plugins:`)")
+    return METHOD_CLASSES[method]
+
+
+def any_length_methods() -> list[str]:
+    """Methods that work on prompts of several token lengths."""
+    return [name for name, cls in METHOD_CLASSES.items() if not cls.fixed_length]
 
 
 def check_method(method: str) -> None:
-    if method not in METHODS:
-        raise UsageError(f"unknown method {method!r}; accepted: {', '.join(METHODS)}")
+    method_class(method)
 
 
 class Intervention(nn.Module):
-    """Base: K trials x (sites at several layers). Subclasses define `transform`."""
+    """Base: K trials x (sites at several layers). Subclasses define the class attributes and
+    methods marked "subclass" below, and are registered with `@register_method`."""
 
-    method = ""
+    method = ""  # subclass: the name used in sweeps and tables
+    fixed_length = True  # one parameter per position: the unit keeps prompts of one token length
+    needs_norms = False  # `cells` needs the mean |h| per cell on train
+    identity = 1.0  # the stored `value` of a cell that does not change h (1: a scale; 0: an offset)
+    moved_measure = ""  # subclass: how a cell's effect is measured (stored in the units table)
 
     def __init__(self, refs: list[SiteRef], n_trials: int):
         super().__init__()
@@ -46,25 +83,48 @@ class Intervention(nn.Module):
         shape += (self.n_heads, self.width // self.n_heads) if self.n_heads else (self.width,)
         return h.reshape(shape)
 
+    @classmethod
+    def create(cls, refs: list[SiteRef], n_trials: int, n_positions: int | None) -> Intervention:
+        """A fresh intervention for K trials; `n_positions` is None for prompts of several lengths."""
+        if cls.fixed_length:
+            if n_positions is None:
+                raise UsageError(f"method {cls.method!r} needs prompts of one token length")
+            return cls(refs, n_trials, n_positions)  # type: ignore[call-arg]
+        return cls(refs, n_trials)
+
     def transform(self, index: int, h: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        """Subclass: the activation at site `index` ([K*B, T, W]) after the intervention, same shape."""
         raise NotImplementedError
 
+    def begin_forward(self) -> None:
+        """Called before every forward: a method that gathers terms during the forward resets them."""
+
     def minimality(self) -> torch.Tensor:  # [K]
+        """Subclass: the L1 term of each trial for the last forward (does not change any state)."""
         raise NotImplementedError
 
     def trial_parameters(self, k: int) -> list[nn.Parameter]:
+        """Subclass: trial k's parameters (its optimizer's)."""
         raise NotImplementedError
 
-    # What a "site" is, the same for every method: one (layer, position[, head]) cell.
-    moved_measure = ""  # how a cell's effect is measured (stored in the units table)
+    def record_cells(self, n_positions: int | None) -> None:
+        """Start (n_positions) or stop (None) recording per-cell statistics during evaluation, for
+        methods whose cells depend on the activation (DynScalar); a no-op for the others."""
 
-    def moved_threshold(self, settings) -> float:
+    # What a "site" is, the same for every method: one (layer, position[, head]) cell.
+    @classmethod
+    def moved_threshold(cls, settings) -> float:
         """A cell is moved when its effect is above this (TrainSettings holds both thresholds)."""
         return settings.active_threshold
 
     def cells(self, k: int, norms: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Trial k's (value, effect) per cell, each [L, T(, H)] on the CPU. `norms`: mean |h| per cell."""
+        """Subclass: trial k's (value, effect) per cell, each [L, T(, H)] on the CPU. `norms`: mean |h| per cell."""
         raise NotImplementedError
+
+    def artifact_tensors(self, k: int) -> dict[str, torch.Tensor]:
+        """Trial k's learned tensors worth a safetensors file beside the scalars table (none by default:
+        the scalars table already holds every learned value of a scaling method)."""
+        return {}
 
     @property
     def n_params(self) -> int:
@@ -75,6 +135,7 @@ def _stacked(params: nn.ParameterList) -> torch.Tensor:
     return torch.stack(list(params))
 
 
+@register_method
 class ActivScalar(Intervention):
     """h <- alpha * h, one alpha per (layer, position[, head]), initialised to 1."""
 
@@ -104,10 +165,13 @@ class ActivScalar(Intervention):
         return alpha, (alpha - 1).abs()
 
 
+@register_method
 class SteerVec(Intervention):
     """h <- h + v, one vector per (layer, position), initialised to 0."""
 
     method = "steervec"
+    needs_norms = True
+    identity = 0.0  # the stored value is |v|
 
     def __init__(self, refs: list[SiteRef], n_trials: int, n_positions: int):
         super().__init__(refs, n_trials)
@@ -128,7 +192,8 @@ class SteerVec(Intervention):
 
     moved_measure = "|v|/mean|h|"
 
-    def moved_threshold(self, settings) -> float:
+    @classmethod
+    def moved_threshold(cls, settings) -> float:
         return settings.steer_threshold
 
     def cells(self, k: int, norms: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,15 +205,21 @@ class SteerVec(Intervention):
         assert norms is not None, "SteerVec needs the mean |h| per cell"
         return value, value / norms.clamp_min(1e-6)
 
+    def artifact_tensors(self, k: int) -> dict[str, torch.Tensor]:
+        """The vectors themselves: the scalars table holds only their norms."""
+        return {"param": self.vectors[k].detach().cpu().clone()}  # [L, T, W]
 
+
+@register_method
 class DynScalar(Intervention):
     """h <- alpha_l(h) * h, alpha_l(h) = 1 + w_l . h/|h| + b_l: works for prompts of any length.
 
     Minimality is the mean over prompts of the sum of |alpha - 1| over layers and real
-    tokens, accumulated during the forward (see `minimality`).
+    tokens, gathered during the forward (`begin_forward` resets it, `minimality` reads it).
     """
 
     method = "dynscalar"
+    fixed_length = False
 
     def __init__(self, refs: list[SiteRef], n_trials: int):
         super().__init__(refs, n_trials)
@@ -197,6 +268,9 @@ class DynScalar(Intervention):
 
     moved_measure = "mean |alpha-1| over val tokens"
 
+    def record_cells(self, n_positions: int | None) -> None:
+        self.record, self.record_len = ({}, n_positions) if n_positions is not None else (None, 0)
+
     def cells(self, k: int, norms: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean alpha and mean |alpha-1| over the recorded (val) tokens at each (layer, position[, head])."""
         assert self.record, "DynScalar cells need a recorded evaluation"
@@ -208,65 +282,49 @@ class DynScalar(Intervention):
             effects.append(dev_sum / c)
         return torch.stack(values), torch.stack(effects)  # [L, T(, H)]
 
+    def begin_forward(self) -> None:
+        self._l1_terms = []
+
     def minimality(self) -> torch.Tensor:
-        """Sum of the terms gathered since the last call (one forward), then reset."""
+        """Sum over layers of the terms gathered during the last forward: [K]."""
         if not self._l1_terms:
             return torch.zeros(self.n_trials)
-        total = torch.stack(self._l1_terms).sum(0)
-        self._l1_terms = []
-        return total
+        return torch.stack(self._l1_terms).sum(0)
 
     def trial_parameters(self, k: int) -> list[nn.Parameter]:
         return [self.weights[k], self.biases[k]]
 
-
-METHOD_CLASSES: dict[str, type[Intervention]] = {"activscalar": ActivScalar, "steervec": SteerVec,
-                                                  "dynscalar": DynScalar}
+    def artifact_tensors(self, k: int) -> dict[str, torch.Tensor]:
+        """w and b: the scalars table holds alpha averaged over val, not the function that makes it."""
+        return {"weight": self.weights[k].detach().cpu().clone(),  # [L(, H), W(/H)]
+                "bias": self.biases[k].detach().cpu().clone()}  # [L(, H)]
 
 
 def moved_rule(method: str, settings) -> tuple[str, float]:
     """(how a cell's effect is measured, the threshold above which it counts as moved) for a method."""
-    check_method(method)
-    cls = METHOD_CLASSES[method]
-    return cls.moved_measure, cls.moved_threshold(cls, settings)
+    cls = method_class(method)
+    return cls.moved_measure, cls.moved_threshold(settings)
 
 
 def build_intervention(method: str, refs: list[SiteRef], n_trials: int, n_positions: int | None) -> Intervention:
-    check_method(method)
-    if method == "dynscalar":
-        return DynScalar(refs, n_trials)
-    if n_positions is None:
-        raise UsageError(f"method {method!r} needs prompts of one token length")
-    if method == "steervec":
-        return SteerVec(refs, n_trials, n_positions)
-    return ActivScalar(refs, n_trials, n_positions)
+    return method_class(method).create(refs, n_trials, n_positions)
 
 
-def _output_hook(intervention: Intervention, index: int):
-    def hook(module, args, output):
-        if isinstance(output, tuple):
-            return (intervention.transform(index, output[0]),) + tuple(output[1:])
-        return intervention.transform(index, output)
-    return hook
+def import_plugins(modules: list[str] | tuple[str, ...]) -> None:
+    """Import the modules that register a user's methods (the sweep's `plugins:`), on the
+    coordinator and on every worker; a clear error if one cannot be imported."""
+    import importlib
 
-
-def _input_hook(intervention: Intervention, index: int):
-    def hook(module, args):
-        return (intervention.transform(index, args[0]),) + tuple(args[1:])
-    return hook
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise UsageError(f"plugin module {name!r} cannot be imported ({exc}); it must be importable on the "
+                             "coordinator and on every worker node (on the PYTHONPATH or installed)") from None
 
 
 @contextmanager
 def installed(intervention: Intervention) -> Iterator[Intervention]:
     """Install the intervention's hooks for the duration of the block; always remove them."""
-    handles = []
-    try:
-        for index, ref in enumerate(intervention.refs):
-            if ref.hook_on_input:
-                handles.append(ref.module.register_forward_pre_hook(_input_hook(intervention, index)))
-            else:
-                handles.append(ref.module.register_forward_hook(_output_hook(intervention, index)))
+    with hooked(intervention.refs, intervention.transform):
         yield intervention
-    finally:
-        for handle in handles:
-            handle.remove()

@@ -12,7 +12,6 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
@@ -182,7 +181,8 @@ def _load_pretrained(source: str, allow_pickle: bool, online: bool, device: torc
     if not allow_pickle:
         kwargs["use_safetensors"] = True
     try:
-        AutoConfig.from_pretrained(str(local if is_local else source), **{k: v for k, v in kwargs.items() if k != "use_safetensors"})
+        config_kwargs = {k: v for k, v in kwargs.items() if k != "use_safetensors"}
+        AutoConfig.from_pretrained(str(local if is_local else source), **config_kwargs)
     except (OSError, ValueError) as exc:
         raise UsageError(
             f"unknown model {source!r}: not a built-in name ({', '.join(REGISTRY)}), not a local "
@@ -252,5 +252,3 @@ def layer_count(name: str, allow_pickle: bool = False) -> int:
 def _config_hash(model: PreTrainedModel) -> str:
     return hashlib.sha256(model.config.to_json_string().encode()).hexdigest()[:16]
 
-
-LoaderFn = Callable[..., LoadedModel]

@@ -61,16 +61,3 @@ def objective(logits_before, logits_after, a_ids, b_ids, minimality: torch.Tenso
     f = kl_other_per_prompt(logits_before, logits_after, a_ids, b_ids).mean(-1)
     loss = lambda_eff * e + lambda_faith * f + lambda_min * minimality
     return loss, {"E": e.detach(), "F": f.detach(), "M": minimality.detach()}
-
-
-def split_metrics(logits_before, logits_after, a_ids, b_ids) -> dict[str, torch.Tensor]:
-    """Per-trial metrics on a split (reduced over prompts): flip_rate, ld_*, kl_other, mass_shift."""
-    ld_before = logit_diff(logits_before, a_ids, b_ids)
-    ld_after = logit_diff(logits_after, a_ids, b_ids)
-    return {
-        "flip_rate": flipped(ld_after, ld_before).float().mean(-1),
-        "ld_before": ld_before.mean(-1),
-        "ld_after": ld_after.mean(-1),
-        "kl_other": kl_other_per_prompt(logits_before, logits_after, a_ids, b_ids).mean(-1),
-        "mass_shift": mass_shift_per_prompt(logits_before, logits_after, a_ids, b_ids).mean(-1),
-    }

@@ -14,12 +14,12 @@ import torch
 
 from workers.errors import UsageError
 from workers.forward import logits_and_states, pad_batch
-from workers.interventions import FIXED_LENGTH_METHODS, check_method
+from workers.interventions import any_length_methods, method_class
 from workers.models import LoadedModel
 from workers.objective import logit_diff
 from workers.sites import check_site, resolve_layers
-from workers.tasks.base import examples_hash, load_examples
 from workers.splits import assign_splits, drop_duplicates
+from workers.tasks.base import examples_hash, load_examples
 from workers.tasks.roles import TokenizedExample, tokenize_examples
 from workers.unit import UnitSpec
 
@@ -31,8 +31,8 @@ class SplitData:
     examples: list[TokenizedExample]
     ids: torch.Tensor  # [N, T] right-padded
     lengths: torch.Tensor  # [N]
-    a_ids: torch.Tensor
-    b_ids: torch.Tensor
+    a_ids: torch.Tensor  # [N] token id of answer a
+    b_ids: torch.Tensor  # [N] token id of answer b
     logits: torch.Tensor  # [N, V] unintervened, last position
     prefix: torch.Tensor | None = None  # [N, T, d] states entering the first intervened layer (prefix cache)
 
@@ -74,7 +74,7 @@ def _split_data(loaded: LoadedModel, examples: list[TokenizedExample], logits: t
 
 def prepare_unit(loaded: LoadedModel, spec: UnitSpec) -> PreparedUnit:
     check_site(spec.site)
-    check_method(spec.method)
+    method = method_class(spec.method)
     layers = resolve_layers(loaded.model, list(spec.layers) if not isinstance(spec.layers, str) else spec.layers)
     settings = spec.settings
     raw = load_examples(spec.task, settings.seed)
@@ -86,13 +86,14 @@ def prepare_unit(loaded: LoadedModel, spec: UnitSpec) -> PreparedUnit:
         example = multi[0]
         raise UsageError(f"task {spec.task.name!r}: no example has single-token answers for model {spec.model!r} "
                          f"(e.g. {example.answer_a!r} / {example.answer_b!r}); answers must be one token each")
-    max_len = getattr(loaded.model.config, "max_position_embeddings", None) or getattr(loaded.model.config, "n_positions", None)
+    config = loaded.model.config
+    max_len = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
     too_long = [e for e in tokenized if max_len and e.length > max_len]
     if too_long:
         raise UsageError(f"task {spec.task.name!r}: a prompt has {too_long[0].length} tokens, more than model "
                          f"{spec.model!r} accepts ({max_len}); shorten the prompts")
     n_positions = None
-    if spec.method in FIXED_LENGTH_METHODS:
+    if method.fixed_length:
         by_length = Counter(e.length for e in tokenized if not e.example.heldout)
         by_length = by_length or Counter(e.length for e in tokenized)
         n_positions, n_modal = by_length.most_common(1)[0]
@@ -100,7 +101,8 @@ def prepare_unit(loaded: LoadedModel, spec: UnitSpec) -> PreparedUnit:
             raise UsageError(
                 f"method {spec.method!r} needs prompts of one token length (one parameter per position), but "
                 f"task {spec.task.name!r} has prompts of lengths {dict(sorted(by_length.items()))} (length: count) "
-                f"for model {spec.model!r}; use method 'dynscalar', or a task/template set of one length")
+                f"for model {spec.model!r}; use a method for any length ({', '.join(any_length_methods())}), or a "
+                f"task/template set of one length")
         kept = [e for e in tokenized if e.length == n_positions]
         counts["dropped_other_length"] = len(tokenized) - len(kept)
         tokenized = kept
@@ -108,7 +110,9 @@ def prepare_unit(loaded: LoadedModel, spec: UnitSpec) -> PreparedUnit:
     cache_layer = layers[0] if settings.prefix_cache and layers[0] > 0 else None
     # one pass gives the unintervened logits and the prefix cache (states entering the first layer)
     logits, states = logits_and_states(loaded, all_ids, all_lengths, settings.eval_batch, cache_layer)
-    ld = logit_diff(logits, torch.tensor([e.answer_a_id for e in tokenized]), torch.tensor([e.answer_b_id for e in tokenized]))
+    a_ids = torch.tensor([e.answer_a_id for e in tokenized])  # [N]
+    b_ids = torch.tensor([e.answer_b_id for e in tokenized])  # [N]
+    ld = logit_diff(logits, a_ids, b_ids)
     base_accuracy = float((ld > 0).float().mean())
     mean_ld = float(ld.mean())
     if settings.filter == "model_prefers_a":

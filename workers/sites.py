@@ -3,22 +3,45 @@
 `attn_out` and `mlp_out` are the outputs of the attention and MLP blocks, i.e. exactly what
 each adds to the residual stream (dropouts are identities in eval mode); `resid_post` is
 the layer's output; `head` is the input of the attention output projection, split into
-heads. The intervention code (interventions.py) only sees `SiteRef`s.
+heads. The intervention code (interventions.py) only sees `SiteRef`s, and every hook in the
+project goes through `hooked` (interventions, norms, the prefix cache).
+
+Adding a site: an entry in SITE_KINDS and its module path in each architecture. Adding an
+architecture: an entry in ARCHITECTURES (module paths relative to one decoder layer; "" is
+the layer itself).
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from workers.errors import UsageError
 
-SITES = ("attn_out", "mlp_out", "resid_post", "head")
 
-_LLAMA = {"layers": "model.layers", "attn_out": "self_attn", "mlp_out": "mlp", "head": "self_attn.o_proj"}
+@dataclass(frozen=True)
+class SiteKind:
+    hook: str  # "output": the module's output is the activation; "input": its first input
+    per_head: bool = False  # the activation is split into attention heads (one cell per head)
+
+
+SITE_KINDS: dict[str, SiteKind] = {
+    "attn_out": SiteKind("output"),
+    "mlp_out": SiteKind("output"),
+    "resid_post": SiteKind("output"),
+    "head": SiteKind("input", per_head=True),  # the input of the attention output projection
+}
+SITES = tuple(SITE_KINDS)
+
+_LLAMA = {"layers": "model.layers", "attn_out": "self_attn", "mlp_out": "mlp", "resid_post": "",
+          "head": "self_attn.o_proj"}
 ARCHITECTURES: dict[str, dict[str, str]] = {
-    "gpt2": {"layers": "transformer.h", "attn_out": "attn", "mlp_out": "mlp", "head": "attn.c_proj"},
-    "gpt_neox": {"layers": "gpt_neox.layers", "attn_out": "attention", "mlp_out": "mlp", "head": "attention.dense"},
+    "gpt2": {"layers": "transformer.h", "attn_out": "attn", "mlp_out": "mlp", "resid_post": "", "head": "attn.c_proj"},
+    "gpt_neox": {"layers": "gpt_neox.layers", "attn_out": "attention", "mlp_out": "mlp", "resid_post": "",
+                 "head": "attention.dense"},
     "llama": _LLAMA,
     "mistral": _LLAMA,
     "qwen2": _LLAMA,
@@ -39,7 +62,7 @@ class SiteRef:
 
 
 def _get(root: nn.Module, dotted: str) -> nn.Module:
-    for part in dotted.split("."):
+    for part in filter(None, dotted.split(".")):
         root = getattr(root, part)
     return root
 
@@ -82,20 +105,62 @@ def resolve_layers(model: nn.Module, layers: str | list[int]) -> list[int]:
 
 def resolve_site(model: nn.Module, site: str, layers: list[int]) -> list[SiteRef]:
     check_site(site)
-    arch = architecture(model)
+    kind, path = SITE_KINDS[site], architecture(model)[site]
     config = model.config
     blocks = decoder_layers(model)
-    d_model = int(config.hidden_size)
     refs = []
     for layer in layers:
-        block = blocks[layer]
-        if site == "resid_post":
-            refs.append(SiteRef(layer, block, False, None, d_model))
-        elif site == "head":
-            n_heads = int(config.num_attention_heads)
-            proj = _get(block, arch["head"])
-            width = proj.in_features if hasattr(proj, "in_features") else proj.weight.shape[0]  # GPT-2 Conv1D
-            refs.append(SiteRef(layer, proj, True, n_heads, int(width)))
-        else:
-            refs.append(SiteRef(layer, _get(block, arch[site]), False, None, d_model))
+        module = _get(blocks[layer], path)
+        width = int(config.hidden_size)
+        if kind.hook == "input" and isinstance(getattr(module, "weight", None), torch.Tensor):
+            # nn.Linear's in_features; GPT-2's Conv1D keeps its weight as [in, out]
+            width = int(module.in_features if hasattr(module, "in_features") else module.weight.shape[0])
+        n_heads = int(config.num_attention_heads) if kind.per_head else None
+        refs.append(SiteRef(layer, module, kind.hook == "input", n_heads, width))
     return refs
+
+
+def layer_input(model: nn.Module, layer: int) -> SiteRef:
+    """The hidden states entering decoder layer `layer` ([B, T, d]): where the prefix cache cuts."""
+    return SiteRef(layer, decoder_layers(model)[layer], True, None, int(model.config.hidden_size))
+
+
+# fn(index of the ref, activation [B, T, W]) -> a replacement of the same shape, or None to leave it
+SiteFn = Callable[[int, torch.Tensor], "torch.Tensor | None"]
+
+
+@contextmanager
+def hooked(refs: list[SiteRef], fn: SiteFn) -> Iterator[None]:
+    """Call `fn` on each ref's activation in every forward inside the block; a tensor it returns
+    replaces the activation. The hooks are always removed, whatever happens in the block."""
+    handles = []
+    try:
+        for index, ref in enumerate(refs):
+            if ref.hook_on_input:
+                handles.append(ref.module.register_forward_pre_hook(_input_hook(fn, index), with_kwargs=True))
+            else:
+                handles.append(ref.module.register_forward_hook(_output_hook(fn, index)))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _input_hook(fn: SiteFn, index: int):
+    def hook(module, args, kwargs):
+        new = fn(index, args[0] if args else kwargs["hidden_states"])
+        if new is None:
+            return None
+        if args:
+            return (new,) + tuple(args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": new}
+    return hook
+
+
+def _output_hook(fn: SiteFn, index: int):
+    def hook(module, args, output):
+        new = fn(index, output[0] if isinstance(output, tuple) else output)
+        if new is None:
+            return None
+        return (new,) + tuple(output[1:]) if isinstance(output, tuple) else new
+    return hook

@@ -10,7 +10,7 @@ only in held-out examples to test, and one seen in both is split three ways like
 from __future__ import annotations
 
 import random
-from typing import Sequence
+from collections.abc import Sequence
 
 from workers.tasks.base import Example
 

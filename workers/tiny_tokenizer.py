@@ -5,7 +5,7 @@ countries are single tokens, as they are for real tokenizers.
 """
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
@@ -19,7 +19,7 @@ def _corpus() -> list[str]:
     return builtin.vocabulary_corpus()
 
 
-@lru_cache(maxsize=None)
+@cache
 def build_tiny_tokenizer(vocab_size: int = 1024) -> PreTrainedTokenizerFast:
     """Deterministic: the same corpus and settings always give the same vocabulary."""
     tok = Tokenizer(models.BPE())

@@ -8,37 +8,17 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 
 import torch
 
 from workers.forward import attention_mask, last_token_logits, start_at_layer
-from workers.interventions import DynScalar, Intervention, build_intervention, installed
+from workers.interventions import Intervention, build_intervention, installed, method_class
 from workers.models import LoadedModel
 from workers.objective import flipped, kl_other_per_prompt, logit_diff, mass_shift_per_prompt, objective
 from workers.prepare import PreparedUnit, SplitData
-from workers.sites import SiteRef, resolve_site
+from workers.results import METRIC_NAMES, TrialResult
+from workers.sites import SiteRef, hooked, resolve_site
 from workers.unit import Hyper
-
-METRIC_NAMES = ("flip_rate", "ld_before", "ld_after", "kl_other", "mass_shift", "l1")
-
-
-@dataclass
-class TrialOutcome:
-    hyper: Hyper
-    status: str = "complete"  # complete | failed
-    error: str | None = None
-    metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # split -> name -> value
-    n_params: int = 0
-    sites_moved: int = 0  # cells (layer, position[, head]) whose effect is above the method's threshold
-    sites_total: int = 0  # all cells the method could move
-    steps: int = 0
-    wall_s: float = 0.0
-    tokens_per_s: float = 0.0
-    scalars: list[dict] = field(default_factory=list)  # layer, position, role, head, value, effect, moved
-    predictions: list[dict] = field(default_factory=list)  # per test prompt
-    tensors: dict[str, torch.Tensor] = field(default_factory=dict)  # learned parameters
 
 
 def site_norms(loaded: LoadedModel, refs: list[SiteRef], split: SplitData, chunk: int) -> torch.Tensor:
@@ -46,28 +26,15 @@ def site_norms(loaded: LoadedModel, refs: list[SiteRef], split: SplitData, chunk
     sums = [0.0] * len(refs)
     n_heads = refs[0].n_heads
 
-    def recorder(index: int, on_input: bool):
-        def hook(module, args, output=None):
-            h = args[0] if on_input else (output[0] if isinstance(output, tuple) else output)
-            h = h.detach().float()  # [B, T, W]
-            if n_heads:
-                h = h.reshape(h.shape[0], h.shape[1], n_heads, -1)  # [B, T, H, W/H]
-            sums[index] = sums[index] + h.norm(dim=-1).sum(0).cpu()
-        return hook
+    def record(index: int, h: torch.Tensor) -> None:
+        h = h.detach().float()  # [B, T, W]
+        if n_heads:
+            h = h.reshape(h.shape[0], h.shape[1], n_heads, -1)  # [B, T, H, W/H]
+        sums[index] = sums[index] + h.norm(dim=-1).sum(0).cpu()
 
-    handles = []
-    for i, ref in enumerate(refs):
-        if ref.hook_on_input:
-            handles.append(ref.module.register_forward_pre_hook(recorder(i, True)))
-        else:
-            handles.append(ref.module.register_forward_hook(recorder(i, False)))
-    try:
-        with torch.no_grad():
-            for i in range(0, len(split), chunk):
-                last_token_logits(loaded, split.ids[i:i + chunk], split.lengths[i:i + chunk])
-    finally:
-        for h in handles:
-            h.remove()
+    with torch.no_grad(), hooked(refs, record):
+        for i in range(0, len(split), chunk):
+            last_token_logits(loaded, split.ids[i:i + chunk], split.lengths[i:i + chunk])
     return torch.stack(sums) / len(split)
 
 
@@ -97,6 +64,7 @@ def _forward(loaded: LoadedModel, intervention: Intervention, ids: torch.Tensor,
              first_layer: int = 0, prefix: torch.Tensor | None = None) -> torch.Tensor:
     """Intervened last-position logits; with a prefix cache, only layers from first_layer run."""
     intervention.token_mask = attention_mask(ids, lengths).to(loaded.device)
+    intervention.begin_forward()
     if prefix is None:
         return last_token_logits(loaded, ids, lengths)
     with start_at_layer(loaded, first_layer, prefix[:, : ids.shape[1]]):
@@ -104,7 +72,7 @@ def _forward(loaded: LoadedModel, intervention: Intervention, ids: torch.Tensor,
 
 
 def _train_group(loaded: LoadedModel, unit: PreparedUnit, hypers: list[Hyper], refs: list[SiteRef],
-                 outcomes: list[TrialOutcome]) -> tuple[Intervention, int]:
+                 outcomes: list[TrialResult]) -> tuple[Intervention, int]:
     """Train trials that share a batch size together; fills steps/status of `outcomes`.
     Returns the trained intervention and the number of real tokens it processed."""
     k = len(hypers)
@@ -139,7 +107,7 @@ def _train_group(loaded: LoadedModel, unit: PreparedUnit, hypers: list[Hyper], r
                 if active[i] and not math.isfinite(float(loss[i].detach())):
                     active[i] = False
                     mask[i] = 0
-                    outcomes[i].status, outcomes[i].error = "failed", f"loss is not finite ({float(loss[i].detach())}) at step {step}"
+                    outcomes[i].fail(f"loss is not finite ({float(loss[i].detach())}) at step {step}")
             for opt in optimizers:
                 opt.zero_grad(set_to_none=True)
             (torch.nan_to_num(loss) * mask).sum().backward()
@@ -154,13 +122,12 @@ def _train_group(loaded: LoadedModel, unit: PreparedUnit, hypers: list[Hyper], r
 def _evaluate(loaded: LoadedModel, unit: PreparedUnit, intervention: Intervention, split: SplitData,
               record: bool) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     """Per-trial metrics [K], and per-prompt ld_after and kl_other [K, N], on a split.
-    With `record`, DynScalar keeps its per-cell alpha statistics of this split (see DynScalar.cells)."""
+    With `record`, a method whose cells depend on the activation (DynScalar) records them on this split.
+    l1 is the minimality term averaged over the split's prompts (a constant for position-tied methods)."""
     k = intervention.n_trials
     chunk = max(1, unit.spec.settings.eval_batch // k)
     ld_after, kl, mass, l1 = [], [], [], torch.zeros(k)
-    dyn = isinstance(intervention, DynScalar)
-    if dyn:
-        intervention.record, intervention.record_len = ({}, split.ids.shape[1]) if record else (None, 0)
+    intervention.record_cells(split.ids.shape[1] if record else None)
     with torch.no_grad(), installed(intervention):
         for i in range(0, len(split), chunk):
             sl = slice(i, i + chunk)
@@ -174,12 +141,9 @@ def _evaluate(loaded: LoadedModel, unit: PreparedUnit, intervention: Interventio
             ld_after.append(logit_diff(after, a, b))
             kl.append(kl_other_per_prompt(before, after, a, b))
             mass.append(mass_shift_per_prompt(before, after, a, b))
-            if dyn:
-                l1 += intervention.minimality().cpu() * n / len(split)
+            l1 += intervention.minimality().detach().cpu() * n / len(split)
     ld_after_t = torch.cat(ld_after, dim=1)  # [K, N]
     kl_t = torch.cat(kl, dim=1)  # [K, N]
-    if not dyn:
-        l1 = intervention.minimality().detach().cpu()
     metrics = {
         "flip_rate": flipped(ld_after_t, split.ld[None]).float().mean(1),
         "ld_before": split.ld.mean().expand(k),
@@ -207,15 +171,15 @@ def _cell_rows(unit: PreparedUnit, values: torch.Tensor, effects: torch.Tensor, 
     return rows
 
 
-def train_trials(loaded: LoadedModel, unit: PreparedUnit, hypers: list[Hyper]) -> list[TrialOutcome]:
+def train_trials(loaded: LoadedModel, unit: PreparedUnit, hypers: list[Hyper]) -> list[TrialResult]:
     """Train and score trials of one unit; trials with equal batch sizes share one batched forward."""
-    outcomes: list[TrialOutcome] = [TrialOutcome(h) for h in hypers]
+    outcomes: list[TrialResult] = [TrialResult(h) for h in hypers]
     groups: dict[int, list[int]] = {}
     for i, h in enumerate(hypers):
         groups.setdefault(h.batch_size or unit.spec.settings.batch_size, []).append(i)
     refs = resolve_site(loaded.model, unit.spec.site, unit.layers)
-    norms = None  # mean |h| per cell on train, for SteerVec's relative effect
-    if unit.spec.method == "steervec":
+    norms = None  # mean |h| per cell on train, for a relative effect such as SteerVec's
+    if method_class(unit.spec.method).needs_norms:
         norms = site_norms(loaded, refs, unit.splits["train"], unit.spec.settings.eval_batch)
     for members in groups.values():
         start = time.perf_counter()
@@ -228,7 +192,7 @@ def train_trials(loaded: LoadedModel, unit: PreparedUnit, hypers: list[Hyper]) -
             cells = [intervention.cells(j, norms) for j in range(len(members))]  # (values, effects) per trial
         except torch.OutOfMemoryError as exc:
             for o in group:
-                o.status, o.error = "failed", f"out of memory: {str(exc).splitlines()[0]}"
+                o.fail(f"out of memory: {str(exc).splitlines()[0]}")
             continue
         wall = time.perf_counter() - start
         test_split = unit.splits["test"]
@@ -249,8 +213,7 @@ def train_trials(loaded: LoadedModel, unit: PreparedUnit, hypers: list[Hyper]) -
             o.predictions = [dict(index=n, ld_before=float(ld_before[n]), ld_after=float(ld_after[j, n]),
                                   kl_other=float(kl[j, n]), flipped=bool(flips[n]))
                              for n in range(len(test_split))]
-            o.tensors = {name: p.detach().cpu().clone() for name, p in
-                         zip(("param", "bias"), intervention.trial_parameters(j))}
-            if o.status == "complete" and not all(math.isfinite(v) for m in o.metrics.values() for v in m.values()):
-                o.status, o.error = "failed", "a metric is not finite"
+            o.tensors = intervention.artifact_tensors(j)
+            if not all(math.isfinite(v) for m in o.metrics.values() for v in m.values()):
+                o.fail("a metric is not finite")
     return outcomes

@@ -1,7 +1,8 @@
 """What one unit is (model, task, site, layers, method) and the settings it trains under."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from typing import Literal
 
 from workers.tasks.base import TaskSpec
 
@@ -14,7 +15,7 @@ class TrainSettings:
     batch_size: int = 32
     seed: int = 0  # data seed: task generation and splits
     split: tuple[float, float, float] = (0.5, 0.25, 0.25)
-    filter: str = "model_prefers_a"  # or "none"
+    filter: Literal["model_prefers_a", "none"] = "model_prefers_a"
     active_threshold: float = 0.1  # ActivScalar/DynScalar: |alpha-1| above this counts as active
     steer_threshold: float = 0.1  # SteerVec: |v| above this times mean |h| at that site counts as active
     eval_batch: int = 64
@@ -51,6 +52,10 @@ class Hyper:
     batch_size: int | None = None
     seed: int = 0  # batch order (and the bootstrap resample, with resample_train)
     resample_train: bool = False  # replicates with search.replicate_data: train on a bootstrap resample
+
+    def resolved(self, settings: TrainSettings) -> Hyper:
+        """With steps and batch_size taken from the unit's settings where the trial left them unset."""
+        return replace(self, steps=self.steps or settings.steps, batch_size=self.batch_size or settings.batch_size)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,7 +1,6 @@
 """Property-based tests (hypothesis) of ids, the store and the objective."""
 from __future__ import annotations
 
-import random
 import shutil
 import tempfile
 from pathlib import Path

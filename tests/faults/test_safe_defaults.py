@@ -49,4 +49,4 @@ def test_no_pickles_in_results(tmp_path):
     assert any(p.suffix == ".safetensors" for p in files)
     for p in files:
         assert p.suffix not in (".pkl", ".pickle", ".pt", ".bin"), p
-        assert not p.read_bytes()[:2] in PICKLE_MAGIC, p
+        assert p.read_bytes()[:2] not in PICKLE_MAGIC, p

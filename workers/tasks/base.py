@@ -34,7 +34,7 @@ class TaskSpec:
     options: tuple = ()  # sorted (key, value) pairs, hashable
 
     @classmethod
-    def make(cls, name: str, options: dict | None = None) -> "TaskSpec":
+    def make(cls, name: str, options: dict | None = None) -> TaskSpec:
         frozen = {k: tuple(v) if isinstance(v, list) else v for k, v in (options or {}).items()}
         return cls(name, tuple(sorted(frozen.items(), key=lambda kv: kv[0])))
 

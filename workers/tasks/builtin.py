@@ -140,7 +140,8 @@ def city_country(options: dict, seed: int) -> list[Example]:
 
 
 BUILTIN_TASKS = {
-    "ioi": (ioi, "indirect object identification: 'When Mary and John went to the store, John gave a drink to' -> ' Mary' vs ' John'"),
+    "ioi": (ioi, "indirect object identification: 'When Mary and John went to the store, John gave a drink to' "
+                 "-> ' Mary' vs ' John'"),
     "ccc": (ccc, "country-capital conflict: context city vs remembered capital"),
     "city_country": (city_country, "'Rome is in' -> ' Italy' vs another country"),
 }

@@ -1,0 +1,66 @@
+"""Rules of the codebase that a reader relies on (docs/architecture.md), checked on the source."""
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("orchestrator", "workers", "storage", "search_spaces")
+
+
+def _sources(*dirs: str) -> list[Path]:
+    return sorted(p for d in dirs for p in (ROOT / d).rglob("*.py"))
+
+
+def _imports(path: Path) -> set[str]:
+    """Top-level packages of this project that a module imports (anywhere in it)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+            [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else []
+        found |= {n.split(".")[0] for n in names if n.split(".")[0] in PACKAGES}
+    return found
+
+
+def test_layer_rules():
+    allowed = {"workers": {"workers"}, "storage": {"storage"},
+               "search_spaces": {"search_spaces", "workers", "storage"}, "orchestrator": set(PACKAGES)}
+    broken = [f"{p.relative_to(ROOT)} imports {sorted(_imports(p) - allowed[package])}"
+              for package in PACKAGES for p in _sources(package) if _imports(p) - allowed[package]]
+    assert not broken, broken
+
+
+def test_no_function_in_the_orchestrator_is_over_50_lines():
+    long = []
+    for path in _sources("orchestrator"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 50:
+                long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)")
+    assert not long, long
+
+
+def test_method_names_are_spelled_only_in_the_registry():
+    """Behaviour per method belongs to the method's class; nothing else compares method names."""
+    quoted = re.compile(r"""["'](activscalar|steervec|dynscalar)["']""")
+    # the registry itself, and the example SQL a user reads in docs/querying.md
+    exempt = {ROOT / "workers" / "interventions.py", ROOT / "storage" / "query_docs.py"}
+    found = [f"{p.relative_to(ROOT)}:{i}" for p in _sources(*PACKAGES, "bench") if p not in exempt
+             for i, line in enumerate(p.read_text().splitlines(), 1) if quoted.search(line)]
+    assert not found, found
+
+
+def test_table_columns_match_the_worker_contract():
+    """The trials table's hyper-parameter and metric columns are the fields a worker reports."""
+    from dataclasses import fields
+
+    from storage.schema import HYPER_PARAMS, METRICS, TRIALS
+    from workers.results import METRIC_NAMES, TrialResult
+    from workers.unit import Hyper
+
+    assert METRICS == METRIC_NAMES
+    assert set(HYPER_PARAMS) | {"resample_train"} == {f.name for f in fields(Hyper)}
+    columns = set(TRIALS.names)
+    assert {f"{split}_{m}" for split in ("val", "test") for m in METRIC_NAMES} <= columns
+    measured = {"n_params", "sites_moved", "sites_total", "wall_s", "tokens_per_s"}
+    assert measured <= columns and measured <= {f.name for f in fields(TrialResult)}

@@ -1,0 +1,47 @@
+"""What a worker hands back for one trial: the one typed contract from trainer to storage.
+
+The trainer fills the measurements; the actor adds where and when it ran; the coordinator
+turns it into table rows (orchestrator/records.py). A trial failed when `error` is set.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+from workers.unit import Hyper
+
+METRIC_NAMES = ("flip_rate", "ld_before", "ld_after", "kl_other", "mass_shift", "l1")
+
+
+@dataclass
+class TrialResult:
+    hyper: Hyper  # as trained (steps/batch_size None: the unit's settings)
+    error: str | None = None  # why the trial failed; None: it completed
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # split (val, test) -> METRIC_NAMES -> value
+    n_params: int = 0
+    sites_moved: int = 0  # cells (layer, position[, head]) whose effect is above the method's threshold
+    sites_total: int = 0  # all cells the method could move
+    steps: int = 0  # optimizer steps done
+    wall_s: float = 0.0
+    tokens_per_s: float = 0.0
+    # per cell: layer, position, role, head, value, effect, moved (columns of the scalars table)
+    scalars: list[dict[str, Any]] = field(default_factory=list)
+    # per test prompt: index, ld_before, ld_after, kl_other, flipped (columns of the predictions table)
+    predictions: list[dict[str, Any]] = field(default_factory=list)
+    tensors: dict[str, Any] = field(default_factory=dict)  # artifact name -> array (torch in the trainer, numpy once sent)
+    # set by the actor
+    number: int = -1  # the Optuna trial number
+    started_at: dt.datetime | None = None
+    ended_at: dt.datetime | None = None
+    node: str = ""
+    n_layers: int = 0  # of the model, for the relative depth of each cell
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def fail(self, error: str) -> None:
+        """Mark failed; the first error is the one kept."""
+        if self.error is None:
+            self.error = error
