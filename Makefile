@@ -45,5 +45,10 @@ lint: install
 test-fast: install
 	$(BIN)/python -m pytest -q -ra -m "not slow"
 
+# Every benchmark, printing TARGET lines (about 17 minutes here; figures in docs/performance.md).
+bench: install
+	$(BIN)/python bench/throughput.py --out bench/out
+	$(BIN)/python bench/loaded.py --out bench/out/loaded.json
+
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -7,8 +7,13 @@ import os
 import sys
 import warnings
 
-from orchestrator import train_cmd
-from workers.errors import UsageError
+# Before torch loads: its OpenMP threads sleep instead of spinning while they wait, so a
+# trial trained in this process (`actscale train`) is not held up when another process
+# shares a core (bench/loaded.py; the same speed on an idle machine).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from orchestrator import train_cmd  # noqa: E402
+from workers.errors import UsageError  # noqa: E402
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

@@ -205,10 +205,9 @@ class Coordinator:
                 row = stored.get(tid)
                 if row is None:
                     replicate_of = t.user_attrs.get(REPLICATE_ATTR)
-                    row = unfinished_row(self.run_id, state.unit_id, t.number, self._trial_params(t, replicate_of),
-                                         state.planned.spec.settings, Status.INTERRUPTED,
-                                         "interrupted: the coordinator stopped before the result was stored; re-run",
-                                         replicate_of)
+                    asked = Asked(t.number, self._trial_params(t, replicate_of), replicate_of)
+                    row = self._unfinished_row(state, asked, Status.INTERRUPTED,
+                                               "interrupted: the coordinator stopped before the result was stored; re-run")
                     store.append("trials", [row])
                     stored[tid] = row
                 tells.append((state, t, row))
@@ -504,11 +503,14 @@ class Coordinator:
                            error: str) -> None:
         """Rows (and Optuna FAILs, once durable) for trials that produced no result."""
         for a in asked:
-            row = unfinished_row(self.run_id, state.unit_id, a.number, a.params, state.planned.spec.settings, status,
-                                 error, a.replicate_of)
+            row = self._unfinished_row(state, a, status, error)
             store.append("trials", [row])
             self._count(state, row)
             self.pending_tells.append((state, a.number, None))
+
+    def _unfinished_row(self, state: UnitState, asked: Asked, status: Status, error: str) -> dict:
+        return unfinished_row(self.run_id, state.unit_id, asked.number, asked.params, state.planned.spec.settings,
+                              status, error, asked.replicate_of)
 
     def _record_results(self, store: RunStore, state: UnitState, results: list[TrialResult],
                         asked: list[Asked]) -> None:

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from search_spaces.config import load_config, resolve_sweep
+from storage.schema import Status
 from workers.errors import UsageError
 
 
@@ -51,21 +52,25 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return _run(load_config(stored), run_dir, args.address, args.quiet)
 
 
-STATUS_SQL = """
+STATUS_SQL = f"""
 WITH u AS (SELECT DISTINCT ON (unit_id) * FROM units ORDER BY unit_id),
 counts AS (
     SELECT unit_id,
-           count(*) FILTER (WHERE status = 'complete' AND replicate_of IS NULL) AS done,
-           count(*) FILTER (WHERE status = 'failed') AS failed,
-           count(*) FILTER (WHERE status = 'interrupted') AS interrupted
+           count(*) FILTER (WHERE status = '{Status.COMPLETE}' AND replicate_of IS NULL) AS done,
+           count(*) FILTER (WHERE status = '{Status.FAILED}') AS failed,
+           count(*) FILTER (WHERE status = '{Status.INTERRUPTED}') AS interrupted
     FROM trials GROUP BY unit_id)
 SELECT u.unit_id, u.model, u.task, u.site, u.method, u.n_val, u.n_test,
        coalesce(c.done, 0) AS done, coalesce(c.failed, 0) AS failed, coalesce(c.interrupted, 0) AS interrupted,
        s.trial_id AS selected_trial, s.selected_by, s.val_flip_rate, s.val_kl_other, s.test_flip_rate,
        s.test_kl_other, s.sites_moved, s.sites_total, s.n_params,
-       (SELECT count(*) FROM trials r WHERE r.replicate_of = s.trial_id AND r.status = 'complete') AS replicates
+       (SELECT count(*) FROM trials r WHERE r.replicate_of = s.trial_id AND r.status = '{Status.COMPLETE}') AS replicates
 FROM u LEFT JOIN counts c USING (unit_id) LEFT JOIN selected s USING (unit_id)
 ORDER BY u.model, u.task, u.site, u.method, u.unit_id"""
+
+# each selected trial with its replicates (the seed groups), and their cells: two queries for the whole run
+SEED_GROUP = "SELECT s.trial_id AS selected_trial, t.* FROM selected s JOIN trials t " \
+             "ON t.trial_id = s.trial_id OR t.replicate_of = s.trial_id"
 
 
 def unit_status(run_dir: Path) -> list[dict]:
@@ -82,17 +87,18 @@ def unit_status(run_dir: Path) -> list[dict]:
     con, _ = connect([run_dir])
     try:
         rows = con.execute(STATUS_SQL).df().to_dict("records")
-        for r in rows:
-            r["pending"] = max(0, search.n_trials - int(r["done"])) + max(0, search.replicates - 1 - int(r["replicates"]))
-            r["seed_jaccard"] = math.nan
-            if r["replicates"]:
-                trials = con.execute("SELECT * FROM trials WHERE trial_id = ? OR replicate_of = ?",
-                                     [r["selected_trial"]] * 2).df()
-                scalars = con.execute("SELECT * FROM scalars WHERE trial_id IN (SELECT trial_id FROM trials "
-                                      "WHERE trial_id = ? OR replicate_of = ?)", [r["selected_trial"]] * 2).df()
-                r["seed_jaccard"] = seed_stats(r["selected_trial"], trials, scalars).jaccard
+        groups = con.execute(SEED_GROUP).df()
+        cells = con.execute(f"SELECT c.* FROM scalars c JOIN ({SEED_GROUP}) g USING (run_id, trial_id)").df() \
+            if any(r["replicates"] for r in rows) else None
     finally:
         con.close()
+    for r in rows:
+        r["pending"] = max(0, search.n_trials - int(r["done"])) + max(0, search.replicates - 1 - int(r["replicates"]))
+        r["seed_jaccard"] = math.nan
+        if r["replicates"] and cells is not None:
+            group = groups[groups.selected_trial == r["selected_trial"]].drop(columns="selected_trial")
+            mine = cells[cells.trial_id.isin(group.trial_id)]
+            r["seed_jaccard"] = seed_stats(r["selected_trial"], group, mine).jaccard
     return rows
 
 

@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+# before anything loads torch: OpenMP threads that sleep while waiting (see orchestrator.coordinator.worker_env),
+# for the models trained in this process and for every process and Ray worker started from it
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TQDM_DISABLE", "1")

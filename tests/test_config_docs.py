@@ -1,20 +1,13 @@
 """docs/sweep-config.md is generated from the sweep schema; the committed page must match."""
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 from search_spaces.config import Search, SweepConfig, Train
 from search_spaces.config_docs import render_page
-
-PAGE = Path(__file__).resolve().parents[1] / "docs" / "sweep-config.md"
+from tests.generated_pages import check_generated_page
 
 
 def test_sweep_config_page_matches_the_schema():
-    page = render_page()
-    if os.environ.get("ACTSCALE_WRITE_DOCS") == "1":
-        PAGE.write_text(page)
-    assert PAGE.read_text() == page, "docs/sweep-config.md is stale: rerun with ACTSCALE_WRITE_DOCS=1"
+    check_generated_page("sweep-config.md", render_page())
 
 
 def test_every_key_is_documented_with_a_meaning():

@@ -2,22 +2,17 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-from pathlib import Path
 
 from storage.query import load, run_sql
 from storage.query_docs import EXAMPLE_TRIAL, QUERIES, SAMPLE_RUN, render_page
-
-PAGE = Path(__file__).resolve().parents[1] / "docs" / "querying.md"
+from tests.generated_pages import check_generated_page
 
 
 def test_querying_page_matches_the_code():
     page = render_page(SAMPLE_RUN)
     assert len(QUERIES) >= 5
-    if os.environ.get("ACTSCALE_WRITE_DOCS") == "1":
-        PAGE.write_text(page)
-    assert PAGE.read_text() == page, "docs/querying.md is stale: rerun with ACTSCALE_WRITE_DOCS=1 (or make docs)"
+    check_generated_page("querying.md", page, "rerun with ACTSCALE_WRITE_DOCS=1 (or make docs)")
     for _, _, sql in QUERIES:
         assert sql in page
 

@@ -1,14 +1,13 @@
 """docs/reliability.md is rendered from tests/faults/cases.py; every case names a test that exists."""
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 from tests.faults.cases import BAD_INPUTS, FAULTS
+from tests.generated_pages import check_generated_page
 
 ROOT = Path(__file__).resolve().parents[2]
-PAGE = ROOT / "docs" / "reliability.md"
 
 HEADER = """# Reliability
 
@@ -52,10 +51,7 @@ def render() -> str:
 
 
 def test_reliability_page_matches_the_cases():
-    page = render()
-    if os.environ.get("ACTSCALE_WRITE_DOCS") == "1":
-        PAGE.write_text(page)
-    assert PAGE.read_text() == page, "docs/reliability.md is stale: rerun with ACTSCALE_WRITE_DOCS=1"
+    check_generated_page("reliability.md", render())
 
 
 def test_every_case_names_an_existing_test():
