@@ -365,22 +365,21 @@ class Coordinator:
     def _dispatch(self, store: RunStore) -> None:
         """Until every unit is done: give idle workers work, retire finished models, start the
         next ones, and take finished work as it comes."""
-        by_model: dict[str, list[UnitState]] = {}
+        self.by_model: dict[str, list[UnitState]] = {}
         for s in self.units.values():
-            by_model.setdefault(s.planned.spec.model, []).append(s)
+            self.by_model.setdefault(s.planned.spec.model, []).append(s)
         r = self.config.resources
-        pool = ActorPool(self._new_actor, list(by_model), r.workers_per_model, r.models_at_once)
+        pool = ActorPool(self._new_actor, list(self.by_model), r.workers_per_model, r.models_at_once)
         self.pool = pool
-        progress = Progress(by_model, self.config.search.n_trials + self.config.search.replicates - 1)
+        progress = Progress(self.by_model, self.config.search.n_trials + self.config.search.replicates - 1)
         self.last_result = self.last_waiting_line = time.monotonic()
-        has_work = self._model_has_work(by_model)
-        pool.start_models(has_work)
+        pool.start_models(self._model_has_work)
         try:
             while pool.active():
-                self._assign_idle(pool, by_model)
-                self._retire_finished(pool, by_model)
-                pool.start_models(has_work)
-                if not pool.working() and not pool.waiting_models and not any(map(has_work, by_model)):
+                self._assign_idle(pool)
+                self._retire_finished(pool)
+                pool.start_models(self._model_has_work)
+                if not pool.working() and not pool.waiting_models and not any(map(self._model_has_work, self.by_model)):
                     break
                 if not pool.in_flight:
                     time.sleep(0.05)
@@ -392,18 +391,18 @@ class Coordinator:
         finally:
             pool.shutdown()
 
-    def _model_has_work(self, by_model: dict[str, list[UnitState]]):
-        return lambda model: any(self._has_work(s) for s in by_model[model])
+    def _model_has_work(self, model: str) -> bool:
+        return any(self._has_work(s) for s in self.by_model[model])
 
-    def _assign_idle(self, pool: ActorPool, by_model: dict[str, list[UnitState]]) -> None:
+    def _assign_idle(self, pool: ActorPool) -> None:
         for model, actor in list(pool.idle):
-            work = self._assign(by_model[model], model, actor)
+            work = self._assign(self.by_model[model], model, actor)
             if work is not None:
                 pool.submit(*work)
 
-    def _retire_finished(self, pool: ActorPool, by_model: dict[str, list[UnitState]]) -> None:
+    def _retire_finished(self, pool: ActorPool) -> None:
         for model in list(pool.actors):
-            if not any(self._has_work(s) for s in by_model[model]) and not pool.busy(model):
+            if not self._model_has_work(model) and not pool.busy(model):
                 pool.retire(model)
 
     def _take_finished(self, store: RunStore, pool: ActorPool) -> None:

@@ -20,13 +20,17 @@ def unfinished_row(run_id: str, unit_id: str, number: int, params: dict, setting
     return row
 
 
+def status_of(result: TrialResult) -> Status:
+    return Status.COMPLETE if result.ok else Status.FAILED
+
+
 def trial_rows(run_id: str, unit_id: str, spec: UnitSpec, result: TrialResult,
                replicate_of: str | None = None) -> dict[str, list[dict]]:
     """Rows of the trials, scalars and predictions tables for one worker result."""
     tid = trial_id(unit_id, result.number)
     hyper = result.hyper.resolved(spec.settings)
     row = dict(trial_id=tid, unit_id=unit_id, run_id=run_id, trial_number=result.number,
-               status=Status.COMPLETE if result.ok else Status.FAILED, error=result.error, n_params=result.n_params,
+               status=status_of(result), error=result.error, n_params=result.n_params,
                sites_moved=result.sites_moved, sites_total=result.sites_total, steps_done=result.steps,
                wall_s=result.wall_s, tokens_per_s=result.tokens_per_s, worker_node=result.node,
                started_at=result.started_at, ended_at=result.ended_at, resample_train=hyper.resample_train,

@@ -46,14 +46,13 @@ def cmd_query(args: argparse.Namespace) -> int:
 def scaled_methods(run_dirs: list[Path]) -> set[str]:
     """The methods whose stored value is a scale factor, from the method registry (with the
     plugins each run's sweep.yaml names imported first)."""
-    import yaml
-
-    from workers.interventions import METHOD_CLASSES, import_plugins
+    from search_spaces.config import load_config
+    from workers.interventions import METHOD_CLASSES
 
     for run_dir in run_dirs:
         stored = run_dir / "sweep.yaml"
         if stored.exists():
-            import_plugins((yaml.safe_load(stored.read_text()) or {}).get("plugins") or [])
+            load_config(stored)  # validating the stored sweep imports its plugins
     return {name for name, cls in METHOD_CLASSES.items() if cls.identity == 1.0}
 
 

@@ -95,7 +95,7 @@ def unit_status(run_dir: Path) -> list[dict]:
     for r in rows:
         r["pending"] = max(0, search.n_trials - int(r["done"])) + max(0, search.replicates - 1 - int(r["replicates"]))
         r["seed_jaccard"] = math.nan
-        if r["replicates"] and cells is not None:
+        if r["replicates"]:  # so the cells were read
             group = groups[groups.selected_trial == r["selected_trial"]].drop(columns="selected_trial")
             mine = cells[cells.trial_id.isin(group.trial_id)]
             r["seed_jaccard"] = seed_stats(r["selected_trial"], group, mine).jaccard

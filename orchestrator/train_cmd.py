@@ -6,7 +6,7 @@ import json
 
 import yaml
 
-from storage.schema import Status
+from orchestrator.records import status_of
 from workers.errors import UsageError
 from workers.interventions import import_plugins, method_names
 from workers.sites import SITES
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     hyper = Hyper(lambda_faith=args.lambda_faith, lambda_min=args.lambda_min, lr=args.lr, seed=args.seed)
     outcome = train_trials(loaded, unit, [hyper])[0]
     report = {
-        "unit": spec.describe(), "status": Status.COMPLETE if outcome.ok else Status.FAILED, "error": outcome.error,
+        "unit": spec.describe(), "status": status_of(outcome), "error": outcome.error,
         "examples": unit.counts, "base_accuracy": unit.base_accuracy,
         "val": outcome.metrics.get("val"), "test": outcome.metrics.get("test"),
         "n_params": outcome.n_params, "sites_moved": outcome.sites_moved, "sites_total": outcome.sites_total,
