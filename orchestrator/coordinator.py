@@ -480,6 +480,8 @@ class Coordinator:
             store.write_now("units", [dict(row, run_id=self.run_id)])
             store.append("examples", [dict(e, run_id=self.run_id) for e in examples])
             pending.state.described = True
+            for warning in row["warnings"]:
+                log.warning(f"unit {row['unit_id']} ({pending.state.planned.spec.describe()}): {warning}")
         else:
             self._record_results(store, pending.state, value, pending.asked)
         return True

@@ -60,7 +60,7 @@ counts AS (
            count(*) FILTER (WHERE status = '{Status.FAILED}') AS failed,
            count(*) FILTER (WHERE status = '{Status.INTERRUPTED}') AS interrupted
     FROM trials GROUP BY unit_id)
-SELECT u.unit_id, u.model, u.task, u.site, u.method, u.n_val, u.n_test,
+SELECT u.unit_id, u.model, u.task, u.site, u.method, u.n_train, u.n_val, u.n_test, u.min_split, u.warnings,
        coalesce(c.done, 0) AS done, coalesce(c.failed, 0) AS failed, coalesce(c.interrupted, 0) AS interrupted,
        s.trial_id AS selected_trial, s.selected_by, s.val_flip_rate, s.val_kl_other, s.test_flip_rate,
        s.test_kl_other, s.sites_moved, s.sites_total, s.n_params,
@@ -93,6 +93,7 @@ def unit_status(run_dir: Path) -> list[dict]:
     finally:
         con.close()
     for r in rows:
+        r["warnings"] = [str(w) for w in r["warnings"]] if r["warnings"] is not None else []
         r["pending"] = max(0, search.n_trials - int(r["done"])) + max(0, search.replicates - 1 - int(r["replicates"]))
         r["seed_jaccard"] = math.nan
         if r["replicates"]:  # so the cells were read
@@ -117,19 +118,27 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(rows, default=str))
         return 0
     print(f"{'unit':<16}{'model':<14}{'task':<13}{'site':<11}{'method':<12}{'done':>5}{'reps':>5}{'failed':>7}"
-          f"{'interr.':>8}{'pending':>8}  {'selected':<22}{'val_flip':>9}{'test_flip':>10}{'val_kl':>8}"
-          f"{'test_kl':>8}{'sites moved':>13}{'n_params':>10}{'seed J':>8}")
+          f"{'interr.':>8}{'pending':>8}  {'selected':<22}{'n_val':>6}{'val_flip':>9}{'n_test':>7}{'test_flip':>10}"
+          f"{'val_kl':>8}{'test_kl':>8}{'sites moved':>13}{'n_params':>10}{'seed J':>8}")
     for r in rows:
         sites = "-" if r["selected_trial"] is None else f"{int(r['sites_moved'])}/{int(r['sites_total'])}"
         selected = "-" if r["selected_trial"] is None else r["selected_trial"][-6:] + (
             " (fallback)" if r["selected_by"] == "fallback" else "")
         n_params = "-" if r["n_params"] is None or r["n_params"] != r["n_params"] else f"{int(r['n_params'])}"
+        val_star, test_star = ("*" if r[f"n_{split}"] < r["min_split"] else "" for split in ("val", "test"))
         print(f"{r['unit_id']:<16}{r['model']:<14}{r['task']:<13}{r['site']:<11}{r['method']:<12}{r['done']:>5}"
               f"{r['replicates']:>5}{r['failed']:>7}{r['interrupted']:>8}{r['pending']:>8}  {selected:<22}"
-              f"{_fmt(r['val_flip_rate']):>9}{_fmt(r['test_flip_rate']):>10}{_fmt(r['val_kl_other']):>8}"
-              f"{_fmt(r['test_kl_other']):>8}{sites:>13}{n_params:>10}{_fmt(r['seed_jaccard'], '.2f'):>8}")
+              f"{r['n_val']:>6}{_fmt(r['val_flip_rate']) + val_star:>9}{r['n_test']:>7}"
+              f"{_fmt(r['test_flip_rate']) + test_star:>10}{_fmt(r['val_kl_other']) + val_star:>8}"
+              f"{_fmt(r['test_kl_other']) + test_star:>8}{sites:>13}{n_params:>10}{_fmt(r['seed_jaccard'], '.2f'):>8}")
     rule = describe_rule(run_min_flip(Path(args.run_dir))[1])
-    print(f"\n{rule[0].upper() + rule[1:]}.\nsites moved: cells (layer, position[, head]) whose effect is above the "
+    print(f"\n{rule[0].upper() + rule[1:]}.\nsites moved: cells (layer, column[, head]) whose effect is above the "
           "method's threshold (units.moved_measure, units.moved_threshold); seed J: mean pairwise Jaccard overlap "
-          "of the moved cells of the selected trial and its replicates; (fallback): no trial reached min_flip.")
+          "of the moved cells of the selected trial and its replicates; (fallback): no trial reached min_flip; "
+          "n_val, n_test: the prompts behind each rate; *: fewer than the unit's min_split prompts, noise-prone.")
+    warned = [(r, w) for r in rows for w in r["warnings"]]
+    if warned:
+        print("\nwarnings:")
+        for r, warning in warned:
+            print(f"  {r['unit_id']} ({r['model']}/{r['task']}/{r['site']}/{r['method']}): {warning}")
     return 0

@@ -32,6 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=settings.batch_size)
     p.add_argument("--seed", type=int, default=settings.seed, help="data and batch-order seed")
     p.add_argument("--filter", default=settings.filter, choices=["model_prefers_a", "none"])
+    p.add_argument("--min-split", type=int, default=settings.min_split,
+                   help="warn when a split holds fewer prompts (its rates are marked)")
     p.add_argument("--allow-pickle", action="store_true", help="allow loading pickle (.bin) weights")
     p.add_argument("--top", type=int, default=10, help="how many most-moved scalars to print")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
@@ -61,7 +63,10 @@ def run(args: argparse.Namespace) -> int:
     if args.steps <= 0 or args.batch_size <= 0 or args.lr <= 0:
         raise UsageError(f"--steps, --batch-size and --lr must be positive (got {args.steps}, {args.batch_size}, {args.lr})")
     layers = args.layers if args.layers == "all" else tuple(int(x) for x in _split_layers(args.layers))
-    settings = TrainSettings(steps=args.steps, batch_size=args.batch_size, seed=args.seed, filter=args.filter)
+    if args.min_split <= 0:
+        raise UsageError(f"--min-split must be positive (got {args.min_split})")
+    settings = TrainSettings(steps=args.steps, batch_size=args.batch_size, seed=args.seed, filter=args.filter,
+                             min_split=args.min_split)
     spec = UnitSpec(args.model, TaskSpec.make(args.task, parse_task_options(args.task_option)), args.site,
                     layers, args.method, settings)
     # validate names before paying for a model load
@@ -76,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
     report = {
         "unit": spec.describe(), "status": status_of(outcome), "error": outcome.error,
         "examples": unit.counts, "base_accuracy": unit.base_accuracy,
+        "n": {split: len(data) for split, data in unit.splits.items()}, "min_split": args.min_split,
+        "warnings": unit.warnings,
         "val": outcome.metrics.get("val"), "test": outcome.metrics.get("test"),
         "n_params": outcome.n_params, "sites_moved": outcome.sites_moved, "sites_total": outcome.sites_total,
         "steps": outcome.steps,
@@ -100,14 +107,22 @@ def _print_text(report: dict) -> None:
     print(f"unit      {report['unit']}")
     print(f"status    {report['status']}" + (f" ({report['error']})" if report["error"] else ""))
     print(f"examples  {report['examples']}  (base accuracy {report['base_accuracy']:.3f})")
-    print(f"sites     moved {report['sites_moved']} of {report['sites_total']} cells (layer, position[, head])  "
+    for warning in report["warnings"]:
+        print(f"warning   {warning}")
+    print(f"sites     moved {report['sites_moved']} of {report['sites_total']} cells (layer, column[, head])  "
           f"n_params={report['n_params']}  steps={report['steps']}  wall={report['wall_s']}s")
     if report["val"]:
-        print(f"{'metric':<12}{'val':>10}{'test':>10}")
+        small = {split: n < report["min_split"] for split, n in report["n"].items()}
+        heads = {split: f"{split} n={report['n'][split]}" + ("*" if small[split] else "") for split in ("val", "test")}
+        print(f"{'metric':<12}{heads['val']:>14}{heads['test']:>14}")
         for name in report["val"]:
-            print(f"{name:<12}{report['val'][name]:>10.4f}{report['test'][name]:>10.4f}")
-    print("most moved:")
+            print(f"{name:<12}{report['val'][name]:>14.4f}{report['test'][name]:>14.4f}")
+        if any(small.values()):
+            print(f"* fewer than min_split={report['min_split']} prompts: these rates are noise-prone")
+    print("most moved (column: position and role, or role alone where prompts differ in shape):")
     for row in report["most_moved"]:
         head = "" if row["head"] is None else f" head {row['head']}"
-        print(f"  layer {row['layer']:>3} pos {row['position']:>3} {row['role']:<10}{head} value {row['value']:.4f}"
+        where = f"pos {row['position']:>3} {row['role']:<10}" if row["position"] is not None else \
+            f"role {row['role']:<10} ({row['n_prompts']} prompts)"
+        print(f"  layer {row['layer']:>3} {where}{head} value {row['value']:.4f}"
               f"  effect {row['effect']:.4f}" + ("  moved" if row["moved"] else ""))

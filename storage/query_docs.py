@@ -14,7 +14,7 @@ from storage.query import run_sql
 
 SAMPLE_RUN = Path(__file__).resolve().parents[1] / "docs" / "data" / "sample-run"
 # A real trial id of the sample run (tiny-gpt2's selected ActivScalar trial); a test checks it is there.
-EXAMPLE_TRIAL = "u-4116b0e5c7a1-t00001"
+EXAMPLE_TRIAL = "u-2d0a3e6cdfeb-t00001"
 
 QUERIES: list[tuple[str, str, str]] = [
     ("Selected trial per unit",
@@ -60,7 +60,7 @@ GROUP BY ALL ORDER BY c.model, rel_depth"""),
                                   OR (t.replicate_of = s.trial_id AND t.status = 'complete')),
 n AS (SELECT unit_id, count(*) AS seeds FROM seeds GROUP BY unit_id),
 moved AS (
-    SELECT seeds.unit_id, c.layer, c.position, c.head, count(*) AS k
+    SELECT seeds.unit_id, c.layer, c.position, c.role, c.head, count(*) AS k
     FROM seeds JOIN scalars c USING (trial_id) WHERE c.moved GROUP BY ALL)
 SELECT u.model, u.method, n.seeds,
        count(*) FILTER (WHERE moved.k = n.seeds) AS moved_in_all_seeds,

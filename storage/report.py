@@ -57,16 +57,37 @@ def _slug(*parts: object) -> str:
     return "-".join(str(p).replace("/", "_").replace(" ", "_") for p in parts)
 
 
-def heatmap_matrix(scalars: pd.DataFrame) -> tuple[np.ndarray, list[int], list[str]]:
-    """layers x positions (or layers x heads at the last position for per-head sites)."""
+def _column_order(scalars: pd.DataFrame) -> pd.DataFrame:
+    """The cell columns of a trial's rows, in order: key (position, or role where position is NULL),
+    label, and whether the column holds a role that only some prompts have."""
+    first = scalars.assign(key=[f"p{int(p)}" if p == p and p is not None else f"r:{r}"
+                                for p, r in zip(scalars.position, scalars.role)])
+    cols = first.drop_duplicates("key").assign(end=lambda f: f.role == "END")
+    cols = cols.sort_values(["end", "mean_position", "role"]) if cols.position.isna().any() else \
+        cols.sort_values("mean_position")
+    by_role = cols.position.isna()
+    most = int(cols.n_prompts.max()) if len(cols) else 0
+    partial = by_role & (cols.n_prompts < most)
+    labels = [f"{r} ({int(n)}){'*' if part else ''}" if role else str(r)
+              for r, n, role, part in zip(cols.role, cols.n_prompts, by_role, partial)]
+    return pd.DataFrame({"key": cols.key.to_numpy(), "label": labels, "by_role": by_role.to_numpy()}), first
+
+
+def heatmap_matrix(scalars: pd.DataFrame) -> tuple[np.ndarray, list[int], list[str], str]:
+    """layers x columns, and the column axis's title: token positions labelled by role, or, for
+    prompts of several shapes, roles labelled by how many prompts have them ("office (9)*": *
+    marks a role that not every prompt has); per-head sites: layers x heads at the last column (END)."""
+    columns, keyed = _column_order(scalars)
     if scalars["head"].notna().any():
-        last = scalars.position.max()
-        s = scalars[scalars.position == last]
+        last = keyed[keyed.role == "END"].key.iloc[0] if (keyed.role == "END").any() else columns.key.iloc[-1]
+        s = keyed[keyed.key == last]
         grid = s.pivot_table(index="layer", columns="head", values="value", aggfunc="first").sort_index()
-        return grid.to_numpy(), list(grid.index), [f"head {int(h)}" for h in grid.columns]
-    grid = scalars.pivot_table(index="layer", columns="position", values="value", aggfunc="first").sort_index()
-    roles = scalars.drop_duplicates("position").set_index("position")["role"]
-    return grid.to_numpy(), list(grid.index), [str(roles[p]) for p in grid.columns]
+        return grid.to_numpy(), list(grid.index), [f"head {int(h)}" for h in grid.columns], "head (at END)"
+    grid = keyed.pivot_table(index="layer", columns="key", values="value", aggfunc="first").sort_index()
+    grid = grid[columns.key.tolist()]
+    axis = "token role (prompts that have it; * = not every prompt)" if columns.by_role.any() else \
+        "token role (position)"
+    return grid.to_numpy(), list(grid.index), columns.label.tolist(), axis
 
 
 def _of(frame: pd.DataFrame, row: Any) -> pd.DataFrame:
@@ -80,7 +101,7 @@ def _shown(scalars: pd.DataFrame, scaled: bool) -> pd.DataFrame:
     return scalars if scaled else scalars.assign(value=scalars.effect)
 
 
-def _draw_heatmap(ax: Axes, matrix: np.ndarray, layers: list[Any], labels: list[str], scaled: bool,
+def _draw_heatmap(ax: Axes, matrix: np.ndarray, layers: list[Any], labels: list[str], axis: str, scaled: bool,
                   title: str) -> AxesImage:
     if scaled:
         spread = max(1e-3, float(np.nanmax(np.abs(matrix - 1))))
@@ -90,7 +111,7 @@ def _draw_heatmap(ax: Axes, matrix: np.ndarray, layers: list[Any], labels: list[
         image = ax.imshow(matrix, aspect="auto", cmap="viridis", origin="lower")
     ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=7)
     ax.set_yticks(range(len(layers)), [str(layer) for layer in layers], fontsize=7)
-    ax.set_xlabel("token role (position)" if not labels or not labels[0].startswith("head") else "head (last position)")
+    ax.set_xlabel(axis)
     ax.set_ylabel("layer")
     ax.set_title(title, fontsize=9)
     return image
@@ -132,10 +153,10 @@ def render(run_dirs: list[Path], out: Path, trial_id: str | None = None, *,
         s = _shown(_of(scalars, row), scaled)
         if s.empty:
             continue
-        matrix, layers, labels = heatmap_matrix(s)
+        matrix, layers, labels, axis = heatmap_matrix(s)
         fig, ax = plt.subplots(figsize=(max(5, 0.35 * len(labels) + 2), max(3, 0.18 * len(layers) + 1.5)))
         flag = " (fallback)" if row.selected_by == "fallback" else ""
-        image = _draw_heatmap(ax, matrix, layers, labels, scaled,
+        image = _draw_heatmap(ax, matrix, layers, labels, axis, scaled,
                               f"{row.model} / {row.task} / {row.site} / {row.method}{flag}\n{row.trial_id}, "
                               f"{int(row.sites_moved)} of {int(row.sites_total)} cells moved")
         fig.colorbar(image, ax=ax, label="alpha" if scaled else f"{row.moved_measure} (the moved measure)")
@@ -153,8 +174,8 @@ def render(run_dirs: list[Path], out: Path, trial_id: str | None = None, *,
         group = group.sort_values("model")
         fig, axes = plt.subplots(1, len(group), figsize=(5 * len(group), 4), squeeze=False)
         for ax, row in zip(axes[0], group.itertuples()):
-            matrix, layers, labels = heatmap_matrix(_shown(_of(scalars, row), method in scaled_methods))
-            _draw_heatmap(ax, matrix, [f"{layer / max(1, row.n_layers - 1):.2f}" for layer in layers], labels,
+            matrix, layers, labels, axis = heatmap_matrix(_shown(_of(scalars, row), method in scaled_methods))
+            _draw_heatmap(ax, matrix, [f"{layer / max(1, row.n_layers - 1):.2f}" for layer in layers], labels, axis,
                           method in scaled_methods, f"{row.model}")
             ax.set_ylabel("relative depth l/(L-1)")
         fig.suptitle(f"{task} / {site} / {method}: models side by side", fontsize=10)
@@ -201,20 +222,21 @@ def render(run_dirs: list[Path], out: Path, trial_id: str | None = None, *,
     thresholds = sorted({run_min_flip(Path(d))[1] for d in run_dirs})
     rule = describe_rule(thresholds[0] if len(thresholds) == 1 else None) if trial_id is None else \
         f"trial {trial_id}, chosen by the user (--trial)"
-    (out / "index.html").write_text(_html(run_dirs, made, comparison, config, rule))
-    (out / "summary.md").write_text(_markdown(run_dirs, made, comparison, rule))
+    warnings = warnings_table(chosen)
+    (out / "index.html").write_text(_html(run_dirs, made, comparison, config, rule, warnings))
+    (out / "summary.md").write_text(_markdown(run_dirs, made, comparison, rule, warnings))
     return made
 
 
 def _seed_heatmap(figures_dir: Path, row: Any, stats: SeedStats) -> dict[str, Any]:
     """Per cell, the share of seeds (selected trial and replicates) in which it moved."""
     freq = stats.cell_frequency.rename(columns={"moved_share": "value"})
-    matrix, layers, labels = heatmap_matrix(freq)
+    matrix, layers, labels, axis = heatmap_matrix(freq)
     fig, ax = plt.subplots(figsize=(max(5, 0.35 * len(labels) + 2), max(3, 0.18 * len(layers) + 1.5)))
     image = ax.imshow(matrix, aspect="auto", cmap="Greens", vmin=0, vmax=1, origin="lower")
     ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=7)
     ax.set_yticks(range(len(layers)), [str(layer) for layer in layers], fontsize=7)
-    ax.set_xlabel("token role (position)" if not labels or not labels[0].startswith("head") else "head (last position)")
+    ax.set_xlabel(axis)
     ax.set_ylabel("layer")
     ax.set_title(f"{row.model} / {row.task} / {row.site} / {row.method}: moved in how many of {stats.n_seeds} seeds\n"
                  f"Jaccard {stats.jaccard:.2f}, rank corr {stats.rank_corr:.2f}, in all seeds {stats.moved_in_all}, "
@@ -241,6 +263,23 @@ def _interval(mean: float, lo: float, hi: float) -> str:
     return "-" if mean != mean else f"{mean:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
+def _prompt_interval(values: np.ndarray, too_few: bool) -> str:
+    """The 95% bootstrap interval over prompts, or why there is none."""
+    if too_few:
+        return f"none (n={len(values)} < min_split)"
+    lo, hi = bootstrap_ci(values)
+    return f"[{lo:.3f}, {hi:.3f}]"
+
+
+def warnings_table(chosen: pd.DataFrame) -> list[tuple[str, str]]:
+    """(unit, warning) for every shown unit whose splits are small or whose model is near chance."""
+    out = []
+    for row in chosen.drop_duplicates("unit_id").sort_values(["model", "task", "site", "method"]).itertuples():
+        for warning in (row.warnings if row.warnings is not None else []):
+            out.append((f"{row.model} / {row.task} / {row.site} / {row.method} ({row.unit_id})", str(warning)))
+    return out
+
+
 def method_table(chosen: pd.DataFrame, predictions: pd.DataFrame,
                  stability: dict[tuple[str, str], SeedStats]) -> pd.DataFrame:
     """One row per shown trial: test metrics with intervals over prompts and over seeds, and the
@@ -248,17 +287,17 @@ def method_table(chosen: pd.DataFrame, predictions: pd.DataFrame,
     rows = []
     for row in chosen.sort_values(["model", "task", "site", "method"]).itertuples():
         p = _of(predictions, row).sort_values("index")
-        flips = p.flipped.to_numpy(dtype=float)
-        kls = p.kl_other.to_numpy(dtype=float)
-        f_lo, f_hi = bootstrap_ci(flips)
-        k_lo, k_hi = bootstrap_ci(kls)
+        small = len(p) < int(row.min_split)  # too few test prompts for an interval to mean anything
+        flip_ci, kl_ci = (_prompt_interval(p.flipped.to_numpy(dtype=float), small),
+                          _prompt_interval(p.kl_other.to_numpy(dtype=float), small))
         stats = stability[(row.run_id, row.trial_id)]
         rows.append(dict(model=row.model, task=row.task, site=row.site, method=row.method, trial_id=row.trial_id,
-                         selected_by=row.selected_by,
-                         test_flip_rate=row.test_flip_rate, flip_ci95=f"[{f_lo:.3f}, {f_hi:.3f}]",
-                         test_kl_other=row.test_kl_other, kl_ci95=f"[{k_lo:.3f}, {k_hi:.3f}]",
+                         selected_by=row.selected_by, n_val=int(row.n_val), val_flip_rate=row.val_flip_rate,
+                         n_test=len(p), small_split=bool(small or int(row.n_val) < int(row.min_split)),
+                         test_flip_rate=row.test_flip_rate, flip_ci95=flip_ci,
+                         test_kl_other=row.test_kl_other, kl_ci95=kl_ci,
                          sites_moved=f"{int(row.sites_moved)} / {int(row.sites_total)}", n_params=int(row.n_params),
-                         n_test_prompts=len(p), seeds=stats.n_seeds,
+                         seeds=stats.n_seeds,
                          flip_over_seeds=_interval(*stats.test_flip) if stats.n_seeds > 1 else "-",
                          kl_over_seeds=_interval(*stats.test_kl) if stats.n_seeds > 1 else "-",
                          moved_jaccard=stats.jaccard, moved_rank_corr=stats.rank_corr,
@@ -266,8 +305,15 @@ def method_table(chosen: pd.DataFrame, predictions: pd.DataFrame,
     return pd.DataFrame(rows)
 
 
+def _warnings_html(warnings: list[tuple[str, str]]) -> str:
+    if not warnings:
+        return ""
+    items = "".join(f"<li><b>{html.escape(unit)}</b>: {html.escape(text)}</li>" for unit, text in warnings)
+    return f'<h3>Warnings</h3><ul id="warnings">{items}</ul>'
+
+
 def _html(run_dirs: list[Path], made: dict[str, list[Any]], comparison: pd.DataFrame, config: str,
-          rule: str) -> str:
+          rule: str, warnings: list[tuple[str, str]]) -> str:
     def imgs(key: str, caption: Callable[[dict[str, Any]], str]) -> str:
         return "".join(f'<figure><img src="{html.escape(m["file"])}" alt="{html.escape(m["file"])}">'
                        f"<figcaption>{html.escape(caption(m))}</figcaption></figure>" for m in made[key])
@@ -283,11 +329,14 @@ def _html(run_dirs: list[Path], made: dict[str, list[Any]], comparison: pd.DataF
                                     "Give several run directories, or a sweep with several models.</p>")
         + imgs("depth", lambda m: f"mean |alpha-1| by relative depth: {m['task']} {m['site']} {m['method']}"),
         "<h2>Trade-offs</h2>" + imgs("tradeoffs", lambda m: m["unit_id"]),
-        "<h2>Methods compared</h2><p>Test split; 95% bootstrap intervals over prompts; over seeds, the mean "
+        "<h2>Methods compared</h2><p>Test split; n_val and n_test are the prompts behind each rate; 95% bootstrap "
+        "intervals over prompts, none where a split holds fewer than the unit's min_split prompts (small_split "
+        "marks such rows: their rates are noise-prone); over seeds, the mean "
         "and 95% Student-t interval across the selected trial and its replicates. sites_moved counts cells "
-        "(layer, position[, head]) whose effect is above the method's threshold (units.moved_measure, "
+        "(layer, column[, head]) whose effect is above the method's threshold (units.moved_measure, "
         "units.moved_threshold), in the same unit for every method; n_params is the parameter count.</p>"
-        + f'<div id="table-methods">{comparison.to_html(index=False, float_format=lambda v: f"{v:.3f}")}</div>',
+        + f'<div id="table-methods">{comparison.to_html(index=False, float_format=lambda v: f"{v:.3f}")}</div>'
+        + _warnings_html(warnings),
         f"<h2>Sweep config</h2><pre>{html.escape(config)}</pre>",
     ]
     style = ("body{font-family:sans-serif;margin:2em;max-width:1400px}figure{display:inline-block;margin:.5em}"
@@ -298,17 +347,26 @@ def _html(run_dirs: list[Path], made: dict[str, list[Any]], comparison: pd.DataF
             f"</head><body><h1>actscale report</h1><p>Runs: {runs}</p>{''.join(sections)}</body></html>\n")
 
 
-def _markdown(run_dirs: list[Path], made: dict[str, list[Any]], comparison: pd.DataFrame, rule: str) -> str:
+def _markdown(run_dirs: list[Path], made: dict[str, list[Any]], comparison: pd.DataFrame, rule: str,
+              warnings: list[tuple[str, str]]) -> str:
     lines = ["# actscale report", "", f"Runs: {', '.join(map(str, run_dirs))}", "", rule[0].upper() + rule[1:] + ".",
-             "", "| model | task | site | method | test flip_rate (95% CI, prompts) | test kl_other (95% CI) | "
-             "sites moved / total | n_params | seeds | test flip_rate over seeds | moved Jaccard |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "", "| model | task | site | method | val flip_rate (n) | test flip_rate (95% CI, prompts; n) | "
+             "test kl_other (95% CI) | sites moved / total | n_params | seeds | test flip_rate over seeds | "
+             "moved Jaccard |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in comparison.itertuples():
         flag = " (fallback)" if r.selected_by == "fallback" else ""
+        star = "*" if r.small_split else ""
         jac = "-" if r.moved_jaccard != r.moved_jaccard else f"{r.moved_jaccard:.2f}"
-        lines.append(f"| {r.model} | {r.task} | {r.site} | {r.method}{flag} | {r.test_flip_rate:.3f} {r.flip_ci95} | "
-                     f"{r.test_kl_other:.3f} {r.kl_ci95} | {r.sites_moved} | {r.n_params} | {r.seeds} | "
+        lines.append(f"| {r.model} | {r.task} | {r.site} | {r.method}{flag} | {r.val_flip_rate:.3f}{star} (n={r.n_val}) | "
+                     f"{r.test_flip_rate:.3f}{star} {r.flip_ci95} (n={r.n_test}) | "
+                     f"{r.test_kl_other:.3f}{star} {r.kl_ci95} | {r.sites_moved} | {r.n_params} | {r.seeds} | "
                      f"{r.flip_over_seeds} | {jac} |")
+    if comparison.small_split.any():
+        lines += ["", "\\* a split of this unit holds fewer prompts than its min_split: the rates are noise-prone and "
+                  "get no interval over prompts."]
+    if warnings:
+        lines += ["", "## Warnings", ""] + [f"- **{unit}**: {text}" for unit, text in warnings]
     lines += ["", "Figures: " + ", ".join(m["file"] for key in ("heatmaps", "seeds", "across", "depth", "tradeoffs")
                                           for m in made[key])]
     return "\n".join(lines) + "\n"

@@ -9,7 +9,8 @@ from enum import StrEnum
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 2  # 2: sites_moved/sites_total, replicates, interrupted rows, cell effects, entities
+SCHEMA_VERSION = 3  # 2: sites_moved/sites_total, replicates, interrupted rows, cell effects, entities;
+# 3: cells by role for prompts of several shapes (scalars.n_prompts, mean_position), units.min_split, warnings
 META_TABLE = b"actscale.table"
 META_VERSION = b"actscale.schema_version"
 SPLITS_REPORTED = ("val", "test")
@@ -40,6 +41,7 @@ UNITS = pa.schema([
     ("settings", pa.string()), ("n_train", pa.int32()), ("n_val", pa.int32()), ("n_test", pa.int32()),
     ("counts", pa.string()), ("base_accuracy", pa.float64()), ("mean_ld", pa.float64()),
     ("moved_measure", pa.string()), ("moved_threshold", pa.float64()),
+    ("min_split", pa.int32()), ("warnings", pa.list_(pa.string())),
 ])
 
 TRIALS = pa.schema(
@@ -57,8 +59,8 @@ SCALARS = pa.schema([
     ("trial_id", pa.string()), ("unit_id", pa.string()), ("run_id", pa.string()), ("model", pa.string()),
     ("task", pa.string()),
     ("site", pa.string()), ("method", pa.string()), ("layer", pa.int32()), ("rel_depth", pa.float64()),
-    ("position", pa.int32()), ("role", pa.string()), ("head", pa.int32()), ("value", pa.float64()),
-    ("effect", pa.float64()), ("moved", pa.bool_()),
+    ("position", pa.int32()), ("role", pa.string()), ("head", pa.int32()), ("n_prompts", pa.int32()),
+    ("mean_position", pa.float64()), ("value", pa.float64()), ("effect", pa.float64()), ("moved", pa.bool_()),
 ])
 
 EXAMPLES = pa.schema([

@@ -22,7 +22,7 @@ from storage.schema import Status
 _T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
          2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
          2.045, 2.042]
-CELL = ["layer", "position", "head"]
+CELL = ["layer", "position", "role", "head"]  # a cell; position is NULL for role columns (prompts of several shapes)
 
 
 def t_interval(values: np.ndarray, low: float = -math.inf, high: float = math.inf) -> tuple[float, float, float]:
@@ -61,7 +61,7 @@ class SeedStats:
     moved_in_any: int  # cells moved in at least one seed
     test_flip: tuple[float, float, float]  # mean, low, high over seeds
     test_kl: tuple[float, float, float]
-    cell_frequency: pd.DataFrame  # layer, position, role, head, moved_share (0..1 over seeds)
+    cell_frequency: pd.DataFrame  # layer, position, role, head, n_prompts, mean_position, moved_share (0..1)
 
     @property
     def n_seeds(self) -> int:
@@ -79,6 +79,7 @@ def seed_stats(selected_trial_id: str, trials: pd.DataFrame, scalars: pd.DataFra
     ids = group_of(selected_trial_id, trials)
     rows = scalars[scalars.trial_id.isin(ids)].copy()
     rows["head"] = rows["head"].fillna(-1).astype(int)
+    rows["position"] = rows["position"].fillna(-1).astype(int)
     moved_sets = {tid: set(map(tuple, g.loc[g.moved.astype(bool), CELL].to_numpy().tolist()))
                   for tid, g in rows.groupby("trial_id")}
     moved_sets = {tid: moved_sets.get(tid, set()) for tid in ids}
@@ -87,8 +88,10 @@ def seed_stats(selected_trial_id: str, trials: pd.DataFrame, scalars: pd.DataFra
     jac = [jaccard(moved_sets[a], moved_sets[b]) for a, b in pairs]
     rho = [spearman(effects[a].to_numpy(), effects[b].to_numpy()) for a, b in pairs
            if a in effects.columns and b in effects.columns]
-    frequency = rows.groupby(CELL + ["role"], as_index=False).moved.mean().rename(columns={"moved": "moved_share"})
+    frequency = rows.groupby(CELL, as_index=False).agg(moved_share=("moved", "mean"), n_prompts=("n_prompts", "first"),
+                                                       mean_position=("mean_position", "first"))
     frequency["head"] = frequency["head"].where(frequency["head"] >= 0, None)
+    frequency["position"] = frequency["position"].where(frequency["position"] >= 0, None)
     chosen = trials.set_index("trial_id").loc[ids]
     all_sets = list(moved_sets.values())
     return SeedStats(

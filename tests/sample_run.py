@@ -58,7 +58,7 @@ def make_sample_run(run_dir: Path, run_id: str = "run-sample", trials_per_unit: 
                                         settings=json.dumps({"steps": 60}), n_train=90, n_val=45, n_test=45,
                                         counts=json.dumps({"total": 360}), base_accuracy=0.5, mean_ld=0.1,
                                         moved_measure="|alpha-1|" if method == "activscalar" else "|v|/mean|h|",
-                                        moved_threshold=0.1)])
+                                        moved_threshold=0.1, min_split=3, warnings=[])])
             for split, n in (("train", 3), ("test", 3)):
                 store.append("examples", [dict(unit_id=unit_id, run_id=run_id, split=split, index=i, prompt=f"prompt {i}",
                                                answer_a=" Mary", answer_b=" John", template="t", roles=ROLES,
@@ -87,6 +87,7 @@ def make_sample_run(run_dir: Path, run_id: str = "run-sample", trials_per_unit: 
                         scalars.append(dict(trial_id=trial["trial_id"], unit_id=unit_id, run_id=run_id, model=model, task="ioi",
                                             site="mlp_out", method=method, layer=layer,
                                             rel_depth=layer / (n_layers - 1), position=pos, role=role, head=None,
+                                            n_prompts=45, mean_position=float(pos),
                                             value=round(value, 5), effect=round(effect, 5), moved=effect > 0.1))
                 store.append("scalars", scalars)
                 lds = [round(rng.uniform(-2, 1), 4) for _ in range(3)]

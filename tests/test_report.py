@@ -51,7 +51,7 @@ def test_heatmap_values_equal_the_scalars_table(report):
     trials, scalars = load(run, "trials"), load(run, "scalars")
     for trial_id in select_trials([run], trials).trial_id:
         s = scalars[scalars.trial_id == trial_id]
-        matrix, layers, labels = heatmap_matrix(s)
+        matrix, layers, labels, _ = heatmap_matrix(s)
         for row in s.itertuples():
             assert matrix[layers.index(row.layer), row.position] == row.value
         assert labels[:4] == ["When", "IO", "and", "S1"]

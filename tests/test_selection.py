@@ -88,7 +88,7 @@ def test_seed_statistics_by_hand():
         for i, (layer, pos) in enumerate(cells):
             effect = 0.5 if (layer, pos) in moved[tid] else 0.01 * (i + rank)
             rows.append(dict(trial_id=tid, layer=layer, position=pos, head=None, role=f"r{pos}", effect=effect,
-                             moved=(layer, pos) in moved[tid]))
+                             moved=(layer, pos) in moved[tid], n_prompts=10, mean_position=float(pos)))
     trials = pd.DataFrame([dict(trial_id="a", replicate_of=None, status="complete", test_flip_rate=0.9,
                                 test_kl_other=0.1),
                            dict(trial_id="b", replicate_of="a", status="complete", test_flip_rate=0.8,

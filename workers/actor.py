@@ -57,7 +57,8 @@ class WorkerActor:
                    settings=json.dumps(spec.settings.to_dict(), sort_keys=True),
                    n_train=len(unit.splits["train"]), n_val=len(unit.splits["val"]), n_test=len(unit.splits["test"]),
                    counts=json.dumps(unit.counts), base_accuracy=unit.base_accuracy, mean_ld=unit.mean_ld,
-                   moved_measure=measure, moved_threshold=threshold)
+                   moved_measure=measure, moved_threshold=threshold, min_split=spec.settings.min_split,
+                   warnings=unit.warnings)
         examples = []
         for split, data in unit.splits.items():
             lds = data.ld.tolist()

@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from workers.errors import UsageError
@@ -75,6 +74,9 @@ class Intervention(nn.Module):
         self.n_heads = refs[0].n_heads
         self.width = refs[0].width
         self.token_mask: torch.Tensor | None = None  # [K*B, T], 1 for real tokens (set by the trainer)
+        # [K*B, T]: each token's cell column (its position, or its role for prompts of several shapes;
+        # workers/columns.py), set by the trainer while cells are recorded
+        self.token_columns: torch.Tensor | None = None
 
     def _split(self, h: torch.Tensor) -> torch.Tensor:
         """[K*B, T, W] -> [K, B, T, W] or [K, B, T, H, W/H] for the head site."""
@@ -107,9 +109,10 @@ class Intervention(nn.Module):
         """Subclass: trial k's parameters (its optimizer's)."""
         raise NotImplementedError
 
-    def record_cells(self, n_positions: int | None) -> None:
-        """Start (n_positions) or stop (None) recording per-cell statistics during evaluation, for
-        methods whose cells depend on the activation (DynScalar); a no-op for the others."""
+    def record_cells(self, n_columns: int | None) -> None:
+        """Start (n_columns) or stop (None) recording per-cell statistics during evaluation, for
+        methods whose cells depend on the activation (DynScalar); a no-op for the others. Each
+        token counts towards its column in `token_columns`."""
 
     # What a "site" is, the same for every method: one (layer, position[, head]) cell.
     @classmethod
@@ -118,7 +121,8 @@ class Intervention(nn.Module):
         return settings.active_threshold
 
     def cells(self, k: int, norms: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Subclass: trial k's (value, effect) per cell, each [L, T(, H)] on the CPU. `norms`: mean |h| per cell."""
+        """Subclass: trial k's (value, effect) per cell, each [L, C(, H)] on the CPU, C the unit's cell columns
+        (positions for fixed-length methods; the recorded columns otherwise). `norms`: mean |h| per cell."""
         raise NotImplementedError
 
     def artifact_tensors(self, k: int) -> dict[str, torch.Tensor]:
@@ -228,10 +232,10 @@ class DynScalar(Intervention):
         self.weights = nn.ParameterList([nn.Parameter(torch.zeros(w_shape)) for _ in range(n_trials)])
         self.biases = nn.ParameterList([nn.Parameter(torch.zeros((len(refs),) + head)) for _ in range(n_trials)])
         self._l1_terms: list[torch.Tensor] = []
-        # While set (evaluation on val): layer index -> (sum alpha, sum |alpha-1|) [K, T(, H)] and
-        # real-token count [K, T] per position, over prompts padded to `record_len` positions.
+        # While set (evaluation on val): layer index -> (sum alpha, sum |alpha-1|) [K, C(, H)] and
+        # real-token count [K, C] per cell column (`token_columns`), over `n_columns` columns.
         self.record: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
-        self.record_len = 0
+        self.n_columns = 0
 
     def alpha(self, index: int, x: torch.Tensor) -> torch.Tensor:
         """x: [K, B, T(, H), W] -> alpha [K, B, T(, H)]."""
@@ -254,25 +258,33 @@ class DynScalar(Intervention):
         dev_real = dev * m
         self._l1_terms.append(dev_real.flatten(2).sum(2).mean(1))  # [K]: mean over prompts
         if self.record is not None:
-            self._record(index, (alpha * m).sum(1).detach().float(), dev_real.sum(1).detach().float(),
-                         mask.sum(1).detach().float())
+            self._record(index, (alpha * m).detach().float(), dev_real.detach().float(), mask.detach().float())
         scale = alpha[..., None]
         return (x * scale).reshape(h.shape)
 
-    def _record(self, index: int, alpha_sum: torch.Tensor, dev_sum: torch.Tensor, count: torch.Tensor) -> None:
-        pad = self.record_len - count.shape[1]
-        widths = (0, 0, 0, pad) if self.n_heads else (0, pad)
-        new = (F.pad(alpha_sum, widths), F.pad(dev_sum, widths), F.pad(count, (0, pad)))
+    def _record(self, index: int, alpha: torch.Tensor, dev: torch.Tensor, mask: torch.Tensor) -> None:
+        """Add this forward's masked alpha and |alpha-1| ([K, B, T(, H)]) and token counts ([K, B, T])
+        to the sums of each token's cell column."""
+        assert self.token_columns is not None, "recording cells needs token_columns"
+        k, bsz, t = mask.shape
+        columns = self.token_columns.reshape(k, bsz, -1)[:, :, :t].reshape(k, bsz * t).to(mask.device)  # [K, B*T]
+
+        def by_column(x: torch.Tensor) -> torch.Tensor:  # [K, B, T(, H)] -> [K, C(, H)]
+            flat = x.reshape((k, bsz * t) + x.shape[3:])
+            index = columns[..., None].expand_as(flat) if flat.dim() == 3 else columns
+            return flat.new_zeros((k, self.n_columns) + x.shape[3:]).scatter_add_(1, index, flat)
+
+        new = (by_column(alpha), by_column(dev), by_column(mask))
         old = self.record.get(index)
         self.record[index] = new if old is None else tuple(a + b for a, b in zip(old, new))
 
     moved_measure = "mean |alpha-1| over val tokens"
 
-    def record_cells(self, n_positions: int | None) -> None:
-        self.record, self.record_len = ({}, n_positions) if n_positions is not None else (None, 0)
+    def record_cells(self, n_columns: int | None) -> None:
+        self.record, self.n_columns = ({}, n_columns) if n_columns is not None else (None, 0)
 
     def cells(self, k: int, norms: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean alpha and mean |alpha-1| over the recorded (val) tokens at each (layer, position[, head])."""
+        """Mean alpha and mean |alpha-1| over the recorded (val) tokens of each cell (layer, column[, head])."""
         assert self.record, "DynScalar cells need a recorded evaluation"
         values, effects = [], []
         for j in range(len(self.refs)):
@@ -280,7 +292,7 @@ class DynScalar(Intervention):
             c = count.clamp_min(1)[:, None] if self.n_heads else count.clamp_min(1)
             values.append(alpha_sum / c)
             effects.append(dev_sum / c)
-        return torch.stack(values), torch.stack(effects)  # [L, T(, H)]
+        return torch.stack(values), torch.stack(effects)  # [L, C(, H)]
 
     def begin_forward(self) -> None:
         self._l1_terms = []

@@ -4,6 +4,10 @@ Filters, in order, each with its dropped count: repeated prompts; answers that a
 tokens; prompts of another token length (methods with per-position parameters); prompts
 where the unintervened model does not rank answer a above b (`filter: model_prefers_a`);
 prompts whose entities landed in different splits (workers/splits.py).
+
+A unit whose splits end up smaller than `min_split` prompts, or whose model prefers answer a
+barely more often than chance, carries warnings (`PreparedUnit.warnings`, stored in the units
+table and printed): rates over a handful of prompts are noise.
 """
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from workers.columns import CellColumn, position_columns, role_columns
 from workers.errors import UsageError
 from workers.forward import logits_and_states, pad_batch
 from workers.interventions import any_length_methods, method_class
@@ -24,6 +29,7 @@ from workers.tasks.roles import TokenizedExample, tokenize_examples
 from workers.unit import UnitSpec
 
 SPLITS = ("train", "val", "test")
+NEAR_CHANCE = 0.6  # a base accuracy below this (chance: 0.5) is warned about
 
 
 @dataclass
@@ -60,10 +66,35 @@ class PreparedUnit:
         """Layers before this one never change, so their output is cached (0: no cache)."""
         return self.layers[0] if self.splits["train"].prefix is not None else 0
 
-    def roles_at(self, split: str = "test") -> list[str]:
-        """Roles by position, from the longest prompt of the split."""
-        longest = max(self.splits[split].examples, key=lambda e: e.length)
-        return longest.roles
+    def cell_columns(self, split: str = "val") -> tuple[list[CellColumn], torch.Tensor]:
+        """The columns of the cells on a split (positions for fixed-length methods, roles otherwise)
+        and each token's column index, [N, T] like the split's ids (workers/columns.py)."""
+        data = self.splits[split]
+        if self.n_positions is not None:
+            ids = torch.arange(data.ids.shape[1]).expand(len(data), -1)  # [N, T]
+            return position_columns(data.examples, self.n_positions), ids
+        return role_columns(data.examples, data.ids.shape[1])
+
+    @property
+    def warnings(self) -> list[str]:
+        """Why this unit's rates may mean little: small splits, a base accuracy near chance."""
+        minimum = self.spec.settings.min_split
+        small = [f"{name} {len(data)}" for name, data in self.splits.items() if len(data) < minimum]
+        out = []
+        if small:
+            out.append(f"split(s) smaller than min_split={minimum} prompts: {', '.join(small)} (of "
+                       f"{self.counts.get('total', '?')} prompts; {self._dropped()}); rates on a small val or test split "
+                       "are marked and get no interval; use a larger task (task option n, or more lines in the JSONL "
+                       "file)")
+        if self.base_accuracy < NEAR_CHANCE:
+            out.append(f"the model ranks answer a above b on {self.base_accuracy:.0%} of {self.counts.get('total', '?')} "
+                       f"prompts, near chance (50%; warned below {NEAR_CHANCE:.0%}): it barely does this task, so what "
+                       f"moves its answer says little about how it does it; check the task or use a larger model")
+        return out
+
+    def _dropped(self) -> str:
+        drops = {k.removeprefix("dropped_"): v for k, v in self.counts.items() if k.startswith("dropped_") and v}
+        return "dropped: " + (", ".join(f"{v} {k.replace('_', ' ')}" for k, v in drops.items()) or "none")
 
 
 def _split_data(loaded: LoadedModel, examples: list[TokenizedExample], logits: torch.Tensor) -> SplitData:

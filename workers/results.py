@@ -20,12 +20,12 @@ class TrialResult:
     error: str | None = None  # why the trial failed; None: it completed
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # split (val, test) -> METRIC_NAMES -> value
     n_params: int = 0
-    sites_moved: int = 0  # cells (layer, position[, head]) whose effect is above the method's threshold
+    sites_moved: int = 0  # cells (layer, column[, head]) whose effect is above the method's threshold
     sites_total: int = 0  # all cells the method could move
     steps: int = 0  # optimizer steps done
     wall_s: float = 0.0
     tokens_per_s: float = 0.0
-    # per cell: layer, position, role, head, value, effect, moved (columns of the scalars table)
+    # per cell: layer, position, role, head, n_prompts, mean_position, value, effect, moved (scalars columns)
     scalars: list[dict[str, Any]] = field(default_factory=list)
     # per test prompt: index, ld_before, ld_after, kl_other, flipped (columns of the predictions table)
     predictions: list[dict[str, Any]] = field(default_factory=list)

@@ -11,6 +11,7 @@ import time
 
 import torch
 
+from workers.columns import CellColumn
 from workers.forward import attention_mask, last_token_logits, start_at_layer
 from workers.interventions import Intervention, build_intervention, installed, method_class
 from workers.models import LoadedModel
@@ -120,20 +121,24 @@ def _train_group(loaded: LoadedModel, unit: PreparedUnit, hypers: list[Hyper], r
 
 
 def _evaluate(loaded: LoadedModel, unit: PreparedUnit, intervention: Intervention, split: SplitData,
-              record: bool) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+              columns: tuple[list[CellColumn], torch.Tensor] | None = None,
+              ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     """Per-trial metrics [K], and per-prompt ld_after and kl_other [K, N], on a split.
-    With `record`, a method whose cells depend on the activation (DynScalar) records them on this split.
+    With `columns` (the split's cell columns and each token's column, [N, T]), a method whose cells
+    depend on the activation (DynScalar) records them on this split.
     l1 is the minimality term averaged over the split's prompts (a constant for position-tied methods)."""
     k = intervention.n_trials
     chunk = max(1, unit.spec.settings.eval_batch // k)
     ld_after, kl, mass, l1 = [], [], [], torch.zeros(k)
-    intervention.record_cells(split.ids.shape[1] if record else None)
+    intervention.record_cells(len(columns[0]) if columns is not None else None)
     with torch.no_grad(), installed(intervention):
         for i in range(0, len(split), chunk):
             sl = slice(i, i + chunk)
             n = split.ids[sl].shape[0]
             lengths = split.lengths[sl].repeat(k)
             ids = split.ids[sl].repeat(k, 1)[:, : int(lengths.max())]
+            if columns is not None:
+                intervention.token_columns = columns[1][sl].repeat(k, 1)[:, : ids.shape[1]].to(loaded.device)
             prefix = split.prefix[sl].repeat(k, 1, 1) if split.prefix is not None else None
             after = _forward(loaded, intervention, ids, lengths, unit.first_layer, prefix).reshape(k, n, -1).cpu()
             before = split.logits[sl].expand(k, -1, -1)
@@ -155,19 +160,19 @@ def _evaluate(loaded: LoadedModel, unit: PreparedUnit, intervention: Interventio
     return metrics, ld_after_t, kl_t
 
 
-def _cell_rows(unit: PreparedUnit, values: torch.Tensor, effects: torch.Tensor, threshold: float) -> list[dict]:
-    """The learned values in long form: one row per (layer, position[, head]) cell, roles from val.
-    values, effects: [L, T(, H)]."""
-    roles = unit.roles_at("val")
+def _cell_rows(unit: PreparedUnit, columns: list[CellColumn], values: torch.Tensor, effects: torch.Tensor,
+               threshold: float) -> list[dict]:
+    """The learned values in long form: one row per (layer, column[, head]) cell, columns from val.
+    values, effects: [L, C(, H)]."""
     rows = []
     for li, layer in enumerate(unit.layers):
-        for pos in range(values.shape[1]):
-            role = roles[pos] if pos < len(roles) else f"pos{pos}"
+        for c, column in enumerate(columns):
             for h in (range(values.shape[2]) if values.dim() == 3 else [None]):
-                at = (li, pos) if h is None else (li, pos, h)
+                at = (li, c) if h is None else (li, c, h)
                 effect = float(effects[at])
-                rows.append(dict(layer=layer, position=pos, role=role, head=h, value=float(values[at]),
-                                 effect=effect, moved=effect > threshold))
+                rows.append(dict(layer=layer, position=column.position, role=column.role, head=h,
+                                 n_prompts=column.n_prompts, mean_position=column.mean_position,
+                                 value=float(values[at]), effect=effect, moved=effect > threshold))
     return rows
 
 
@@ -181,13 +186,15 @@ def train_trials(loaded: LoadedModel, unit: PreparedUnit, hypers: list[Hyper]) -
     norms = None  # mean |h| per cell on train, for a relative effect such as SteerVec's
     if method_class(unit.spec.method).needs_norms:
         norms = site_norms(loaded, refs, unit.splits["train"], unit.spec.settings.eval_batch)
+    columns = unit.cell_columns("val")  # the cells' columns, and each val token's column
     for members in groups.values():
         start = time.perf_counter()
         group = [outcomes[i] for i in members]
         try:
             intervention, tokens = _train_group(loaded, unit, [hypers[i] for i in members], refs, group)
             # test first, so that the cells (which DynScalar records while evaluating) come from val
-            evals = {split: _evaluate(loaded, unit, intervention, unit.splits[split], record=split == "val")
+            evals = {split: _evaluate(loaded, unit, intervention, unit.splits[split],
+                                      columns if split == "val" else None)
                      for split in ("test", "val")}
             cells = [intervention.cells(j, norms) for j in range(len(members))]  # (values, effects) per trial
         except torch.OutOfMemoryError as exc:
@@ -206,7 +213,7 @@ def train_trials(loaded: LoadedModel, unit: PreparedUnit, hypers: list[Hyper]) -
             o.sites_total = effects.numel()
             o.wall_s = wall / len(group)
             o.tokens_per_s = tokens / wall if wall > 0 else 0.0
-            o.scalars = _cell_rows(unit, values, effects, threshold)
+            o.scalars = _cell_rows(unit, columns[0], values, effects, threshold)
             _, ld_after, kl = evals["test"]
             ld_before = test_split.ld
             flips = flipped(ld_after[j], ld_before)

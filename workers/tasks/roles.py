@@ -2,7 +2,8 @@
 
 Placeholder tokens take the placeholder's name (IO, S1, S2, ...), the last token is END,
 special tokens are BOS, and other tokens take their template word ("went", "the#2" for a
-repeated word, "store+1" for a word's second token).
+repeated word, "store+1" for a word's second token). No role occurs twice in one prompt, so
+a role names one token of every prompt that has it (workers/columns.py relies on this).
 """
 from __future__ import annotations
 
@@ -58,13 +59,13 @@ def token_roles(prompt: str, template: str, offsets: list[tuple[int, int]]) -> l
     pieces: dict[str, int] = {}
     for start, end in offsets:
         if end <= start:
-            roles.append("BOS")
-            continue
-        c = end - 1
-        role = next((name for s, e, name in spans if s <= c < e), None)
-        if role is None:
-            idx = next((i for i, (s, e, _) in enumerate(words) if s <= c < e), None)
-            role = word_role[idx] if idx is not None else "SPACE"
+            role = "BOS"
+        else:
+            c = end - 1
+            role = next((name for s, e, name in spans if s <= c < e), None)
+            if role is None:
+                idx = next((i for i, (s, e, _) in enumerate(words) if s <= c < e), None)
+                role = word_role[idx] if idx is not None else "SPACE"
         n = pieces.get(role, 0)
         pieces[role] = n + 1
         roles.append(role if n == 0 else f"{role}+{n}")
