@@ -53,6 +53,11 @@ def bootstrap_ci(values: np.ndarray, seed: int = 0) -> tuple[float, float]:
     return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
 
 
+def task_label(task: str) -> str:
+    """A task as figure titles show it: a JSONL task by its file name, not its whole path."""
+    return Path(task).name if task.endswith(".jsonl") else task
+
+
 def _slug(*parts: object) -> str:
     return "-".join(str(p).replace("/", "_").replace(" ", "_") for p in parts)
 
@@ -157,7 +162,7 @@ def render(run_dirs: list[Path], out: Path, trial_id: str | None = None, *,
         fig, ax = plt.subplots(figsize=(max(5, 0.35 * len(labels) + 2), max(3, 0.18 * len(layers) + 1.5)))
         flag = " (fallback)" if row.selected_by == "fallback" else ""
         image = _draw_heatmap(ax, matrix, layers, labels, axis, scaled,
-                              f"{row.model} / {row.task} / {row.site} / {row.method}{flag}\n{row.trial_id}, "
+                              f"{row.model} / {task_label(row.task)} / {row.site} / {row.method}{flag}\n{row.trial_id}, "
                               f"{int(row.sites_moved)} of {int(row.sites_total)} cells moved")
         fig.colorbar(image, ax=ax, label="alpha" if scaled else f"{row.moved_measure} (the moved measure)")
         name = f"heatmap-{row.slug}.png"
@@ -178,7 +183,7 @@ def render(run_dirs: list[Path], out: Path, trial_id: str | None = None, *,
             _draw_heatmap(ax, matrix, [f"{layer / max(1, row.n_layers - 1):.2f}" for layer in layers], labels, axis,
                           method in scaled_methods, f"{row.model}")
             ax.set_ylabel("relative depth l/(L-1)")
-        fig.suptitle(f"{task} / {site} / {method}: models side by side", fontsize=10)
+        fig.suptitle(f"{task_label(task)} / {site} / {method}: models side by side", fontsize=10)
         name = f"across-{_slug(task, site, method)}.png"
         _save(fig, figures_dir / name)
         made["across"].append(dict(file=f"figures/{name}", task=task, site=site, method=method))
@@ -190,7 +195,7 @@ def render(run_dirs: list[Path], out: Path, trial_id: str | None = None, *,
                 ax.plot(depth.index, depth.to_numpy(), marker="o", label=row.model)
             ax.set_xlabel("relative depth l/(L-1)")
             ax.set_ylabel("mean |alpha - 1|")
-            ax.set_title(f"{task} / {site} / {method}")
+            ax.set_title(f"{task_label(task)} / {site} / {method}")
             ax.legend()
             name = f"depth-{_slug(task, site, method)}.png"
             _save(fig, figures_dir / name)
@@ -207,7 +212,7 @@ def render(run_dirs: list[Path], out: Path, trial_id: str | None = None, *,
         ax.plot(front[:, 0], front[:, 1], "--", color="tab:blue", label="Pareto front")
         ax.set_xlabel("val l1")
         ax.set_ylabel("val flip_rate")
-        ax.set_title(f"{first.model} / {first.task} / {first.site} / {first.method}", fontsize=9)
+        ax.set_title(f"{first.model} / {task_label(first.task)} / {first.site} / {first.method}", fontsize=9)
         ax.legend(loc="lower right")
         key = (first.model, first.task, first.site, first.method)
         runs_of_key = done[(done.model == key[0]) & (done.task == key[1]) & (done.site == key[2])
@@ -238,7 +243,8 @@ def _seed_heatmap(figures_dir: Path, row: Any, stats: SeedStats) -> dict[str, An
     ax.set_yticks(range(len(layers)), [str(layer) for layer in layers], fontsize=7)
     ax.set_xlabel(axis)
     ax.set_ylabel("layer")
-    ax.set_title(f"{row.model} / {row.task} / {row.site} / {row.method}: moved in how many of {stats.n_seeds} seeds\n"
+    ax.set_title(f"{row.model} / {task_label(row.task)} / {row.site} / {row.method}: moved in how many of {stats.n_seeds} "
+                 "seeds\n"
                  f"Jaccard {stats.jaccard:.2f}, rank corr {stats.rank_corr:.2f}, in all seeds {stats.moved_in_all}, "
                  f"in any {stats.moved_in_any}", fontsize=9)
     fig.colorbar(image, ax=ax, label="share of seeds in which the cell moved")

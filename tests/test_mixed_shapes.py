@@ -7,7 +7,6 @@ import random
 from collections import Counter
 from dataclasses import replace
 
-import pytest
 import torch
 
 from orchestrator.cli import main
