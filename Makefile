@@ -27,12 +27,12 @@ run: install
 	$(BIN)/actscale status $(RUN_DIR)
 	$(BIN)/actscale report $(RUN_DIR)
 
-# Re-run the real sweep behind docs/querying.md and rewrite the page from it.
+# Re-run the real sweep behind docs/querying.md and docs/python-api.md and rewrite the pages from it.
 docs: install
 	rm -rf docs/data/sample-run
 	$(BIN)/actscale run docs/data/sample-sweep.yaml --out docs/data/sample-run --quiet
 	rm -f docs/data/sample-run/actscale.log
-	ACTSCALE_WRITE_DOCS=1 $(BIN)/python -m pytest -q tests/test_query_docs.py
+	ACTSCALE_WRITE_DOCS=1 $(BIN)/python -m pytest -q tests/test_query_docs.py tests/test_python_api.py
 
 test: install
 	$(BIN)/python -m pytest -q -ra --durations=15

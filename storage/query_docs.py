@@ -96,9 +96,10 @@ actscale query RUN_DIR "SQL" --csv | --json         # machine-readable
 actscale query RUN_DIR "SQL" --parquet out.parquet  # a file
 ```
 
-From Python: `storage.query.load(run_dir, "trials")` gives a pandas DataFrame and
-`storage.query.run_sql([run_a, run_b], sql)` a DataFrame of any query. Queries work while a
-sweep is still running: parts appear whole or not at all.
+From Python: `from storage import open_runs; runs = open_runs(run_a, run_b)`, then
+`runs.trials` (a pandas DataFrame, every table likewise), `runs.sql(sql)` and
+`runs.selected()` (docs/python-api.md). Queries work while a sweep is still running: parts
+appear whole or not at all.
 
 The outputs below come from a real run, `docs/data/sample-run` (two tiny random-weight
 models, ActivScalar and SteerVec on IOI, four search trials and one replicate per unit;

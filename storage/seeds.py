@@ -67,6 +67,14 @@ class SeedStats:
     def n_seeds(self) -> int:
         return len(self.trial_ids)
 
+    def summary(self, digits: int = 3) -> dict[str, Any]:
+        """The figures without the per-cell frame, rounded for reading."""
+        def r(x: float) -> float:
+            return round(x, digits)
+        return dict(n_seeds=self.n_seeds, jaccard=r(self.jaccard), rank_corr=r(self.rank_corr),
+                    moved_in_all=self.moved_in_all, moved_in_any=self.moved_in_any,
+                    test_flip=tuple(map(r, self.test_flip)), test_kl=tuple(map(r, self.test_kl)))
+
 
 def group_of(selected_trial_id: str, trials: pd.DataFrame) -> list[str]:
     """The selected trial and its complete replicates, in trial order."""

@@ -1,0 +1,70 @@
+"""docs/python-api.md: the Python API's examples, run on the committed sample run."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from storage.api import open_runs
+from storage.query_docs import EXAMPLE_TRIAL, SAMPLE_RUN
+
+# (title, why, code): each code is one expression, evaluated with `runs` open on the sample run
+EXAMPLES: list[tuple[str, str, str]] = [
+    ("Every table is a DataFrame",
+     "`runs.units`, `runs.trials`, `runs.scalars`, `runs.examples`, `runs.predictions`, `runs.runs`: "
+     "read when asked for, so a sweep that is still running shows its newest rows.",
+     "runs.trials.groupby('status').size()"),
+    ("Each unit's selected trial",
+     "Chosen on val by the project's one rule (docs/architecture.md, Selection), with the unit's columns "
+     "beside it: `n_val`/`n_test` are the prompts behind the rates, `warnings` says when they are too few.",
+     "runs.selected()[['model', 'method', 'trial_id', 'selected_by', 'n_val', 'val_flip_rate', 'n_test', "
+     "'test_flip_rate', 'sites_moved', 'sites_total']]"),
+    ("SQL over the tables",
+     "The same DuckDB views as `actscale query`, with the view `selected`.",
+     "runs.sql(\"SELECT u.method, round(avg(t.val_kl_other), 3) AS mean_val_kl FROM trials t "
+     "JOIN units u USING (unit_id) WHERE t.status = 'complete' GROUP BY u.method ORDER BY u.method\")"),
+    ("One trial's cells as a grid",
+     "Rows are layers, columns the cells' columns (positions labelled by role; roles with their prompt "
+     "counts for prompts of several shapes); values are alpha (SteerVec: |v|).",
+     f"runs.cells('{EXAMPLE_TRIAL}').round(2).iloc[:, -5:]"),
+    ("How stable a selected trial is across seeds",
+     "The selected trial and its replicates: mean pairwise Jaccard overlap of the moved cells, Spearman "
+     "correlation of the cells' effects, cells moved in all and in any seed, and the test metrics over seeds "
+     "(mean, 95% Student-t interval). `.cell_frequency` has the share of seeds in which each cell moved.",
+     f"runs.seeds('{EXAMPLE_TRIAL}').summary()"),
+]
+
+HEADER = """# Python API
+
+```python
+from storage import open_runs
+
+runs = open_runs("docs/data/sample-run")           # or several: open_runs("runs/a", "runs/b")
+```
+
+`open_runs` takes one or several run directories (several = cross-model analysis: their
+tables are unioned) and an optional `min_flip` that overrides each run's
+`selection.min_flip`. The object it returns has every table as a pandas DataFrame, `sql()`
+over DuckDB, `selected()` by the project's one selection rule, `cells()` for one trial's
+grid and `seeds()` for its stability over replicates. `docs/querying.md` has more SQL.
+
+Each example below ran on `docs/data/sample-run` (two tiny random-weight models: the numbers
+show the tool, not the science); a test re-runs them and fails if this page and the code
+disagree (`ACTSCALE_WRITE_DOCS=1` rewrites it).
+"""
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, (pd.DataFrame, pd.Series)):
+        with pd.option_context("display.width", 200, "display.max_columns", 50, "display.max_colwidth", 60):
+            return str(value.to_string())
+    return repr(value)
+
+
+def render_page(run_dir: Path = SAMPLE_RUN) -> str:
+    runs = open_runs(run_dir)
+    parts = [HEADER]
+    for number, (title, why, code) in enumerate(EXAMPLES, start=1):
+        value = eval(code, {"runs": runs})  # noqa: S307 - the page's own examples
+        parts.append(f"## {number}. {title}\n\n{why}\n\n```python\n{code}\n```\n\n```\n{_shown(value)}\n```\n")
+    return "\n".join(parts)
