@@ -60,9 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _extra_commands():
-    """Sub-commands defined in other modules (sweeps, storage queries, reports)."""
+    """Sub-commands defined in other modules (sweeps, storage queries, reports, steering)."""
     out = []
-    for module in ("orchestrator.sweep_cmds", "orchestrator.storage_cmds"):
+    for module in ("orchestrator.sweep_cmds", "orchestrator.storage_cmds", "orchestrator.steer_cmd"):
         try:
             mod = __import__(module, fromlist=["register"])
         except ModuleNotFoundError as exc:

@@ -36,3 +36,20 @@ def test_quickstart_completes_and_its_selected_activscalar_trial_flips_ioi(tmp_p
     summary = (run / "report" / "summary.md").read_text()
     assert "sites moved / total" in summary and "moved Jaccard" in summary
     assert len(list((run / "report" / "figures").glob("seeds-*.png"))) == 2
+
+    # steering with the selected ActivScalar trial: a test prompt it flipped swaps its answer at beta = 1
+    # and keeps it at beta = 0
+    from orchestrator.steer_cmd import steer_prompt
+
+    flipped = run_sql([run], f"SELECT e.prompt FROM predictions p JOIN examples e ON e.unit_id = p.unit_id "
+                             f"AND e.split = 'test' AND e.index = p.index WHERE p.trial_id = '{activ.trial_id}' "
+                             "AND p.flipped ORDER BY p.index LIMIT 1")[0].prompt.iloc[0]
+    for beta in (1.0, 0.0):
+        report = steer_prompt(str(run), flipped, beta=beta, trial_id=activ.trial_id, max_new_tokens=3)
+        print(beta, report)
+        (a, (a_before, a_after)), (b, (b_before, b_after)) = report["answers"].items()
+        assert a_before > b_before  # the model's own answer is a
+        if beta == 1.0:
+            assert b_after > a_after, report  # swapped
+        else:
+            assert (a_after, b_after) == (a_before, b_before) and report["steered"] == report["without"]

@@ -126,9 +126,22 @@ class Intervention(nn.Module):
         raise NotImplementedError
 
     def artifact_tensors(self, k: int) -> dict[str, torch.Tensor]:
-        """Trial k's learned tensors worth a safetensors file beside the scalars table (none by default:
-        the scalars table already holds every learned value of a scaling method)."""
+        """Subclass: trial k's learned tensors, enough to rebuild it with `from_artifact`
+        (stored as RUN_DIR/artifacts/<trial id>.safetensors; none by default)."""
         return {}
+
+    @classmethod
+    def from_artifact(cls, refs: list[SiteRef], tensors: dict[str, torch.Tensor], beta: float = 1.0) -> Intervention:
+        """Subclass: one stored trial (K = 1) at strength beta: every learned value moved from the
+        identity by beta times its trained change (alpha' = 1 + beta(alpha - 1); v' = beta v), so beta = 0
+        is the model itself and beta = 1 the trial."""
+        raise UsageError(f"method {cls.method!r} cannot be applied from a stored trial: its class defines no "
+                         "artifact_tensors/from_artifact")
+
+    @property
+    def n_positions(self) -> int | None:
+        """The prompt length a fixed-length method was built for (None: any length)."""
+        return None
 
     @property
     def n_params(self) -> int:
@@ -167,6 +180,21 @@ class ActivScalar(Intervention):
     def cells(self, k: int, norms: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         alpha = self.alphas[k].detach().cpu()  # [L, T(, H)]
         return alpha, (alpha - 1).abs()
+
+    def artifact_tensors(self, k: int) -> dict[str, torch.Tensor]:
+        return {"alpha": self.alphas[k].detach().cpu().clone()}  # [L, T(, H)]
+
+    @classmethod
+    def from_artifact(cls, refs: list[SiteRef], tensors: dict[str, torch.Tensor], beta: float = 1.0) -> Intervention:
+        alpha = tensors["alpha"].float()  # [L, T(, H)]
+        made = cls(refs, 1, alpha.shape[1])
+        with torch.no_grad():
+            made.alphas[0].copy_(1 + beta * (alpha - 1))
+        return made
+
+    @property
+    def n_positions(self) -> int | None:
+        return int(self.alphas[0].shape[1])
 
 
 @register_method
@@ -212,6 +240,18 @@ class SteerVec(Intervention):
     def artifact_tensors(self, k: int) -> dict[str, torch.Tensor]:
         """The vectors themselves: the scalars table holds only their norms."""
         return {"param": self.vectors[k].detach().cpu().clone()}  # [L, T, W]
+
+    @classmethod
+    def from_artifact(cls, refs: list[SiteRef], tensors: dict[str, torch.Tensor], beta: float = 1.0) -> Intervention:
+        v = tensors["param"].float()  # [L, T, W]
+        made = cls(refs, 1, v.shape[1])
+        with torch.no_grad():
+            made.vectors[0].copy_(beta * v)
+        return made
+
+    @property
+    def n_positions(self) -> int | None:
+        return int(self.vectors[0].shape[1])
 
 
 @register_method
@@ -310,6 +350,15 @@ class DynScalar(Intervention):
         """w and b: the scalars table holds alpha averaged over val, not the function that makes it."""
         return {"weight": self.weights[k].detach().cpu().clone(),  # [L(, H), W(/H)]
                 "bias": self.biases[k].detach().cpu().clone()}  # [L(, H)]
+
+    @classmethod
+    def from_artifact(cls, refs: list[SiteRef], tensors: dict[str, torch.Tensor], beta: float = 1.0) -> Intervention:
+        """alpha'(h) = 1 + beta (w . h/|h| + b): w and b scaled by beta."""
+        made = cls(refs, 1)
+        with torch.no_grad():
+            made.weights[0].copy_(beta * tensors["weight"].float())
+            made.biases[0].copy_(beta * tensors["bias"].float())
+        return made
 
 
 def moved_rule(method: str, settings) -> tuple[str, float]:

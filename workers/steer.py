@@ -1,0 +1,132 @@
+"""Apply a stored trial to a loaded model at strength beta (`apply_trial`; from a run directory:
+orchestrator.steering.steer and `actscale steer`).
+
+The trial is rebuilt from RUN_DIR/artifacts/<trial id>.safetensors by its method's
+`from_artifact` (alpha' = 1 + beta(alpha - 1); v' = beta v; DynScalar's w and b times beta),
+on any model of the trial's architecture and size, loaded by the user or by name.
+
+A position-tied method (ActivScalar, SteerVec: one parameter per position) applies only to
+a prompt of the trained length whose tokens hold the trained roles, position by position
+(`check_roles`); its hooks change the prompt's positions only, never generated tokens. A
+method for any length (DynScalar) applies to every token, generated ones included.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from workers.errors import UsageError
+from workers.interventions import Intervention, any_length_methods, method_class
+from workers.sites import SiteFn, hooked, resolve_site
+from workers.tasks.roles import placeholder_spans, token_roles
+
+
+@dataclass
+class StoredTrial:
+    """What applying a trial needs: its unit's row, its learned tensors and its cell columns."""
+
+    run_dir: Path
+    trial_id: str
+    unit: dict  # the units row
+    tensors: dict[str, torch.Tensor]
+    position_roles: list[str] = field(default_factory=list)  # per position (position-tied methods)
+    templates: list[str] = field(default_factory=list)  # the unit's templates, for a prompt's roles
+    examples: dict[str, dict] = field(default_factory=dict)  # the unit's prompts -> their examples row
+
+    @property
+    def method(self) -> str:
+        return str(self.unit["method"])
+
+    @property
+    def fixed_length(self) -> bool:
+        return method_class(self.method).fixed_length
+
+    def describe(self) -> str:
+        u = self.unit
+        layers = ",".join(str(int(x)) for x in u["layers"])
+        return f"{self.trial_id} ({u['model']} / {u['task']} / {u['site']} / layers {layers} / {u['method']})"
+
+
+def check_model(model: nn.Module, trial: StoredTrial) -> None:
+    """Refuse a model of another depth or width than the trial's, naming what differs."""
+    config = model.config
+    have = {"layers": int(config.num_hidden_layers), "hidden size": int(config.hidden_size)}
+    want = {"layers": int(trial.unit["n_layers"]), "hidden size": int(trial.unit["d_model"])}
+    differs = [f"{k} {have[k]} (the trial's model {trial.unit['model']!r} has {want[k]})"
+               for k in have if have[k] != want[k]]
+    if differs:
+        raise UsageError(f"trial {trial.trial_id} cannot be applied to this model: {'; '.join(differs)}")
+
+
+def prompt_roles(trial: StoredTrial, tokenizer, prompt: str) -> list[str]:
+    """The roles of a prompt's tokens: stored ones for a prompt of the task; otherwise by the first of
+    the unit's templates that the prompt fills (else the prompt's own words)."""
+    if prompt in trial.examples:
+        return list(trial.examples[prompt]["roles"])
+    offsets = [tuple(o) for o in tokenizer(prompt, return_offsets_mapping=True)["offset_mapping"]]
+    template = next((t for t in trial.templates if placeholder_spans(t, prompt)), prompt)
+    return token_roles(prompt, template, offsets)
+
+
+def check_roles(trial: StoredTrial, roles: list[str]) -> None:
+    """A position-tied trial applies only where every position holds a role it was trained on."""
+    if not trial.fixed_length:
+        return
+    trained = trial.position_roles
+    wrong = [f"{pos}: {have!r} (trained: {want!r})" for pos, (have, want) in enumerate(zip(roles, trained))
+             if not want.endswith("|...") and have not in want.split("|")]
+    if len(roles) != len(trained) or wrong:
+        what = (f"the prompt has {len(roles)} tokens, the trial {len(trained)}" if len(roles) != len(trained)
+                else f"positions differ: {'; '.join(wrong[:4])}")
+        raise UsageError(f"trial {trial.trial_id} ({trial.method}) is tied to positions and was trained on prompts "
+                         f"with roles {trained}; {what}. Use a prompt of the trained template, or a trial of a method "
+                         f"for any length ({', '.join(any_length_methods())}), which applies to any prompt")
+
+
+def _position_tied_fn(intervention: Intervention, n: int, trial_id: str) -> SiteFn:
+    """Change the first n positions of a prompt pass; leave generated tokens (cached steps) alone."""
+    seen = {"prompt": False}
+
+    def fn(index: int, h: torch.Tensor) -> torch.Tensor | None:  # h: [B, T, W]
+        t = h.shape[1]
+        if t == n or (t > n and seen["prompt"]):
+            seen["prompt"] = True
+            changed = intervention.transform(index, h[:, :n].contiguous())
+            return changed if t == n else torch.cat([changed, h[:, n:]], dim=1)
+        if seen["prompt"] and t < n:
+            return None  # a generated token after a cached prompt pass
+        raise UsageError(f"trial {trial_id} is tied to {n} positions; a forward of {t} tokens came first. Pass a "
+                         "prompt of the trained template, or use a trial of a method for any length")
+    return fn
+
+
+def _any_length_fn(intervention: Intervention) -> SiteFn:
+    def fn(index: int, h: torch.Tensor) -> torch.Tensor:
+        if index == 0:
+            intervention.begin_forward()  # no terms gathered across a whole generation
+        return intervention.transform(index, h)
+    return fn
+
+
+@contextmanager
+def apply_trial(model: nn.Module, trial: StoredTrial, beta: float = 1.0,
+                roles: list[str] | None = None) -> Iterator[StoredTrial]:
+    """Apply a stored trial to `model` at strength `beta` inside the block; the hooks are always
+    removed. `roles`: the prompt's token roles, checked against a position-tied trial's
+    (`prompt_roles` gives them). orchestrator.steering.steer loads the trial from a run."""
+    check_model(model, trial)
+    if roles is not None:
+        check_roles(trial, roles)
+    refs = resolve_site(model, str(trial.unit["site"]), [int(x) for x in trial.unit["layers"]])
+    device = next(model.parameters()).device
+    intervention = method_class(trial.method).from_artifact(refs, trial.tensors, beta).to(device)
+    intervention.requires_grad_(False)
+    n = intervention.n_positions
+    fn = _position_tied_fn(intervention, n, trial.trial_id) if n is not None else _any_length_fn(intervention)
+    with hooked(refs, fn):
+        yield trial
