@@ -21,6 +21,7 @@ import logging
 import os
 import platform
 import subprocess
+import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -371,25 +372,31 @@ class Coordinator:
         r = self.config.resources
         pool = ActorPool(self._new_actor, list(self.by_model), r.workers_per_model, r.models_at_once)
         self.pool = pool
-        progress = Progress(self.by_model, self.config.search.n_trials + self.config.search.replicates - 1)
+        progress = Progress(self.by_model, self.config.search.n_trials + self.config.search.replicates - 1,
+                            self._selected, live=not self.quiet and sys.stderr.isatty())
         self.last_result = self.last_waiting_line = time.monotonic()
         pool.start_models(self._model_has_work)
         try:
-            while pool.active():
-                self._assign_idle(pool)
-                self._retire_finished(pool)
-                pool.start_models(self._model_has_work)
-                if not pool.working() and not pool.waiting_models and not any(map(self._model_has_work, self.by_model)):
-                    break
-                if not pool.in_flight:
-                    time.sleep(0.05)
-                    continue
-                self._take_finished(store, pool)
-                if store.flush_if_due():
-                    self._tell_pending()
-                progress.tick()
+            with progress.shown():
+                self._loop(store, pool, progress)
         finally:
             pool.shutdown()
+
+    def _loop(self, store: RunStore, pool: ActorPool, progress: Progress) -> None:
+        """The dispatch loop's steps, until no model has work left."""
+        while pool.active():
+            self._assign_idle(pool)
+            self._retire_finished(pool)
+            pool.start_models(self._model_has_work)
+            if not pool.working() and not pool.waiting_models and not any(map(self._model_has_work, self.by_model)):
+                break
+            if not pool.in_flight:
+                time.sleep(0.05)
+                continue
+            self._take_finished(store, pool)
+            if store.flush_if_due():
+                self._tell_pending()
+            progress.tick()
 
     def _model_has_work(self, model: str) -> bool:
         return any(self._has_work(s) for s in self.by_model[model])

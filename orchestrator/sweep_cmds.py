@@ -25,6 +25,8 @@ def register(sub) -> None:
     p = sub.add_parser("status", help="per unit: trials done, failed, interrupted, pending; the selected trial's values")
     p.add_argument("run_dir")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--watch", nargs="?", type=float, const=5.0, metavar="SECONDS",
+                   help="follow a sweep running elsewhere until its coordinator stops (every 5 s by default)")
     p.set_defaults(func=cmd_status)
 
 
@@ -93,6 +95,9 @@ def unit_status(run_dir: Path) -> list[dict]:
     finally:
         con.close()
     for r in rows:
+        for key, value in r.items():  # a unit with no selected trial yet: NULLs, whatever pandas made of them
+            if isinstance(value, float) and value != value:
+                r[key] = None
         r["warnings"] = [str(w) for w in r["warnings"]] if r["warnings"] is not None else []
         r["pending"] = max(0, search.n_trials - int(r["done"])) + max(0, search.replicates - 1 - int(r["replicates"]))
         r["seed_jaccard"] = math.nan
@@ -110,35 +115,84 @@ def _fmt(value, spec: str = ".3f") -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from storage.query import run_min_flip
-    from storage.selection import describe_rule
-
-    rows = unit_status(Path(args.run_dir))
+    run_dir = Path(args.run_dir)
+    if args.watch is not None:
+        if args.json:
+            raise UsageError("--watch and --json do not go together; poll `actscale status --json` instead")
+        if args.watch <= 0:
+            raise UsageError(f"--watch {args.watch}: the interval must be a positive number of seconds")
+        return watch_status(run_dir, args.watch)
+    rows = unit_status(run_dir)
     if args.json:
         print(json.dumps(rows, default=str))
         return 0
-    print(f"{'unit':<16}{'model':<14}{'task':<13}{'site':<11}{'method':<12}{'done':>5}{'reps':>5}{'failed':>7}"
-          f"{'interr.':>8}{'pending':>8}  {'selected':<22}{'n_val':>6}{'val_flip':>9}{'n_test':>7}{'test_flip':>10}"
-          f"{'val_kl':>8}{'test_kl':>8}{'sites moved':>13}{'n_params':>10}{'seed J':>8}")
+    print(status_text(run_dir, rows))
+    return 0
+
+
+def status_text(run_dir: Path, rows: list[dict]) -> str:
+    from storage.query import run_min_flip
+    from storage.selection import describe_rule
+
+    lines = [f"{'unit':<16}{'model':<14}{'task':<13}{'site':<11}{'method':<12}{'done':>5}{'reps':>5}{'failed':>7}"
+             f"{'interr.':>8}{'pending':>8}  {'selected':<22}{'n_val':>6}{'val_flip':>9}{'n_test':>7}{'test_flip':>10}"
+             f"{'val_kl':>8}{'test_kl':>8}{'sites moved':>13}{'n_params':>10}{'seed J':>8}"]
     for r in rows:
         sites = "-" if r["selected_trial"] is None else f"{int(r['sites_moved'])}/{int(r['sites_total'])}"
         selected = "-" if r["selected_trial"] is None else r["selected_trial"][-6:] + (
             " (fallback)" if r["selected_by"] == "fallback" else "")
         n_params = "-" if r["n_params"] is None or r["n_params"] != r["n_params"] else f"{int(r['n_params'])}"
         val_star, test_star = ("*" if r[f"n_{split}"] < r["min_split"] else "" for split in ("val", "test"))
-        print(f"{r['unit_id']:<16}{r['model']:<14}{r['task']:<13}{r['site']:<11}{r['method']:<12}{r['done']:>5}"
-              f"{r['replicates']:>5}{r['failed']:>7}{r['interrupted']:>8}{r['pending']:>8}  {selected:<22}"
-              f"{r['n_val']:>6}{_fmt(r['val_flip_rate']) + val_star:>9}{r['n_test']:>7}"
-              f"{_fmt(r['test_flip_rate']) + test_star:>10}{_fmt(r['val_kl_other']) + val_star:>8}"
-              f"{_fmt(r['test_kl_other']) + test_star:>8}{sites:>13}{n_params:>10}{_fmt(r['seed_jaccard'], '.2f'):>8}")
-    rule = describe_rule(run_min_flip(Path(args.run_dir))[1])
-    print(f"\n{rule[0].upper() + rule[1:]}.\nsites moved: cells (layer, column[, head]) whose effect is above the "
-          "method's threshold (units.moved_measure, units.moved_threshold); seed J: mean pairwise Jaccard overlap "
-          "of the moved cells of the selected trial and its replicates; (fallback): no trial reached min_flip; "
-          "n_val, n_test: the prompts behind each rate; *: fewer than the unit's min_split prompts, noise-prone.")
+        lines.append(f"{r['unit_id']:<16}{r['model']:<14}{r['task']:<13}{r['site']:<11}{r['method']:<12}{r['done']:>5}"
+                     f"{r['replicates']:>5}{r['failed']:>7}{r['interrupted']:>8}{r['pending']:>8}  {selected:<22}"
+                     f"{r['n_val']:>6}{_fmt(r['val_flip_rate']) + val_star:>9}{r['n_test']:>7}"
+                     f"{_fmt(r['test_flip_rate']) + test_star:>10}{_fmt(r['val_kl_other']) + val_star:>8}"
+                     f"{_fmt(r['test_kl_other']) + test_star:>8}{sites:>13}{n_params:>10}"
+                     f"{_fmt(r['seed_jaccard'], '.2f'):>8}")
+    rule = describe_rule(run_min_flip(run_dir)[1])
+    lines.append(f"\n{rule[0].upper() + rule[1:]}.\nsites moved: cells (layer, column[, head]) whose effect is above "
+                 "the method's threshold (units.moved_measure, units.moved_threshold); seed J: mean pairwise Jaccard "
+                 "overlap of the moved cells of the selected trial and its replicates; (fallback): no trial reached "
+                 "min_flip; n_val, n_test: the prompts behind each rate; *: fewer than the unit's min_split prompts, "
+                 "noise-prone.")
     warned = [(r, w) for r in rows for w in r["warnings"]]
     if warned:
-        print("\nwarnings:")
-        for r, warning in warned:
-            print(f"  {r['unit_id']} ({r['model']}/{r['task']}/{r['site']}/{r['method']}): {warning}")
-    return 0
+        lines.append("\nwarnings:")
+        lines += [f"  {r['unit_id']} ({r['model']}/{r['task']}/{r['site']}/{r['method']}): {w}" for r, w in warned]
+    return "\n".join(lines)
+
+
+def watch_status(run_dir: Path, every_s: float) -> int:
+    """Print the status again whenever it changes (in place on a terminal) until no coordinator
+    holds the run directory (one that has not started yet is waited for); Ctrl-C stops watching,
+    never the sweep."""
+    import sys
+    import time
+
+    from storage.errors import StorageError
+
+    live = sys.stdout.isatty()
+    shown = None
+    try:
+        while True:
+            running = (run_dir / "coordinator.lock").exists()
+            pending = None
+            try:
+                rows = unit_status(run_dir)
+                text, pending = status_text(run_dir, rows), sum(r["pending"] for r in rows)
+            except (StorageError, UsageError) as exc:  # not started yet: no tables or no sweep.yaml
+                text = f"waiting for {run_dir} ({str(exc).splitlines()[0]})"
+            if not running and pending is not None:
+                text += f"\n\nno coordinator is running on {run_dir}: " + (
+                    "the sweep is done" if pending == 0 else
+                    f"{pending} trial(s) pending; `actscale resume {run_dir}` continues it")
+            if text != shown:
+                if live:
+                    print("\x1b[2J\x1b[H", end="")  # clear the terminal: the table is updated in place
+                print(f"[{time.strftime('%H:%M:%S')}] actscale status {run_dir}\n{text}", flush=True)
+                shown = text
+            if not running and pending is not None:  # a run not started yet is waited for
+                return 0
+            time.sleep(every_s)
+    except KeyboardInterrupt:
+        return 0

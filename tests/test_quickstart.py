@@ -3,6 +3,8 @@ trial flips IOI on test, methods compare in one unit, replicates give a seed ove
 report renders. (How long it takes is a benchmark figure, not a test: bench/throughput.py.)"""
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from orchestrator.cli import main
@@ -36,6 +38,11 @@ def test_quickstart_completes_and_its_selected_activscalar_trial_flips_ioi(tmp_p
     summary = (run / "report" / "summary.md").read_text()
     assert "sites moved / total" in summary and "moved Jaccard" in summary
     assert len(list((run / "report" / "figures").glob("seeds-*.png"))) == 2
+
+    # its log (no terminal): a progress line only when a model's counts changed
+    progress = [re.sub(r", [\d.]+/s, ETA [^,]+", "", line.split(" INFO ", 1)[1])
+                for line in (run / "actscale.log").read_text().splitlines() if " trials, " in line and "ETA" in line]
+    assert progress and all(a != b for a, b in zip(progress, progress[1:])), progress
 
     # steering with the selected ActivScalar trial: a test prompt it flipped swaps its answer at beta = 1
     # and keeps it at beta = 0
