@@ -44,7 +44,7 @@ from search_spaces.config import SweepConfig
 from search_spaces.spaces import directions, distributions, grid_size, make_sampler, objective_values
 from storage.schema import Status
 from storage.selection import describe_rule, select_rows
-from storage.store import RunStore, replace_durably, write_durably
+from storage.store import RunStore, read_table, replace_durably, write_durably
 from workers.actor import WorkerActor
 from workers.errors import UsageError
 from workers.results import TrialResult
@@ -582,6 +582,8 @@ class Coordinator:
         pool.replace(pending)
 
     def _summary(self, wall: float) -> Summary:
+        n_val = {r["unit_id"]: r["n_val"] for r in read_table(self.run_dir, "units").table.select(
+            ["unit_id", "n_val"]).to_pylist()}  # the prompts behind each val rate
         selected = []
         for state in self.units.values():
             row = self._selected(state)
@@ -591,7 +593,8 @@ class Coordinator:
             selected.append(dict(unit=state.planned.spec.describe(), trial_id=row["trial_id"],
                                  val_flip_rate=row["val_flip_rate"], val_kl_other=row["val_kl_other"],
                                  sites_moved=row["sites_moved"], sites_total=row["sites_total"],
-                                 selected_by=row["selected_by"], replicates=replicates))
+                                 selected_by=row["selected_by"], replicates=replicates,
+                                 n_val=n_val.get(state.unit_id)))
         completed = sum(s.completed for s in self.units.values())
         failed = sum(s.failed for s in self.units.values())
         interrupted = sum(s.interrupted for s in self.units.values())
@@ -601,7 +604,7 @@ class Coordinator:
         log.info(f"  ({describe_rule(self.config.selection.min_flip)})")
         for b in selected:
             flag = "  [fallback: none reached min_flip]" if b["selected_by"] == "fallback" else ""
-            log.info(f"  selected {b['unit']}: {b['trial_id']} val flip_rate {b['val_flip_rate']:.3f}, "
+            log.info(f"  selected {b['unit']}: {b['trial_id']} val flip_rate {b['val_flip_rate']:.3f} (n={b['n_val']}), "
                      f"val kl_other {b['val_kl_other']:.3f}, sites moved {b['sites_moved']}/{b['sites_total']}, "
                      f"{b['replicates']} replicate(s){flag}")
         return summary

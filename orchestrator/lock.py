@@ -58,3 +58,19 @@ class RunLock:
         if self.held:
             self.path.unlink(missing_ok=True)
             self.held = False
+
+
+def held_by_a_live_coordinator(run_dir: Path) -> bool:
+    """Whether a coordinator holds the run directory: a lock file whose process is alive (a lock of a
+    dead process on this host is stale; one from another host is taken at its word)."""
+    path = Path(run_dir) / "coordinator.lock"
+    try:
+        other = json.loads(path.read_text() or "{}")
+    except FileNotFoundError:
+        return False
+    except (OSError, json.JSONDecodeError):
+        return True  # being written
+    pid, host = other.get("pid"), other.get("host")
+    if pid and host == socket.gethostname():
+        return _alive(int(pid))
+    return True

@@ -81,7 +81,10 @@ class Progress:
     def shown(self) -> Iterator[Progress]:
         """Show progress for the duration of the block (a live table on a terminal)."""
         if not self.live:
-            yield self
+            try:
+                yield self
+            finally:
+                self._log_changed()  # the last counts, however soon after the previous line
             return
         from rich.console import Console
         from rich.live import Live
@@ -108,6 +111,9 @@ class Progress:
         if self._live is not None:
             self._live.update(self._table())
             return
+        self._log_changed()
+
+    def _log_changed(self) -> None:
         for model in self.by_model:
             snap = self.snapshot(model)
             if self.logged.get(model) != snap.counts:  # only when something changed

@@ -26,7 +26,8 @@ def register(sub) -> None:
     p.add_argument("run_dir")
     p.add_argument("--json", action="store_true")
     p.add_argument("--watch", nargs="?", type=float, const=5.0, metavar="SECONDS",
-                   help="follow a sweep running elsewhere until its coordinator stops (every 5 s by default)")
+                   help="follow a sweep running elsewhere until its coordinator stops (every 5 s by default; "
+                        "put it after RUN_DIR: actscale status RUN_DIR --watch)")
     p.set_defaults(func=cmd_status)
 
 
@@ -77,8 +78,6 @@ SEED_GROUP = "SELECT s.trial_id AS selected_trial, t.* FROM selected s JOIN tria
 
 def unit_status(run_dir: Path) -> list[dict]:
     """Per unit: trial counts, and the selected trial's val and test values (never a maximum over test)."""
-    import math
-
     from storage.query import connect
     from storage.seeds import seed_stats
 
@@ -100,11 +99,12 @@ def unit_status(run_dir: Path) -> list[dict]:
                 r[key] = None
         r["warnings"] = [str(w) for w in r["warnings"]] if r["warnings"] is not None else []
         r["pending"] = max(0, search.n_trials - int(r["done"])) + max(0, search.replicates - 1 - int(r["replicates"]))
-        r["seed_jaccard"] = math.nan
+        r["seed_jaccard"] = None
         if r["replicates"]:  # so the cells were read
             group = groups[groups.selected_trial == r["selected_trial"]].drop(columns="selected_trial")
             mine = cells[cells.trial_id.isin(group.trial_id)]
-            r["seed_jaccard"] = seed_stats(r["selected_trial"], group, mine).jaccard
+            jaccard = seed_stats(r["selected_trial"], group, mine).jaccard
+            r["seed_jaccard"] = None if jaccard != jaccard else jaccard  # NaN (no moved cell anywhere): null
     return rows
 
 
@@ -169,13 +169,14 @@ def watch_status(run_dir: Path, every_s: float) -> int:
     import sys
     import time
 
+    from orchestrator.lock import held_by_a_live_coordinator
     from storage.errors import StorageError
 
     live = sys.stdout.isatty()
     shown = None
     try:
         while True:
-            running = (run_dir / "coordinator.lock").exists()
+            running = held_by_a_live_coordinator(run_dir)
             pending = None
             try:
                 rows = unit_status(run_dir)

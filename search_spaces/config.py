@@ -120,7 +120,8 @@ class Train(_Strict):
     steer_threshold: float = Field(_TRAIN.steer_threshold, gt=0, description="SteerVec: a cell is moved when its "
                                    "|v| / mean |h| is above this")
     min_split: int = Field(_TRAIN.min_split, ge=1, description="a unit whose train, val or test split holds fewer "
-                           "prompts is warned about, and its rates are marked and get no interval")
+                           "prompts is warned about; val and test rates over fewer prompts are marked, and a test "
+                           "split that small gets no interval")
 
     @field_validator("split")
     @classmethod

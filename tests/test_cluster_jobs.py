@@ -70,7 +70,7 @@ def _wait(client, job_id: str, states: set[str], timeout: float = 900) -> str:
 
 def test_a_sweep_submitted_as_a_ray_job_resumes_after_the_job_is_stopped(cluster, tmp_path):
     sweep = write_config(tmp_path / "sweep.yaml", tiny_config(
-        methods=["activscalar", "dynscalar"], search={"n_trials": 10, "batch": 2}, train={"steps": 40}))
+        methods=["activscalar", "dynscalar"], search={"n_trials": 10, "batch": 2}, train={"steps": 80}))
     run = tmp_path / "run"
     entrypoint = f"{ACTSCALE} run {sweep} --out {run} --address auto"
     first = cluster.submit_job(entrypoint=entrypoint, submission_id="sweep-1")

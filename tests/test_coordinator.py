@@ -25,7 +25,8 @@ def test_sweep_2_models_2_tasks_2_methods(tmp_path):
     assert len(load(tmp_path, "units")) == 8
     scalars = load(tmp_path, "scalars")
     assert set(scalars.method) == {"activscalar", "steervec"} and scalars.rel_depth.between(0, 1).all()
-    assert len(list((tmp_path / "artifacts").glob("*.safetensors"))) == 16  # SteerVec vectors
+    trial_ids = set(load(tmp_path, "trials").query("status == 'complete'").trial_id)
+    assert {f.stem for f in (tmp_path / "artifacts").glob("*.safetensors")} == trial_ids  # every trial rebuildable
     assert all(r["pending"] == 0 and r["done"] == 4 for r in unit_status(tmp_path))
 
 
@@ -83,7 +84,7 @@ def test_replicates_retrain_the_selected_trial_with_other_seeds(tmp_path):
     assert again.model_loads == 0 and len(load(tmp_path, "trials")) == len(trials)
     rows = unit_status(tmp_path)
     assert all(r["replicates"] == 2 and r["pending"] == 0 for r in rows)
-    assert all(0 <= r["seed_jaccard"] <= 1 or r["seed_jaccard"] != r["seed_jaccard"] for r in rows)
+    assert all(r["seed_jaccard"] is None or 0 <= r["seed_jaccard"] <= 1 for r in rows)
 
 
 def test_status_shows_the_selected_trials_values_never_a_test_maximum(tmp_path, capsys):

@@ -59,7 +59,7 @@ def test_a_mixed_shape_jsonl_task_runs_through_a_sweep_and_reads_by_role(embedde
     the scalars and the report's heatmap are by role (NAME, END, template words with their counts)."""
     from orchestrator.coordinator import Coordinator
     from search_spaces.config import parse_config
-    from storage.query import load
+    from storage.query import load, run_sql
     from storage.report import heatmap_matrix
     from tests.sweeps import tiny_config
 
@@ -84,8 +84,8 @@ def test_a_mixed_shape_jsonl_task_runs_through_a_sweep_and_reads_by_role(embedde
     for row in scalars.drop_duplicates(["trial_id", "role"]).itertuples():
         assert row.n_prompts == sum(row.role in set(r) for r in val.roles), row.role
     assert main(["report", str(run), "--out", str(tmp_path / "report")]) == 0
-    selected = load([run], "trials").query("replicate_of.isna() and status == 'complete'").trial_id
-    _, _, labels, axis = heatmap_matrix(scalars[scalars.trial_id == selected.iloc[0]])
+    selected = run_sql([run], "SELECT trial_id FROM selected")[0].trial_id.iloc[0]
+    _, _, labels, axis = heatmap_matrix(scalars[scalars.trial_id == selected])
     print("roles", labels, "n_val", unit.n_val, "warnings", list(unit.warnings))
     assert f"NAME ({unit.n_val})" in labels and labels[-1] == f"END ({unit.n_val})"
     assert any(label.startswith("office (") and label.endswith("*") for label in labels)

@@ -109,3 +109,19 @@ def test_status_of_a_unit_with_no_trial_yet(tmp_path, capsys):
     assert main(["status", str(run), "--json"]) == 0
     fresh = next(r for r in json.loads(capsys.readouterr().out) if r["unit_id"] == "u-00000000fresh")
     assert fresh["selected_trial"] is None and fresh["pending"] == 6
+
+
+def test_watch_ends_when_the_coordinator_that_holds_the_lock_is_gone(tmp_path, capsys):
+    """A lock left by a killed coordinator (same host, pid gone) does not keep `--watch` following."""
+    import socket
+
+    from orchestrator.cli import main
+    from tests.sample_run import make_sample_run
+
+    run = make_sample_run(tmp_path / "run")
+    write_config(run / "sweep.yaml", SWEEP)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (run / "coordinator.lock").write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "since": 0}))
+    assert main(["status", str(run), "--watch", "0.1"]) == 0
+    assert "no coordinator is running" in capsys.readouterr().out

@@ -50,7 +50,7 @@ def test_quickstart_completes_and_its_selected_activscalar_trial_flips_ioi(tmp_p
 
     flipped = run_sql([run], f"SELECT e.prompt FROM predictions p JOIN examples e ON e.unit_id = p.unit_id "
                              f"AND e.split = 'test' AND e.index = p.index WHERE p.trial_id = '{activ.trial_id}' "
-                             "AND p.flipped ORDER BY p.index LIMIT 1")[0].prompt.iloc[0]
+                             "AND p.flipped ORDER BY p.ld_after LIMIT 1")[0].prompt.iloc[0]  # the clearest flip
     for beta in (1.0, 0.0):
         report = steer_prompt(str(run), flipped, beta=beta, trial_id=activ.trial_id, max_new_tokens=3)
         print(beta, report)

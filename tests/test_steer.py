@@ -91,6 +91,11 @@ def test_position_tied_trials_need_the_trained_template_and_dynscalar_takes_any_
     ids = torch.tensor([loaded.tokenizer(other)["input_ids"]])
     with pytest.raises(UsageError, match="tied to"), apply_trial(loaded.model, activ):
         loaded.model(ids)  # no roles given: the length is still checked in the forward
+    task_ids = torch.tensor([loaded.tokenizer(task_prompt)["input_ids"]])
+    with torch.no_grad(), apply_trial(loaded.model, activ):
+        loaded.model(task_ids)  # the trained prompt
+        with pytest.raises(UsageError, match="is not its prompt"):
+            loaded.model(ids[:, :3])  # another, shorter prompt in the same block: refused, not left unsteered
     with torch.no_grad(), apply_trial(loaded.model, dyn, beta=3.0, roles=prompt_roles(dyn, loaded.tokenizer, other)):
         steered = loaded.model(ids).logits
         out = loaded.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, do_sample=False,

@@ -114,7 +114,7 @@ class Intervention(nn.Module):
         methods whose cells depend on the activation (DynScalar); a no-op for the others. Each
         token counts towards its column in `token_columns`."""
 
-    # What a "site" is, the same for every method: one (layer, position[, head]) cell.
+    # What a "site" is, the same for every method: one (layer, column[, head]) cell (workers/columns.py).
     @classmethod
     def moved_threshold(cls, settings) -> float:
         """A cell is moved when its effect is above this (TrainSettings holds both thresholds)."""
@@ -189,7 +189,7 @@ class ActivScalar(Intervention):
         alpha = tensors["alpha"].float()  # [L, T(, H)]
         made = cls(refs, 1, alpha.shape[1])
         with torch.no_grad():
-            made.alphas[0].copy_(1 + beta * (alpha - 1))
+            made.alphas[0].copy_(torch.lerp(torch.ones_like(alpha), alpha, beta))  # exact at beta 0 and 1
         return made
 
     @property

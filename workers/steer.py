@@ -89,7 +89,10 @@ def check_roles(trial: StoredTrial, roles: list[str]) -> None:
 
 
 def _position_tied_fn(intervention: Intervention, n: int, trial_id: str) -> SiteFn:
-    """Change the first n positions of a prompt pass; leave generated tokens (cached steps) alone."""
+    """Change the n positions of a prompt pass; leave generated tokens alone: one token at a time
+    after a cached prompt pass, or the tokens past n when generation re-runs the whole sequence.
+    (A new prompt longer than n after a first one cannot be told from the latter: one prompt
+    per block.)"""
     seen = {"prompt": False}
 
     def fn(index: int, h: torch.Tensor) -> torch.Tensor | None:  # h: [B, T, W]
@@ -98,10 +101,10 @@ def _position_tied_fn(intervention: Intervention, n: int, trial_id: str) -> Site
             seen["prompt"] = True
             changed = intervention.transform(index, h[:, :n].contiguous())
             return changed if t == n else torch.cat([changed, h[:, n:]], dim=1)
-        if seen["prompt"] and t < n:
+        if seen["prompt"] and t == 1:
             return None  # a generated token after a cached prompt pass
-        raise UsageError(f"trial {trial_id} is tied to {n} positions; a forward of {t} tokens came first. Pass a "
-                         "prompt of the trained template, or use a trial of a method for any length")
+        raise UsageError(f"trial {trial_id} is tied to {n} positions; a forward of {t} tokens is not its prompt. "
+                         "Pass a prompt of the trained template, or use a trial of a method for any length")
     return fn
 
 
@@ -127,6 +130,9 @@ def apply_trial(model: nn.Module, trial: StoredTrial, beta: float = 1.0,
     intervention = method_class(trial.method).from_artifact(refs, trial.tensors, beta).to(device)
     intervention.requires_grad_(False)
     n = intervention.n_positions
+    if trial.fixed_length and n is None:
+        raise UsageError(f"method {trial.method!r} is tied to positions but its class does not say how many "
+                         "(define the n_positions property)")
     fn = _position_tied_fn(intervention, n, trial.trial_id) if n is not None else _any_length_fn(intervention)
     with hooked(refs, fn):
         yield trial

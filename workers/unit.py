@@ -20,7 +20,7 @@ class TrainSettings:
     steer_threshold: float = 0.1  # SteerVec: |v| above this times mean |h| at that site counts as active
     eval_batch: int = 64
     prefix_cache: bool = True
-    min_split: int = 20  # a split with fewer prompts is warned about; its rates are marked and get no interval
+    min_split: int = 20  # a split with fewer prompts is warned about; rates over fewer are marked
 
     def to_dict(self) -> dict:
         d = asdict(self)
