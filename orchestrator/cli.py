@@ -12,8 +12,13 @@ import warnings
 # shares a core (bench/loaded.py; the same speed on an idle machine).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from orchestrator import train_cmd  # noqa: E402
 from workers.errors import UsageError  # noqa: E402
+
+# each command's module, imported only for that command: `query`, `status` and `report` never load torch
+COMMAND_MODULES = {"train": "orchestrator.train_cmd", "run": "orchestrator.sweep_cmds",
+                   "resume": "orchestrator.sweep_cmds", "status": "orchestrator.sweep_cmds",
+                   "query": "orchestrator.storage_cmds", "report": "orchestrator.storage_cmds",
+                   "steer": "orchestrator.steer_cmd"}
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -45,32 +50,22 @@ def cmd_tasks(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with `command`, only that command's module is imported (a fast start)."""
     parser = argparse.ArgumentParser(prog="actscale", description="Activation scaling sweeps on language models.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("train", help="run one trial in-process (no Ray) and print its metrics")
-    train_cmd.add_arguments(p)
-    p.set_defaults(func=train_cmd.run)
     sub.add_parser("models", help="list built-in models").set_defaults(func=cmd_models)
     sub.add_parser("tasks", help="list built-in tasks").set_defaults(func=cmd_tasks)
-    for register in _extra_commands():
-        register(sub)
+    modules = [COMMAND_MODULES[command]] if command in COMMAND_MODULES else list(dict.fromkeys(COMMAND_MODULES.values()))
+    for name in modules:
+        __import__(name, fromlist=["register"]).register(sub)
     return parser
 
 
-def _extra_commands():
-    """Sub-commands defined in other modules (sweeps, storage queries, reports, steering)."""
-    out = []
-    for module in ("orchestrator.sweep_cmds", "orchestrator.storage_cmds", "orchestrator.steer_cmd"):
-        try:
-            mod = __import__(module, fromlist=["register"])
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-            continue
-        out.append(mod.register)
-    return out
+def _command(argv: list[str]) -> str | None:
+    """The sub-command named in argv (the first word that is not an option), if any."""
+    return next((a for a in argv if not a.startswith("-")), None)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("TQDM_DISABLE", "1")
-    parser = build_parser()
+    parser = build_parser(_command(argv))
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)

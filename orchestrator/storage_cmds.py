@@ -43,19 +43,6 @@ def cmd_query(args: argparse.Namespace) -> int:
     return 2 if problems else 0
 
 
-def scaled_methods(run_dirs: list[Path]) -> set[str]:
-    """The methods whose stored value is a scale factor, from the method registry (with the
-    plugins each run's sweep.yaml names imported first)."""
-    from search_spaces.config import load_config
-    from workers.interventions import METHOD_CLASSES
-
-    for run_dir in run_dirs:
-        stored = run_dir / "sweep.yaml"
-        if stored.exists():
-            load_config(stored)  # validating the stored sweep imports its plugins
-    return {name for name, cls in METHOD_CLASSES.items() if cls.identity == 1.0}
-
-
 def register_report(sub) -> None:
     p = sub.add_parser("report", help="figures, an HTML page and a Markdown summary from one or several runs")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
@@ -70,7 +57,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     dirs = check_run_dirs([Path(d) for d in args.run_dirs])
     out = Path(args.out) if args.out else dirs[0] / "report"
-    made = render(dirs, out, args.trial, scaled_methods=scaled_methods(dirs))
+    made = render(dirs, out, args.trial)
     n = sum(len(made[k]) for k in ("heatmaps", "seeds", "across", "depth", "tradeoffs"))
     print(f"report: {out / 'index.html'}  ({n} figures; summary in {out / 'summary.md'})")
     return 0

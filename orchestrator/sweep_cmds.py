@@ -5,7 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
-from search_spaces.config import load_config, resolve_sweep
+from search_spaces.stored import search_sizes
 from storage.schema import Status
 from workers.errors import UsageError
 
@@ -41,6 +41,8 @@ def _run(config, run_dir: Path, address: str | None, quiet: bool) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from search_spaces.config import load_config, resolve_sweep
+
     path = resolve_sweep(args.sweep)
     config = load_config(path)
     run_dir = Path(args.out) if args.out else Path("runs") / config.name
@@ -48,6 +50,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
+    from search_spaces.config import load_config
+
     run_dir = Path(args.run_dir)
     stored = run_dir / "sweep.yaml"
     if not stored.is_file():
@@ -84,7 +88,7 @@ def unit_status(run_dir: Path) -> list[dict]:
     stored = run_dir / "sweep.yaml"
     if not stored.is_file():
         raise UsageError(f"{run_dir} holds no sweep.yaml: not an actscale run directory")
-    search = load_config(stored).search
+    n_trials, replicates = search_sizes(stored)
     con, _ = connect([run_dir])
     try:
         rows = con.execute(STATUS_SQL).df().to_dict("records")
@@ -98,7 +102,7 @@ def unit_status(run_dir: Path) -> list[dict]:
             if isinstance(value, float) and value != value:
                 r[key] = None
         r["warnings"] = [str(w) for w in r["warnings"]] if r["warnings"] is not None else []
-        r["pending"] = max(0, search.n_trials - int(r["done"])) + max(0, search.replicates - 1 - int(r["replicates"]))
+        r["pending"] = max(0, n_trials - int(r["done"])) + max(0, replicates - 1 - int(r["replicates"]))
         r["seed_jaccard"] = None
         if r["replicates"]:  # so the cells were read
             group = groups[groups.selected_trial == r["selected_trial"]].drop(columns="selected_trial")

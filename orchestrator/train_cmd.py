@@ -126,3 +126,9 @@ def _print_text(report: dict) -> None:
             f"role {row['role']:<10} ({row['n_prompts']} prompts)"
         print(f"  layer {row['layer']:>3} {where}{head} value {row['value']:.4f}"
               f"  effect {row['effect']:.4f}" + ("  moved" if row["moved"] else ""))
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="run one trial in-process (no Ray) and print its metrics")
+    add_arguments(p)
+    p.set_defaults(func=run)

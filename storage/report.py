@@ -10,7 +10,7 @@ seed, sorted inputs.
 from __future__ import annotations
 
 import html
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -128,12 +128,11 @@ def _save(fig: Figure, path: Path) -> None:
     plt.close(fig)
 
 
-def render(run_dirs: list[Path], out: Path, trial_id: str | None = None, *,
-           scaled_methods: Collection[str]) -> dict[str, list[Any]]:
+def render(run_dirs: list[Path], out: Path, trial_id: str | None = None) -> dict[str, list[Any]]:
     """Write figures, index.html and summary.md into `out`; returns what was made.
 
-    `scaled_methods`: the methods whose stored `value` is a scale factor (identity 1), drawn as
-    alpha around 1; every other method is drawn by its moved measure (`effect`)."""
+    A unit whose stored `value` is a scale factor (units.value_identity = 1) is drawn as alpha
+    around 1; any other is drawn by its moved measure (`effect`)."""
     out = Path(out)
     figures_dir = out / "figures"
     figures_dir.mkdir(parents=True, exist_ok=True)
@@ -154,7 +153,7 @@ def render(run_dirs: list[Path], out: Path, trial_id: str | None = None, *,
 
     # where it happens: one heatmap per unit's selected trial
     for row in chosen.sort_values(["model", "task", "site", "method"]).itertuples():
-        scaled = row.method in scaled_methods
+        scaled = row.value_identity == 1.0
         s = _shown(_of(scalars, row), scaled)
         if s.empty:
             continue
@@ -174,20 +173,21 @@ def render(run_dirs: list[Path], out: Path, trial_id: str | None = None, *,
 
     # across models: side by side, aligned by role, and |alpha-1| against relative depth
     for (task, site, method), group in chosen.groupby(["task", "site", "method"], sort=True):
+        scaled = bool((group.value_identity == 1.0).all())
         if group.model.nunique() < 2:
             continue
         group = group.sort_values("model")
         fig, axes = plt.subplots(1, len(group), figsize=(5 * len(group), 4), squeeze=False)
         for ax, row in zip(axes[0], group.itertuples()):
-            matrix, layers, labels, axis = heatmap_matrix(_shown(_of(scalars, row), method in scaled_methods))
+            matrix, layers, labels, axis = heatmap_matrix(_shown(_of(scalars, row), scaled))
             _draw_heatmap(ax, matrix, [f"{layer / max(1, row.n_layers - 1):.2f}" for layer in layers], labels, axis,
-                          method in scaled_methods, f"{row.model}")
+                          scaled, f"{row.model}")
             ax.set_ylabel("relative depth l/(L-1)")
         fig.suptitle(f"{task_label(task)} / {site} / {method}: models side by side", fontsize=10)
         name = f"across-{_slug(task, site, method)}.png"
         _save(fig, figures_dir / name)
         made["across"].append(dict(file=f"figures/{name}", task=task, site=site, method=method))
-        if method in scaled_methods:
+        if scaled:
             fig, ax = plt.subplots(figsize=(6, 4))
             for row in group.itertuples():
                 s = _of(scalars, row)

@@ -10,7 +10,8 @@ from enum import StrEnum
 import pyarrow as pa
 
 SCHEMA_VERSION = 3  # 2: sites_moved/sites_total, replicates, interrupted rows, cell effects, entities;
-# 3: cells by role for prompts of several shapes (scalars.n_prompts, mean_position), units.min_split, warnings
+# 3: cells by role for prompts of several shapes (scalars.n_prompts, mean_position), units.min_split, warnings,
+# value_identity (what the report draws as a scale, without importing the method)
 META_TABLE = b"actscale.table"
 META_VERSION = b"actscale.schema_version"
 SPLITS_REPORTED = ("val", "test")
@@ -41,7 +42,7 @@ UNITS = pa.schema([
     ("settings", pa.string()), ("n_train", pa.int32()), ("n_val", pa.int32()), ("n_test", pa.int32()),
     ("counts", pa.string()), ("base_accuracy", pa.float64()), ("mean_ld", pa.float64()),
     ("moved_measure", pa.string()), ("moved_threshold", pa.float64()),
-    ("min_split", pa.int32()), ("warnings", pa.list_(pa.string())),
+    ("min_split", pa.int32()), ("warnings", pa.list_(pa.string())), ("value_identity", pa.float64()),
 ])
 
 TRIALS = pa.schema(

@@ -58,7 +58,8 @@ def make_sample_run(run_dir: Path, run_id: str = "run-sample", trials_per_unit: 
                                         settings=json.dumps({"steps": 60}), n_train=90, n_val=45, n_test=45,
                                         counts=json.dumps({"total": 360}), base_accuracy=0.5, mean_ld=0.1,
                                         moved_measure="|alpha-1|" if method == "activscalar" else "|v|/mean|h|",
-                                        moved_threshold=0.1, min_split=3, warnings=[])])
+                                        moved_threshold=0.1, min_split=3, warnings=[],
+                                        value_identity=1.0 if method == "activscalar" else 0.0)])
             for split, n in (("train", 3), ("test", 3)):
                 store.append("examples", [dict(unit_id=unit_id, run_id=run_id, split=split, index=i, prompt=f"prompt {i}",
                                                answer_a=" Mary", answer_b=" John", template="t", roles=ROLES,

@@ -127,7 +127,7 @@ def test_two_runs_of_the_same_units_are_reported_apart(tmp_path):
     """Trial ids repeat across runs of the same unit: rows, seeds and figures must not mix."""
     one = make_sample_run(tmp_path / "one", run_id="r1", seed=1)
     two = make_sample_run(tmp_path / "two", run_id="r2", seed=2)
-    made = render([one, two], tmp_path / "out", scaled_methods={"activscalar", "dynscalar"})
+    made = render([one, two], tmp_path / "out")
     assert len(made["heatmaps"]) == len({m["file"] for m in made["heatmaps"]}) == 8
     summary = (tmp_path / "out" / "summary.md").read_text()
     assert summary.count("| tiny-") == 8 and "| 2 |" in summary  # each selected trial: itself and one replicate

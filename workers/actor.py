@@ -10,7 +10,7 @@ import json
 import os
 import socket
 
-from workers.interventions import import_plugins, moved_rule
+from workers.interventions import import_plugins, method_class, moved_rule
 from workers.models import load_model
 from workers.prepare import PreparedUnit, prepare_unit
 from workers.results import TrialResult
@@ -58,7 +58,7 @@ class WorkerActor:
                    n_train=len(unit.splits["train"]), n_val=len(unit.splits["val"]), n_test=len(unit.splits["test"]),
                    counts=json.dumps(unit.counts), base_accuracy=unit.base_accuracy, mean_ld=unit.mean_ld,
                    moved_measure=measure, moved_threshold=threshold, min_split=spec.settings.min_split,
-                   warnings=unit.warnings)
+                   warnings=unit.warnings, value_identity=method_class(spec.method).identity)
         examples = []
         for split, data in unit.splits.items():
             lds = data.ld.tolist()
