@@ -343,6 +343,7 @@ class Coordinator:
             store.flush()
             self._tell_pending()
             self._record_config(store)  # an edited sweep becomes the stored one once it has run
+            store.compact_all()  # one part per table: queries over a finished run stay quick
             return self._summary(time.monotonic() - start)
         finally:
             try:

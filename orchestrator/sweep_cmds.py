@@ -82,21 +82,21 @@ SEED_GROUP = "SELECT s.trial_id AS selected_trial, t.* FROM selected s JOIN tria
 
 def unit_status(run_dir: Path) -> list[dict]:
     """Per unit: trial counts, and the selected trial's val and test values (never a maximum over test)."""
-    from storage.query import connect
+    from storage.query import with_connection
     from storage.seeds import seed_stats
 
     stored = run_dir / "sweep.yaml"
     if not stored.is_file():
         raise UsageError(f"{run_dir} holds no sweep.yaml: not an actscale run directory")
     n_trials, replicates = search_sizes(stored)
-    con, _ = connect([run_dir])
-    try:
+    def read(con):
         rows = con.execute(STATUS_SQL).df().to_dict("records")
         groups = con.execute(SEED_GROUP).df()
         cells = con.execute(f"SELECT c.* FROM scalars c JOIN ({SEED_GROUP}) g USING (run_id, trial_id)").df() \
             if any(r["replicates"] for r in rows) else None
-    finally:
-        con.close()
+        return rows, groups, cells
+
+    rows, groups, cells = with_connection([run_dir], read)  # again if a compaction finished meanwhile
     for r in rows:
         for key, value in r.items():  # a unit with no selected trial yet: NULLs, whatever pandas made of them
             if isinstance(value, float) and value != value:

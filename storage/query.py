@@ -7,7 +7,9 @@ storage/selection.py, with each run's own `selection.min_flip` (from its sweep.y
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import duckdb
 import pandas as pd
@@ -15,7 +17,9 @@ import pandas as pd
 from storage.errors import StorageError
 from storage.schema import SCHEMAS, schema_for
 from storage.selection import DEFAULT_MIN_FLIP, selected_sql
-from storage.store import read_table, valid_parts
+from storage.store import VANISHED_RETRIES, read_table, valid_parts
+
+T = TypeVar("T")
 
 
 def check_run_dirs(run_dirs: list[Path]) -> list[Path]:
@@ -72,16 +76,55 @@ def connect(run_dirs: list[Path] | Path, min_flip: float | None = None) -> tuple
     return con, problems
 
 
+def _vanished(exc: Exception) -> bool:
+    """A part deleted between listing and reading: a compaction finished meanwhile."""
+    text = str(exc)
+    return isinstance(exc, duckdb.IOException) and ("No files found" in text or "No such file" in text)
+
+
+def with_connection(run_dirs: list[Path] | Path, work: Callable[[duckdb.DuckDBPyConnection], T],
+                    min_flip: float | None = None) -> T:
+    """`work(connection)` over the tables, again from a fresh listing if a part vanished meanwhile."""
+    for attempt in range(VANISHED_RETRIES):
+        con, _ = _reconnect(run_dirs, min_flip)
+        try:
+            return work(con)
+        except duckdb.IOException as exc:
+            if not _vanished(exc) or attempt + 1 == VANISHED_RETRIES:
+                raise
+        finally:
+            con.close()
+    raise AssertionError("unreachable")
+
+
+def _reconnect(run_dirs: list[Path] | Path, min_flip: float | None) -> tuple[duckdb.DuckDBPyConnection, list[str]]:
+    for _ in range(VANISHED_RETRIES):
+        try:
+            return connect(run_dirs, min_flip)
+        except duckdb.IOException as exc:
+            if not _vanished(exc):
+                raise
+    raise StorageError("the tables' parts kept vanishing while they were opened")
+
+
 def run_sql(run_dirs: list[Path] | Path, sql: str, min_flip: float | None = None) -> tuple[pd.DataFrame, list[str]]:
-    con, problems = connect(run_dirs, min_flip)
-    try:
-        frame = con.execute(sql).df()
-    except duckdb.Error as exc:
-        raise StorageError(f"query failed: {str(exc).splitlines()[0]}\n  query: {sql.strip()[:300]}\n"
-                           f"  tables: {', '.join(SCHEMAS)}, and the view selected") from exc
-    finally:
-        con.close()
-    return frame, problems
+    for attempt in range(VANISHED_RETRIES):
+        try:
+            con, problems = connect(run_dirs, min_flip)
+        except duckdb.IOException as exc:
+            if _vanished(exc) and attempt + 1 < VANISHED_RETRIES:
+                continue
+            raise StorageError(f"could not open the tables: {str(exc).splitlines()[0]}") from exc
+        try:
+            return con.execute(sql).df(), problems
+        except duckdb.Error as exc:
+            if _vanished(exc) and attempt + 1 < VANISHED_RETRIES:
+                continue  # list the parts again: the merged part holds the vanished one's rows
+            raise StorageError(f"query failed: {str(exc).splitlines()[0]}\n  query: {sql.strip()[:300]}\n"
+                               f"  tables: {', '.join(SCHEMAS)}, and the view selected") from exc
+        finally:
+            con.close()
+    raise AssertionError("unreachable")
 
 
 def load(run_dirs: list[Path] | Path, table: str) -> pd.DataFrame:

@@ -14,6 +14,7 @@ SCHEMA_VERSION = 3  # 2: sites_moved/sites_total, replicates, interrupted rows, 
 # value_identity (what the report draws as a scale, without importing the method)
 META_TABLE = b"actscale.table"
 META_VERSION = b"actscale.schema_version"
+META_SUPERSEDES = b"actscale.supersedes"  # a compacted part: the names of the parts it holds
 SPLITS_REPORTED = ("val", "test")
 METRICS = ("flip_rate", "ld_before", "ld_after", "kl_other", "mass_shift", "l1")
 HYPER_PARAMS = ("lambda_faith", "lambda_min", "lr", "steps", "batch_size", "seed")

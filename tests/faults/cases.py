@@ -15,6 +15,10 @@ FAULTS = [
     ("writer-sigkill", "a process writing part files SIGKILLed at random moments (22 times)",
      "every visible part reads whole, no row twice, every acknowledged row present",
      "tests/test_storage.py::test_sigkill_at_random_moments_loses_nothing_acknowledged"),
+    ("compaction-sigkill", "a process compacting a table's parts while it writes them, SIGKILLed at random moments "
+     "(15 times), with a query run just before each kill",
+     "no row twice and every acknowledged row present, for read_table and for DuckDB queries, at every moment",
+     "tests/test_compaction.py::test_sigkill_at_random_moments_during_compaction_loses_and_doubles_nothing"),
     ("disk-full", "the disk fills up (ENOSPC) while a part file is written during a sweep",
      "the sweep stops with a message naming the table and the fix; no torn file; resuming finishes the sweep",
      "tests/faults/test_faults.py::test_disk_full_stops_cleanly_and_resumes"),

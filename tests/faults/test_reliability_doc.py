@@ -15,6 +15,11 @@ HEADER = """# Reliability
 - A part file appears whole or not at all: it is written under a temporary name, fsynced,
   then renamed; readers (and DuckDB globs over `part-*.parquet`) never see a torn file, and
   leftovers are removed when a store is opened.
+- Compaction (at the end of every run, and when a table passes 50 parts) merges a table's
+  parts into one part that names the parts it holds in its metadata; actscale's readers
+  (`query`, `status`, `report`, `open_runs`) skip those from the moment it appears, and the
+  sources are deleted only then, so a crash at any moment loses and doubles no row. A raw
+  DuckDB glob over `part-*.parquet` can see both for that moment: read through actscale.
 - Parquet is the source of truth. A finished trial goes to Parquet first and is told to
   Optuna only once its part file is durable. On start the coordinator reconciles: a trial
   recorded in Parquet but RUNNING in Optuna is told its stored values; a RUNNING trial with
