@@ -49,6 +49,7 @@ test-fast: install
 bench: install
 	$(BIN)/python bench/throughput.py --out bench/out
 	$(BIN)/python bench/loaded.py --out bench/out/loaded.json
+	$(BIN)/python bench/scale.py --out bench/out/scale.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache
