@@ -36,6 +36,7 @@ from optuna.trial import TrialState
 
 from orchestrator.journal import repair_journal
 from orchestrator.lock import RunLock
+from orchestrator.model_layers import layer_counts
 from orchestrator.plan import PlannedUnit, plan_units
 from orchestrator.pool import ActorPool, Asked, Pending, PendingKind
 from orchestrator.progress import Progress
@@ -43,9 +44,8 @@ from orchestrator.records import trial_id, trial_rows, unfinished_row
 from search_spaces.config import SweepConfig
 from search_spaces.spaces import directions, distributions, grid_size, make_sampler, objective_values
 from storage.schema import Status
-from storage.selection import describe_rule, select_rows
+from storage.selection import describe_rule, select_per_unit
 from storage.store import RunStore, read_table, replace_durably, write_durably
-from workers.actor import WorkerActor
 from workers.errors import UsageError
 from workers.results import TrialResult
 from workers.tasks.base import examples_hash, load_examples
@@ -259,8 +259,17 @@ class Coordinator:
     def _selected(self, state: UnitState) -> dict | None:
         """The unit's selected search trial (cached until its search rows change)."""
         if state.selection is None or state.selection[0] != len(state.search_rows):
-            state.selection = (len(state.search_rows), select_rows(state.search_rows, self.config.selection.min_flip))
+            self._select_stale([state])
         return state.selection[1]
+
+    def _select_stale(self, states: list[UnitState]) -> None:
+        """Refresh the cached selection of every unit whose search rows changed, in one query."""
+        stale = [s for s in states if s.selection is None or s.selection[0] != len(s.search_rows)]
+        if not stale:
+            return
+        chosen = select_per_unit([r for s in stale for r in s.search_rows], self.config.selection.min_flip)
+        for s in stale:
+            s.selection = (len(s.search_rows), chosen.get(s.unit_id))
 
     def _replicates_left(self, state: UnitState) -> int:
         """Replicates still to ask: only once the unit's search is complete and nothing of it is in flight."""
@@ -322,15 +331,14 @@ class Coordinator:
             self.run_id = self._run_id()
             store = RunStore(self.run_dir, flush_rows=100, flush_seconds=2.0)
             self.store = store
-            from workers.models import layer_count
-            allow = self.config.allow_pickle
-            n_layers = {m: layer_count(m, allow) for m in self.config.models}  # fails early on a bad model
+            n_layers = layer_counts(self.config.models, self.run_dir, self.config.allow_pickle)
             planned = plan_units(self.config, n_layers.__getitem__)
             described = self._check_task_data(planned, store)
             if not (self.run_dir / "sweep.yaml").exists():
                 self._record_config(store)  # first run: `resume` needs it even after an early crash
             self._open_studies(planned, described)
             self._reconcile(store)
+            self._select_stale(list(self.units.values()))
             todo = sum(max(0, self._search_left(s)) for s in self.units.values())
             replicates = sum(self._replicates_left(s) for s in self.units.values())
             log.info(f"run {self.run_id} in {self.run_dir}: {len(self.units)} unit(s), {todo} search trial(s) "
@@ -357,6 +365,8 @@ class Coordinator:
                 lock.release()
 
     def _new_actor(self, model: str):
+        from workers.actor import WorkerActor  # torch and transformers: only once there is work
+
         r = self.config.resources
         cls = ray.remote(WorkerActor)
         return cls.options(num_cpus=r.cpus_per_worker, num_gpus=r.gpus_per_worker, max_restarts=0,
@@ -586,6 +596,7 @@ class Coordinator:
         n_val = {r["unit_id"]: r["n_val"] for r in read_table(self.run_dir, "units").table.select(
             ["unit_id", "n_val"]).to_pylist()}  # the prompts behind each val rate
         selected = []
+        self._select_stale(list(self.units.values()))
         for state in self.units.values():
             row = self._selected(state)
             if row is None:

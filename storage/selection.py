@@ -49,15 +49,16 @@ QUALIFY row_number() OVER (PARTITION BY t.run_id, t.unit_id
                                     t.val_kl_other, t.trial_id) = 1"""
 
 
-def select_rows(rows: list[dict[str, Any]], min_flip: float) -> dict[str, Any] | None:
-    """The selected trial among trials rows held in memory (the coordinator's use), by the SQL above."""
+def select_per_unit(rows: list[dict[str, Any]], min_flip: float) -> dict[str, dict[str, Any]]:
+    """{unit_id: its selected trial} among trials rows held in memory (the coordinator's use),
+    by the SQL above, for any number of units in one query."""
     import duckdb
     import pyarrow as pa
 
     from storage.schema import schema_for
 
     if not rows:
-        return None
+        return {}
     table = pa.Table.from_pylist(rows, schema=schema_for("trials"))
     con = duckdb.connect()
     try:
@@ -65,4 +66,12 @@ def select_rows(rows: list[dict[str, Any]], min_flip: float) -> dict[str, Any] |
         found = con.sql(selected_sql("candidate_trials", repr(float(min_flip)))).to_arrow_table()
     finally:
         con.close()
-    return found.to_pylist()[0] if found.num_rows else None
+    return {row["unit_id"]: row for row in found.to_pylist()}
+
+
+def select_rows(rows: list[dict[str, Any]], min_flip: float) -> dict[str, Any] | None:
+    """The selected trial among one unit's trials rows held in memory."""
+    chosen = select_per_unit(rows, min_flip)
+    if len(chosen) > 1:
+        raise ValueError(f"select_rows got rows of {len(chosen)} units; use select_per_unit")
+    return next(iter(chosen.values()), None)
