@@ -39,7 +39,7 @@ def naive_logits(loaded, ids, lengths):
     """The plain way: the whole model, logits at every position, then pick the last real one."""
     ids, lengths = ids.to(loaded.device), lengths.to(loaded.device)
     mask = forward.attention_mask(ids, lengths)
-    with forward.autocast_for(loaded.device):
+    with forward.autocast_for(loaded):
         logits = loaded.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
     return logits[torch.arange(ids.shape[0], device=ids.device), lengths - 1].float()
 
@@ -117,6 +117,29 @@ def trainer_flops(loaded, steps: int, batch: int) -> tuple[float, float, int]:
     return step_flops * steps / (time.perf_counter() - start), step_flops, tokens
 
 
+def bf16_step_ratio(loaded, steps: int, batch: int = 32) -> dict | None:
+    """Seconds per training step of one ActivScalar trial at all layers, fp32 against bf16 (the
+    copy `train.precision: bf16` trains on); None where bf16 is not native (reported as skipped)."""
+    from workers.precision import cpu_has_native_bf16, training_model
+
+    if loaded.device.type != "cpu" or not cpu_has_native_bf16():
+        return None
+    seconds = {}
+    for precision in ("fp32", "bf16", "fp32", "bf16"):  # interleaved: a noisy machine hits both alike
+        spec = UnitSpec(MODEL, TaskSpec.make("ioi", {"n": 40}), "mlp_out", "all", METHOD,
+                        TrainSettings(steps=steps, batch_size=batch, precision=precision))
+        unit = prepare.prepare_unit(loaded, spec)
+        trains_on = training_model(loaded, unit.precision)
+        refs = trainer.resolve_site(trains_on.model, "mlp_out", unit.layers)
+        outcomes = [trainer.TrialResult(Hyper())]
+        trainer._train_group(trains_on, unit, [Hyper(steps=1)], refs, outcomes)  # warm-up
+        start = time.perf_counter()
+        trainer._train_group(trains_on, unit, [Hyper(steps=steps)], refs, outcomes)
+        seconds.setdefault(precision, []).append((time.perf_counter() - start) / steps)
+    fp32, bf16 = min(seconds["fp32"]), min(seconds["bf16"])
+    return dict(fp32_s=fp32, bf16_s=bf16, ratio=fp32 / bf16)
+
+
 def trials_per_second(loaded, ks, steps: int) -> dict[int, float]:
     layers = tuple(range(loaded.n_layers - 6, loaded.n_layers))
     spec = UnitSpec(MODEL, TaskSpec.make("ioi", {"n": 40}), "mlp_out", layers, METHOD,
@@ -185,6 +208,13 @@ def main() -> None:
     print(f"b. trainer {rate / 1e9:.1f} GFLOP/s, matmul [{tokens}x{cfg.hidden_size}]@[{cfg.hidden_size}x"
           f"{cfg.intermediate_size}] {mm / 1e9:.1f} GFLOP/s: {100 * rate / mm:.0f}%", flush=True)
 
+    # b2. bf16 against fp32 training steps (CPUs with native bf16)
+    bf16 = bf16_step_ratio(loaded, 3 if quick else 10)
+    figures["bf16_step"] = bf16
+    if bf16:
+        print(f"b2. training step fp32 {bf16['fp32_s']:.3f}s, bf16 {bf16['bf16_s']:.3f}s: {bf16['ratio']:.2f}x",
+              flush=True)
+
     # c. orchestration overhead
     if not args.skip_overhead:
         over = orchestration_overhead(40 if quick else 200, 30)
@@ -203,6 +233,11 @@ def main() -> None:
     print(f"TARGET per_layer_speedup: {speedup:.2f}x (target 2x) {'ok' if speedup >= 2 else 'short'}")
     frac = figures["flops"]["fraction"]
     print(f"TARGET trainer_matmul_fraction: {100 * frac:.0f}% (target 60%) {'ok' if frac >= 0.6 else 'short'}")
+    if bf16:
+        r = bf16["ratio"]
+        print(f"TARGET cpu_bf16_step: {r:.2f}x (target >= 1.6x) {'ok' if r >= 1.6 else 'short'}")
+    else:
+        print("TARGET cpu_bf16_step: skipped (no native bf16 on this CPU, or not a CPU run)")
     if "overhead" in figures:
         o = figures["overhead"]["overhead_steady"]
         print(f"TARGET orchestration_overhead: {100 * o:.1f}% (target 5%) {'ok' if o <= 0.05 else 'short'}")

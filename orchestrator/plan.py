@@ -21,7 +21,8 @@ class PlannedUnit:
 def train_settings(config: SweepConfig) -> TrainSettings:
     t = config.train
     return TrainSettings(steps=t.steps, batch_size=t.batch_size, seed=t.seed, split=tuple(t.split), filter=t.filter,
-                         active_threshold=t.active_threshold, steer_threshold=t.steer_threshold, min_split=t.min_split)
+                         active_threshold=t.active_threshold, steer_threshold=t.steer_threshold, min_split=t.min_split,
+                         precision=t.precision)
 
 
 def unit_id(spec: UnitSpec) -> str:

@@ -21,7 +21,9 @@ def unfinished_row(run_id: str, unit_id: str, number: int, params: dict, setting
 
 
 def status_of(result: TrialResult) -> Status:
-    return Status.COMPLETE if result.ok else Status.FAILED
+    if not result.ok:
+        return Status.FAILED
+    return Status.PRUNED if result.pruned else Status.COMPLETE
 
 
 def trial_rows(run_id: str, unit_id: str, spec: UnitSpec, result: TrialResult,
@@ -32,6 +34,7 @@ def trial_rows(run_id: str, unit_id: str, spec: UnitSpec, result: TrialResult,
     row = dict(trial_id=tid, unit_id=unit_id, run_id=run_id, trial_number=result.number,
                status=status_of(result), error=result.error, n_params=result.n_params,
                sites_moved=result.sites_moved, sites_total=result.sites_total, steps_done=result.steps,
+               stop_reason=result.stop_reason, precision=result.precision or None,
                wall_s=result.wall_s, tokens_per_s=result.tokens_per_s, worker_node=result.node,
                started_at=result.started_at, ended_at=result.ended_at, resample_train=hyper.resample_train,
                replicate_of=replicate_of)

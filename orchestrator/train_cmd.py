@@ -34,6 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--filter", default=settings.filter, choices=["model_prefers_a", "none"])
     p.add_argument("--min-split", type=int, default=settings.min_split,
                    help="warn when a split holds fewer prompts (its rates are marked)")
+    p.add_argument("--precision", default=settings.precision, choices=["auto", "fp32", "bf16"],
+                   help="training forwards: auto takes bf16 on CUDA and on CPUs with native bf16")
     p.add_argument("--allow-pickle", action="store_true", help="allow loading pickle (.bin) weights")
     p.add_argument("--top", type=int, default=10, help="how many most-moved scalars to print")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
@@ -66,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     if args.min_split <= 0:
         raise UsageError(f"--min-split must be positive (got {args.min_split})")
     settings = TrainSettings(steps=args.steps, batch_size=args.batch_size, seed=args.seed, filter=args.filter,
-                             min_split=args.min_split)
+                             min_split=args.min_split, precision=args.precision)
     spec = UnitSpec(args.model, TaskSpec.make(args.task, parse_task_options(args.task_option)), args.site,
                     layers, args.method, settings)
     # validate names before paying for a model load
@@ -85,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         "warnings": unit.warnings,
         "val": outcome.metrics.get("val"), "test": outcome.metrics.get("test"),
         "n_params": outcome.n_params, "sites_moved": outcome.sites_moved, "sites_total": outcome.sites_total,
-        "steps": outcome.steps,
+        "steps": outcome.steps, "precision": outcome.precision,
         "wall_s": round(outcome.wall_s, 2), "hyper": hyper.to_dict(),
         "most_moved": _moved(outcome, args.top),
     }

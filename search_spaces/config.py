@@ -123,6 +123,10 @@ class Train(_Strict):
     min_split: int = Field(_TRAIN.min_split, ge=1, description="a unit whose train, val or test split holds fewer "
                            "prompts is warned about; val and test rates over fewer prompts are marked, and a test "
                            "split that small gets no interval")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        _TRAIN.precision, description="training forwards: auto takes bf16 on CUDA and on CPUs with native bf16 "
+        "(AVX-512 BF16 or AMX), else fp32; the intervention, the objective and every val/test metric stay fp32; "
+        "each trial records the precision it trained in")
 
     @field_validator("split")
     @classmethod

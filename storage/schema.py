@@ -9,9 +9,10 @@ from enum import StrEnum
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 3  # 2: sites_moved/sites_total, replicates, interrupted rows, cell effects, entities;
+SCHEMA_VERSION = 4  # 2: sites_moved/sites_total, replicates, interrupted rows, cell effects, entities;
 # 3: cells by role for prompts of several shapes (scalars.n_prompts, mean_position), units.min_split, warnings,
-# value_identity (what the report draws as a scale, without importing the method)
+# value_identity (what the report draws as a scale, without importing the method); 4: trials.precision,
+# trials.stop_reason and status pruned (early stopping and pruning)
 META_TABLE = b"actscale.table"
 META_VERSION = b"actscale.schema_version"
 META_SUPERSEDES = b"actscale.supersedes"  # a compacted part: the names of the parts it holds
@@ -22,11 +23,14 @@ HYPER_PARAMS = ("lambda_faith", "lambda_min", "lr", "steps", "batch_size", "seed
 
 class Status(StrEnum):
     """Values of trials.status. `interrupted`: cut off by a crash or a dead worker and re-run
-    under a new trial number; `failed`: the trial's own computation failed (error says why)."""
+    under a new trial number; `failed`: the trial's own computation failed (error says why);
+    `pruned`: stopped by the unit's pruning rule, scored where it stopped (stop_reason says why),
+    never selected, and counted in the search's n_trials."""
 
     COMPLETE = "complete"
     FAILED = "failed"
     INTERRUPTED = "interrupted"
+    PRUNED = "pruned"
 
 
 _ts = pa.timestamp("us", tz="UTC")
@@ -53,7 +57,7 @@ TRIALS = pa.schema(
     + [(f"{split}_{metric}", pa.float64()) for split in SPLITS_REPORTED for metric in METRICS]
     + [("resample_train", pa.bool_()), ("replicate_of", pa.string())]
     + [("n_params", pa.int64()), ("sites_moved", pa.int64()), ("sites_total", pa.int64()),
-       ("steps_done", pa.int32()), ("wall_s", pa.float64()),
+       ("steps_done", pa.int32()), ("stop_reason", pa.string()), ("precision", pa.string()), ("wall_s", pa.float64()),
        ("tokens_per_s", pa.float64()), ("worker_node", pa.string()), ("started_at", _ts), ("ended_at", _ts)]
 )
 

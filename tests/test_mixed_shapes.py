@@ -62,7 +62,7 @@ def test_dynscalar_cells_aggregate_one_role_per_column(tiny_models, tmp_path):
         for w, b in zip(intervention.weights, intervention.biases):
             w.copy_(torch.randn(w.shape, generator=torch.Generator().manual_seed(1)))
             b.copy_(torch.full(b.shape, 0.3))
-    _evaluate(loaded, unit, intervention, val, (columns, column_ids))
+    _evaluate(loaded, unit, intervention, intervention.refs, val, (columns, column_ids))
     values, effects = intervention.cells(0, None)  # [L, C]
     assert values.shape == (2, len(columns))
 
@@ -73,7 +73,7 @@ def test_dynscalar_cells_aggregate_one_role_per_column(tiny_models, tmp_path):
         one = replace(val, examples=[example], ids=val.ids[n:n + 1, :example.length], lengths=val.lengths[n:n + 1],
                       a_ids=val.a_ids[n:n + 1], b_ids=val.b_ids[n:n + 1], logits=val.logits[n:n + 1], prefix=None)
         per_position = (position_columns([example], example.length), torch.arange(example.length)[None])
-        _evaluate(loaded, unit, intervention, one, per_position)
+        _evaluate(loaded, unit, intervention, intervention.refs, one, per_position)
         alpha, _ = intervention.cells(0, None)  # [L, T] of this prompt
         for pos, role in enumerate(example.roles):
             sums[role] = sums.get(role, 0) + alpha[:, pos]

@@ -25,10 +25,10 @@ def attention_mask(ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     return (torch.arange(ids.shape[1], device=ids.device)[None, :] < lengths[:, None].to(ids.device)).long()
 
 
-def autocast_for(device: torch.device):
-    """bf16 autocast on CUDA (mixed precision), plain fp32 elsewhere."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+def autocast_for(loaded: LoadedModel):
+    """bf16 autocast where the model runs under it (CUDA, unless fp32 was asked), else its own dtype."""
+    if loaded.autocast_bf16:
+        return torch.autocast(loaded.device.type, dtype=torch.bfloat16)
     return nullcontext()
 
 
@@ -38,7 +38,7 @@ def last_token_logits(loaded: LoadedModel, ids: torch.Tensor, lengths: torch.Ten
     ids = ids.to(device)
     lengths = lengths.to(device)
     mask = attention_mask(ids, lengths)
-    with autocast_for(device):
+    with autocast_for(loaded):
         hidden = loaded.model.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
         last = hidden[torch.arange(ids.shape[0], device=device), lengths - 1]
         logits = loaded.model.get_output_embeddings()(last)

@@ -385,7 +385,16 @@ def import_plugins(modules: list[str] | tuple[str, ...]) -> None:
 
 
 @contextmanager
-def installed(intervention: Intervention) -> Iterator[Intervention]:
-    """Install the intervention's hooks for the duration of the block; always remove them."""
-    with hooked(intervention.refs, intervention.transform):
+def installed(intervention: Intervention, refs: list[SiteRef] | None = None) -> Iterator[Intervention]:
+    """Install the intervention's hooks (on `refs`: the same sites of another copy of the model)
+    for the duration of the block; always remove them.
+
+    The transform runs in fp32 whatever the model's dtype (a bf16 training copy): alpha near 1
+    would move in bf16 steps of 0.008, and alpha = 1 leaves the activation bit-equal either way."""
+    def precise(index: int, h: torch.Tensor) -> torch.Tensor:
+        if h.dtype == torch.float32:
+            return intervention.transform(index, h)
+        return intervention.transform(index, h.float()).to(h.dtype)
+
+    with hooked(refs or intervention.refs, precise):
         yield intervention

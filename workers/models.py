@@ -32,6 +32,12 @@ class LoadedModel:
     device: torch.device
     load_seconds: float = 0.0
     info: dict = field(default_factory=dict)
+    autocast_bf16: bool | None = None  # forwards under bf16 autocast; None: on CUDA only
+    variants: dict = field(default_factory=dict, repr=False)  # other precisions (workers.precision)
+
+    def __post_init__(self) -> None:
+        if self.autocast_bf16 is None:
+            self.autocast_bf16 = self.device.type == "cuda"
 
     @property
     def n_layers(self) -> int:

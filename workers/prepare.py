@@ -22,6 +22,7 @@ from workers.forward import logits_and_states, pad_batch
 from workers.interventions import any_length_methods, method_class
 from workers.models import LoadedModel
 from workers.objective import logit_diff
+from workers.precision import resolve_precision, training_model
 from workers.sites import check_site, resolve_layers
 from workers.splits import assign_splits, drop_duplicates
 from workers.tasks.base import examples_hash, load_examples
@@ -41,6 +42,12 @@ class SplitData:
     b_ids: torch.Tensor  # [N] token id of answer b
     logits: torch.Tensor  # [N, V] unintervened, last position
     prefix: torch.Tensor | None = None  # [N, T, d] states entering the first intervened layer (prefix cache)
+    own_logits: torch.Tensor | None = None  # [N, V] train split: the training model's own, where it differs (bf16)
+
+    @property
+    def reference_logits(self) -> torch.Tensor:
+        """[N, V] what training compares against: the training model's unintervened logits."""
+        return self.own_logits if self.own_logits is not None else self.logits
 
     @property
     def ld(self) -> torch.Tensor:
@@ -58,6 +65,7 @@ class PreparedUnit:
     splits: dict[str, SplitData]
     counts: dict[str, int] = field(default_factory=dict)
     task_hash: str = ""
+    precision: str = "fp32"  # the training forwards' precision, resolved on this worker
     base_accuracy: float = 0.0  # share of prompts the model ranks a above b, before that filter
     mean_ld: float = 0.0
 
@@ -165,4 +173,12 @@ def prepare_unit(loaded: LoadedModel, spec: UnitSpec) -> PreparedUnit:
     if states is not None:
         for name, data in splits.items():
             data.prefix = states[parts[name]][:, : data.ids.shape[1]]
-    return PreparedUnit(spec, layers, n_positions, splits, counts, examples_hash(raw), base_accuracy, mean_ld)
+    precision = resolve_precision(settings.precision, loaded)
+    trains_on = training_model(loaded, precision)
+    if trains_on is not loaded:  # the objective's reference logits and the prefix from the model that trains
+        train = splits["train"]
+        train.own_logits, train_states = logits_and_states(trains_on, train.ids, train.lengths, settings.eval_batch,
+                                                           cache_layer)
+        train.prefix = train_states[:, : train.ids.shape[1]] if train_states is not None else None
+    return PreparedUnit(spec, layers, n_positions, splits, counts, examples_hash(raw), precision, base_accuracy,
+                        mean_ld)

@@ -23,6 +23,9 @@ class TrialResult:
     sites_moved: int = 0  # cells (layer, column[, head]) whose effect is above the method's threshold
     sites_total: int = 0  # all cells the method could move
     steps: int = 0  # optimizer steps done
+    precision: str = ""  # the training forwards' precision as run: fp32 or bf16 (workers/precision.py)
+    stop_reason: str | None = None  # why training ended before `steps` (patience, pruned); None: it ran them all
+    pruned: bool = False  # stopped by the unit's pruning rule: scored, stored as pruned, never selected
     wall_s: float = 0.0
     tokens_per_s: float = 0.0
     # per cell: layer, position, role, head, n_prompts, mean_position, value, effect, moved (scalars columns)

@@ -16,6 +16,7 @@ from workers.forward import attention_mask, last_token_logits, start_at_layer
 from workers.interventions import Intervention, build_intervention, installed, method_class
 from workers.models import LoadedModel
 from workers.objective import flipped, kl_other_per_prompt, logit_diff, mass_shift_per_prompt, objective
+from workers.precision import training_model
 from workers.prepare import PreparedUnit, SplitData
 from workers.results import METRIC_NAMES, TrialResult
 from workers.sites import SiteRef, hooked, resolve_site
@@ -100,7 +101,7 @@ def _train_group(loaded: LoadedModel, unit: PreparedUnit, hypers: list[Hyper], r
             ids = train.ids[flat][:, : int(lengths.max())]
             prefix = train.prefix[flat] if train.prefix is not None else None
             logits = _forward(loaded, intervention, ids, lengths, unit.first_layer, prefix).reshape(k, idx.shape[1], -1)
-            before = train.logits[idx].to(loaded.device)
+            before = train.reference_logits[idx].to(loaded.device)
             a, b = train.a_ids[idx].to(loaded.device), train.b_ids[idx].to(loaded.device)
             loss, _ = objective(before, logits, a, b, intervention.minimality(), lam_f, lam_m)
             mask = torch.tensor(active, device=loaded.device, dtype=loss.dtype)
@@ -120,10 +121,11 @@ def _train_group(loaded: LoadedModel, unit: PreparedUnit, hypers: list[Hyper], r
     return intervention, tokens
 
 
-def _evaluate(loaded: LoadedModel, unit: PreparedUnit, intervention: Intervention, split: SplitData,
-              columns: tuple[list[CellColumn], torch.Tensor] | None = None,
+def _evaluate(loaded: LoadedModel, unit: PreparedUnit, intervention: Intervention, refs: list[SiteRef],
+              split: SplitData, columns: tuple[list[CellColumn], torch.Tensor] | None = None,
               ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
-    """Per-trial metrics [K], and per-prompt ld_after and kl_other [K, N], on a split.
+    """Per-trial metrics [K], and per-prompt ld_after and kl_other [K, N], on a split, with the
+    intervention hooked on `refs` (the fp32 model's sites, whatever the training precision).
     With `columns` (the split's cell columns and each token's column, [N, T]), a method whose cells
     depend on the activation (DynScalar) records them on this split.
     l1 is the minimality term averaged over the split's prompts (a constant for position-tied methods)."""
@@ -131,7 +133,7 @@ def _evaluate(loaded: LoadedModel, unit: PreparedUnit, intervention: Interventio
     chunk = max(1, unit.spec.settings.eval_batch // k)
     ld_after, kl, mass, l1 = [], [], [], torch.zeros(k)
     intervention.record_cells(len(columns[0]) if columns is not None else None)
-    with torch.no_grad(), installed(intervention):
+    with torch.no_grad(), installed(intervention, refs):
         for i in range(0, len(split), chunk):
             sl = slice(i, i + chunk)
             n = split.ids[sl].shape[0]
@@ -187,13 +189,15 @@ def train_trials(loaded: LoadedModel, unit: PreparedUnit, hypers: list[Hyper]) -
     if method_class(unit.spec.method).needs_norms:
         norms = site_norms(loaded, refs, unit.splits["train"], unit.spec.settings.eval_batch)
     columns = unit.cell_columns("val")  # the cells' columns, and each val token's column
+    trains_on = training_model(loaded, unit.precision)  # a bf16 copy, or the model itself
+    train_refs = refs if trains_on is loaded else resolve_site(trains_on.model, unit.spec.site, unit.layers)
     for members in groups.values():
         start = time.perf_counter()
         group = [outcomes[i] for i in members]
         try:
-            intervention, tokens = _train_group(loaded, unit, [hypers[i] for i in members], refs, group)
+            intervention, tokens = _train_group(trains_on, unit, [hypers[i] for i in members], train_refs, group)
             # test first, so that the cells (which DynScalar records while evaluating) come from val
-            evals = {split: _evaluate(loaded, unit, intervention, unit.splits[split],
+            evals = {split: _evaluate(loaded, unit, intervention, refs, unit.splits[split],
                                       columns if split == "val" else None)
                      for split in ("test", "val")}
             cells = [intervention.cells(j, norms) for j in range(len(members))]  # (values, effects) per trial
@@ -208,6 +212,7 @@ def train_trials(loaded: LoadedModel, unit: PreparedUnit, hypers: list[Hyper]) -
             o.metrics = {split: {name: float(evals[split][0][name][j]) for name in METRIC_NAMES}
                          for split in ("val", "test")}
             o.n_params = intervention.n_params
+            o.precision = unit.precision
             values, effects = cells[j]
             o.sites_moved = int((effects > threshold).sum())
             o.sites_total = effects.numel()

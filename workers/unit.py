@@ -21,6 +21,7 @@ class TrainSettings:
     eval_batch: int = 64
     prefix_cache: bool = True
     min_split: int = 20  # a split with fewer prompts is warned about; rates over fewer are marked
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # training forwards (workers/precision.py)
 
     def to_dict(self) -> dict:
         d = asdict(self)
