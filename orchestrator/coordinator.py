@@ -70,6 +70,7 @@ class UnitState:
     replicates_done: dict[str, int] = field(default_factory=dict)  # selected trial id -> complete replicates
     failed: int = 0  # trials whose own computation failed
     interrupted: int = 0  # trials cut off by a crash or a dead worker (re-run)
+    pruned: int = 0  # search trials stopped by the pruning rule (they count in n_trials)
     in_flight_search: int = 0
     in_flight_replicates: int = 0
     describing: bool = False
@@ -86,6 +87,11 @@ class UnitState:
         return len(self.search_rows) + sum(self.replicates_done.values())
 
     @property
+    def finished(self) -> int:
+        """Trials that need no more work: completed and pruned."""
+        return self.completed + self.pruned
+
+    @property
     def in_flight(self) -> int:
         return self.in_flight_search + self.in_flight_replicates + int(self.describing)
 
@@ -99,6 +105,7 @@ class Summary:
     selected: list[dict] = field(default_factory=list)
     wall_s: float = 0.0
     interrupted: int = 0
+    pruned: int = 0
 
 
 def _setup_logging(run_dir: Path, quiet: bool) -> None:
@@ -130,7 +137,8 @@ class Coordinator:
         self.address = address
         self.quiet = quiet
         self.units: dict[str, UnitState] = {}
-        self.pending_tells: list[tuple[UnitState, int, list[float] | None]] = []
+        # (unit, trial number, objective values | None: failed | TrialState.PRUNED), told after Parquet has them
+        self.pending_tells: list[tuple[UnitState, int, list[float] | TrialState | None]] = []
         self.model_loads = 0
         self.actor_failures = 0
 
@@ -219,6 +227,9 @@ class Coordinator:
                 state.study.tell(t.number, objective_values(self.config.search, metrics, row["sites_moved"],
                                                             row["sites_total"]))
                 continue
+            if row["status"] == Status.PRUNED:
+                state.study.tell(t.number, state=TrialState.PRUNED)
+                continue
             if row["status"] == Status.INTERRUPTED:  # re-queue first: a crash in between loses nothing
                 self._requeue(state, t.params, row["replicate_of"])
             state.study.tell(t.number, state=TrialState.FAIL)
@@ -233,6 +244,7 @@ class Coordinator:
         params = dict(trial.params, seed=trial.number)
         if replicate_of is not None:
             params["resample_train"] = self.config.search.replicate_data
+            params["prunable"] = False
         return params
 
     def _requeue(self, state: UnitState, params: dict, replicate_of: str | None) -> None:
@@ -251,10 +263,12 @@ class Coordinator:
             state.failed += 1
         elif row["status"] == Status.INTERRUPTED:
             state.interrupted += 1
+        elif row["status"] == Status.PRUNED:
+            state.pruned += 1
 
     # ------------------------------------------------------------------ phases of a unit
     def _search_left(self, state: UnitState) -> int:
-        return self.config.search.n_trials - len(state.search_rows) - state.in_flight_search
+        return self.config.search.n_trials - len(state.search_rows) - state.pruned - state.in_flight_search
 
     def _selected(self, state: UnitState) -> dict | None:
         """The unit's selected search trial (cached until its search rows change)."""
@@ -541,7 +555,9 @@ class Coordinator:
             if result.tensors:
                 self._write_artifact(trial_id(state.unit_id, result.number), result.tensors)
             self._count(state, rows["trials"][0])
-            if result.ok:
+            if result.ok and result.pruned:
+                self.pending_tells.append((state, result.number, TrialState.PRUNED))
+            elif result.ok:
                 values = objective_values(self.config.search, result.metrics, result.sites_moved, result.sites_total)
                 self.pending_tells.append((state, result.number, values))
             else:
@@ -570,6 +586,8 @@ class Coordinator:
         for state, number, values in self.pending_tells:
             if values is None:
                 state.study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
+            elif values is TrialState.PRUNED:
+                state.study.tell(number, state=TrialState.PRUNED, skip_if_finished=True)
             else:
                 state.study.tell(number, values, skip_if_finished=True)
         self.pending_tells = []
@@ -610,9 +628,10 @@ class Coordinator:
         completed = sum(s.completed for s in self.units.values())
         failed = sum(s.failed for s in self.units.values())
         interrupted = sum(s.interrupted for s in self.units.values())
-        summary = Summary(self.run_dir, completed, failed, self.model_loads, selected, wall, interrupted)
-        log.info(f"done: {completed} completed trial(s), {failed} failed, {interrupted} interrupted and re-run, "
-                 f"model loads: {self.model_loads}, {wall:.1f}s")
+        pruned = sum(s.pruned for s in self.units.values())
+        summary = Summary(self.run_dir, completed, failed, self.model_loads, selected, wall, interrupted, pruned)
+        log.info(f"done: {completed} completed trial(s), {pruned} pruned, {failed} failed, {interrupted} interrupted "
+                 f"and re-run, model loads: {self.model_loads}, {wall:.1f}s")
         log.info(f"  ({describe_rule(self.config.selection.min_flip)})")
         for b in selected:
             flag = "  [fallback: none reached min_flip]" if b["selected_by"] == "fallback" else ""

@@ -22,7 +22,8 @@ def train_settings(config: SweepConfig) -> TrainSettings:
     t = config.train
     return TrainSettings(steps=t.steps, batch_size=t.batch_size, seed=t.seed, split=tuple(t.split), filter=t.filter,
                          active_threshold=t.active_threshold, steer_threshold=t.steer_threshold, min_split=t.min_split,
-                         precision=t.precision)
+                         precision=t.precision, patience=t.patience, check_every=t.check_every,
+                         check_prompts=t.check_prompts, prune=t.prune, prune_margin=t.prune_margin)
 
 
 def unit_id(spec: UnitSpec) -> str:

@@ -65,13 +65,13 @@ class Progress:
         self.selected = selected  # the unit's selected trial so far (the one rule), or None
         self.live = live
         self.started = self.last = time.monotonic()
-        self.done_at_start = {m: sum(s.completed for s in states) for m, states in by_model.items()}
+        self.done_at_start = {m: sum(s.finished for s in states) for m, states in by_model.items()}
         self.logged: dict[str, tuple[int, int, int, int]] = {}
         self._live: Any = None
 
     def snapshot(self, model: str) -> ModelProgress:
         states = self.by_model[model]
-        done = sum(s.completed for s in states)
+        done = sum(s.finished for s in states)
         rate = (done - self.done_at_start[model]) / max(1e-9, time.monotonic() - self.started)
         chosen = [(s.planned.spec.method, row) for s in states if (row := self.selected(s)) is not None]
         return ModelProgress(model, done, self.per_unit * len(states), sum(s.failed for s in states),

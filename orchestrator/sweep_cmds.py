@@ -22,7 +22,7 @@ def register(sub) -> None:
     p.add_argument("--address")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_resume)
-    p = sub.add_parser("status", help="per unit: trials done, failed, interrupted, pending; the selected trial's values")
+    p = sub.add_parser("status", help="per unit: trials done, pruned, failed, interrupted, pending; the selected trial's values")
     p.add_argument("run_dir")
     p.add_argument("--json", action="store_true")
     p.add_argument("--watch", nargs="?", type=float, const=5.0, metavar="SECONDS",
@@ -35,7 +35,7 @@ def _run(config, run_dir: Path, address: str | None, quiet: bool) -> int:
     from orchestrator.coordinator import Coordinator
 
     summary = Coordinator(config, run_dir, address=address, quiet=quiet).run()
-    print(f"results: {run_dir}/tables  ({summary.completed} completed, {summary.failed} failed, "
+    print(f"results: {run_dir}/tables  ({summary.completed} completed, {summary.pruned} pruned, {summary.failed} failed, "
           f"{summary.interrupted} interrupted and re-run; model loads: {summary.model_loads}, {summary.wall_s:.0f}s)")
     return 0
 
@@ -65,10 +65,12 @@ counts AS (
     SELECT unit_id,
            count(*) FILTER (WHERE status = '{Status.COMPLETE}' AND replicate_of IS NULL) AS done,
            count(*) FILTER (WHERE status = '{Status.FAILED}') AS failed,
-           count(*) FILTER (WHERE status = '{Status.INTERRUPTED}') AS interrupted
+           count(*) FILTER (WHERE status = '{Status.INTERRUPTED}') AS interrupted,
+           count(*) FILTER (WHERE status = '{Status.PRUNED}') AS pruned
     FROM trials GROUP BY unit_id)
 SELECT u.unit_id, u.model, u.task, u.site, u.method, u.n_train, u.n_val, u.n_test, u.min_split, u.warnings,
        coalesce(c.done, 0) AS done, coalesce(c.failed, 0) AS failed, coalesce(c.interrupted, 0) AS interrupted,
+       coalesce(c.pruned, 0) AS pruned,
        s.trial_id AS selected_trial, s.selected_by, s.val_flip_rate, s.val_kl_other, s.test_flip_rate,
        s.test_kl_other, s.sites_moved, s.sites_total, s.n_params,
        (SELECT count(*) FROM trials r WHERE r.replicate_of = s.trial_id AND r.status = '{Status.COMPLETE}') AS replicates
@@ -102,7 +104,7 @@ def unit_status(run_dir: Path) -> list[dict]:
             if isinstance(value, float) and value != value:
                 r[key] = None
         r["warnings"] = [str(w) for w in r["warnings"]] if r["warnings"] is not None else []
-        r["pending"] = max(0, n_trials - int(r["done"])) + max(0, replicates - 1 - int(r["replicates"]))
+        r["pending"] = max(0, n_trials - int(r["done"]) - int(r["pruned"])) + max(0, replicates - 1 - int(r["replicates"]))
         r["seed_jaccard"] = None
         if r["replicates"]:  # so the cells were read
             group = groups[groups.selected_trial == r["selected_trial"]].drop(columns="selected_trial")
@@ -138,8 +140,8 @@ def status_text(run_dir: Path, rows: list[dict]) -> str:
     from storage.query import run_min_flip
     from storage.selection import describe_rule
 
-    lines = [f"{'unit':<16}{'model':<14}{'task':<13}{'site':<11}{'method':<12}{'done':>5}{'reps':>5}{'failed':>7}"
-             f"{'interr.':>8}{'pending':>8}  {'selected':<22}{'n_val':>6}{'val_flip':>9}{'n_test':>7}{'test_flip':>10}"
+    lines = [f"{'unit':<16}{'model':<14}{'task':<13}{'site':<11}{'method':<12}{'done':>5}{'pruned':>7}{'reps':>5}"
+             f"{'failed':>7}{'interr.':>8}{'pending':>8}  {'selected':<22}{'n_val':>6}{'val_flip':>9}{'n_test':>7}{'test_flip':>10}"
              f"{'val_kl':>8}{'test_kl':>8}{'sites moved':>13}{'n_params':>10}{'seed J':>8}"]
     for r in rows:
         sites = "-" if r["selected_trial"] is None else f"{int(r['sites_moved'])}/{int(r['sites_total'])}"
@@ -148,7 +150,7 @@ def status_text(run_dir: Path, rows: list[dict]) -> str:
         n_params = "-" if r["n_params"] is None or r["n_params"] != r["n_params"] else f"{int(r['n_params'])}"
         val_star, test_star = ("*" if r[f"n_{split}"] < r["min_split"] else "" for split in ("val", "test"))
         lines.append(f"{r['unit_id']:<16}{r['model']:<14}{r['task']:<13}{r['site']:<11}{r['method']:<12}{r['done']:>5}"
-                     f"{r['replicates']:>5}{r['failed']:>7}{r['interrupted']:>8}{r['pending']:>8}  {selected:<22}"
+                     f"{r['pruned']:>7}{r['replicates']:>5}{r['failed']:>7}{r['interrupted']:>8}{r['pending']:>8}  {selected:<22}"
                      f"{r['n_val']:>6}{_fmt(r['val_flip_rate']) + val_star:>9}{r['n_test']:>7}"
                      f"{_fmt(r['test_flip_rate']) + test_star:>10}{_fmt(r['val_kl_other']) + val_star:>8}"
                      f"{_fmt(r['test_kl_other']) + test_star:>8}{sites:>13}{n_params:>10}"

@@ -127,6 +127,17 @@ class Train(_Strict):
         _TRAIN.precision, description="training forwards: auto takes bf16 on CUDA and on CPUs with native bf16 "
         "(AVX-512 BF16 or AMX), else fp32; the intervention, the objective and every val/test metric stay fp32; "
         "each trial records the precision it trained in")
+    patience: int = Field(_TRAIN.patience, ge=0, description="early stopping: a trial stops when its objective on "
+                          "the val slice has not improved for this many checks (0: off); it stays complete")
+    check_every: int = Field(_TRAIN.check_every, gt=0, description="steps between early-stopping/pruning checks")
+    check_prompts: int = Field(_TRAIN.check_prompts, gt=0, description="val prompts scored at each check (the "
+                               "first ones of the val split)")
+    prune: bool = Field(_TRAIN.prune, description="at each check, prune search trials clearly dominated by another "
+                        "trial of their batch (val-slice flip_rate prune_margin below the best, or no flip at all "
+                        "from half their steps on); pruned trials are stored as pruned, count in n_trials and are "
+                        "never selected; replicates are never pruned")
+    prune_margin: float = Field(_TRAIN.prune_margin, gt=0, le=1, description="how far below the batch's best "
+                                "val-slice flip_rate a trial is pruned")
 
     @field_validator("split")
     @classmethod

@@ -44,15 +44,17 @@ def parsed(config: dict):
 
 
 def check_run(run_dir: Path, n_trials: int, n_units: int, replicates: int = 1) -> dict:
-    """Every unit has exactly n_trials completed search trials and replicates - 1 completed replicates
-    of its selected trial, no trial id twice, Parquet == Optuna."""
+    """Every unit has exactly n_trials finished (completed or pruned) search trials and replicates - 1
+    completed replicates of its selected trial, no trial id twice, Parquet == Optuna."""
     trials = read_table(run_dir, "trials")
     assert not trials.problems, trials.problems
     rows = trials.table.to_pylist()
     ids = Counter(r["trial_id"] for r in rows)
     assert not [i for i, c in ids.items() if c > 1], "a trial id appears twice"
     complete = [r for r in rows if r["status"] == "complete"]
-    per_unit = Counter(r["unit_id"] for r in complete if r["replicate_of"] is None)
+    pruned = [r for r in rows if r["status"] == "pruned"]
+    assert all(r["replicate_of"] is None for r in pruned), "a replicate was pruned"
+    per_unit = Counter(r["unit_id"] for r in complete + pruned if r["replicate_of"] is None)
     assert len(per_unit) == n_units and set(per_unit.values()) == {n_trials}, per_unit
     selected, _ = run_sql([run_dir], "SELECT unit_id, trial_id FROM selected")
     for unit_id, selected_id in zip(selected.unit_id, selected.trial_id):
@@ -68,7 +70,9 @@ def check_run(run_dir: Path, n_trials: int, n_units: int, replicates: int = 1) -
     for unit_id in per_unit:
         study = optuna.load_study(study_name=unit_id, storage=storage)
         done = study.get_trials(states=(TrialState.COMPLETE,))
-        assert len(done) == n_trials + replicates - 1, (unit_id, len(done))
+        n_pruned = sum(r["unit_id"] == unit_id for r in pruned)
+        assert len(done) == n_trials - n_pruned + replicates - 1, (unit_id, len(done))
+        assert len(study.get_trials(states=(TrialState.PRUNED,))) == n_pruned, unit_id
         assert not study.get_trials(states=(TrialState.RUNNING,))
         for t in done:
             row = by_id[f"{unit_id}-t{t.number:05d}"]

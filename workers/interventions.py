@@ -147,6 +147,22 @@ class Intervention(nn.Module):
     def n_params(self) -> int:
         return sum(p.numel() for p in self.trial_parameters(0))
 
+    def keep_trials(self, live: list[int] | None) -> None:
+        """Run only these trials (indices among all K) in the next forwards, None: all K again.
+
+        A trial that stopped early leaves the batched forward, so its compute is saved, not masked.
+        Every per-trial nn.ParameterList is rebuilt from the same Parameter objects, so each trial's
+        optimizer keeps its state and `trial_parameters(k)` still means trial k once all are back."""
+        if not hasattr(self, "_all_trials"):
+            total = self.n_trials
+            self._all_trials = (total, {name: list(module) for name, module in self._modules.items()
+                                        if isinstance(module, nn.ParameterList) and len(module) == total})
+        total, lists = self._all_trials
+        chosen = list(range(total)) if live is None else list(live)
+        for name, params in lists.items():
+            setattr(self, name, nn.ParameterList([params[i] for i in chosen]))
+        self.n_trials = len(chosen)
+
 
 def _stacked(params: nn.ParameterList) -> torch.Tensor:
     return torch.stack(list(params))

@@ -20,6 +20,7 @@ from workers.precision import training_model
 from workers.prepare import PreparedUnit, SplitData
 from workers.results import METRIC_NAMES, TrialResult
 from workers.sites import SiteRef, hooked, resolve_site
+from workers.stopping import TrialStopper
 from workers.unit import Hyper
 
 
@@ -76,7 +77,9 @@ def _forward(loaded: LoadedModel, intervention: Intervention, ids: torch.Tensor,
 def _train_group(loaded: LoadedModel, unit: PreparedUnit, hypers: list[Hyper], refs: list[SiteRef],
                  outcomes: list[TrialResult]) -> tuple[Intervention, int]:
     """Train trials that share a batch size together; fills steps/status of `outcomes`.
-    Returns the trained intervention and the number of real tokens it processed."""
+    A trial that ends (its steps done, a non-finite loss, early stopping, pruning) leaves the
+    batched forward. Returns the trained intervention (all trials back in) and the number of
+    real tokens it processed."""
     k = len(hypers)
     train = unit.splits["train"]
     intervention = build_intervention(unit.spec.method, refs, k, unit.n_positions).to(loaded.device)
@@ -86,38 +89,46 @@ def _train_group(loaded: LoadedModel, unit: PreparedUnit, hypers: list[Hyper], r
     batches = [_Batches(len(train), batch, h.seed, h.resample_train) for h in hypers]
     lam_f = torch.tensor([h.lambda_faith for h in hypers], device=loaded.device)
     lam_m = torch.tensor([h.lambda_min for h in hypers], device=loaded.device)
-    active = [True] * k
+    stopper = TrialStopper(unit, hypers, steps, outcomes) if TrialStopper.wanted(unit) else None
+
+    def forward(ids: torch.Tensor, lengths: torch.Tensor, prefix: torch.Tensor | None) -> torch.Tensor:
+        return _forward(loaded, intervention, ids, lengths, unit.first_layer, prefix)
+
+    live = list(range(k))
     tokens = 0
     with installed(intervention):
         for step in range(max(steps)):
-            for i in range(k):
-                if active[i] and step >= steps[i]:
-                    active[i] = False
-            if not any(active):
+            live = [i for i in live if step < steps[i]]
+            if stopper is not None and live and stopper.due(step):
+                intervention.keep_trials(live)
+                live = stopper.check(loaded, intervention, live, step, forward)
+            if not live:
                 break
-            idx = torch.stack([b.next() for b in batches])  # [K, B]
+            intervention.keep_trials(live)
+            idx = torch.stack([batches[i].next() for i in live])  # [K', B]
             flat = idx.flatten()
             lengths = train.lengths[flat]
             ids = train.ids[flat][:, : int(lengths.max())]
             prefix = train.prefix[flat] if train.prefix is not None else None
-            logits = _forward(loaded, intervention, ids, lengths, unit.first_layer, prefix).reshape(k, idx.shape[1], -1)
+            logits = forward(ids, lengths, prefix).reshape(len(live), idx.shape[1], -1)  # [K', B, V]
             before = train.reference_logits[idx].to(loaded.device)
             a, b = train.a_ids[idx].to(loaded.device), train.b_ids[idx].to(loaded.device)
-            loss, _ = objective(before, logits, a, b, intervention.minimality(), lam_f, lam_m)
-            mask = torch.tensor(active, device=loaded.device, dtype=loss.dtype)
-            for i in range(k):
-                if active[i] and not math.isfinite(float(loss[i].detach())):
-                    active[i] = False
-                    mask[i] = 0
-                    outcomes[i].fail(f"loss is not finite ({float(loss[i].detach())}) at step {step}")
-            for opt in optimizers:
-                opt.zero_grad(set_to_none=True)
+            loss, _ = objective(before, logits, a, b, intervention.minimality(), lam_f[live], lam_m[live])
+            finite = [math.isfinite(float(x)) for x in loss.detach()]
+            for j, i in enumerate(live):
+                if not finite[j]:
+                    outcomes[i].fail(f"loss is not finite ({float(loss[j].detach())}) at step {step}")
+            for i in live:
+                optimizers[i].zero_grad(set_to_none=True)
+            mask = torch.tensor(finite, device=loaded.device, dtype=loss.dtype)
             (torch.nan_to_num(loss) * mask).sum().backward()
-            for i, opt in enumerate(optimizers):
-                if active[i]:
-                    opt.step()
+            for j, i in enumerate(live):
+                if finite[j]:
+                    optimizers[i].step()
                     outcomes[i].steps = step + 1
+            live = [i for j, i in enumerate(live) if finite[j]]
             tokens += int(lengths.sum())
+    intervention.keep_trials(None)
     return intervention, tokens
 
 

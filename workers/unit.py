@@ -22,6 +22,12 @@ class TrainSettings:
     prefix_cache: bool = True
     min_split: int = 20  # a split with fewer prompts is warned about; rates over fewer are marked
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # training forwards (workers/precision.py)
+    # early stopping and pruning (workers/stopping.py): checks every check_every steps on check_prompts val prompts
+    patience: int = 0  # checks without improvement before a trial stops; 0: off
+    check_every: int = 10
+    check_prompts: int = 32
+    prune: bool = False  # prune search trials clearly dominated by another of their batch
+    prune_margin: float = 0.3  # ... whose val-slice flip_rate is this far below the batch's best
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -54,6 +60,7 @@ class Hyper:
     batch_size: int | None = None
     seed: int = 0  # batch order (and the bootstrap resample, with resample_train)
     resample_train: bool = False  # replicates with search.replicate_data: train on a bootstrap resample
+    prunable: bool = True  # False for replicates: they re-train the selected trial, never pruned
 
     def resolved(self, settings: TrainSettings) -> Hyper:
         """With steps and batch_size taken from the unit's settings where the trial left them unset."""

@@ -1,0 +1,89 @@
+"""Early stopping and pruning (workers/stopping.py): a stopped trial leaves the batched forward,
+the others train exactly as without it, and a sweep stores, tells and resumes pruned trials."""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from workers.interventions import ActivScalar
+from workers.prepare import prepare_unit
+from workers.tasks.base import TaskSpec
+from workers.trainer import train_trials
+from workers.unit import Hyper, TrainSettings, UnitSpec
+
+GOOD = [Hyper(lr=0.2, lambda_min=0.001, seed=0), Hyper(lr=0.15, lambda_min=0.001, seed=1)]
+HOPELESS = Hyper(lr=1e-7, lambda_min=0.001, seed=2)
+
+
+def _unit(tiny_models, **settings):
+    spec = UnitSpec("tiny-llama", TaskSpec.make("ioi", {"n": 120}), "mlp_out", (1, 2, 3), ActivScalar.method,
+                    TrainSettings(steps=30, batch_size=16, filter="none", precision="fp32", check_every=5,
+                                  check_prompts=24, **settings))
+    return prepare_unit(tiny_models["tiny-llama"], spec)
+
+
+def _same(a, b) -> None:
+    assert a.steps == b.steps and a.stop_reason == b.stop_reason
+    assert torch.allclose(a.tensors["alpha"], b.tensors["alpha"], atol=1e-4)
+    for split in ("val", "test"):
+        for name, value in a.metrics[split].items():
+            assert abs(value - b.metrics[split][name]) <= 1e-4 * (1 + abs(value)), (split, name)
+
+
+def test_a_pruned_trial_leaves_the_batch_and_the_others_are_unchanged(tiny_models):
+    loaded = tiny_models["tiny-llama"]
+    pruning = _unit(tiny_models, prune=True, prune_margin=0.2)
+    good0, hopeless, good1 = train_trials(loaded, pruning, [GOOD[0], HOPELESS, GOOD[1]])
+    assert hopeless.ok and hopeless.pruned and hopeless.steps < 30, hopeless.stop_reason
+    assert hopeless.stop_reason.startswith("pruned at step") and hopeless.metrics["val"], "scored where it stopped"
+    assert not good0.pruned and not good1.pruned and good0.steps == good1.steps == 30
+    alone = train_trials(loaded, _unit(tiny_models), GOOD)  # no pruning, without the hopeless trial
+    _same(good0, alone[0])
+    _same(good1, alone[1])
+
+
+def test_replicates_are_never_pruned(tiny_models):
+    loaded = tiny_models["tiny-llama"]
+    pruning = _unit(tiny_models, prune=True, prune_margin=0.2)
+    results = train_trials(loaded, pruning, [GOOD[0], dataclasses.replace(HOPELESS, prunable=False)])
+    assert not results[1].pruned and results[1].steps == 30
+
+
+def test_patience_stops_a_trial_that_stopped_improving(tiny_models):
+    loaded = tiny_models["tiny-llama"]
+    unit = _unit(tiny_models, patience=2)
+    flat, good = train_trials(loaded, unit, [HOPELESS, GOOD[0]])
+    # checks at steps 5, 10, 15: the first sets its best, two more without a 1% gain stop it
+    assert flat.ok and not flat.pruned and flat.steps == 15, (flat.steps, flat.stop_reason)
+    assert flat.stop_reason.startswith("patience") and "at step 15" in flat.stop_reason
+    assert good.steps > 15
+
+
+def test_a_pruning_sweep_stores_tells_and_resumes_pruned_trials(tmp_path, ray_session):
+    """Pruned trials count in n_trials, are told to Optuna as pruned, are never selected, and a
+    resume runs nothing again."""
+    from orchestrator.coordinator import Coordinator
+    from orchestrator.sweep_cmds import unit_status
+    from storage.query import load, run_sql
+    from tests.sweeps import check_run, parsed, tiny_config
+
+    config = parsed(tiny_config(
+        models=["tiny-llama"], tasks=[{"name": "ioi", "options": {"n": 120}}], layers=[[1, 2, 3]],
+        search={"n_trials": 8, "batch": 4, "replicates": 2,
+                "space": {"lr": {"low": 1e-7, "high": 0.3, "log": True}, "lambda_min": {"low": 1e-3, "high": 2e-3}}},
+        train={"steps": 20, "batch_size": 16, "filter": "none", "check_every": 5, "check_prompts": 24, "prune": True,
+               "prune_margin": 0.2}))
+    summary = Coordinator(config, tmp_path, quiet=True).run()
+    trials = load(tmp_path, "trials")
+    pruned = trials[trials.status == "pruned"]
+    assert summary.pruned == len(pruned) > 0, trials[["status", "lr", "steps_done", "stop_reason"]]
+    assert (pruned.steps_done < 20).all() and pruned.stop_reason.str.startswith("pruned at step").all()
+    assert pruned.val_flip_rate.notna().all(), "a pruned trial is scored where it stopped"
+    check_run(tmp_path, n_trials=8, n_units=1, replicates=2)
+    selected, _ = run_sql([tmp_path], "SELECT trial_id FROM selected")
+    assert not set(selected.trial_id) & set(pruned.trial_id)
+    status = unit_status(tmp_path)[0]
+    assert status["pruned"] == len(pruned) and status["pending"] == 0
+    again = Coordinator(config, tmp_path, quiet=True).run()
+    assert len(load(tmp_path, "trials")) == len(trials) and again.completed == summary.completed
