@@ -14,7 +14,7 @@ from storage.query import run_sql
 
 SAMPLE_RUN = Path(__file__).resolve().parents[1] / "docs" / "data" / "sample-run"
 # A real trial id of the sample run (tiny-gpt2's selected ActivScalar trial); a test checks it is there.
-EXAMPLE_TRIAL = "u-2d0a3e6cdfeb-t00001"
+EXAMPLE_TRIAL = "u-14d046a0cc9b-t00001"
 
 QUERIES: list[tuple[str, str, str]] = [
     ("Selected trial per unit",
