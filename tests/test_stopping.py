@@ -18,8 +18,8 @@ HOPELESS = Hyper(lr=1e-7, lambda_min=0.001, seed=2)
 
 def _unit(tiny_models, **settings):
     spec = UnitSpec("tiny-llama", TaskSpec.make("ioi", {"n": 120}), "mlp_out", (1, 2, 3), ActivScalar.method,
-                    TrainSettings(steps=30, batch_size=16, filter="none", precision="fp32", check_every=5,
-                                  check_prompts=24, **settings))
+                    TrainSettings(**{"steps": 30, "batch_size": 16, "filter": "none", "precision": "fp32",
+                                     "check_every": 5, "check_prompts": 24, **settings}))
     return prepare_unit(tiny_models["tiny-llama"], spec)
 
 
@@ -87,3 +87,24 @@ def test_a_pruning_sweep_stores_tells_and_resumes_pruned_trials(tmp_path, ray_se
     assert status["pruned"] == len(pruned) and status["pending"] == 0
     again = Coordinator(config, tmp_path, quiet=True).run()
     assert len(load(tmp_path, "trials")) == len(trials) and again.completed == summary.completed
+
+
+def test_the_pruned_trial_no_longer_runs_in_the_forward(tiny_models):
+    """Compute is saved, not masked: after the prune, each training forward holds 2 x 16 prompts."""
+    from workers.sites import decoder_layers, resolve_site
+    from workers.trainer import _train_group
+
+    loaded = tiny_models["tiny-llama"]
+    unit = _unit(tiny_models, prune=True, prune_margin=0.2, check_prompts=20)
+    hypers = [GOOD[0], HOPELESS, GOOD[1]]
+    outcomes = [train_trials.__globals__["TrialResult"](h) for h in hypers]
+    sizes: list[int] = []
+    handle = decoder_layers(loaded.model)[2].mlp.register_forward_hook(lambda m, i, out: sizes.append(out.shape[0]))
+    try:
+        _train_group(loaded, unit, hypers, resolve_site(loaded.model, "mlp_out", unit.layers), outcomes)
+    finally:
+        handle.remove()
+    pruned_at = outcomes[1].steps
+    assert outcomes[1].pruned and 0 < pruned_at < 30
+    training = [n for n in sizes if n in (48, 32)]  # checks score 20 val prompts a trial: 60 or 40 rows
+    assert training == [48] * pruned_at + [32] * (30 - pruned_at), training
