@@ -241,6 +241,8 @@ class Coordinator:
             log.info(f"reconciled {len(tells)} trial(s) left running by an earlier coordinator")
 
     def _trial_params(self, trial, replicate_of: str | None) -> dict:
+        """What a worker trains: the searched values, the trial seed, and for a replicate its data
+        resampling and that it is never pruned (the one place these are decided)."""
         params = dict(trial.params, seed=trial.number)
         if replicate_of is not None:
             params["resample_train"] = self.config.search.replicate_data
@@ -263,7 +265,7 @@ class Coordinator:
             state.failed += 1
         elif row["status"] == Status.INTERRUPTED:
             state.interrupted += 1
-        elif row["status"] == Status.PRUNED:
+        elif row["status"] == Status.PRUNED and row["replicate_of"] is None:
             state.pruned += 1
 
     # ------------------------------------------------------------------ phases of a unit
@@ -313,7 +315,7 @@ class Coordinator:
         asked = []
         for _ in range(k):
             trial = self._ask(state, None)
-            asked.append(Asked(trial.number, dict(trial.params, seed=trial.number)))
+            asked.append(Asked(trial.number, self._trial_params(trial, None)))
         return asked
 
     def _ask_replicates(self, state: UnitState, k: int) -> list[Asked]:
@@ -327,9 +329,7 @@ class Coordinator:
         for _ in range(k):
             state.study.enqueue_trial(params, user_attrs={REPLICATE_ATTR: selected["trial_id"]})
             trial = self._ask(state, selected["trial_id"])
-            asked.append(Asked(trial.number, dict(trial.params, seed=trial.number,
-                                                  resample_train=self.config.search.replicate_data),
-                               selected["trial_id"]))
+            asked.append(Asked(trial.number, self._trial_params(trial, selected["trial_id"]), selected["trial_id"]))
         return asked
 
     # ------------------------------------------------------------------ run

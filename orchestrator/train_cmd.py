@@ -35,7 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-split", type=int, default=settings.min_split,
                    help="warn when a split holds fewer prompts (its rates are marked)")
     p.add_argument("--precision", default=settings.precision, choices=["auto", "fp32", "bf16"],
-                   help="training forwards: auto takes bf16 on CUDA and on CPUs with native bf16")
+                   help="training forwards: auto takes bf16 on CUDA, and on CPUs with native bf16 for models at "
+                   "least 256 wide")
     p.add_argument("--allow-pickle", action="store_true", help="allow loading pickle (.bin) weights")
     p.add_argument("--top", type=int, default=10, help="how many most-moved scalars to print")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")

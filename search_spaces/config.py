@@ -124,9 +124,9 @@ class Train(_Strict):
                            "prompts is warned about; val and test rates over fewer prompts are marked, and a test "
                            "split that small gets no interval")
     precision: Literal["auto", "fp32", "bf16"] = Field(
-        _TRAIN.precision, description="training forwards: auto takes bf16 on CUDA and on CPUs with native bf16 "
-        "(AVX-512 BF16 or AMX), else fp32; the intervention, the objective and every val/test metric stay fp32; "
-        "each trial records the precision it trained in")
+        _TRAIN.precision, description="training forwards: auto takes bf16 on CUDA, and on CPUs with native bf16 "
+        "(AVX-512 BF16 or AMX) for models at least 256 wide, else fp32; the intervention, the objective and every "
+        "val/test metric stay fp32; each trial records the precision it trained in")
     patience: int = Field(_TRAIN.patience, ge=0, description="early stopping: a trial stops when its objective on "
                           "the val slice has not improved for this many checks (0: off); it stays complete")
     check_every: int = Field(_TRAIN.check_every, gt=0, description="steps between early-stopping/pruning checks")

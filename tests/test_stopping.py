@@ -70,17 +70,17 @@ def test_a_pruning_sweep_stores_tells_and_resumes_pruned_trials(tmp_path, ray_se
 
     config = parsed(tiny_config(
         models=["tiny-llama"], tasks=[{"name": "ioi", "options": {"n": 120}}], layers=[[1, 2, 3]],
-        search={"n_trials": 8, "batch": 4, "replicates": 2,
+        search={"n_trials": 8, "batch": 4, "replicates": 3,
                 "space": {"lr": {"low": 1e-7, "high": 0.3, "log": True}, "lambda_min": {"low": 1e-3, "high": 2e-3}}},
         train={"steps": 20, "batch_size": 16, "filter": "none", "check_every": 5, "check_prompts": 24, "prune": True,
-               "prune_margin": 0.2}))
+               "prune_margin": 0.05}))  # a margin this small would prune one of two replicates of a batch, were they prunable
     summary = Coordinator(config, tmp_path, quiet=True).run()
     trials = load(tmp_path, "trials")
     pruned = trials[trials.status == "pruned"]
     assert summary.pruned == len(pruned) > 0, trials[["status", "lr", "steps_done", "stop_reason"]]
     assert (pruned.steps_done < 20).all() and pruned.stop_reason.str.startswith("pruned at step").all()
     assert pruned.val_flip_rate.notna().all(), "a pruned trial is scored where it stopped"
-    check_run(tmp_path, n_trials=8, n_units=1, replicates=2)
+    check_run(tmp_path, n_trials=8, n_units=1, replicates=3)  # no replicate pruned, 2 complete
     selected, _ = run_sql([tmp_path], "SELECT trial_id FROM selected")
     assert not set(selected.trial_id) & set(pruned.trial_id)
     status = unit_status(tmp_path)[0]

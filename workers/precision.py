@@ -10,7 +10,8 @@ untrained intervention gives a faithfulness term of exactly 0 in either precisio
 
 The bf16 copy uses eager attention: torch's CPU flash-attention backward in bf16 is about 10x
 slower than in fp32 (measured: 526 ms against 49 ms per 2 steps on the embedded model), which
-would eat the gain. On CUDA the model already runs under bf16 autocast; `fp32` turns it off.
+would eat the gain. On CUDA, bf16 training runs the same weights under autocast, and
+evaluation turns autocast off (`evaluation_model`), so metrics are fp32 on GPUs too.
 """
 from __future__ import annotations
 
@@ -50,6 +51,11 @@ def resolve_precision(setting: str, loaded: LoadedModel) -> str:
         return "bf16"
     wide = loaded.d_model >= BF16_MIN_WIDTH
     return "bf16" if loaded.device.type == "cpu" and wide and cpu_has_native_bf16() else "fp32"
+
+
+def evaluation_model(loaded: LoadedModel) -> LoadedModel:
+    """The model every reported number comes from: fp32 on any device (on CUDA, autocast off)."""
+    return training_model(loaded, "fp32")
 
 
 def training_model(loaded: LoadedModel, precision: str) -> LoadedModel:

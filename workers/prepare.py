@@ -22,7 +22,7 @@ from workers.forward import logits_and_states, pad_batch
 from workers.interventions import any_length_methods, method_class
 from workers.models import LoadedModel
 from workers.objective import logit_diff
-from workers.precision import resolve_precision, training_model
+from workers.precision import evaluation_model, resolve_precision, training_model
 from workers.sites import check_site, resolve_layers
 from workers.splits import assign_splits, drop_duplicates
 from workers.tasks.base import examples_hash, load_examples
@@ -147,8 +147,9 @@ def prepare_unit(loaded: LoadedModel, spec: UnitSpec) -> PreparedUnit:
         tokenized = kept
     all_ids, all_lengths = pad_batch([e.input_ids for e in tokenized], loaded.tokenizer.pad_token_id)
     cache_layer = layers[0] if settings.prefix_cache and layers[0] > 0 else None
-    # one pass gives the unintervened logits and the prefix cache (states entering the first layer)
-    logits, states = logits_and_states(loaded, all_ids, all_lengths, settings.eval_batch, cache_layer)
+    # one pass gives the unintervened logits and the prefix cache (states entering the first layer), in fp32
+    evaluates_on = evaluation_model(loaded)
+    logits, states = logits_and_states(evaluates_on, all_ids, all_lengths, settings.eval_batch, cache_layer)
     a_ids = torch.tensor([e.answer_a_id for e in tokenized])  # [N]
     b_ids = torch.tensor([e.answer_b_id for e in tokenized])  # [N]
     ld = logit_diff(logits, a_ids, b_ids)
@@ -175,7 +176,7 @@ def prepare_unit(loaded: LoadedModel, spec: UnitSpec) -> PreparedUnit:
             data.prefix = states[parts[name]][:, : data.ids.shape[1]]
     precision = resolve_precision(settings.precision, loaded)
     trains_on = training_model(loaded, precision)
-    if trains_on is not loaded:  # the objective's reference logits and the prefix from the model that trains
+    if trains_on is not evaluates_on:  # the objective's reference logits and the prefix from the model that trains
         train = splits["train"]
         train.own_logits, train_states = logits_and_states(trains_on, train.ids, train.lengths, settings.eval_batch,
                                                            cache_layer)

@@ -16,7 +16,7 @@ from workers.forward import attention_mask, last_token_logits, start_at_layer
 from workers.interventions import Intervention, build_intervention, installed, method_class
 from workers.models import LoadedModel
 from workers.objective import flipped, kl_other_per_prompt, logit_diff, mass_shift_per_prompt, objective
-from workers.precision import training_model
+from workers.precision import evaluation_model, training_model
 from workers.prepare import PreparedUnit, SplitData
 from workers.results import METRIC_NAMES, TrialResult
 from workers.sites import SiteRef, hooked, resolve_site
@@ -195,13 +195,15 @@ def train_trials(loaded: LoadedModel, unit: PreparedUnit, hypers: list[Hyper]) -
     groups: dict[int, list[int]] = {}
     for i, h in enumerate(hypers):
         groups.setdefault(h.batch_size or unit.spec.settings.batch_size, []).append(i)
+    loaded = evaluation_model(loaded)  # every reported number is fp32 (on CUDA: autocast off)
     refs = resolve_site(loaded.model, unit.spec.site, unit.layers)
     norms = None  # mean |h| per cell on train, for a relative effect such as SteerVec's
     if method_class(unit.spec.method).needs_norms:
         norms = site_norms(loaded, refs, unit.splits["train"], unit.spec.settings.eval_batch)
     columns = unit.cell_columns("val")  # the cells' columns, and each val token's column
-    trains_on = training_model(loaded, unit.precision)  # a bf16 copy, or the model itself
-    train_refs = refs if trains_on is loaded else resolve_site(trains_on.model, unit.spec.site, unit.layers)
+    trains_on = training_model(loaded, unit.precision)  # a bf16 copy, autocast, or the model itself
+    train_refs = refs if trains_on.model is loaded.model else resolve_site(trains_on.model, unit.spec.site,
+                                                                            unit.layers)
     for members in groups.values():
         start = time.perf_counter()
         group = [outcomes[i] for i in members]
