@@ -20,8 +20,7 @@ from __future__ import annotations
 import torch
 
 from workers.interventions import Intervention
-from workers.models import LoadedModel
-from workers.objective import flipped, objective
+from workers.objective import flipped, logit_diff, objective
 from workers.prepare import PreparedUnit
 from workers.results import TrialResult
 from workers.unit import Hyper
@@ -48,10 +47,9 @@ class TrialStopper:
     def due(self, step: int) -> bool:
         return step > 0 and step % self.settings.check_every == 0
 
-    def check(self, loaded: LoadedModel, intervention: Intervention, live: list[int], step: int,
-              forward) -> list[int]:
+    def check(self, intervention: Intervention, live: list[int], step: int, forward) -> list[int]:
         """The trials of `live` that keep training after this check (the others get a stop_reason)."""
-        loss, flips = self._score(loaded, intervention, live, forward)
+        loss, flips = self._score(intervention, live, forward)
         stopped: set[int] = set()
         patience = self.settings.patience
         for j, i in enumerate(live):
@@ -84,8 +82,7 @@ class TrialStopper:
                 pruned.add(i)
         return pruned
 
-    def _score(self, loaded: LoadedModel, intervention: Intervention, live: list[int],
-               forward) -> tuple[list[float], list[float]]:
+    def _score(self, intervention: Intervention, live: list[int], forward) -> tuple[list[float], list[float]]:
         """Per live trial: its objective and flip_rate on the val slice."""
         val, sl = self.slice
         k, n = len(live), sl.stop
@@ -100,6 +97,6 @@ class TrialStopper:
             lam_f = torch.tensor([self.hypers[i].lambda_faith for i in live], device=after.device)
             lam_m = torch.tensor([self.hypers[i].lambda_min for i in live], device=after.device)
             loss, _ = objective(before, after, a, b, intervention.minimality(), lam_f, lam_m)
-            ld_after = (after.gather(-1, a[..., None]) - after.gather(-1, b[..., None]))[..., 0]
+            ld_after = logit_diff(after, a, b)  # [K', n]
             flips = flipped(ld_after.cpu(), val.ld[sl][None]).float().mean(1)
         return loss.cpu().tolist(), flips.tolist()

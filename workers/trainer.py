@@ -101,7 +101,7 @@ def _train_group(loaded: LoadedModel, unit: PreparedUnit, hypers: list[Hyper], r
             live = [i for i in live if step < steps[i]]
             if stopper is not None and live and stopper.due(step):
                 intervention.keep_trials(live)
-                live = stopper.check(loaded, intervention, live, step, forward)
+                live = stopper.check(intervention, live, step, forward)
             if not live:
                 break
             intervention.keep_trials(live)
