@@ -59,6 +59,7 @@ RUNNING: list[Coordinator] = []
 
 
 REPLICATE_ATTR = "replicate_of"
+ANALYSIS_TRIES = 2  # a unit's analysis that failed this often is given up (logged; its trials stay)
 
 
 @dataclass
@@ -68,6 +69,10 @@ class UnitState:
     dists: dict
     search_rows: list[dict] = field(default_factory=list)  # complete search trials (for the selection)
     replicates_done: dict[str, int] = field(default_factory=dict)  # selected trial id -> complete replicates
+    replicate_ids: dict[str, list[str]] = field(default_factory=dict)  # selected trial id -> complete replicates' ids
+    analyzed: set[str] = field(default_factory=set)  # trial ids with rows in the curves table
+    analyzing: list[str] = field(default_factory=list)  # trial ids being analyzed now
+    analysis_failures: int = 0  # analyses that failed (the unit's analysis stops after ANALYSIS_TRIES)
     failed: int = 0  # trials whose own computation failed
     interrupted: int = 0  # trials cut off by a crash or a dead worker (re-run)
     pruned: int = 0  # search trials stopped by the pruning rule (they count in n_trials)
@@ -93,7 +98,7 @@ class UnitState:
 
     @property
     def in_flight(self) -> int:
-        return self.in_flight_search + self.in_flight_replicates + int(self.describing)
+        return self.in_flight_search + self.in_flight_replicates + int(self.describing) + int(bool(self.analyzing))
 
 
 @dataclass
@@ -106,6 +111,7 @@ class Summary:
     wall_s: float = 0.0
     interrupted: int = 0
     pruned: int = 0
+    analyzed: int = 0  # trials with curves rows
 
 
 def _setup_logging(run_dir: Path, quiet: bool) -> None:
@@ -237,6 +243,10 @@ class Coordinator:
             state = self.units.get(row["unit_id"])
             if state is not None:
                 self._count(state, row)
+        curves = store.read("curves").table.select(["unit_id", "trial_id"]).to_pylist()
+        for row in curves:
+            if row["unit_id"] in self.units:
+                self.units[row["unit_id"]].analyzed.add(row["trial_id"])
         if tells:
             log.info(f"reconciled {len(tells)} trial(s) left running by an earlier coordinator")
 
@@ -261,6 +271,7 @@ class Coordinator:
                 state.search_rows.append(row)
             else:
                 state.replicates_done[row["replicate_of"]] = state.replicates_done.get(row["replicate_of"], 0) + 1
+                state.replicate_ids.setdefault(row["replicate_of"], []).append(row["trial_id"])
         elif row["status"] == Status.FAILED:
             state.failed += 1
         elif row["status"] == Status.INTERRUPTED:
@@ -298,9 +309,23 @@ class Coordinator:
         done = state.replicates_done.get(selected["trial_id"], 0)
         return max(0, replicates - 1 - done - state.in_flight_replicates)
 
+    def _analysis_left(self, state: UnitState) -> list[str]:
+        """Trials still to analyze (workers/analysis.py): the selected trial and its complete replicates,
+        once the unit's search and replicates are done and nothing of them is in flight."""
+        wanted = self.config.analysis.enabled and (self.config.analysis.curves or self.config.analysis.betas)
+        if not wanted or state.analyzing or state.analysis_failures >= ANALYSIS_TRIES:
+            return []
+        if self._search_left(state) > 0 or self._replicates_left(state) > 0 or state.in_flight:
+            return []
+        selected = self._selected(state)
+        if selected is None:
+            return []
+        ids = [selected["trial_id"]] + state.replicate_ids.get(selected["trial_id"], [])
+        return [tid for tid in ids if tid not in state.analyzed]
+
     def _has_work(self, state: UnitState) -> bool:
         return not state.gave_up and (not state.described or self._search_left(state) > 0
-                                      or self._replicates_left(state) > 0)
+                                      or self._replicates_left(state) > 0 or bool(self._analysis_left(state)))
 
     def _ask(self, state: UnitState, replicate_of: str | None) -> optuna.trial.Trial:
         """Ask the study for a trial; a stale waiting trial of the other kind (left by a crash) is
@@ -474,11 +499,21 @@ class Coordinator:
             elif (left := self._replicates_left(state)) > 0:
                 asked = self._ask_replicates(state, min(batch, left))
                 state.in_flight_replicates += len(asked)
+            elif todo := self._analysis_left(state):
+                return self._assign_analysis(state, model, actor, todo)
             else:
                 continue
             ref = actor.run_trials.remote(state.unit_id, state.planned.spec, [(a.number, a.params) for a in asked])
             return ref, Pending(PendingKind.TRIALS, model, actor, state, asked)
         return None
+
+    def _assign_analysis(self, state: UnitState, model: str, actor, todo: list[str]) -> tuple[Any, Pending]:
+        """Analyze a unit's selected trial and replicates from their stored artifacts."""
+        analysis = self.config.analysis
+        state.analyzing = todo
+        trials = [(tid, read_artifact(self.run_dir, tid)) for tid in todo]
+        ref = actor.analyze.remote(state.unit_id, state.planned.spec, trials, list(analysis.betas), analysis.curves)
+        return ref, Pending(PendingKind.ANALYZE, model, actor, state, analyzing=todo)
 
     def _release(self, pending: Pending) -> None:
         state = pending.state
@@ -486,6 +521,8 @@ class Coordinator:
             return
         if pending.kind is PendingKind.DESCRIBE:
             state.describing = False
+        elif pending.kind is PendingKind.ANALYZE:
+            state.analyzing = []
         elif pending.replicates:
             state.in_flight_replicates -= len(pending.asked)
         else:
@@ -514,6 +551,8 @@ class Coordinator:
             pending.state.described = True
             for warning in row["warnings"]:
                 log.warning(f"unit {row['unit_id']} ({pending.state.planned.spec.describe()}): {warning}")
+        elif pending.kind is PendingKind.ANALYZE:
+            self._record_analysis(store, pending.state, value)
         else:
             self._record_results(store, pending.state, value, pending.asked)
         return True
@@ -526,6 +565,9 @@ class Coordinator:
         if state is None:
             raise UsageError(f"a worker for {pending.model} failed to start: {type(cause).__name__}: {cause}") from None
         log.error(f"unit {state.unit_id}: worker error {type(cause).__name__}: {cause}")
+        if pending.kind is PendingKind.ANALYZE:
+            state.analysis_failures += 1
+            return
         if pending.kind is PendingKind.DESCRIBE:  # preparing the unit failed: counts towards giving up on it
             state.failed += 1
         self._record_unfinished(store, state, pending.asked, Status.FAILED,
@@ -565,6 +607,13 @@ class Coordinator:
                 self.pending_tells.append((state, result.number, None))
                 self._maybe_give_up(state)
 
+    def _record_analysis(self, store: RunStore, state: UnitState, rows_by_trial: dict[str, list[dict]]) -> None:
+        """A trial's curves rows go in one append, so one part file holds all or none of them."""
+        for tid, rows in rows_by_trial.items():
+            store.append("curves", [dict(row, trial_id=tid, unit_id=state.unit_id, run_id=self.run_id)
+                                    for row in rows])
+            state.analyzed.add(tid)
+
     def _maybe_give_up(self, state: UnitState) -> None:
         limit = max(3, 2 * self.config.search.n_trials)
         if state.failed >= limit and not state.gave_up:
@@ -601,6 +650,8 @@ class Coordinator:
         if self.actor_failures > 10 + 2 * len(self.units):
             raise UsageError(f"workers for {model} keep dying ({self.actor_failures} times); "
                              f"see {self.run_dir}/actscale.log")
+        if state is not None and pending.kind is PendingKind.ANALYZE:
+            state.analysis_failures += 1
         if state is not None and pending.asked:
             self._record_unfinished(store, state, pending.asked, Status.INTERRUPTED,
                                     f"interrupted: the worker died ({type(exc).__name__}); re-run")
@@ -629,9 +680,11 @@ class Coordinator:
         failed = sum(s.failed for s in self.units.values())
         interrupted = sum(s.interrupted for s in self.units.values())
         pruned = sum(s.pruned for s in self.units.values())
-        summary = Summary(self.run_dir, completed, failed, self.model_loads, selected, wall, interrupted, pruned)
+        analyzed = sum(len(s.analyzed) for s in self.units.values())
+        summary = Summary(self.run_dir, completed, failed, self.model_loads, selected, wall, interrupted, pruned,
+                          analyzed)
         log.info(f"done: {completed} completed trial(s), {pruned} pruned, {failed} failed, {interrupted} interrupted "
-                 f"and re-run, model loads: {self.model_loads}, {wall:.1f}s")
+                 f"and re-run, {analyzed} analyzed, model loads: {self.model_loads}, {wall:.1f}s")
         log.info(f"  ({describe_rule(self.config.selection.min_flip)})")
         for b in selected:
             flag = "  [fallback: none reached min_flip]" if b["selected_by"] == "fallback" else ""
@@ -639,6 +692,17 @@ class Coordinator:
                      f"val kl_other {b['val_kl_other']:.3f}, sites moved {b['sites_moved']}/{b['sites_total']}, "
                      f"{b['replicates']} replicate(s){flag}")
         return summary
+
+
+def read_artifact(run_dir: Path, tid: str) -> dict:
+    """A trial's stored tensors (RUN_DIR/artifacts/<trial id>.safetensors) as numpy arrays."""
+    from safetensors.numpy import load_file
+
+    path = run_dir / "artifacts" / f"{tid}.safetensors"
+    if not path.exists():
+        raise UsageError(f"trial {tid} has no stored tensors ({path} is missing): it cannot be analyzed; re-run its "
+                         "unit into a new --out RUN_DIR, or set analysis.enabled: false")
+    return load_file(str(path))
 
 
 def worker_env() -> dict[str, str]:

@@ -54,9 +54,9 @@ def plan_units(config: SweepConfig, n_layers_of) -> list[PlannedUnit]:
                                      f"which has {n} layers (0..{n - 1}, or -1..-{n})")
             layer_sets = [tuple(sorted({layer % n for layer in group})) for group in config.layers]
         for task in config.task_entries():
-            for site in config.sites:
+            for site in task.sites or config.sites:
                 for layers in layer_sets:
-                    for method in config.methods:
+                    for method in task.methods or config.methods:
                         spec = UnitSpec(model, TaskSpec.make(task.name, task.options), site, layers, method, settings)
                         units.append(PlannedUnit(unit_id(spec), spec))
     return units

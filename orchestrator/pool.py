@@ -34,6 +34,7 @@ class PendingKind(enum.Enum):
     READY = "a worker starting"  # the actor's info(): it is up once this answers
     DESCRIBE = "a unit being prepared"  # unit_record(): the unit's row and examples
     TRIALS = "trials"  # run_trials(): a batch of search trials or of replicates
+    ANALYZE = "trials being analyzed"  # analyze(): curves and strength rows of stored trials
 
 
 @dataclass
@@ -45,6 +46,7 @@ class Pending:
     actor: Any
     state: UnitState | None = None  # DESCRIBE and TRIALS
     asked: list[Asked] = field(default_factory=list)  # TRIALS
+    analyzing: list[str] = field(default_factory=list)  # ANALYZE: the trial ids
     since: float = field(default_factory=time.monotonic)
 
     @property
@@ -58,6 +60,8 @@ class Pending:
         assert self.state is not None
         if self.kind is PendingKind.DESCRIBE:
             return f"unit {self.state.unit_id} to be prepared on a {self.model} worker ({age})"
+        if self.kind is PendingKind.ANALYZE:
+            return f"analysis of {', '.join(self.analyzing)} on a {self.model} worker ({age})"
         numbers = ", ".join(str(a.number) for a in self.asked)
         kind = "replicate" if self.replicates else "trial"
         return f"{kind}(s) {numbers} of unit {self.state.unit_id} on a {self.model} worker ({age})"

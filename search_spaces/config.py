@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from search_spaces.stored import N_TRIALS, REPLICATES
 from storage.selection import DEFAULT_MIN_FLIP
 from workers.errors import UsageError
-from workers.interventions import import_plugins, method_names
+from workers.interventions import STRENGTHS, import_plugins, method_names
 from workers.sites import SITES
 from workers.unit import TrainSettings
 
@@ -38,6 +38,9 @@ class TaskEntry(_Strict):
     options: dict[str, Any] = Field(default_factory=dict, description="task options, e.g. `{n: 60}`; each task "
                                     "names the ones it accepts (ioi: n, templates, heldout_templates; ccc: n, "
                                     "answer; city_country: n, templates)")
+    sites: list[str] | None = Field(None, description="only these of the sweep's `sites` run on this task (absent: all)")
+    methods: list[str] | None = Field(None, description="only these of the sweep's `methods` run on this task (absent: "
+                                      "all), e.g. the methods for any length on a task with held-out templates")
 
 
 class Range(_Strict):
@@ -157,6 +160,16 @@ class Selection(_Strict):
                             "is selected and marked fallback")
 
 
+class Analysis(_Strict):
+    curves: bool = Field(True, description="sufficiency and necessity curves (flip_rate etc. keeping / removing the "
+                         "k cells of largest effect) for each unit's selected trial and its replicates (table curves)")
+    betas: list[float] = Field(list(STRENGTHS), description="strengths beta of the "
+                               "strength sweep of the same trials (alpha' = 1 + beta (alpha - 1); v' = beta v); [] "
+                               "for none")
+    enabled: bool = Field(True, description="run the analyses as part of the sweep (`actscale analyze RUN_DIR` "
+                          "runs them later)")
+
+
 class Resources(_Strict):
     cpus_per_worker: float = Field(1.0, gt=0, description="Ray CPUs per worker (also its torch threads)")
     gpus_per_worker: float = Field(0.0, ge=0, description="Ray GPUs per worker")
@@ -182,6 +195,8 @@ class SweepConfig(_Strict):
     search: Search = Field(Search(), description="the hyper-parameter search of each unit")
     train: Train = Field(Train(), description="settings shared by every trial of a unit (part of the unit's id)")
     selection: Selection = Field(Selection(), description="the one rule that picks each unit's selected trial")
+    analysis: Analysis = Field(Analysis(), description="what each unit's selected trial and replicates do, "
+                               "measured after its search (not part of the unit's id)")
     resources: Resources = Field(Resources(), description="Ray resources")
     allow_pickle: bool = Field(False, description="allow pickle (.bin) checkpoints; safetensors only by default")
 
@@ -218,6 +233,18 @@ class SweepConfig(_Strict):
         if isinstance(v, list) and (not v or any(not group for group in v)):
             raise ValueError("layers must be 'all', 'each', or a non-empty list of non-empty layer lists")
         return v
+
+    @model_validator(mode="after")
+    def _task_restrictions(self) -> Self:
+        for i, task in enumerate(self.task_entries()):
+            for key, allowed in (("sites", self.sites), ("methods", self.methods)):
+                chosen = getattr(task, key)
+                if chosen is not None:
+                    extra = [x for x in chosen if x not in allowed]
+                    if extra or not chosen:
+                        raise ValueError(f"tasks[{i}].{key} = {chosen}: each must be one of the sweep's {key} "
+                                         f"({', '.join(allowed)}), and at least one")
+        return self
 
     def task_entries(self) -> list[TaskEntry]:
         return [TaskEntry(name=t) if isinstance(t, str) else t for t in self.tasks]

@@ -81,9 +81,23 @@ PREDICTIONS = pa.schema([
     ("ld_before", pa.float64()), ("ld_after", pa.float64()), ("kl_other", pa.float64()), ("flipped", pa.bool_()),
 ])
 
+# What a trial's cells do (workers/analysis.py), for a unit's selected trial and its replicates:
+# kind `sufficiency` keeps only the k cells of largest effect (the others set to identity), `necessity`
+# sets only those k to identity, `strength` applies every learned value at strength beta
+# (alpha' = 1 + beta (alpha - 1); v' = beta v). k is null for strength, beta null for the curves.
+# Each metric is the mean over the split's prompts with a 95% bootstrap interval over prompts.
+CURVE_KINDS = ("sufficiency", "necessity", "strength")
+CURVE_METRICS = ("flip_rate", "ld_after", "kl_other")
+CURVES = pa.schema(
+    [("trial_id", pa.string()), ("unit_id", pa.string()), ("run_id", pa.string()), ("kind", pa.string()),
+     ("split", pa.string()), ("k", pa.int32()), ("n_cells", pa.int32()), ("beta", pa.float64()),
+     ("n_prompts", pa.int32()), ("ld_before", pa.float64())]
+    + [(f"{metric}{end}", pa.float64()) for metric in CURVE_METRICS for end in ("", "_lo", "_hi")]
+)
+
 SCHEMAS: dict[str, pa.Schema] = {
     "runs": RUNS, "units": UNITS, "trials": TRIALS, "scalars": SCALARS,
-    "examples": EXAMPLES, "predictions": PREDICTIONS,
+    "examples": EXAMPLES, "predictions": PREDICTIONS, "curves": CURVES,
 }
 
 

@@ -10,6 +10,7 @@ import json
 import os
 import socket
 
+from workers.analysis import analyze_trial
 from workers.interventions import import_plugins, method_class, moved_rule
 from workers.models import load_model
 from workers.prepare import PreparedUnit, prepare_unit
@@ -78,6 +79,16 @@ class WorkerActor:
             result.node, result.n_layers = self.node, self.loaded.n_layers
             result.tensors = {k: v.numpy() for k, v in result.tensors.items()}
         return results
+
+    def analyze(self, unit_id: str, spec: UnitSpec, trials: list[tuple[str, dict]], betas: list[float],
+                curves: bool) -> dict[str, list[dict]]:
+        """Curves and strength rows (workers/analysis.py) of stored trials: trial id -> rows."""
+        import torch
+
+        unit = self._unit(unit_id, spec)
+        return {tid: analyze_trial(self.loaded, unit, {k: torch.as_tensor(v) for k, v in tensors.items()},
+                                   tuple(betas), curves)
+                for tid, tensors in trials}
 
 
 def _node_address() -> str:

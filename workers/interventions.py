@@ -23,6 +23,8 @@ from workers.errors import UsageError
 from workers.sites import SiteRef, hooked
 
 METHOD_CLASSES: dict[str, type[Intervention]] = {}  # the registry: method name -> class
+# the strengths beta of the strength sweep (workers/analysis.py; `Intervention.from_artifact`)
+STRENGTHS = (-1.0, -0.5, 0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
 
 
 def register_method(cls: type[Intervention]) -> type[Intervention]:
@@ -373,6 +375,43 @@ class DynScalar(Intervention):
         made = cls(refs, 1)
         with torch.no_grad():
             made.weights[0].copy_(beta * tensors["weight"].float())
+            made.biases[0].copy_(beta * tensors["bias"].float())
+        return made
+
+
+@register_method
+class DynScalarBias(DynScalar):
+    """DynScalar's control without the activation: alpha_l = 1 + b_l (w = 0, no `w` parameters),
+    one scale per layer (and head) for every token. What DynScalar gains over it on held-out
+    prompts is what reading the activation buys."""
+
+    method = "dynscalar_bias"
+
+    def __init__(self, refs: list[SiteRef], n_trials: int):
+        Intervention.__init__(self, refs, n_trials)
+        head = (self.n_heads,) if self.n_heads else ()
+        self.biases = nn.ParameterList([nn.Parameter(torch.zeros((len(refs),) + head)) for _ in range(n_trials)])
+        self._l1_terms = []
+        self.record = None
+        self.n_columns = 0
+
+    def alpha(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        """x: [K, B, T(, H), W] -> alpha [K, B, T(, H)], the same for every token."""
+        b = _stacked(self.biases)[:, index].to(x.dtype)  # [K(, H)]
+        shape = x.shape[:-1]
+        b = b[:, None, None, :] if self.n_heads else b[:, None, None]
+        return (1 + b).expand(shape)
+
+    def trial_parameters(self, k: int) -> list[nn.Parameter]:
+        return [self.biases[k]]
+
+    def artifact_tensors(self, k: int) -> dict[str, torch.Tensor]:
+        return {"bias": self.biases[k].detach().cpu().clone()}  # [L(, H)]
+
+    @classmethod
+    def from_artifact(cls, refs: list[SiteRef], tensors: dict[str, torch.Tensor], beta: float = 1.0) -> Intervention:
+        made = cls(refs, 1)
+        with torch.no_grad():
             made.biases[0].copy_(beta * tensors["bias"].float())
         return made
 

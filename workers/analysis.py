@@ -1,0 +1,182 @@
+"""What a trained trial's cells do: sufficiency and necessity curves, and its strength sweep.
+
+A cell is (layer, column[, head]) as in the scalars table (workers/columns.py), ranked by the
+same effect that decides `moved` (`Intervention.cells`). For k on a log-spaced grid:
+- sufficiency: only the k cells of largest effect act, every other cell is left as the model
+  has it (k = 0: the model itself; k = all: the trial);
+- necessity: only those k cells are set back to identity (k = all: the model itself).
+The strength sweep applies every learned value at strength beta (`Intervention.from_artifact`):
+beta = 0 is the model itself and beta = 1 the trial.
+
+Cells are masked per token (`torch.where`, so "all kept" is exactly the trial and "none
+kept" exactly the model), which works for any method whose `transform` acts per token and
+whose cells are (layer, column[, head]). The points of one split run as the K "trials" of one
+batched forward (`_Points`), scored by the trainer's own `_evaluate`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from workers.interventions import STRENGTHS, Intervention, method_class
+from workers.models import LoadedModel
+from workers.objective import flipped
+from workers.precision import evaluation_model
+from workers.prepare import PreparedUnit, SplitData
+from workers.sites import SiteRef, resolve_site
+from workers.trainer import _evaluate, site_norms
+
+BOOTSTRAP_SAMPLES = 1000
+POINTS_PER_FORWARD = 8  # curve points scored in one batched forward
+
+
+def k_grid(n_cells: int) -> list[int]:
+    """0, 1, 2, 4, ... (powers of two below n_cells), n_cells: log-spaced up to all cells."""
+    grid = [0]
+    k = 1
+    while k < n_cells:
+        grid.append(k)
+        k *= 2
+    return grid + [n_cells]
+
+
+@dataclass
+class Point:
+    kind: str  # sufficiency, necessity or strength
+    k: int | None
+    beta: float | None
+    intervention: Intervention  # K = 1
+    keep: torch.Tensor  # [L, C + 1(, H)] bool: cells where the intervention acts (column C: roles unseen on val)
+
+
+class _Points(Intervention):
+    """K points as the K trials of one forward: point j's intervention on the j-th block of the
+    batch, acting only on its kept cells. Every token's column is in `token_columns` [K*B, T]."""
+
+    method = ""
+
+    def __init__(self, points: list[Point]):
+        first = points[0].intervention
+        super().__init__(first.refs, len(points))
+        self.points = points
+
+    def transform(self, index: int, h: torch.Tensor) -> torch.Tensor:
+        k = self.n_trials
+        assert self.token_columns is not None and self.token_mask is not None
+        blocks = h.reshape((k, h.shape[0] // k) + h.shape[1:]).unbind(0)  # K x [B, T, W]
+        columns = self.token_columns.reshape(k, -1, self.token_columns.shape[1])[:, :, : h.shape[1]]  # [K, B, T]
+        masks = self.token_mask.reshape(k, -1, self.token_mask.shape[1])  # [K, B, T]
+        out = []
+        for j, (point, x) in enumerate(zip(self.points, blocks)):
+            inner = point.intervention
+            inner.token_mask = masks[j]
+            inner.begin_forward()
+            changed = inner.transform(index, x)  # [B, T, W]
+            keep = point.keep[index].to(x.device)[columns[j]]  # [B, T(, H)]
+            if self.n_heads:
+                shape = x.shape[:2] + (self.n_heads, x.shape[2] // self.n_heads)
+                x, changed = x.reshape(shape), changed.reshape(shape)  # [B, T, H, W/H]
+            out.append(torch.where(keep[..., None], changed, x).reshape(blocks[j].shape))
+        return torch.cat(out)
+
+    def minimality(self) -> torch.Tensor:
+        return torch.zeros(self.n_trials)
+
+
+def _token_columns(unit: PreparedUnit, split: str, n_columns: int) -> torch.Tensor:
+    """Each token's cell column on a split, [N, T], numbered as on val (where the cells were
+    measured); a role val does not have gets column n_columns."""
+    if unit.n_positions is not None:
+        return unit.cell_columns(split)[1]
+    val_columns = unit.cell_columns("val")[0]
+    index = {c.role: i for i, c in enumerate(val_columns)}
+    columns, ids = unit.cell_columns(split)
+    lookup = torch.tensor([index.get(c.role, n_columns) for c in columns])
+    return lookup[ids]
+
+
+def _cell_effects(loaded: LoadedModel, unit: PreparedUnit, trial: Intervention, refs: list[SiteRef]) -> torch.Tensor:
+    """The trial's effect per cell [L, C(, H)], measured as the trainer measures it."""
+    norms = None
+    if method_class(unit.spec.method).needs_norms:
+        norms = site_norms(loaded, refs, unit.splits["train"], unit.spec.settings.eval_batch)
+    if not trial.fixed_length:  # cells recorded on val
+        _evaluate(loaded, unit, trial, refs, unit.splits["val"], unit.cell_columns("val"))
+    effects = trial.cells(0, norms)[1]
+    trial.record_cells(None)
+    return effects
+
+
+def _keep_masks(effects: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sufficiency, necessity) masks [L, C + 1(, H)]: the k cells of largest effect act / are
+    the only ones not acting. The extra column (roles val lacks) acts only in the full trial."""
+    n = effects.numel()
+    order = torch.argsort(effects.flatten(), descending=True, stable=True)
+    top = torch.zeros(n, dtype=torch.bool)
+    top[order[:k]] = True
+    top = top.reshape(effects.shape)
+    pad_shape = (effects.shape[0], 1) + tuple(effects.shape[2:])
+    extra = torch.full(pad_shape, k == n)
+    sufficiency = torch.cat([top, extra], dim=1)
+    necessity = torch.cat([~top, ~extra], dim=1)
+    return sufficiency, necessity
+
+
+def _bootstrap(per_prompt: torch.Tensor, generator_seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """95% percentile interval of the mean over prompts for each row: [P, N] -> (lo [P], hi [P])."""
+    n = per_prompt.shape[1]
+    gen = torch.Generator().manual_seed(generator_seed)
+    idx = torch.randint(n, (BOOTSTRAP_SAMPLES, n), generator=gen)  # [S, N]
+    means = per_prompt[:, idx].mean(-1)  # [P, S]
+    return means.quantile(0.025, dim=1), means.quantile(0.975, dim=1)
+
+
+def _score(loaded: LoadedModel, unit: PreparedUnit, points: list[Point], refs: list[SiteRef], split_name: str,
+           n_columns: int) -> list[dict]:
+    split: SplitData = unit.splits[split_name]
+    columns = _token_columns(unit, split_name, n_columns)
+    rows = []
+    for start in range(0, len(points), POINTS_PER_FORWARD):
+        chunk = points[start:start + POINTS_PER_FORWARD]
+        batched = _Points(chunk)
+        _, ld_after, kl = _evaluate(loaded, unit, batched, refs, split, ([None] * (n_columns + 1), columns))  # [P, N]
+        flips = flipped(ld_after, split.ld[None]).float()  # [P, N]
+        stats = {}
+        for name, values in (("flip_rate", flips), ("ld_after", ld_after), ("kl_other", kl)):
+            lo, hi = _bootstrap(values)
+            stats[name] = (values.mean(1), lo, hi)
+        for j, point in enumerate(chunk):
+            row = dict(kind=point.kind, split=split_name, k=point.k, beta=point.beta, n_prompts=len(split),
+                       ld_before=float(split.ld.mean()))
+            for name, (mean, lo, hi) in stats.items():
+                row.update({name: float(mean[j]), f"{name}_lo": float(lo[j]), f"{name}_hi": float(hi[j])})
+            rows.append(row)
+    return rows
+
+
+def analyze_trial(loaded: LoadedModel, unit: PreparedUnit, tensors: dict[str, torch.Tensor],
+                  betas: tuple[float, ...] = STRENGTHS, curves: bool = True) -> list[dict]:
+    """Curves and strength rows (columns of the curves table, without the ids) for one stored trial,
+    on val and test, all in fp32 on the evaluation model."""
+    loaded = evaluation_model(loaded)
+    method = method_class(unit.spec.method)
+    refs = resolve_site(loaded.model, unit.spec.site, unit.layers)
+    trial = method.from_artifact(refs, tensors).to(loaded.device)
+    effects = _cell_effects(loaded, unit, trial, refs)  # [L, C(, H)]
+    n_cells = effects.numel()
+    all_cells = torch.ones((effects.shape[0], effects.shape[1] + 1) + tuple(effects.shape[2:]), dtype=torch.bool)
+    points = []
+    if curves:
+        for k in k_grid(n_cells):
+            sufficiency, necessity = _keep_masks(effects, k)
+            points += [Point("sufficiency", k, None, trial, sufficiency), Point("necessity", k, None, trial, necessity)]
+    for beta in betas:
+        points.append(Point("strength", None, beta, method.from_artifact(refs, tensors, beta).to(loaded.device),
+                            all_cells))
+    rows = []
+    with torch.no_grad():
+        for split in ("val", "test"):
+            rows += _score(loaded, unit, points, refs, split, effects.shape[1])
+    return [dict(row, n_cells=n_cells) for row in rows]
+
