@@ -16,7 +16,8 @@ from workers.errors import UsageError  # noqa: E402
 
 # each command's module, imported only for that command: `query`, `status` and `report` never load torch
 COMMAND_MODULES = {"train": "orchestrator.train_cmd", "run": "orchestrator.sweep_cmds",
-                   "resume": "orchestrator.sweep_cmds", "status": "orchestrator.sweep_cmds",
+                   "resume": "orchestrator.sweep_cmds", "analyze": "orchestrator.sweep_cmds",
+                   "status": "orchestrator.sweep_cmds",
                    "query": "orchestrator.storage_cmds", "report": "orchestrator.storage_cmds",
                    "steer": "orchestrator.steer_cmd"}
 

@@ -511,6 +511,7 @@ class Coordinator:
         """Analyze a unit's selected trial and replicates from their stored artifacts."""
         analysis = self.config.analysis
         state.analyzing = todo
+        log.info(f"analyzing {len(todo)} trial(s) of unit {state.unit_id}: curves and strength")
         trials = [(tid, read_artifact(self.run_dir, tid)) for tid in todo]
         ref = actor.analyze.remote(state.unit_id, state.planned.spec, trials, list(analysis.betas), analysis.curves)
         return ref, Pending(PendingKind.ANALYZE, model, actor, state, analyzing=todo)

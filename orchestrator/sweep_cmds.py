@@ -22,6 +22,14 @@ def register(sub) -> None:
     p.add_argument("--address")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_resume)
+    p = sub.add_parser("analyze", help="curves and strength sweep (table curves) of each unit's selected trial and "
+                                       "its replicates, for a run made without them; also finishes what is left")
+    p.add_argument("run_dir")
+    p.add_argument("--betas", type=float, nargs="+", metavar="BETA", help="strengths (default: the run's, or "
+                   "-1 -0.5 0 0.25 0.5 0.75 1 1.5 2)")
+    p.add_argument("--address")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_analyze)
     p = sub.add_parser("status", help="per unit: trials done, pruned, failed, interrupted, pending; "
                                       "the selected trial's values")
     p.add_argument("run_dir")
@@ -37,7 +45,8 @@ def _run(config, run_dir: Path, address: str | None, quiet: bool) -> int:
 
     summary = Coordinator(config, run_dir, address=address, quiet=quiet).run()
     print(f"results: {run_dir}/tables  ({summary.completed} completed, {summary.pruned} pruned, {summary.failed} failed, "
-          f"{summary.interrupted} interrupted and re-run; model loads: {summary.model_loads}, {summary.wall_s:.0f}s)")
+          f"{summary.interrupted} interrupted and re-run, {summary.analyzed} analyzed; "
+          f"model loads: {summary.model_loads}, {summary.wall_s:.0f}s)")
     return 0
 
 
@@ -50,14 +59,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _run(config, run_dir, args.address, args.quiet)
 
 
-def cmd_resume(args: argparse.Namespace) -> int:
+def _stored_config(run_dir: Path):
     from search_spaces.config import load_config
 
-    run_dir = Path(args.run_dir)
     stored = run_dir / "sweep.yaml"
     if not stored.is_file():
         raise UsageError(f"{run_dir} holds no sweep.yaml: not an actscale run directory (or never started)")
-    return _run(load_config(stored), run_dir, args.address, args.quiet)
+    return load_config(stored)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    run_dir = Path(args.run_dir)
+    return _run(_stored_config(run_dir), run_dir, args.address, args.quiet)
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    """A resume with the analysis on: trials already analyzed are not analyzed again (new betas
+    apply to trials not analyzed yet; to redo all, remove RUN_DIR/tables/curves)."""
+    run_dir = Path(args.run_dir)
+    config = _stored_config(run_dir)
+    analysis = config.analysis.model_copy(update={"enabled": True, **({"betas": args.betas} if args.betas else {})})
+    return _run(config.model_copy(update={"analysis": analysis}), run_dir, args.address, args.quiet)
 
 
 STATUS_SQL = f"""

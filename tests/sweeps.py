@@ -13,6 +13,7 @@ from optuna.trial import TrialState
 from search_spaces.config import parse_config
 from storage.query import run_sql
 from storage.store import read_table
+from workers.analysis import k_grid
 
 
 def tiny_config(**overrides) -> dict:
@@ -79,4 +80,26 @@ def check_run(run_dir: Path, n_trials: int, n_units: int, replicates: int = 1) -
             assert t.values[0] == row["val_flip_rate"] and t.values[1] == row["val_kl_other"]
             assert abs(t.values[2] - row["val_l1"]) < 1e-9
             assert t.params["lr"] == row["lr"]
+    check_curves(run_dir, selected.trial_id.tolist(), complete)
     return per_unit
+
+
+def check_curves(run_dir: Path, selected_ids: list[str], complete: list[dict]) -> None:
+    """With analysis on (the default), the selected trial and every replicate of it have exactly one
+    full set of curves rows, and no other trial has any."""
+    config = yaml.safe_load((run_dir / "sweep.yaml").read_text())
+    analysis = config.get("analysis", {})
+    rows = read_table(run_dir, "curves").table.to_pylist()
+    if not analysis.get("enabled", True):
+        assert not rows
+        return
+    wanted = set(selected_ids) | {r["trial_id"] for r in complete if r["replicate_of"] in set(selected_ids)}
+    assert {r["trial_id"] for r in rows} == wanted
+    keys = Counter((r["trial_id"], r["kind"], r["split"], r["k"], r["beta"]) for r in rows)
+    assert all(count == 1 for count in keys.values()), "a curves row twice"
+    betas = analysis.get("betas", [-1.0, -0.5, 0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0])
+    for tid in wanted:
+        mine = [r for r in rows if r["trial_id"] == tid]
+        n_cells = mine[0]["n_cells"]
+        n_k = len(k_grid(n_cells)) if analysis.get("curves", True) else 0
+        assert len(mine) == 2 * (2 * n_k + len(betas)), (tid, len(mine))

@@ -177,3 +177,20 @@ def test_grid_sampler_runs_the_whole_grid_and_then_replicates(tmp_path):
     check_run(tmp_path, n_trials=8, n_units=1, replicates=2)
     search = load(tmp_path, "trials").query("replicate_of.isna()")
     assert len(search[["lambda_faith", "lambda_min", "lr"]].drop_duplicates()) == 8  # every grid point once
+
+
+def test_analyze_adds_curves_to_a_run_made_without_them(tmp_path):
+    """`actscale analyze RUN_DIR` on a finished run with analysis off: curves for each unit's selected
+    trial and its replicates, exactly once; a second analyze adds nothing."""
+    from orchestrator.cli import main
+
+    config = parsed(tiny_config(methods=["activscalar", "steervec"], search={"n_trials": 2, "batch": 2, "replicates": 2},
+                                analysis={"enabled": False}))
+    Coordinator(config, tmp_path, quiet=True).run()
+    check_run(tmp_path, n_trials=2, n_units=2, replicates=2)  # no curves while the analysis is off
+    assert main(["analyze", str(tmp_path), "--betas", "0", "1", "--quiet"]) == 0
+    check_run(tmp_path, n_trials=2, n_units=2, replicates=2)  # now every curve exactly once
+    curves = load(tmp_path, "curves")
+    assert sorted(curves.beta.dropna().unique()) == [0.0, 1.0]
+    assert main(["analyze", str(tmp_path), "--quiet"]) == 0
+    assert len(load(tmp_path, "curves")) == len(curves)

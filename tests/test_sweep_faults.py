@@ -58,6 +58,29 @@ def test_coordinator_sigkilled_and_resumed_five_times(tmp_path):
     assert f"0 failed, {interrupted} interrupted and re-run" in final
 
 
+def test_coordinator_sigkilled_while_analyzing_leaves_every_curve_exactly_once(tmp_path):
+    """Kills land while the selected trials and replicates are analyzed: after the resume each of
+    them has exactly one set of curves rows (a trial's rows go to one part file, or none)."""
+    cfg = write_config(tmp_path / "sweep.yaml", tiny_config(
+        methods=["activscalar", "dynscalar"], tasks=[{"name": "ioi", "options": {"n": 60}}],
+        search={"n_trials": 2, "batch": 2, "replicates": 3}, analysis={"betas": [-1.0, 0.0, 0.5, 1.0, 2.0]}))
+    run = tmp_path / "run"
+    log = run / "actscale.log"
+    rng = random.Random(7)
+    for _ in range(3):
+        seen = log.read_text().count("analyzing ") if log.exists() else 0
+        proc = start_coordinator(["run", str(cfg), "--out", str(run), "--quiet"], tmp_path / "out.log")
+        started = wait_for(lambda: log.exists() and log.read_text().count("analyzing ") > seen  # noqa: B023
+                           or proc.poll() is not None, timeout=600)  # noqa: B023
+        assert started
+        time.sleep(rng.uniform(0.0, 1.5))
+        kill_session(proc)
+    proc = start_coordinator(["resume", str(run), "--quiet"], tmp_path / "out.log")
+    assert proc.wait(timeout=900) == 0, (tmp_path / "out.log").read_text()[-3000:]
+    check_run(run, n_trials=2, n_units=2, replicates=3)  # includes every curve exactly once
+    assert "analyzed" in (tmp_path / "out.log").read_text()
+
+
 def test_worker_process_killed_mid_trial(tmp_path):
     cfg = write_config(tmp_path / "sweep.yaml", tiny_config(search={"n_trials": 6, "batch": 2},
                                                             train={"steps": 150, "batch_size": 8}))

@@ -1,0 +1,100 @@
+"""Curves and strength of a trained trial (workers/analysis.py): the ends of every curve are the
+trial itself and the model itself, for every method, site and prompt shape."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from workers.analysis import _keep_masks, analyze_trial, k_grid
+from workers.interventions import DynScalarBias, build_intervention, method_class
+from workers.prepare import prepare_unit
+from workers.sites import resolve_site
+from workers.tasks.base import TaskSpec
+from workers.trainer import train_trials
+from workers.unit import Hyper, TrainSettings, UnitSpec
+
+METRICS = ("flip_rate", "ld_after", "kl_other")
+CASES = [("activscalar", "mlp_out", {}), ("steervec", "mlp_out", {}), ("dynscalar", "mlp_out", {}),
+         ("dynscalar_bias", "attn_out", {}), ("activscalar", "head", {}), ("steervec", "head", {}),
+         ("dynscalar", "mlp_out", {"heldout_templates": ["longer"]})]
+
+
+def _trained(tiny_models, method: str, site: str, options: dict):
+    """A unit and one trial trained hard enough to move the model (tiny-llama, fp32)."""
+    spec = UnitSpec("tiny-llama", TaskSpec.make("ioi", {"n": 40, **options}), site, (0, 1, 2, 3), method,
+                    TrainSettings(steps=8, batch_size=16, filter="none", precision="fp32"))
+    unit = prepare_unit(tiny_models["tiny-llama"], spec)
+    (result,) = train_trials(tiny_models["tiny-llama"], unit, [Hyper(lr=0.2, lambda_min=0.001, seed=3)])
+    assert result.ok, result.error
+    tensors = {k: torch.as_tensor(v) for k, v in result.tensors.items()}
+    return unit, result, analyze_trial(tiny_models["tiny-llama"], unit, tensors)
+
+
+def _row(rows, kind, split, k=None, beta=None):
+    (row,) = [r for r in rows if r["kind"] == kind and r["split"] == split and r["k"] == k and r["beta"] == beta]
+    return row
+
+
+def _is_model(row) -> None:
+    """The unintervened model: LD' is LD, nothing flips, nothing else moves."""
+    assert row["flip_rate"] == 0.0
+    assert row["kl_other"] <= 1e-6
+    assert abs(row["ld_after"] - row["ld_before"]) <= 1e-5 * (1 + abs(row["ld_before"]))
+
+
+def _is_trial(row, result, split) -> None:
+    for name in METRICS:
+        want = result.metrics[split][name]
+        assert abs(row[name] - want) <= 1e-4 * (1 + abs(want)), (split, name, row[name], want)
+
+
+@pytest.mark.parametrize("method,site,options", CASES, ids=[f"{m}-{s}{'-heldout' if o else ''}" for m, s, o in CASES])
+def test_curve_ends_are_the_trial_and_the_model(tiny_models, method, site, options):
+    unit, result, rows = _trained(tiny_models, method, site, options)
+    n = rows[0]["n_cells"]
+    assert n == result.sites_total  # the cells ranked are the cells of the scalars table
+    assert {r["k"] for r in rows if r["kind"] == "sufficiency"} == set(k_grid(n))
+    assert any(result.metrics[s]["flip_rate"] > 0 or result.metrics[s]["kl_other"] > 1e-3 for s in ("val", "test"))
+    for split in ("val", "test"):
+        _is_trial(_row(rows, "sufficiency", split, k=n), result, split)
+        _is_model(_row(rows, "sufficiency", split, k=0))
+        _is_model(_row(rows, "necessity", split, k=n))
+        _is_trial(_row(rows, "necessity", split, k=0), result, split)
+        _is_trial(_row(rows, "strength", split, beta=1.0), result, split)
+        _is_model(_row(rows, "strength", split, beta=0.0))
+        for row in rows:
+            assert row["flip_rate_lo"] <= row["flip_rate"] <= row["flip_rate_hi"]
+            assert row["n_prompts"] == len(unit.splits[row["split"]])
+
+
+def test_strength_moves_ld_monotonically_on_a_scale(tiny_models):
+    """For a single scaled cell the logit difference is a smooth function of beta; with
+    alpha = 1 + beta(alpha - 1) the sweep passes through the model at 0 and the trial at 1."""
+    _, result, rows = _trained(tiny_models, "activscalar", "mlp_out", {})
+    lds = [r["ld_after"] for r in sorted((r for r in rows if r["kind"] == "strength" and r["split"] == "val"),
+                                         key=lambda r: r["beta"])]
+    assert len(lds) == 9 and len(set(lds)) == 9  # every strength changes LD'
+
+
+def test_keep_masks_rank_cells_by_effect():
+    effects = torch.tensor([[0.5, 0.0, 2.0], [1.0, 0.1, 0.0]])  # [L=2, C=3]
+    sufficiency, necessity = _keep_masks(effects, 2)
+    assert sufficiency.shape == (2, 4)  # one extra column: roles val does not have
+    assert sufficiency[:, :3].tolist() == [[False, False, True], [True, False, False]]
+    assert (necessity[:, :3] == ~sufficiency[:, :3]).all()
+    assert not sufficiency[:, 3].any() and necessity[:, 3].all()
+    full, none = _keep_masks(effects, 6)
+    assert full.all() and not none.any()
+    assert k_grid(6) == [0, 1, 2, 4, 6] and k_grid(1) == [0, 1] and k_grid(8) == [0, 1, 2, 4, 8]
+
+
+def test_bias_only_dynscalar_has_no_w_parameters(tiny_models):
+    loaded = tiny_models["tiny-llama"]
+    refs = resolve_site(loaded.model, "mlp_out", [0, 1])
+    control = build_intervention("dynscalar_bias", refs, 2, None)
+    assert isinstance(control, DynScalarBias) and method_class("dynscalar_bias") is DynScalarBias
+    names = [name for name, _ in control.named_parameters()]
+    assert names and all(name.startswith("biases.") for name in names), names
+    assert not hasattr(control, "weights")
+    assert control.n_params == 2  # one scale per layer
+    assert set(control.artifact_tensors(0)) == {"bias"}
