@@ -58,6 +58,11 @@ class Runs:
     def predictions(self) -> pd.DataFrame:
         return self.table("predictions")
 
+    @property
+    def curves(self) -> pd.DataFrame:
+        """Sufficiency/necessity curves and strength sweeps of the selected trials and replicates."""
+        return self.table("curves")
+
     def sql(self, query: str) -> pd.DataFrame:
         """A DuckDB query over the tables (views of the same names) and the view `selected`."""
         frame, _ = run_sql(self.run_dirs, query, self.min_flip)

@@ -11,7 +11,7 @@ from storage.query_docs import EXAMPLE_TRIAL, SAMPLE_RUN
 # (title, why, code): each code is one expression, evaluated with `runs` open on the sample run
 EXAMPLES: list[tuple[str, str, str]] = [
     ("Every table is a DataFrame",
-     "`runs.units`, `runs.trials`, `runs.scalars`, `runs.examples`, `runs.predictions`, `runs.runs`: "
+     "`runs.units`, `runs.trials`, `runs.scalars`, `runs.examples`, `runs.predictions`, `runs.curves`, `runs.runs`: "
      "read when asked for, so a sweep that is still running shows its newest rows.",
      "runs.trials.groupby('status').size()"),
     ("Each unit's selected trial",

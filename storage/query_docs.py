@@ -51,6 +51,23 @@ GROUP BY layer ORDER BY layer"""),
 FROM scalars c JOIN selected s USING (trial_id)
 WHERE c.method = 'activscalar'
 GROUP BY ALL ORDER BY c.model, rel_depth"""),
+    ("How many cells carry the effect",
+     "For each selected trial: the smallest k whose top-k cells alone (sufficiency curve, val) reach 90% of the "
+     "full trial's flip_rate, and what removing those k cells leaves (necessity). Decided on val; the test split's "
+     "rows are in the same table.",
+     """WITH whole AS (
+    SELECT trial_id, flip_rate AS full_flip FROM curves
+    WHERE kind = 'sufficiency' AND split = 'val' AND k = n_cells),
+k90 AS (
+    SELECT c.trial_id, min(c.k) AS k90, any_value(c.n_cells) AS n_cells
+    FROM curves c JOIN whole f USING (trial_id)
+    WHERE c.kind = 'sufficiency' AND c.split = 'val' AND f.full_flip > 0 AND c.flip_rate >= 0.9 * f.full_flip
+    GROUP BY c.trial_id)
+SELECT u.model, u.method, s.trial_id, round(f.full_flip, 3) AS full_val_flip, k.k90, k.n_cells,
+       round(n.flip_rate, 3) AS val_flip_without_them
+FROM selected s JOIN units u USING (unit_id) JOIN whole f USING (trial_id) LEFT JOIN k90 k USING (trial_id)
+LEFT JOIN curves n ON n.trial_id = s.trial_id AND n.kind = 'necessity' AND n.split = 'val' AND n.k = k.k90
+ORDER BY u.model, u.method"""),
     ("Moved cells shared across seeds",
      "Are the moved cells of a selected trial the same when its hyper-parameters are re-trained with other "
      "seeds (`search.replicates`)?",
