@@ -513,7 +513,8 @@ class Coordinator:
         state.analyzing = todo
         log.info(f"analyzing {len(todo)} trial(s) of unit {state.unit_id}: curves and strength")
         trials = [(tid, read_artifact(self.run_dir, tid)) for tid in todo]
-        ref = actor.analyze.remote(state.unit_id, state.planned.spec, trials, list(analysis.betas), analysis.curves)
+        ref = actor.analyze.remote(state.unit_id, state.planned.spec, trials, list(analysis.betas), analysis.curves,
+                                   analysis.k_step)
         return ref, Pending(PendingKind.ANALYZE, model, actor, state, analyzing=todo)
 
     def _release(self, pending: Pending) -> None:

@@ -166,6 +166,8 @@ class Analysis(_Strict):
     betas: list[float] = Field(list(STRENGTHS), description="strengths beta of the "
                                "strength sweep of the same trials (alpha' = 1 + beta (alpha - 1); v' = beta v); [] "
                                "for none")
+    k_step: int = Field(2, ge=2, description="the curves' k grid: 0, 1, k_step, k_step^2, ..., all cells (4 halves "
+                        "the points of 2, at a coarser 'smallest k reaching 90%')")
     enabled: bool = Field(True, description="run the analyses as part of the sweep (`actscale analyze RUN_DIR` "
                           "runs them later)")
 

@@ -101,5 +101,5 @@ def check_curves(run_dir: Path, selected_ids: list[str], complete: list[dict]) -
     for tid in wanted:
         mine = [r for r in rows if r["trial_id"] == tid]
         n_cells = mine[0]["n_cells"]
-        n_k = len(k_grid(n_cells)) if analysis.get("curves", True) else 0
+        n_k = len(k_grid(n_cells, analysis.get("k_step", 2))) if analysis.get("curves", True) else 0
         assert len(mine) == 2 * (2 * n_k + len(betas)), (tid, len(mine))

@@ -81,13 +81,13 @@ class WorkerActor:
         return results
 
     def analyze(self, unit_id: str, spec: UnitSpec, trials: list[tuple[str, dict]], betas: list[float],
-                curves: bool) -> dict[str, list[dict]]:
+                curves: bool, k_step: int = 2) -> dict[str, list[dict]]:
         """Curves and strength rows (workers/analysis.py) of stored trials: trial id -> rows."""
         import torch
 
         unit = self._unit(unit_id, spec)
         return {tid: analyze_trial(self.loaded, unit, {k: torch.as_tensor(v) for k, v in tensors.items()},
-                                   tuple(betas), curves)
+                                   tuple(betas), curves, k_step)
                 for tid, tensors in trials}
 
 

@@ -31,13 +31,13 @@ BOOTSTRAP_SAMPLES = 1000
 POINTS_PER_FORWARD = 8  # curve points scored in one batched forward
 
 
-def k_grid(n_cells: int) -> list[int]:
-    """0, 1, 2, 4, ... (powers of two below n_cells), n_cells: log-spaced up to all cells."""
+def k_grid(n_cells: int, step: int = 2) -> list[int]:
+    """0, 1, step, step^2, ... (below n_cells), n_cells: log-spaced up to all cells."""
     grid = [0]
     k = 1
     while k < n_cells:
         grid.append(k)
-        k *= 2
+        k *= step
     return grid + [n_cells]
 
 
@@ -132,8 +132,32 @@ def _bootstrap(per_prompt: torch.Tensor, generator_seed: int = 0) -> tuple[torch
     return means.quantile(0.025, dim=1), means.quantile(0.975, dim=1)
 
 
+def _distinct(points: list[Point]) -> tuple[list[Point], list[int]]:
+    """Points that compute the same thing (the same intervention and cells: e.g. sufficiency at
+    k = all, necessity at k = 0 and beta = 1 are all the trial) are scored once: the distinct
+    points, and for each point the index of its distinct one."""
+    distinct: list[Point] = []
+    keys: dict[tuple, int] = {}
+    index = []
+    for point in points:
+        key = (id(point.intervention), point.keep.numpy().tobytes())
+        if key not in keys:
+            keys[key] = len(distinct)
+            distinct.append(point)
+        index.append(keys[key])
+    return distinct, index
+
+
 def _score(loaded: LoadedModel, unit: PreparedUnit, points: list[Point], refs: list[SiteRef], split_name: str,
            n_columns: int) -> list[dict]:
+    """One row per point; each distinct point is evaluated once."""
+    distinct, index = _distinct(points)
+    scored = _score_distinct(loaded, unit, distinct, refs, split_name, n_columns)
+    return [dict(scored[i], kind=point.kind, k=point.k, beta=point.beta) for point, i in zip(points, index)]
+
+
+def _score_distinct(loaded: LoadedModel, unit: PreparedUnit, points: list[Point], refs: list[SiteRef],
+                    split_name: str, n_columns: int) -> list[dict]:
     split: SplitData = unit.splits[split_name]
     columns = _token_columns(unit, split_name, n_columns)
     rows = []
@@ -156,7 +180,7 @@ def _score(loaded: LoadedModel, unit: PreparedUnit, points: list[Point], refs: l
 
 
 def analyze_trial(loaded: LoadedModel, unit: PreparedUnit, tensors: dict[str, torch.Tensor],
-                  betas: tuple[float, ...] = STRENGTHS, curves: bool = True) -> list[dict]:
+                  betas: tuple[float, ...] = STRENGTHS, curves: bool = True, k_step: int = 2) -> list[dict]:
     """Curves and strength rows (columns of the curves table, without the ids) for one stored trial,
     on val and test, all in fp32 on the evaluation model."""
     loaded = evaluation_model(loaded)
@@ -168,12 +192,12 @@ def analyze_trial(loaded: LoadedModel, unit: PreparedUnit, tensors: dict[str, to
     all_cells = torch.ones((effects.shape[0], effects.shape[1] + 1) + tuple(effects.shape[2:]), dtype=torch.bool)
     points = []
     if curves:
-        for k in k_grid(n_cells):
+        for k in k_grid(n_cells, k_step):
             sufficiency, necessity = _keep_masks(effects, k)
             points += [Point("sufficiency", k, None, trial, sufficiency), Point("necessity", k, None, trial, necessity)]
     for beta in betas:
-        points.append(Point("strength", None, beta, method.from_artifact(refs, tensors, beta).to(loaded.device),
-                            all_cells))
+        at_beta = trial if beta == 1.0 else method.from_artifact(refs, tensors, beta).to(loaded.device)
+        points.append(Point("strength", None, beta, at_beta, all_cells))
     rows = []
     with torch.no_grad():
         for split in ("val", "test"):
