@@ -53,11 +53,11 @@ def register_report(sub) -> None:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from storage.query import check_run_dirs
-    from storage.report import render
+    from storage.report import FIGURE_KEYS, render
 
     dirs = check_run_dirs([Path(d) for d in args.run_dirs])
     out = Path(args.out) if args.out else dirs[0] / "report"
     made = render(dirs, out, args.trial)
-    n = sum(len(made[k]) for k in ("heatmaps", "seeds", "across", "depth", "tradeoffs"))
+    n = sum(len(made[k]) for k in FIGURE_KEYS)
     print(f"report: {out / 'index.html'}  ({n} figures; summary in {out / 'summary.md'})")
     return 0
