@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.actscale-installed
 RUN_DIR ?= runs/quickstart
 
-.PHONY: install run test test-fast lint bench clean docs
+.PHONY: install run test test-fast lint bench clean docs findings
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,17 @@ docs: install
 	$(BIN)/actscale run docs/data/sample-sweep.yaml --out docs/data/sample-run --quiet
 	rm -f docs/data/sample-run/actscale.log
 	ACTSCALE_WRITE_DOCS=1 $(BIN)/python -m pytest -q tests/test_query_docs.py tests/test_python_api.py
+
+# The paper's study on the embedded model (search_spaces/paper.yaml; about 75 minutes here), then
+# docs/findings.md and its figures generated from it. The run's tables, sweep.yaml and run.json are
+# what docs/data/paper-run keeps (a test regenerates the page from them and compares).
+PAPER_RUN := docs/data/paper-run
+findings: install
+	rm -rf $(PAPER_RUN)
+	start=$$(date +%s); $(BIN)/actscale run search_spaces/paper.yaml --out $(PAPER_RUN) --quiet; \
+	  echo $$(( $$(date +%s) - start )) > $(PAPER_RUN)/wall_s
+	rm -rf $(PAPER_RUN)/artifacts $(PAPER_RUN)/actscale.log $(PAPER_RUN)/optuna.journal $(PAPER_RUN)/coordinator.lock $(PAPER_RUN)/model_layers.json
+	$(BIN)/python -m storage.findings $(PAPER_RUN) --out docs/findings.md
 
 test: install
 	$(BIN)/python -m pytest -q -ra --durations=15

@@ -68,7 +68,8 @@ def main() -> None:
     base = yaml.safe_load((ROOT / "search_spaces" / "quickstart.yaml").read_text())
     search = {k: v for k, v in base["search"].items() if k != "space"}  # the schema's default ranges
     base = {**base, "name": "pruning", "search": {**search, "batch": 4},
-            "resources": {**base["resources"], "gpus_per_worker": args.gpus}}
+            "resources": {**base["resources"], "gpus_per_worker": args.gpus},
+            "analysis": {"enabled": False}}  # both sweeps: the search's wall time, not the per-unit analyses
     pruned_config = {**base, "train": {**base["train"], **STOPPING}}
     with tempfile.TemporaryDirectory(prefix="pruning") as tmp:
         wall_full = run(base, Path(tmp) / "full")

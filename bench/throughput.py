@@ -162,7 +162,8 @@ def orchestration_overhead(n_trials: int, steps: int) -> dict:
     config = parse_config({"name": "overhead", "models": ["tiny-llama"], "tasks": [{"name": "ioi", "options": {"n": 40}}],
                            "sites": ["mlp_out"], "methods": [METHOD],
                            "search": {"sampler": "random", "n_trials": n_trials, "batch": 4},
-                           "train": {"steps": steps, "batch_size": 16}, "resources": {"cpus_per_worker": 1}})
+                           "train": {"steps": steps, "batch_size": 16}, "resources": {"cpus_per_worker": 1},
+                           "analysis": {"enabled": False}})
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         Coordinator(config, Path(tmp), quiet=True).run()

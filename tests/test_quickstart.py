@@ -38,6 +38,18 @@ def test_quickstart_completes_and_its_selected_activscalar_trial_flips_ioi(tmp_p
     summary = (run / "report" / "summary.md").read_text()
     assert "sites moved / total" in summary and "moved Jaccard" in summary
     assert len(list((run / "report" / "figures").glob("seeds-*.png"))) == 2
+    # the analysis on the embedded model: removing the cells that carry the effect removes it
+    assert (run / "report" / "figures" / "curves-smollm2-135m-ioi-mlp_out.png").exists()
+    curves = load(run, "curves")
+    for trial_id in chosen.trial_id:
+        mine = curves[(curves.trial_id == trial_id) & (curves.split == "test")]
+        full = mine[(mine.kind == "sufficiency") & (mine.k == mine.n_cells)].flip_rate.item()
+        # the trial itself, up to a prompt at LD' ~ 0 that another batch layout rounds the other way
+        assert abs(full - chosen[chosen.trial_id == trial_id].test_flip_rate.item()) <= 1.5 / mine.n_prompts.iloc[0]
+        assert mine[(mine.kind == "necessity") & (mine.k == mine.n_cells)].flip_rate.item() == 0.0
+        strength = mine[mine.kind == "strength"].sort_values("beta")
+        assert strength[strength.beta == 0].flip_rate.item() == 0.0
+        assert strength.ld_after.is_monotonic_decreasing or strength.ld_after.iloc[-1] < strength.ld_after.iloc[0]
 
     # its log (no terminal): a progress line only when a model's counts changed
     progress = [re.sub(r", [\d.]+/s, ETA [^,]+", "", line.split(" INFO ", 1)[1])
