@@ -3,8 +3,9 @@
 `python -m storage.findings RUN_DIR --out docs/findings.md [--figures docs/figures/findings]`
 reads only the run's tables (and RUN_DIR/sweep.yaml and run.json) and writes a markdown page
 with one PNG figure per claim. For each claim the page gives the measured evidence with 95%
-intervals over prompts (bootstrap: the predictions table, the curves table's _lo/_hi) and over
-seeds (Student t across a unit's selected trial and its replicates), a figure, and a verdict
+intervals over prompts where the tables keep them (bootstrap: the predictions table, the curves
+table's _lo/_hi per point; none for a difference of two points, C5) and over seeds (Student t
+across a unit's selected trial and its replicates), a figure, and a verdict
 (supported / not supported / mixed) that the rules below derive from thresholds printed on the
 page. Every number on the page is written by `fmt` from a value computed here from the tables,
 so the same run always gives the same bytes (tests/test_findings.py regenerates and compares).
@@ -35,7 +36,7 @@ import yaml  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from storage.api import open_runs  # noqa: E402
-from storage.curves import TIED, curve_frame, heldout_templates, reach_summary, strength_frame, transfer_table  # noqa: E402
+from storage.curves import SLACK, TIED, curve_frame, heldout_templates, reach_summary, strength_frame, transfer_table  # noqa: E402
 from storage.errors import StorageError  # noqa: E402
 from storage.report import BOOTSTRAP_SAMPLES, bootstrap_ci  # noqa: E402
 from storage.schema import Status  # noqa: E402
@@ -67,15 +68,18 @@ C3_MAX_RESIDUAL = 0.5
 C4_IDENTITY_TOL = 1e-3
 C4_MIN_RHO = 0.9
 C4_FLIP_TOL = 0.05
+C5_LOW = 0.5
+C5_HIGH = 0.9
+C5_MIN_SEEDS = 2
+C5_MIN_UNITS = 0.5
 C5_MIN_PAIRS = 5
-C5_MIN_TAU = 0.3
-C5_MIN_GAP = 0.3
 C6_MIN_RETAINED = 0.5
 C6_MIN_GAIN = 0.1
 
 THRESHOLDS: list[tuple[str, float, str]] = [
-    ("MIN_EFFECT", MIN_EFFECT, "C1, C3: a pair where neither method reaches this test flip_rate (C1), or a unit "
-     "whose full val flip_rate is below it (C3), shows no effect to compare or localise and is left out"),
+    ("MIN_EFFECT", MIN_EFFECT, "C1, C3, C5: a pair where neither method reaches this val flip_rate (C1, seed "
+     "means), or a unit whose selected trial's full val flip_rate is below it (C3, C5), shows no effect to compare, "
+     "localise or trade and is left out (listed)"),
     ("C1_FLIP_MARGIN", C1_FLIP_MARGIN, f"C1: {ACTIVSCALAR}'s test flip_rate (seed mean) at most this below "
      f"{STEERVEC}'s"),
     ("C1_KL_MARGIN", C1_KL_MARGIN, f"C1: {ACTIVSCALAR}'s test kl_other (seed mean) at most this (nats) above "
@@ -83,7 +87,8 @@ THRESHOLDS: list[tuple[str, float, str]] = [
     ("C2_MIN_RATIO", C2_MIN_RATIO, f"C2: {STEERVEC}'s n_params / {ACTIVSCALAR}'s n_params at least this"),
     ("C3_FRACTION", C3_FRACTION, "C3: k is the fewest top cells whose val flip_rate reaches this share of the "
      "trial's full val flip_rate"),
-    ("C3_MAX_SHARE", C3_MAX_SHARE, f"C3: {ACTIVSCALAR}'s moved share (seed mean) and k / cells at most this"),
+    ("C3_MAX_SHARE", C3_MAX_SHARE, f"C3: {ACTIVSCALAR}'s moved share (seed mean) and its selected trial's k / cells "
+     "(k decided on val) at most this"),
     ("C3_MIN_KEPT", C3_MIN_KEPT, "C3: only the top k cells keep at least this share of the full test flip_rate "
      "(seed means)"),
     ("C3_MAX_RESIDUAL", C3_MAX_RESIDUAL, "C3: all cells but the top k leave at most this share of the full test "
@@ -92,10 +97,18 @@ THRESHOLDS: list[tuple[str, float, str]] = [
     ("C4_MIN_RHO", C4_MIN_RHO, "C4: LD' monotone in beta: |Spearman rho(beta, LD')| at least this"),
     ("C4_FLIP_TOL", C4_FLIP_TOL, "C4: over beta >= 0 the flip_rate never falls by more than this from one beta to "
      "the next, and is above 0 at the largest beta"),
-    ("C5_MIN_PAIRS", C5_MIN_PAIRS, "C5: a task needs this many untied pairs of search trials of one unit for a tau"),
-    ("C5_MIN_TAU", C5_MIN_TAU, "C5: a term trades off with effectiveness in a task when tau(val LD shift, term) is "
-     "at least this"),
-    ("C5_MIN_GAP", C5_MIN_GAP, "C5: tasks trade off differently when their taus of a term differ by at least this"),
+    ("C5_LOW", C5_LOW, "C5: each seed's low point is the smallest beta in [0, 1] (strength sweep) or k (top k cells) "
+     "whose val flip_rate reaches this share of the seed's own val flip_rate at beta = 1 (all cells)"),
+    ("C5_HIGH", C5_HIGH, "C5: each seed's high point: the same with this share; from the low to the high point the "
+     "gain is the test flip_rate added, the cost the test kl_other added (strength) or the k / cells added (cells)"),
+    ("C5_MIN_SEEDS", C5_MIN_SEEDS, "C5: a unit is judged only with at least this many seeds having both points (a "
+     "Student-t interval); a unit shows a trade-off when the seed intervals of its cost and of its gain both lie "
+     "above 0"),
+    ("C5_MIN_UNITS", C5_MIN_UNITS, "C5: a task trades a term off when at least this share of its units with an effect "
+     "show it; two tasks differ in a term when at least this share of their matched units (same model, site, "
+     "method, both judged) have disjoint seed intervals of the price (cost per unit of test flip_rate gained)"),
+    ("C5_MIN_PAIRS", C5_MIN_PAIRS, "C5, secondary (not in the verdict): a tau over search trials gets a bootstrap "
+     "interval only with this many untied pairs"),
     ("C6_MIN_RETAINED", C6_MIN_RETAINED, f"C6: {DYNSCALAR}'s held-out test flip_rate at least this share of its "
      "in-distribution test flip_rate (seed means)"),
     ("C6_MIN_GAIN", C6_MIN_GAIN, f"C6: {DYNSCALAR}'s held-out test flip_rate above its bias-only control's by at "
@@ -176,11 +189,14 @@ def role_of(method: str) -> str | None:
 
 def _at(frame: pd.DataFrame, column: str, value: float, short: str, prompts: bool = False) -> Interval:
     """(mean, lo, hi) of metric `short` (flip, ld or kl) at one k or beta of a curves.curve_frame or
-    strength_frame: over seeds, or the first trial's interval over prompts."""
-    rows = frame[frame[column] == value]
+    strength_frame: over seeds; or, with `prompts`, over prompts, where `frame` must be made of the selected
+    trial alone (its mean is then that trial's value, not the seeds' mean)."""
+    rows = frame[frame[column] == value] if len(frame) else frame
     if rows.empty:
         return NAN_INTERVAL
     r = rows.iloc[0]
+    if prompts and int(r.n_seeds) != 1:
+        raise ValueError("an interval over prompts is the selected trial's: pass a frame of that trial alone")
     mean = float(r[{"flip": "flip_rate", "ld": "ld_after", "kl": "kl_other"}[short]])
     suffix = "_prompt" if prompts else ""
     return (mean, float(r[f"{short}{suffix}_lo"]), float(r[f"{short}{suffix}_hi"]))
@@ -315,6 +331,16 @@ def _pairs(run: Run, first: str, second: str, heldout: bool = False) -> list[tup
     return out
 
 
+def _unpaired(run: Run, first: str, second: str) -> list[str]:
+    """A line naming the in-distribution units of either role that `_pairs` leaves out for lack of the other."""
+    s = _in(run)
+    both_roles = {k for k, g in s.groupby(["model", "label", "site"], sort=False) if {first, second} <= set(g.role)}
+    alone = [f"{_where(r, run)} / {r.role}" for r in s.itertuples(index=False)
+             if r.role in (first, second) and (r.model, r.label, r.site) not in both_roles]
+    return ["", f"Left out, no {first} / {second} pair at the same model, task and site: "
+            f"{'; '.join(alone) if alone else 'none'}."]
+
+
 def _where(row: Any, run: Run) -> str:
     several = run.units.model.nunique() > 1
     return (f"{row.model} / " if several else "") + f"{row.label} / {row.site}"
@@ -357,30 +383,31 @@ def claim_c1(run: Run) -> Claim:
               f"to {STEERVEC}'s on IOI and the country-capital conflict task (ccc).")
     rows, passed, left_out = [], [], 0
     for a, s in _pairs(run, ACTIVSCALAR, STEERVEC):
-        if not max(a.test_flip[0], s.test_flip[0]) >= MIN_EFFECT:
+        cells = [_where(a, run), f"{fmt(a.n_seeds)} / {fmt(s.n_seeds)}", _cell(a, "flip"), _cell(s, "flip"),
+                 _cell(a, "kl"), _cell(s, "kl")]
+        if not max(a.val_flip[0], s.val_flip[0]) >= MIN_EFFECT:  # decided on val
             left_out += 1
-            rows.append([_where(a, run), fmt(a.n_seeds), _cell(a, "flip"), _cell(s, "flip"), _cell(a, "kl"),
-                         _cell(s, "kl"), "left out: neither flips"])
+            rows.append(cells + [f"left out: val flip_rate {fmt(a.val_flip[0])} / {fmt(s.val_flip[0])}"])
             continue
         flip_ok = a.test_flip[0] >= s.test_flip[0] - C1_FLIP_MARGIN
         kl_ok = a.test_kl[0] <= s.test_kl[0] + C1_KL_MARGIN
         passed.append(bool(flip_ok and kl_ok))
-        rows.append([_where(a, run), fmt(a.n_seeds), _cell(a, "flip"), _cell(s, "flip"), _cell(a, "kl"),
-                     _cell(s, "kl"), "yes" if passed[-1] else "no"])
+        rows.append(cells + ["yes" if passed[-1] else "no"])
     c.body += [f"Each unit's test prompts. A pair passes when {ACTIVSCALAR}'s flip_rate is at most C1_FLIP_MARGIN = "
                f"{fmt(C1_FLIP_MARGIN)} below {STEERVEC}'s and its kl_other at most C1_KL_MARGIN = {fmt(C1_KL_MARGIN)} "
                f"above {STEERVEC}'s (seed means; being better passes). The rule is on means, not on whether the "
                "intervals overlap: with few seeds the t intervals are so wide that an overlap rule would call almost "
-               f"any pair comparable. A pair where neither reaches a test flip_rate of MIN_EFFECT = {fmt(MIN_EFFECT)} "
-               "is left out: both failing is no evidence either way.", ""]
+               f"any pair comparable. A pair where neither reaches a val flip_rate (seed mean) of MIN_EFFECT = "
+               f"{fmt(MIN_EFFECT)} is left out (decided on val): both failing is no evidence either way.", ""]
     c.body += _table(["unit", "seeds", f"{ACTIVSCALAR} flip_rate", f"{STEERVEC} flip_rate",
                       f"{ACTIVSCALAR} kl_other", f"{STEERVEC} kl_other", "comparable"], rows)
+    c.body += _unpaired(run, ACTIVSCALAR, STEERVEC)
     c.verdict = verdict(passed)
     if passed:
         c.reason = _count(passed, f"{ACTIVSCALAR} / {STEERVEC} pairs") + (
             f"; {fmt(left_out)} left out, neither flips" if left_out else "")
     elif left_out:
-        c.reason = f"in no pair did {ACTIVSCALAR} or {STEERVEC} reach a test flip_rate of MIN_EFFECT"
+        c.reason = f"in no pair did {ACTIVSCALAR} or {STEERVEC} reach a val flip_rate of MIN_EFFECT"
     else:
         c.reason = f"the run has no unit pair of {ACTIVSCALAR} and {STEERVEC}"
     return c
@@ -401,6 +428,7 @@ def claim_c2(run: Run) -> Claim:
                f"when {STEERVEC}'s / {ACTIVSCALAR}'s is at least C2_MIN_RATIO = {fmt(C2_MIN_RATIO)}. {DYNSCALAR}'s "
                "is shown beside them.", ""]
     c.body += _table(["unit", ACTIVSCALAR, STEERVEC, f"{STEERVEC} / {ACTIVSCALAR}", DYNSCALAR, "far fewer"], rows)
+    c.body += _unpaired(run, ACTIVSCALAR, STEERVEC)
     c.verdict = verdict(passed)
     c.reason = (_count(passed, "units") if passed else f"the run has no unit pair of {ACTIVSCALAR} and {STEERVEC}")
     return c
@@ -416,6 +444,7 @@ class Localised:
     full: Interval  # test flip_rate of all cells, over seeds
     kept: Interval  # test flip_rate of only the top k, over seeds
     removed: Interval  # test flip_rate of all but the top k, over seeds
+    full_prompts: Interval
     kept_prompts: Interval
     removed_prompts: Interval
     n_prompts: int
@@ -430,13 +459,14 @@ def _localise(run: Run, row: Any) -> Localised:
     n_cells = int(reach["n_cells"] or 0)
     shares = [k / n_cells for k in reach["k_per_seed"] if k is not None and n_cells]
     k = reach["k"]
-    kept = curve_frame(run.curves, list(row.seeds), "sufficiency", "test")
-    removed = curve_frame(run.curves, list(row.seeds), "necessity", "test")
+    seeds, first = list(row.seeds), [row.seeds[0]]
+    kept, kept1 = (curve_frame(run.curves, ids, "sufficiency", "test") for ids in (seeds, first))
+    removed, removed1 = (curve_frame(run.curves, ids, "necessity", "test") for ids in (seeds, first))
     key = float(k) if k is not None else math.nan
     n_prompts = int(kept.n_prompts.iloc[0]) if len(kept) else 0
     return Localised(reach["val_full"], k, n_cells, seed_interval(shares, 0, 1), reach["test_full"],
-                     _at(kept, "k", key, "flip"), _at(removed, "k", key, "flip"), _at(kept, "k", key, "flip", True),
-                     _at(removed, "k", key, "flip", True), n_prompts)
+                     _at(kept, "k", key, "flip"), _at(removed, "k", key, "flip"), _at(kept1, "k", n_cells, "flip", True),
+                     _at(kept1, "k", key, "flip", True), _at(removed1, "k", key, "flip", True), n_prompts)
 
 
 def claim_c3(run: Run) -> Claim:
@@ -461,23 +491,27 @@ def claim_c3(run: Run) -> Claim:
         min_split = int(a.min_split)
         rows.append([_where(a, run), ci(a.moved), ci(s.moved), fmt(la.val_full),
                      f"{fmt(la.k)} of {fmt(la.n_cells)}", ci(la.k_share),
-                     ci(ls.k_share) if ls.val_full >= MIN_EFFECT else "n/a (no effect)", ci(la.full),
+                     ci(ls.k_share) if ls.val_full >= MIN_EFFECT else "n/a (no effect)",
+                     both(la.full, la.full_prompts, la.n_prompts, min_split),
                      both(la.kept, la.kept_prompts, la.n_prompts, min_split),
                      both(la.removed, la.removed_prompts, la.n_prompts, min_split), "yes" if ok else "no"])
     c.body += ["Moved share: sites_moved / sites_total over seeds (each method's own moved measure, "
                "units.moved_measure). k: the fewest cells of largest effect whose val flip_rate alone reaches "
                f"C3_FRACTION = {fmt(C3_FRACTION)} of the selected trial's full val flip_rate (curves, kind "
-               "sufficiency); k / cells over seeds uses each seed's own k. At the selected trial's k, on test: the "
+               "sufficiency); k / cells over seeds uses each seed's own k (a seed with no val effect has none and is not "
+               "counted). At the selected trial's k, on test: the "
                "flip_rate with all cells, with only the top k (sufficiency) and with all but the top k (necessity). "
-               f"A unit passes when {ACTIVSCALAR}'s moved share and k / cells are at most C3_MAX_SHARE = "
+               f"A unit passes when {ACTIVSCALAR}'s moved share (seed mean) and its selected trial's k / cells are at "
+               f"most C3_MAX_SHARE = "
                f"{fmt(C3_MAX_SHARE)}, only the top k keep at least C3_MIN_KEPT = {fmt(C3_MIN_KEPT)} of the full test "
                f"flip_rate, removing them leaves at most C3_MAX_RESIDUAL = {fmt(C3_MAX_RESIDUAL)} of it, and its "
-               f"k / cells is not above {STEERVEC}'s (its moved share not above {STEERVEC}'s where {STEERVEC} has no "
-               f"effect to localise). A unit whose full val flip_rate is below MIN_EFFECT = {fmt(MIN_EFFECT)} "
-               "has nothing to localise and is left out.", ""]
+               f"selected k / cells is not above {STEERVEC}'s (its moved share not above {STEERVEC}'s where "
+               f"{STEERVEC} has no effect to localise). A unit whose full val flip_rate is below MIN_EFFECT = "
+               f"{fmt(MIN_EFFECT)} has nothing to localise and is left out.", ""]
     c.body += _table(["unit", f"{ACTIVSCALAR} moved share", f"{STEERVEC} moved share", f"{ACTIVSCALAR} full val flip",
                       f"{ACTIVSCALAR} k (selected)", f"{ACTIVSCALAR} k / cells", f"{STEERVEC} k / cells",
                       "test flip, all cells", "test flip, only top k", "test flip, without top k", "passes"], rows)
+    c.body += _unpaired(run, ACTIVSCALAR, STEERVEC)
     c.verdict = verdict(passed)
     if passed:
         c.reason = _count(passed, "units") + (f"; {fmt(left_out)} left out, no effect" if left_out else "")
@@ -524,6 +558,7 @@ def claim_c4(run: Run) -> Claim:
         checks = [strength_check(run.curves, tid) for tid in row.seeds]
         passed += [k.passed for k in checks]
         frame = strength_frame(run.curves, list(row.seeds), "test")
+        alone = strength_frame(run.curves, [row.seeds[0]], "test")  # the selected trial: its interval over prompts
         if frame.empty:
             rows.append([_where(row, run)] + ["n/a"] * 8 + [f"0 of {fmt(len(checks))}"])
             continue
@@ -531,8 +566,9 @@ def claim_c4(run: Run) -> Claim:
         lo, hi = float(frame.beta.min()), float(frame.beta.max())
         n, min_split = int(frame.n_prompts.iloc[0]), int(row.min_split)
 
-        def cell(beta: float, short: str, frame: pd.DataFrame = frame, n: int = n, min_split: int = min_split) -> str:
-            return both(_at(frame, "beta", beta, short), _at(frame, "beta", beta, short, True), n, min_split)
+        def cell(beta: float, short: str, frame: pd.DataFrame = frame, alone: pd.DataFrame = alone, n: int = n,
+                 min_split: int = min_split) -> str:
+            return both(_at(frame, "beta", beta, short), _at(alone, "beta", beta, short, True), n, min_split)
 
         rows.append([_where(row, run), fmt(float(frame.ld_before.iloc[0])), cell(lo, "ld"), cell(0.0, "ld"),
                      cell(1.0, "ld"), cell(hi, "ld"), cell(1.0, "flip"), cell(hi, "flip"), fmt(checks[0].rho),
@@ -593,61 +629,264 @@ def _search_trials(run: Run) -> pd.DataFrame:
     return search.assign(ld_shift=search.val_ld_before - search.val_ld_after)
 
 
-def claim_c5(run: Run) -> Claim:
-    c = Claim("C5", "The three terms trade off, differently per task",
-              "Effectiveness, faithfulness and minimality trade off against each other, differently per task.")
-    s, search = _in(run), _search_trials(run)
-    rows, taus, passed = [], {}, []
-    for label, g in search.groupby("label", sort=False):
+# --- C5: the price of effectiveness along a trial's own paths --------------------------------------------------
+
+STRENGTH, CELLS = "strength", "cells"
+C5_TERMS = {STRENGTH: "faithfulness", CELLS: "minimality"}
+C5_COSTS = {STRENGTH: "the test kl_other added along beta (nats)", CELLS: "the share of cells added along the top k"}
+
+
+@dataclass
+class SeedStep:
+    """One seed's step from C5_LOW to C5_HIGH of its own val effect along one path (points decided on val)."""
+    val_full: float  # val flip_rate at beta = 1 (all cells)
+    n_cells: int
+    low: float | None = None  # beta or k
+    high: float | None = None
+    gain: float = math.nan  # test flip_rate at high minus at low
+    cost: float = math.nan  # test kl_other (strength) or k / n_cells (cells) at high minus at low
+
+    @property
+    def price(self) -> float:
+        return self.cost / self.gain if self.gain > 0 else math.nan
+
+
+@dataclass
+class Tradeoff:
+    """A unit's step over its seeds (the selected trial first)."""
+    status: str  # "" when the unit has an effect; otherwise why it is left out
+    steps: list[SeedStep]
+
+    @property
+    def first(self) -> SeedStep:
+        return self.steps[0]
+
+    @property
+    def done(self) -> list[SeedStep]:
+        return [s for s in self.steps if s.low is not None]
+
+    def over_seeds(self, what: str) -> Interval:
+        return seed_interval([getattr(s, what) for s in self.done])
+
+    @property
+    def n_priced(self) -> int:
+        return sum(not math.isnan(s.price) for s in self.done)
+
+    @property
+    def judged(self) -> bool:
+        return not self.status and len(self.done) >= C5_MIN_SEEDS
+
+    @property
+    def shown(self) -> bool:
+        return self.judged and self.over_seeds("cost")[1] > 0 and self.over_seeds("gain")[1] > 0
+
+    @property
+    def priced(self) -> bool:
+        return not self.status and self.n_priced >= C5_MIN_SEEDS
+
+
+def _path_frame(curves: pd.DataFrame, trial_id: str, path: str, split: str) -> tuple[pd.DataFrame, str]:
+    """One trial's strength sweep over beta in [0, 1], or its sufficiency curve; and the column of its points."""
+    if path == STRENGTH:
+        frame = strength_frame(curves, [trial_id], split)
+        return (frame[(frame.beta >= 0) & (frame.beta <= 1)] if len(frame) else frame), "beta"
+    return curve_frame(curves, [trial_id], "sufficiency", split), "k"
+
+
+def _value(frame: pd.DataFrame, column: str, key: float | None, metric: str) -> float:
+    rows = frame[frame[column] == key] if key is not None and len(frame) else frame.iloc[0:0]
+    return float(rows[metric].iloc[0]) if len(rows) else math.nan
+
+
+def seed_step(curves: pd.DataFrame, trial_id: str, path: str) -> SeedStep:
+    """The low and high points of one trial on val (the smallest beta or k reaching C5_LOW and C5_HIGH of its val
+    flip_rate at beta = 1 / all cells) and what the step between them gains and costs on test."""
+    val, column = _path_frame(curves, trial_id, path, "val")
+    if val.empty:
+        return SeedStep(math.nan, 0)
+    n_cells = int(val.n_cells.iloc[0])
+    full = _value(val, column, 1.0 if path == STRENGTH else n_cells, "flip_rate")
+    step = SeedStep(full, n_cells)
+    if not full > 0:
+        return step
+    step.low, step.high = (float(val[val.flip_rate >= share * full - SLACK][column].min()) for share in (C5_LOW, C5_HIGH))
+    test, _ = _path_frame(curves, trial_id, path, "test")
+    step.gain = _value(test, column, step.high, "flip_rate") - _value(test, column, step.low, "flip_rate")
+    if path == STRENGTH:
+        step.cost = _value(test, column, step.high, "kl_other") - _value(test, column, step.low, "kl_other")
+    else:
+        step.cost = (step.high - step.low) / n_cells
+    return step
+
+
+def tradeoff(curves: pd.DataFrame, seeds: Sequence[str], path: str) -> Tradeoff:
+    """A unit's step along `path` for each of its seeds; left out (status) when its selected trial has no such
+    curve or a val flip_rate at beta = 1 below MIN_EFFECT."""
+    steps = [seed_step(curves, tid, path) for tid in seeds]
+    full = steps[0].val_full
+    status = ("left out: no such curve" if math.isnan(full) else
+              f"left out: val flip_rate {fmt(full)} < MIN_EFFECT" if not full >= MIN_EFFECT else "")
+    return Tradeoff(status, steps)
+
+
+def _points(t: Tradeoff, path: str) -> str:
+    f = t.first
+    if f.low is None:
+        return "n/a"
+    if path == STRENGTH:
+        return f"beta {fmt(f.low)} to {fmt(f.high)}"
+    return f"k {fmt(int(f.low))} to {fmt(int(f.high or 0))} of {fmt(f.n_cells)}"
+
+
+def _mark(t: Tradeoff) -> str:
+    if t.status:
+        return t.status
+    if not t.judged:
+        return f"no: {fmt(len(t.done))} seed(s) with both points, under C5_MIN_SEEDS"
+    return "yes" if t.shown else "no"
+
+
+def _tradeoff_rows(run: Run, steps: dict[tuple[str, str], Tradeoff], path: str) -> list[list[str]]:
+    rows = []
+    for row in _in(run).itertuples(index=False):
+        t = steps[(str(row.unit_id), path)]
+        rows.append([f"{_where(row, run)} / {row.role or row.method}", f"{fmt(len(t.done))} of {fmt(len(t.steps))}",
+                     fmt(t.first.val_full), _points(t, path), ci(t.over_seeds("gain")), ci(t.over_seeds("cost")),
+                     f"{ci(t.over_seeds('price'))} (seeds: {fmt(t.n_priced)})", _mark(t)])
+    return rows
+
+
+def _task_items(run: Run, steps: dict[tuple[str, str], Tradeoff]) -> list[tuple[str, str, bool]]:
+    """(item, evidence, passes) for each task and term: the share of its units with an effect showing it."""
+    items = []
+    for label, g in _in(run).groupby("label", sort=False):
+        for path in (STRENGTH, CELLS):
+            ts = [steps[(str(u), path)] for u in g.unit_id]
+            with_effect = [t for t in ts if not t.status]
+            shown = sum(t.shown for t in with_effect)
+            ok = bool(with_effect) and shown / len(with_effect) >= C5_MIN_UNITS
+            items.append((f"{label}: effectiveness costs {C5_TERMS[path]} ({path})",
+                          f"{fmt(shown)} of {fmt(len(with_effect))} units with an effect show it "
+                          f"({fmt(len(ts) - len(with_effect))} left out)", ok))
+    return items
+
+
+def _differs(a: Tradeoff, b: Tradeoff, names: tuple[str, str]) -> str:
+    """Which task's price is higher beyond both seed intervals; "no" when they overlap, "n/a" when unpriced."""
+    if not (a.priced and b.priced):
+        return "n/a: " + "; ".join(f"{name} {t.status or 'priced on fewer than C5_MIN_SEEDS seeds'}"
+                                   for name, t in zip(names, (a, b)) if not t.priced)
+    pa, pb = a.over_seeds("price"), b.over_seeds("price")
+    return f"{names[0]} higher" if pa[1] > pb[2] else f"{names[1]} higher" if pb[1] > pa[2] else "no (overlap)"
+
+
+def _task_pairs(run: Run, steps: dict[tuple[str, str], Tradeoff]) -> tuple[list[list[str]], list[tuple[str, str, bool]]]:
+    """Rows comparing each pair of tasks unit by unit (same model, site, method), and an item per pair and term."""
+    s = _in(run)
+    labels = list(dict.fromkeys(str(x) for x in s.label))
+    rows, items = [], []
+    for i, first in enumerate(labels):
+        for second in labels[i + 1:]:
+            units = {lab: {(r.model, r.site, r.method): str(r.unit_id) for r in s[s.label == lab].itertuples()}
+                     for lab in (first, second)}
+            keys = list(dict.fromkeys(list(units[first]) + list(units[second])))
+            for path in (STRENGTH, CELLS):
+                marks = []
+                for key in keys:
+                    a, b = (units[lab].get(key) for lab in (first, second))
+                    where = (f"{key[0]} / " if run.units.model.nunique() > 1 else "") + f"{key[1]} / " \
+                        f"{role_of(key[2]) or key[2]}"
+                    if a is None or b is None:
+                        rows.append([f"{first} vs {second}", path, where, "n/a", "n/a",
+                                     f"n/a: no unit on {second if b is None else first}"])
+                        continue
+                    ta, tb = steps[(a, path)], steps[(b, path)]
+                    marks.append(_differs(ta, tb, (first, second)))
+                    rows.append([f"{first} vs {second}", path, where, ci(ta.over_seeds("price")),
+                                 ci(tb.over_seeds("price")), marks[-1]])
+                judged = [m for m in marks if not m.startswith("n/a")]
+                differ = sum(m.endswith(" higher") for m in judged)
+                items.append((f"{first} vs {second}: the price in {C5_TERMS[path]} ({path}) differs",
+                              f"{fmt(differ)} of {fmt(len(judged))} matched units priced on both",
+                              bool(judged) and differ / len(judged) >= C5_MIN_UNITS))
+    if len(labels) < 2:
+        items += [(f"tasks differ in {C5_TERMS[path]} ({path})", "the run has one in-distribution task", False)
+                  for path in (STRENGTH, CELLS)]
+    return rows, items
+
+
+def _search_lines(run: Run) -> list[str]:
+    """The secondary line: Kendall's tau over pairs of a unit's search trials (not in the verdict)."""
+    rows = []
+    for label, g in _search_trials(run).groupby("label", sort=False):
         by_method = [(str(m), gm) for m, gm in g.groupby("method", sort=False)] + [("all methods", g)]
         for method, gm in by_method:
             cells = [fmt(gm.unit_id.nunique())]
-            for column, name in TERMS:
+            for column, _ in TERMS:
                 interval, pairs = stratified_tau(pair_counts(gm, "ld_shift", column))
-                cells += [f"{ci(interval) if not math.isnan(interval[1]) else fmt(interval[0])} (pairs: {fmt(pairs)})"]
-                if method == "all methods":
-                    taus[(str(label), name)] = interval[0] if pairs >= C5_MIN_PAIRS else math.nan
-            role = role_of(method)
-            rows.append([str(label), role or method] + cells)
-    best = {str(label): float(np.median([r.test_kl[0] for r in g.itertuples(index=False)]))
-            for label, g in s.groupby("label", sort=False)}
-    task_rows = []
-    labels = list(dict.fromkeys(str(x) for x in s.label))
-    for label in labels:
-        marks = []
-        for _, name in TERMS:
-            tau = taus.get((label, name), math.nan)
-            passed.append(bool(tau >= C5_MIN_TAU))  # a task without enough pairs shows no trade-off
-            marks.append("yes" if tau >= C5_MIN_TAU else "n/a" if math.isnan(tau) else "no")
-        task_rows.append([label, fmt(taus.get((label, "kl_other"), math.nan)), marks[0],
-                          fmt(taus.get((label, "l1"), math.nan)), marks[1], fmt(best.get(label, math.nan))])
-    gaps = [abs(taus[(a, n)] - taus[(b, n)]) for i, a in enumerate(labels) for b in labels[i + 1:] for _, n in TERMS
-            if not math.isnan(taus.get((a, n), math.nan)) and not math.isnan(taus.get((b, n), math.nan))]
-    gap = max(gaps) if gaps else math.nan
-    if passed:
-        passed.append(bool(gap >= C5_MIN_GAP))  # fails where fewer than two tasks have a tau
-    c.body += ["Effectiveness here is the val LD shift, val LD - val LD' (the logit difference the trial removed), "
-               "not the flip_rate, which saturates at 1 and would tie most pairs. Within each unit, every pair of its "
-               "complete search trials (hyper-parameters drawn by the search; val metrics) is concordant when the "
-               "trial with the larger LD shift also has the higher val "
-               "kl_other (faithfulness lost for effectiveness), or the higher val l1 (minimality lost), and "
-               "discordant when it has the lower; pairs tied in either are skipped. Kendall's tau = (concordant - "
-               "discordant) / untied pairs, pooled over the units of a task, with a 95% bootstrap interval over units "
-               f"(none under C5_MIN_PAIRS = {fmt(C5_MIN_PAIRS)} untied pairs). Positive tau: a trade-off.", ""]
-    c.body += _table(["task", "method", "units", "tau(LD shift, kl_other)", "tau(LD shift, l1)"], rows)
-    c.body += ["", f"Per task (all methods): a term trades off when its tau is at least C5_MIN_TAU = {fmt(C5_MIN_TAU)}; "
-               f"tasks trade off differently when their taus of a term differ by at least C5_MIN_GAP = "
-               f"{fmt(C5_MIN_GAP)} (largest difference here: {fmt(gap)}). The verdict counts each task's two terms "
-               "and the difference between tasks as items; a tau or difference that cannot be computed does not "
-               "pass. Beside them: the median test kl_other of the task's selected trials (seed means), the "
-               "faithfulness the selection ended at.", ""]
-    c.body += _table(["task", "tau(LD shift, kl_other)", "trades off", "tau(LD shift, l1)", "trades off",
-                      "median selected test kl_other"], task_rows)
+                cells.append(f"{ci(interval) if not math.isnan(interval[1]) else fmt(interval[0])} (pairs: {fmt(pairs)})")
+            rows.append([str(label), role_of(method) or method] + cells)
+    n = (run.config.get("search") or {}).get("n_trials")
+    per_unit = fmt(n * (n - 1) // 2) if isinstance(n, int) else "n/a"
+    lines = ["", "*Secondary line, not in the verdict: the search trials.* Effectiveness here is the val LD shift, "
+             "val LD - val LD' (the flip_rate saturates at 1 and would tie most pairs). Within each unit, a pair of "
+             "complete search trials is concordant when the one with the larger LD shift also has the higher val "
+             "kl_other (or val l1), discordant when it has the lower; ties are skipped. Kendall's tau = (concordant - "
+             "discordant) / untied pairs, pooled over a task's units, with a 95% bootstrap interval over units "
+             f"(none under C5_MIN_PAIRS = {fmt(C5_MIN_PAIRS)} pairs). The run draws {fmt(n)} search trials per unit, "
+             f"so a unit gives at most {per_unit} pair(s), whose trials differ in all hyper-parameters at once: "
+             "read these taus as a sign, not as a measured trade-off.", ""]
+    return lines + _table(["task", "method", "units", "tau(LD shift, kl_other)", "tau(LD shift, l1)"], rows)
+
+
+def c5_steps(run: Run) -> dict[tuple[str, str], Tradeoff]:
+    """(unit_id, path) -> its step, for every in-distribution unit."""
+    return {(str(r.unit_id), path): tradeoff(run.curves, list(r.seeds), path)
+            for r in _in(run).itertuples(index=False) for path in (STRENGTH, CELLS)}
+
+
+def _c5_method() -> list[str]:
+    return [f"Each in-distribution unit's selected trial and replicates (the held-out task is C6's) along two paths of "
+            f"the trial itself, from where it reaches C5_LOW = {fmt(C5_LOW)} to where it reaches C5_HIGH = "
+            f"{fmt(C5_HIGH)} of its own val flip_rate at beta = 1 (= all cells). The two points are the smallest beta "
+            "or k of the grid that reach them, decided per seed on val; what the step gains is read on test (test "
+            f"flip_rate). *Strength* (curves, kind strength, beta in [0, 1]): the cost is {C5_COSTS[STRENGTH]}, "
+            f"{C5_TERMS[STRENGTH]} given up. *Cells* (kind sufficiency, only the top k cells acting): the cost is "
+            f"{C5_COSTS[CELLS]} (a count, the same on every split), {C5_TERMS[CELLS]} given up. The price is cost / "
+            "gain per seed (a seed without a test gain has none). Intervals are 95% Student t over the seeds having "
+            "both points (column seeds; a seed without a val effect has none); the curves table keeps an interval "
+            "over prompts per point, not per difference of two points, so there is none here. The grids are coarse "
+            "(the sweep's betas; k grows by analysis.k_step): where both shares are reached at the same point the "
+            "step gains and costs nothing and shows no trade-off. A unit shows a trade-off when it has at least "
+            f"C5_MIN_SEEDS = {fmt(C5_MIN_SEEDS)} such seeds and the intervals of its cost and of its gain both lie "
+            "above 0; a unit whose selected trial's val flip_rate at beta = 1 is below MIN_EFFECT = "
+            f"{fmt(MIN_EFFECT)} is left out.", ""]
+
+
+def claim_c5(run: Run) -> Claim:
+    c = Claim("C5", "The three terms trade off, differently per task",
+              "Effectiveness, faithfulness and minimality trade off against each other, differently per task.")
+    steps = c5_steps(run)
+    pair_rows, pair_items = _task_pairs(run, steps)
+    items = _task_items(run, steps) + pair_items
+    header = ["unit", "seeds", "val flip_rate, full (selected)", "low to high point (selected, on val)",
+              "test flip_rate gain", "cost", "price (cost / gain)", "trade-off"]
+    c.body += _c5_method()
+    for path, name in ((STRENGTH, "Strength"), (CELLS, "Cells")):
+        c.body += [f"**{name}**: effectiveness against {C5_TERMS[path]}; the cost is {C5_COSTS[path]}.", ""]
+        c.body += _table(header, _tradeoff_rows(run, steps, path)) + [""]
+    c.body += ["*Differently per task.* The same model, site and method on two tasks: the prices' seed intervals are "
+               "disjoint (one task's price is higher) or overlap. Intervals over few seeds are wide: a strict test.", ""]
+    c.body += _table(["tasks", "path", "unit", "price, first task", "price, second task", "differ"], pair_rows)
+    c.body += ["", f"*Items of the verdict.* A task trades a term off when at least C5_MIN_UNITS = {fmt(C5_MIN_UNITS)} "
+               "of its units with an effect show the trade-off; two tasks differ in a term when at least that share "
+               "of their matched units priced on both (on at least C5_MIN_SEEDS seeds each) differ.", ""]
+    c.body += _table(["item", "evidence", "passes"], [[i, e, "yes" if ok else "no"] for i, e, ok in items])
+    c.body += _search_lines(run)
+    passed = [ok for _, _, ok in items]
     c.verdict = verdict(passed)
-    if all(math.isnan(t) for t in taus.values()):
-        c.reason = f"no task had C5_MIN_PAIRS = {fmt(C5_MIN_PAIRS)} untied pairs of search trials"
-    else:
-        c.reason = _count(passed, "items (a task's term trading off, the tasks differing)")
+    c.reason = (_count(passed, "items (a task trading a term off; two tasks' prices differing)") if steps else
+                "the run has no in-distribution unit")
     return c
 
 
@@ -831,29 +1070,74 @@ def figure_c4(run: Run, path: Path) -> None:
     _save(fig, path)
 
 
-def figure_c5(run: Run, path: Path) -> None:
-    s, t = _in(run), _search_trials(run)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    labels = list(dict.fromkeys(s.label))
-    markers = dict(zip(ROLES, "os^v"))
-    for ax, (column, name) in zip(axes, TERMS):
-        if t.empty:
-            _empty(ax, "no search trials")
+def _c5_path_panel(ax: Any, run: Run, path: str) -> None:
+    """Seed means on test along beta in [0, 1] (kl_other against flip_rate) or along k (flip_rate / the full
+    flip_rate against k / cells), one line per unit, a colour per task and a marker per method."""
+    s = _in(run)
+    labels, markers, seen = list(dict.fromkeys(s.label)), dict(zip(ROLES, "os^v")), set()
+    for row in s.itertuples(index=False):
+        seeds = list(row.seeds)
+        f = strength_frame(run.curves, seeds, "test") if path == STRENGTH else curve_frame(
+            run.curves, seeds, "sufficiency", "test")
+        if f.empty:
             continue
-        for i, label in enumerate(labels):
-            for role in ROLES:
-                r = t[(t.label == label) & (t.role == role)]
-                if r.empty:
-                    continue
-                ax.scatter(r.ld_shift, r[column], s=16, color=f"C{i}", marker=markers[role],
-                           label=f"{label}, {role}", alpha=0.8)
-                for _, u in r.groupby("unit_id", sort=True):  # a unit's trials joined: the pairs tau counts
-                    u = u.sort_values("ld_shift")
-                    ax.plot(u.ld_shift, u[column], color=f"C{i}", lw=0.6, alpha=0.5)
-        ax.set_xlabel("val LD shift (val LD - val LD')")
-        ax.set_ylabel(f"val {name}")
-        ax.set_yscale("symlog", linthresh=1e-3)
-        ax.legend(fontsize=6)
+        if path == STRENGTH:
+            f = f[(f.beta >= 0) & (f.beta <= 1)]
+            x, y = f.flip_rate.to_numpy(dtype=float), f.kl_other.to_numpy(dtype=float)
+        else:
+            full = float(f.flip_rate.iloc[-1])
+            x = f.rel_k.to_numpy(dtype=float)
+            y = f.flip_rate.to_numpy(dtype=float) / full if full > 0 else np.full(len(f), np.nan)
+        key = (row.label, row.role)
+        ax.plot(x, y, "-", marker=markers.get(row.role or "", "x"), ms=3, lw=0.8,
+                color=f"C{labels.index(row.label)}", label=None if key in seen else f"{row.label}, {row.role}")
+        seen.add(key)
+    if not seen:
+        _empty(ax, "no curves")
+        return
+    if path == STRENGTH:
+        ax.set_xlabel("test flip_rate (beta from 0 to 1)")
+        ax.set_ylabel("test kl_other (nats)")
+    else:
+        for share in (C5_LOW, C5_HIGH):
+            ax.axhline(share, color="gray", lw=0.5, ls="--")
+        ax.set_xscale("symlog", linthresh=1e-3)
+        ax.set_xlim(left=0)
+        ax.set_xlabel("k / cells (top k cells acting)")
+        ax.set_ylabel("test flip_rate / its value with all cells")
+    ax.set_title("mean over seeds", fontsize=9)
+    ax.legend(fontsize=6)
+
+
+def _c5_search_panel(ax: Any, run: Run, column: str, name: str) -> None:
+    s, t = _in(run), _search_trials(run)
+    if t.empty:
+        _empty(ax, "no search trials")
+        return
+    labels, markers = list(dict.fromkeys(s.label)), dict(zip(ROLES, "os^v"))
+    for i, label in enumerate(labels):
+        for role in ROLES:
+            r = t[(t.label == label) & (t.role == role)]
+            if r.empty:
+                continue
+            ax.scatter(r.ld_shift, r[column], s=16, color=f"C{i}", marker=markers[role], label=f"{label}, {role}",
+                       alpha=0.8)
+            for _, u in r.groupby("unit_id", sort=True):  # a unit's trials joined: the pairs tau counts
+                u = u.sort_values("ld_shift")
+                ax.plot(u.ld_shift, u[column], color=f"C{i}", lw=0.6, alpha=0.5)
+    ax.set_xlabel("val LD shift (val LD - val LD')")
+    ax.set_ylabel(f"val {name}")
+    ax.set_yscale("symlog", linthresh=1e-3)
+    ax.set_title("secondary: search trials", fontsize=9)
+    ax.legend(fontsize=6)
+
+
+def figure_c5(run: Run, path: Path) -> None:
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    _c5_path_panel(axes[0][0], run, STRENGTH)
+    _c5_path_panel(axes[0][1], run, CELLS)
+    for ax, (column, name) in zip(axes[1], TERMS):
+        _c5_search_panel(ax, run, column, name)
     _save(fig, path)
 
 
@@ -898,6 +1182,23 @@ def shown_path(path: Path) -> str:
         return full.as_posix()
 
 
+def _unselected(run: Run) -> str:
+    """The units with no selected trial (no complete search trial): on no table of the page, so named here."""
+    missing = run.units[~run.units.unit_id.isin(run.selected.unit_id)]
+    named = []
+    for r in missing.itertuples(index=False):
+        statuses = run.trials[(run.trials.unit_id == r.unit_id) & run.trials.replicate_of.isna()].status
+        counts = ", ".join(f"{fmt(int(n))} {st}" for st, n in statuses.value_counts().sort_index().items())
+        named.append(f"{_where(r, run)} / {r.role or r.method} (search trials: {counts or 'none'})")
+    return (f"- {fmt(len(missing))} of {fmt(len(run.units))} units have no complete search trial, so no selected "
+            f"trial, and are on no table below{': ' + '; '.join(named) if named else ''};")
+
+
+def _rule(min_flip: float) -> str:
+    """The selection rule in words, its threshold written by `fmt`."""
+    return describe_rule(min_flip).replace(f"{min_flip:g}", fmt(min_flip), 1)
+
+
 def _setting(run: Run) -> list[str]:
     u, cfg = run.units, run.config
     search, train = cfg.get("search") or {}, cfg.get("train") or {}
@@ -921,6 +1222,7 @@ def _setting(run: Run) -> list[str]:
               f"trial trained again with other seeds, {fmt(search.get('replicates'))} seeds in all;",
               f"- {fmt(int((run.selected.selected_by == 'fallback').sum()))} of {fmt(len(run.selected))} units had no "
               "trial reaching min_flip on val and are shown by their fallback trial;",
+              _unselected(run),
               f"- {fmt(int(sum(len(w) > 0 for w in u.warnings)))} of {fmt(len(u))} units carry warnings "
               "(units.warnings: small splits, a model near chance; `actscale report` lists them);",
               f"- wall time {fmt(run.wall_s)} s, from {run.wall_source}.", ""]
@@ -951,16 +1253,18 @@ def render(run_dir: Path, page: Path, figures: Path, write_figures: Path | None 
              "## Verdicts", ""]
     lines += _table(["claim", "what", "verdict", "why"], [[c.key, c.title, f"**{c.verdict}**", c.reason] for c in claims])
     lines += ["", "## How the numbers are made", "",
-              f"- Each unit (model, task, site, method) is shown by its selected trial: {describe_rule(run.min_flip)}.",
+              f"- Each unit (model, task, site, method) is shown by its selected trial: {_rule(run.min_flip)}.",
               "- Over prompts: the selected trial's mean over the split's prompts with a 95% percentile bootstrap "
               f"interval ({fmt(BOOTSTRAP_SAMPLES)} resamples, fixed seed): from the predictions table for test "
               "metrics, from the curves table's _lo/_hi columns for curves and strengths. A split smaller than the "
-              "unit's min_split gets no interval (marked too few), as in `actscale report`.",
+              "unit's min_split gets no interval (marked too few), as in `actscale report`. The curves table keeps "
+              "these per point: a difference between two points of a curve (C5) has an interval over seeds only.",
               "- Over seeds: the mean over the selected trial and its complete replicates (its hyper-parameters, "
               "other trial seeds) with a 95% Student-t interval; one seed gives no width.",
               "- A verdict is *supported* when every item of the claim passes its rule, *not supported* when none "
               "does (or the run has none), *mixed* otherwise. The rules compare seed means (or check each seed) "
-              "against the thresholds; the intervals show how far to trust them.", ""]
+              "against the thresholds, except C5's, which ask whether seed intervals lie above 0 or apart; elsewhere "
+              "the intervals show how far to trust them.", ""]
     lines += _setting(run)
     lines += ["## Thresholds", ""]
     lines += _table(["constant", "value", "rule"], [[f"`{n}`", fmt(v), text] for n, v, text in THRESHOLDS])

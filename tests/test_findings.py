@@ -109,12 +109,109 @@ def test_numbers_cannot_drift(tiny_run, tmp_path):
         assert np.isclose(flips.mean(), row.test_flip_rate)
         cell = (f"seeds {fmt(mean)} [{fmt(max(0.0, mean - half))}, {fmt(min(1.0, mean + half))}]; "
                 f"prompts {fmt(row.test_flip_rate)}")
-        line = next(x for x in first.splitlines() if x.startswith(f"| {task} / mlp_out | 2 | "))
+        line = next(x for x in first.splitlines() if x.startswith(f"| {task} / mlp_out | 2 / 2 | "))
         assert line.split(" | ")[2].startswith(cell) and f"(n={fmt(n)}" in line.split(" | ")[2], (cell, line)
 
     timed = trials.dropna(subset=["started_at", "ended_at"])  # the wall time, and where it comes from
     span = (timed.ended_at.max() - timed.started_at.min()).total_seconds()
     assert f"wall time {fmt(span)} s, from the trials table" in first
+
+
+def _t(values: list[float]) -> tuple[float, float, float]:
+    """Mean and 95% Student t interval, unclipped, written out here (not storage.seeds)."""
+    v = np.asarray(values, dtype=float)
+    if len(v) == 1:
+        return float(v[0]), float(v[0]), float(v[0])
+    half = T975[len(v) - 1] * float(v.std(ddof=1)) / math.sqrt(len(v))
+    return float(v.mean()), float(v.mean()) - half, float(v.mean()) + half
+
+
+def _strength_step(curves, trial_id: str):
+    """C5 for one seed, straight from the curves table: its val flip_rate at beta 1, and (low, high, test gain,
+    test kl_other cost), None without a val effect."""
+    rows = curves[(curves.trial_id == trial_id) & (curves.kind == "strength") & curves.beta.between(0, 1)]
+    val, test = (rows[rows.split == split].set_index("beta") for split in ("val", "test"))
+    full = float(val.flip_rate.get(1.0, np.nan))
+    if not full > 0:
+        return full, None
+    low, high = (float(val.index[val.flip_rate >= share * full - 1e-9].min())
+                 for share in (findings.C5_LOW, findings.C5_HIGH))
+    return full, (low, high, test.flip_rate[high] - test.flip_rate[low], test.kl_other[high] - test.kl_other[low])
+
+
+def test_c5_numbers_are_the_curves(tiny_run, tmp_path):
+    """C5's strength table: every in-distribution unit has a row, and the ActivScalar rows' numbers are recomputed
+    here from the curves table (points on val, gain and cost on test, t intervals over seeds)."""
+    fmt = findings.fmt
+    page = findings.render(tiny_run, tmp_path / "findings.md", tmp_path / "figures")
+    c5 = page.split("## C5:")[1].split("## C6:")[0]
+    strength = c5.split("**Strength**")[1].split("**Cells**")[0]
+    rows = [x for x in strength.splitlines() if x.startswith("| ") and not x.startswith("| unit |")]
+    assert len(rows) == 2 * len(INDIST), rows  # ioi and ccc, every method: nothing dropped
+    curves, trials = load(tiny_run, "curves"), load(tiny_run, "trials")
+    chosen, _ = run_sql([tiny_run], """SELECT u.task, u.task_options, s.trial_id FROM selected s JOIN units u
+        USING (unit_id) WHERE u.method = 'activscalar' AND u.site = 'mlp_out'""")
+    for task, trial_id in zip(chosen.task, chosen.trial_id):
+        reps = trials[(trials.replicate_of == trial_id) & (trials.status == "complete")].trial_id
+        seeds = [trial_id] + sorted(reps)
+        steps = [_strength_step(curves, t) for t in seeds]
+        line = next(x for x in rows if x.startswith(f"| {task} / mlp_out / ActivScalar | "))
+        full, done = steps[0][0], [s[1] for s in steps if s[1] is not None]
+        if not full >= findings.MIN_EFFECT:
+            assert f"left out: val flip_rate {fmt(full)} < MIN_EFFECT" in line, line
+            continue
+        gain, cost = _t([d[2] for d in done]), _t([d[3] for d in done])
+        low, high = steps[0][1][:2]
+        for text in (f"{fmt(len(done))} of {fmt(len(seeds))}", f"beta {fmt(low)} to {fmt(high)}",
+                     f"{fmt(gain[0])} [{fmt(gain[1])}, {fmt(gain[2])}]", f"{fmt(cost[0])} [{fmt(cost[1])}, {fmt(cost[2])}]"):
+            assert f"| {text} |" in line or f"| {text} (" in line, (text, line)
+        shown = len(done) >= findings.C5_MIN_SEEDS and cost[1] > 0 and gain[1] > 0
+        assert line.endswith("| yes |" if shown else "| no |"), line
+
+
+def _curve_rows(trial_id: str, kind: str, split: str, points: list[float], flips: list[float], kls: list[float],
+                n_cells: int = 20) -> list[dict]:
+    column = "beta" if kind == "strength" else "k"
+    rows = []
+    for x, flip, kl in zip(points, flips, kls):
+        row = dict(trial_id=trial_id, unit_id="u", run_id="r", kind=kind, split=split, k=None, beta=None,
+                   n_cells=n_cells, n_prompts=10, ld_before=1.0)
+        row[column] = x
+        for metric, value in (("flip_rate", flip), ("ld_after", 1.0 - flip), ("kl_other", kl)):
+            row.update({metric: value, f"{metric}_lo": value, f"{metric}_hi": value})
+        rows.append(row)
+    return rows
+
+
+def test_c5_step_by_hand():
+    """Two seeds: the points are decided on val (seed 2 reaches half its effect only at 0.75 and 90% only at 1),
+    the gain and cost read on test; k / cells for the cells path; a unit without a val effect is left out."""
+    import pandas as pd
+
+    betas, ks = [-1.0, 0.0, 0.25, 0.5, 0.75, 1.0, 2.0], [0, 1, 4, 16, 20]
+    rows = (_curve_rows("t1", "strength", "val", betas, [0, 0, .2, .6, .95, 1, 1], [.3, 0, .01, .04, .09, .16, .5])
+            + _curve_rows("t1", "strength", "test", betas, [0, 0, .1, .5, .9, 1, 1], [.3, 0, .01, .04, .09, .16, .5])
+            + _curve_rows("t2", "strength", "val", betas, [0, 0, .1, .4, .8, 1, 1], [.3, 0, .01, .02, .05, .15, .5])
+            + _curve_rows("t2", "strength", "test", betas, [0, 0, .1, .3, .7, .95, 1], [.3, 0, .01, .02, .05, .15, .5])
+            + _curve_rows("t1", "sufficiency", "val", ks, [0, 0, .3, .7, 1], [0] * 5)
+            + _curve_rows("t1", "sufficiency", "test", ks, [0, 0, .2, .5, .8], [0] * 5)
+            + _curve_rows("t2", "sufficiency", "val", ks, [0, .5, .9, .95, 1], [0] * 5)
+            + _curve_rows("t2", "sufficiency", "test", ks, [0, .4, .9, .9, .9], [0] * 5)
+            + _curve_rows("t3", "strength", "val", betas, [0, 0, 0, 0, 0, .05, .1], [0] * 7))
+    curves = pd.DataFrame(rows)
+    t = findings.tradeoff(curves, ["t1", "t2"], findings.STRENGTH)
+    assert [(s.low, s.high) for s in t.steps] == [(0.5, 0.75), (0.75, 1.0)]
+    assert np.allclose([s.gain for s in t.steps], [.4, .25]) and np.allclose([s.cost for s in t.steps], [.05, .1])
+    assert np.allclose(t.over_seeds("cost"), _t([.05, .1])) and np.allclose(t.over_seeds("price"), _t([.125, .4]))
+    assert t.judged and not t.shown  # two seeds: the t interval of the cost reaches below 0
+    cells = findings.tradeoff(curves, ["t1", "t2"], findings.CELLS)
+    assert [(s.low, s.high) for s in cells.steps] == [(16, 20), (1, 4)]
+    assert np.allclose([s.cost for s in cells.steps], [4 / 20, 3 / 20]) and np.allclose(
+        [s.gain for s in cells.steps], [.3, .5])
+    none = findings.tradeoff(curves, ["t3"], findings.STRENGTH)
+    assert none.status.startswith("left out: val flip_rate 0.05") and not none.judged and not none.shown
+    missing = findings.tradeoff(curves, ["t3"], findings.CELLS)
+    assert missing.status == "left out: no such curve"
 
 
 def test_fmt_writes_every_number_one_way():
