@@ -645,6 +645,7 @@ class SeedStep:
     high: float | None = None
     gain: float = math.nan  # test flip_rate at high minus at low
     cost: float = math.nan  # test kl_other (strength) or k / n_cells (cells) at high minus at low
+    unresolved: bool = False  # both points on one grid k: the curves' grid (analysis.k_step) cannot tell the step
 
     @property
     def price(self) -> float:
@@ -663,7 +664,12 @@ class Tradeoff:
 
     @property
     def done(self) -> list[SeedStep]:
-        return [s for s in self.steps if s.low is not None]
+        return [s for s in self.steps if s.low is not None and not s.unresolved]
+
+    @property
+    def unresolved(self) -> bool:
+        """Too few seeds with both points only because the grid put both on one k."""
+        return not self.judged and len([s for s in self.steps if s.low is not None]) >= C5_MIN_SEEDS
 
     def over_seeds(self, what: str) -> Interval:
         return seed_interval([getattr(s, what) for s in self.done])
@@ -710,6 +716,9 @@ def seed_step(curves: pd.DataFrame, trial_id: str, path: str) -> SeedStep:
     if not full > 0:
         return step
     step.low, step.high = (float(val[val.flip_rate >= share * full - SLACK][column].min()) for share in (C5_LOW, C5_HIGH))
+    if path == CELLS and step.low == step.high:
+        step.unresolved = True
+        return step
     test, _ = _path_frame(curves, trial_id, path, "test")
     step.gain = _value(test, column, step.high, "flip_rate") - _value(test, column, step.low, "flip_rate")
     if path == STRENGTH:
@@ -741,6 +750,8 @@ def _points(t: Tradeoff, path: str) -> str:
 def _mark(t: Tradeoff) -> str:
     if t.status:
         return t.status
+    if t.unresolved:
+        return "unresolved: both points on one grid k in too many seeds (a finer analysis.k_step resolves it)"
     if not t.judged:
         return f"no: {fmt(len(t.done))} seed(s) with both points, under C5_MIN_SEEDS"
     return "yes" if t.shown else "no"
@@ -756,18 +767,22 @@ def _tradeoff_rows(run: Run, steps: dict[tuple[str, str], Tradeoff], path: str) 
     return rows
 
 
-def _task_items(run: Run, steps: dict[tuple[str, str], Tradeoff]) -> list[tuple[str, str, bool]]:
-    """(item, evidence, passes) for each task and term: the share of its units with an effect showing it."""
-    items = []
+def _task_items(run: Run, steps: dict[tuple[str, str], Tradeoff]) -> list[tuple[str, str, bool | None]]:
+    """(item, evidence, passes) for each task and term: the share of its units with an effect showing it, among
+    those the curves' grid resolves; passes is None (not in the verdict) when the grid resolves none."""
+    items: list[tuple[str, str, bool | None]] = []
     for label, g in _in(run).groupby("label", sort=False):
         for path in (STRENGTH, CELLS):
             ts = [steps[(str(u), path)] for u in g.unit_id]
-            with_effect = [t for t in ts if not t.status]
+            with_effect = [t for t in ts if not t.status and not t.unresolved]
+            unresolved = sum(t.unresolved for t in ts if not t.status)
             shown = sum(t.shown for t in with_effect)
-            ok = bool(with_effect) and shown / len(with_effect) >= C5_MIN_UNITS
+            ok = (bool(with_effect) and shown / len(with_effect) >= C5_MIN_UNITS) if with_effect or not unresolved \
+                else None
             items.append((f"{label}: effectiveness costs {C5_TERMS[path]} ({path})",
                           f"{fmt(shown)} of {fmt(len(with_effect))} units with an effect show it "
-                          f"({fmt(len(ts) - len(with_effect))} left out)", ok))
+                          f"({fmt(len(ts) - len(with_effect) - unresolved)} left out, {fmt(unresolved)} unresolved "
+                          "by the grid)", ok))
     return items
 
 
@@ -780,18 +795,20 @@ def _differs(a: Tradeoff, b: Tradeoff, names: tuple[str, str]) -> str:
     return f"{names[0]} higher" if pa[1] > pb[2] else f"{names[1]} higher" if pb[1] > pa[2] else "no (overlap)"
 
 
-def _task_pairs(run: Run, steps: dict[tuple[str, str], Tradeoff]) -> tuple[list[list[str]], list[tuple[str, str, bool]]]:
+def _task_pairs(run: Run, steps: dict[tuple[str, str], Tradeoff],
+                ) -> tuple[list[list[str]], list[tuple[str, str, bool | None]]]:
     """Rows comparing each pair of tasks unit by unit (same model, site, method), and an item per pair and term."""
     s = _in(run)
     labels = list(dict.fromkeys(str(x) for x in s.label))
-    rows, items = [], []
+    rows: list[list[str]] = []
+    items: list[tuple[str, str, bool | None]] = []
     for i, first in enumerate(labels):
         for second in labels[i + 1:]:
             units = {lab: {(r.model, r.site, r.method): str(r.unit_id) for r in s[s.label == lab].itertuples()}
                      for lab in (first, second)}
             keys = list(dict.fromkeys(list(units[first]) + list(units[second])))
             for path in (STRENGTH, CELLS):
-                marks = []
+                marks, unresolved = [], 0
                 for key in keys:
                     a, b = (units[lab].get(key) for lab in (first, second))
                     where = (f"{key[0]} / " if run.units.model.nunique() > 1 else "") + f"{key[1]} / " \
@@ -801,6 +818,7 @@ def _task_pairs(run: Run, steps: dict[tuple[str, str], Tradeoff]) -> tuple[list[
                                      f"n/a: no unit on {second if b is None else first}"])
                         continue
                     ta, tb = steps[(a, path)], steps[(b, path)]
+                    unresolved += ta.unresolved or tb.unresolved
                     marks.append(_differs(ta, tb, (first, second)))
                     rows.append([f"{first} vs {second}", path, where, ci(ta.over_seeds("price")),
                                  ci(tb.over_seeds("price")), marks[-1]])
@@ -808,7 +826,8 @@ def _task_pairs(run: Run, steps: dict[tuple[str, str], Tradeoff]) -> tuple[list[
                 differ = sum(m.endswith(" higher") for m in judged)
                 items.append((f"{first} vs {second}: the price in {C5_TERMS[path]} ({path}) differs",
                               f"{fmt(differ)} of {fmt(len(judged))} matched units priced on both",
-                              bool(judged) and differ / len(judged) >= C5_MIN_UNITS))
+                              bool(judged) and differ / len(judged) >= C5_MIN_UNITS
+                              if judged or not unresolved else None))
     if len(labels) < 2:
         items += [(f"tasks differ in {C5_TERMS[path]} ({path})", "the run has one in-distribution task", False)
                   for path in (STRENGTH, CELLS)]
@@ -881,9 +900,11 @@ def claim_c5(run: Run) -> Claim:
     c.body += ["", f"*Items of the verdict.* A task trades a term off when at least C5_MIN_UNITS = {fmt(C5_MIN_UNITS)} "
                "of its units with an effect show the trade-off; two tasks differ in a term when at least that share "
                "of their matched units priced on both (on at least C5_MIN_SEEDS seeds each) differ.", ""]
-    c.body += _table(["item", "evidence", "passes"], [[i, e, "yes" if ok else "no"] for i, e, ok in items])
+    c.body += _table(["item", "evidence", "passes"],
+                     [[i, e, "unresolved (not in the verdict)" if ok is None else "yes" if ok else "no"]
+                      for i, e, ok in items])
     c.body += _search_lines(run)
-    passed = [ok for _, _, ok in items]
+    passed = [ok for _, _, ok in items if ok is not None]
     c.verdict = verdict(passed)
     c.reason = (_count(passed, "items (a task trading a term off; two tasks' prices differing)") if steps else
                 "the run has no in-distribution unit")
