@@ -40,7 +40,7 @@ docs: install
 PAPER_RUN := docs/data/paper-run
 findings: install
 	rm -rf $(PAPER_RUN)
-	start=$$(date +%s); $(BIN)/actscale run search_spaces/paper.yaml --out $(PAPER_RUN) --quiet; \
+	start=$$(date +%s) && $(BIN)/actscale run search_spaces/paper.yaml --out $(PAPER_RUN) --quiet && \
 	  echo $$(( $$(date +%s) - start )) > $(PAPER_RUN)/wall_s
 	rm -rf $(PAPER_RUN)/artifacts $(PAPER_RUN)/actscale.log $(PAPER_RUN)/optuna.journal $(PAPER_RUN)/coordinator.lock $(PAPER_RUN)/model_layers.json
 	$(BIN)/python -m storage.findings $(PAPER_RUN) --out docs/findings.md

@@ -321,7 +321,14 @@ class Coordinator:
         if selected is None:
             return []
         ids = [selected["trial_id"]] + state.replicate_ids.get(selected["trial_id"], [])
-        return [tid for tid in ids if tid not in state.analyzed]
+        todo = [tid for tid in ids if tid not in state.analyzed]
+        missing = [tid for tid in todo if not (self.run_dir / "artifacts" / f"{tid}.safetensors").exists()]
+        if missing:  # e.g. a method without artifact_tensors: nothing to rebuild the trial from
+            state.analysis_failures = ANALYSIS_TRIES
+            log.warning(f"unit {state.unit_id}: not analyzed, trial(s) {', '.join(missing)} have no stored tensors "
+                        f"(RUN_DIR/artifacts; a method without artifact_tensors/from_artifact stores none)")
+            return []
+        return todo
 
     def _has_work(self, state: UnitState) -> bool:
         return not state.gave_up and (not state.described or self._search_left(state) > 0
@@ -510,6 +517,8 @@ class Coordinator:
     def _assign_analysis(self, state: UnitState, model: str, actor, todo: list[str]) -> tuple[Any, Pending]:
         """Analyze a unit's selected trial and replicates from their stored artifacts."""
         analysis = self.config.analysis
+        self.store.flush()  # the trials analyzed are durable before any of their curves can be
+        self._tell_pending()
         state.analyzing = todo
         log.info(f"analyzing {len(todo)} trial(s) of unit {state.unit_id}: curves and strength")
         trials = [(tid, read_artifact(self.run_dir, tid)) for tid in todo]
@@ -560,14 +569,15 @@ class Coordinator:
         return True
 
     def _worker_error(self, store: RunStore, pending: Pending, cause: BaseException) -> None:
-        """An exception inside a worker: a usage error stops the run; otherwise the trials fail."""
+        """An exception inside a worker: a usage error stops the run (in an analysis it counts as the analysis
+        failing, like any other error there); otherwise the trials fail."""
         state = pending.state
-        if isinstance(cause, UsageError):
+        if isinstance(cause, UsageError) and pending.kind is not PendingKind.ANALYZE:
             raise cause from None
         if state is None:
             raise UsageError(f"a worker for {pending.model} failed to start: {type(cause).__name__}: {cause}") from None
         log.error(f"unit {state.unit_id}: worker error {type(cause).__name__}: {cause}")
-        if pending.kind is PendingKind.ANALYZE:
+        if pending.kind is PendingKind.ANALYZE:  # the trials stay; their analysis is tried ANALYSIS_TRIES times
             state.analysis_failures += 1
             return
         if pending.kind is PendingKind.DESCRIBE:  # preparing the unit failed: counts towards giving up on it
@@ -594,10 +604,10 @@ class Coordinator:
         replicate_of = {a.number: a.replicate_of for a in asked}
         for result in results:
             rows = trial_rows(self.run_id, state.unit_id, state.planned.spec, result, replicate_of.get(result.number))
+            if result.tensors:  # before its rows: a durable complete trial always has its tensors
+                self._write_artifact(trial_id(state.unit_id, result.number), result.tensors)
             for table, table_rows in rows.items():
                 store.append(table, table_rows)
-            if result.tensors:
-                self._write_artifact(trial_id(state.unit_id, result.number), result.tensors)
             self._count(state, rows["trials"][0])
             if result.ok and result.pruned:
                 self.pending_tells.append((state, result.number, TrialState.PRUNED))

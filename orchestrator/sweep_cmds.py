@@ -78,7 +78,13 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     apply to trials not analyzed yet; to redo all, remove RUN_DIR/tables/curves)."""
     run_dir = Path(args.run_dir)
     config = _stored_config(run_dir)
-    analysis = config.analysis.model_copy(update={"enabled": True, **({"betas": args.betas} if args.betas else {})})
+    from search_spaces.config import Analysis
+
+    try:
+        analysis = Analysis.model_validate(dict(config.analysis.model_dump(), enabled=True,
+                                                **({"betas": args.betas} if args.betas else {})))
+    except ValueError as exc:
+        raise UsageError(f"--betas: {exc}") from None
     return _run(config.model_copy(update={"analysis": analysis}), run_dir, args.address, args.quiet)
 
 

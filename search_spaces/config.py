@@ -171,6 +171,13 @@ class Analysis(_Strict):
     enabled: bool = Field(True, description="run the analyses as part of the sweep (`actscale analyze RUN_DIR` "
                           "runs them later)")
 
+    @field_validator("betas")
+    @classmethod
+    def _betas(cls, v: list[float]) -> list[float]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"betas {v} list a strength more than once")
+        return v
+
 
 class Resources(_Strict):
     cpus_per_worker: float = Field(1.0, gt=0, description="Ray CPUs per worker (also its torch threads)")

@@ -18,9 +18,10 @@ import numpy as np
 import pandas as pd
 
 from storage.seeds import group_of, t_interval
+from storage.selection import RATE_SLACK
 
 FRACTION = 0.9  # the share of the full effect that `k_reaching` asks for by default
-SLACK = 1e-9  # rates are stored from float32 means: a rate equal to the threshold must count as reaching it
+SLACK = RATE_SLACK  # rates are stored from float32 means: a rate equal to the threshold must count as reaching it
 TIED = "n/a: tied to positions"  # a method whose cells are token positions cannot run on prompts of another length
 # summary columns per metric: (name of the mean, prefix of its interval columns, lowest value it can take)
 _METRICS = (("flip_rate", "flip", 0.0), ("ld_after", "ld", -math.inf), ("kl_other", "kl", 0.0))

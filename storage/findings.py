@@ -478,8 +478,8 @@ def claim_c3(run: Run) -> Claim:
         la, ls = _localise(run, a), _localise(run, s)
         if not la.val_full >= MIN_EFFECT:
             left_out += 1
-            rows.append([_where(a, run), ci(a.moved), ci(s.moved), fmt(la.val_full)] + ["n/a"] * 6
-                        + ["left out: no effect"])
+            why = "left out: no curves (not analyzed)" if math.isnan(la.val_full) else "left out: no effect"
+            rows.append([_where(a, run), ci(a.moved), ci(s.moved), fmt(la.val_full)] + ["n/a"] * 6 + [why])
             continue
         if ls.val_full >= MIN_EFFECT and ls.k is not None:
             spread = la.share <= ls.share
@@ -668,8 +668,8 @@ class Tradeoff:
 
     @property
     def unresolved(self) -> bool:
-        """Too few seeds with both points only because the grid put both on one k."""
-        return not self.judged and len([s for s in self.steps if s.low is not None]) >= C5_MIN_SEEDS
+        """Not judged: too few seeds with both points resolved by the grid (not evidence either way)."""
+        return not self.status and not self.judged
 
     def over_seeds(self, what: str) -> Interval:
         return seed_interval([getattr(s, what) for s in self.done])
@@ -716,7 +716,7 @@ def seed_step(curves: pd.DataFrame, trial_id: str, path: str) -> SeedStep:
     if not full > 0:
         return step
     step.low, step.high = (float(val[val.flip_rate >= share * full - SLACK][column].min()) for share in (C5_LOW, C5_HIGH))
-    if path == CELLS and step.low == step.high:
+    if step.low == step.high:
         step.unresolved = True
         return step
     test, _ = _path_frame(curves, trial_id, path, "test")
@@ -751,9 +751,8 @@ def _mark(t: Tradeoff) -> str:
     if t.status:
         return t.status
     if t.unresolved:
-        return "unresolved: both points on one grid k in too many seeds (a finer analysis.k_step resolves it)"
-    if not t.judged:
-        return f"no: {fmt(len(t.done))} seed(s) with both points, under C5_MIN_SEEDS"
+        return (f"not judged: {fmt(len(t.done))} seed(s) with two distinct points, under C5_MIN_SEEDS (a finer grid: "
+                "analysis.k_step, or more betas)")
     return "yes" if t.shown else "no"
 
 
@@ -781,8 +780,8 @@ def _task_items(run: Run, steps: dict[tuple[str, str], Tradeoff]) -> list[tuple[
                 else None
             items.append((f"{label}: effectiveness costs {C5_TERMS[path]} ({path})",
                           f"{fmt(shown)} of {fmt(len(with_effect))} units with an effect show it "
-                          f"({fmt(len(ts) - len(with_effect) - unresolved)} left out, {fmt(unresolved)} unresolved "
-                          "by the grid)", ok))
+                          f"({fmt(len(ts) - len(with_effect) - unresolved)} left out, {fmt(unresolved)} not judged)",
+                          ok))
     return items
 
 
@@ -876,7 +875,8 @@ def _c5_method() -> list[str]:
             "both points (column seeds; a seed without a val effect has none); the curves table keeps an interval "
             "over prompts per point, not per difference of two points, so there is none here. The grids are coarse "
             "(the sweep's betas; k grows by analysis.k_step): where both shares are reached at the same point the "
-            "step gains and costs nothing and shows no trade-off. A unit shows a trade-off when it has at least "
+            "grid cannot tell the step, and the seed is unresolved. A unit with fewer than C5_MIN_SEEDS resolved "
+            "seeds is not judged (listed, and not in the verdict). A unit shows a trade-off when it has at least "
             f"C5_MIN_SEEDS = {fmt(C5_MIN_SEEDS)} such seeds and the intervals of its cost and of its gain both lie "
             "above 0; a unit whose selected trial's val flip_rate at beta = 1 is below MIN_EFFECT = "
             f"{fmt(MIN_EFFECT)} is left out.", ""]

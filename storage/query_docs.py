@@ -56,17 +56,20 @@ GROUP BY ALL ORDER BY c.model, rel_depth"""),
      "full trial's flip_rate, and what removing those k cells leaves (necessity). Decided on val; the test split's "
      "rows are in the same table.",
      """WITH whole AS (
-    SELECT trial_id, flip_rate AS full_flip FROM curves
+    SELECT run_id, trial_id, flip_rate AS full_flip FROM curves
     WHERE kind = 'sufficiency' AND split = 'val' AND k = n_cells),
 k90 AS (
-    SELECT c.trial_id, min(c.k) AS k90, any_value(c.n_cells) AS n_cells
-    FROM curves c JOIN whole f USING (trial_id)
-    WHERE c.kind = 'sufficiency' AND c.split = 'val' AND f.full_flip > 0 AND c.flip_rate >= 0.9 * f.full_flip
-    GROUP BY c.trial_id)
+    SELECT c.run_id, c.trial_id, min(c.k) AS k90, any_value(c.n_cells) AS n_cells
+    FROM curves c JOIN whole f USING (run_id, trial_id)
+    WHERE c.kind = 'sufficiency' AND c.split = 'val' AND f.full_flip > 0
+      AND c.flip_rate >= 0.9 * f.full_flip - 1e-6  -- rates are float32 means: an exact 90% counts
+    GROUP BY ALL)
 SELECT u.model, u.method, s.trial_id, round(f.full_flip, 3) AS full_val_flip, k.k90, k.n_cells,
        round(n.flip_rate, 3) AS val_flip_without_them
-FROM selected s JOIN units u USING (unit_id) JOIN whole f USING (trial_id) LEFT JOIN k90 k USING (trial_id)
-LEFT JOIN curves n ON n.trial_id = s.trial_id AND n.kind = 'necessity' AND n.split = 'val' AND n.k = k.k90
+FROM selected s JOIN units u USING (run_id, unit_id) JOIN whole f USING (run_id, trial_id)
+LEFT JOIN k90 k USING (run_id, trial_id)
+LEFT JOIN curves n ON n.run_id = s.run_id AND n.trial_id = s.trial_id AND n.kind = 'necessity' AND n.split = 'val'
+                   AND n.k = k.k90
 ORDER BY u.model, u.method"""),
     ("Moved cells shared across seeds",
      "Are the moved cells of a selected trial the same when its hyper-parameters are re-trained with other "

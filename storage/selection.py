@@ -17,6 +17,9 @@ from typing import Any
 from storage.schema import Status
 
 DEFAULT_MIN_FLIP = 0.9
+# Rates are means over prompts computed in float32 (9/10 is stored as 0.89999998): a rate counts as
+# reaching a threshold within this slack, so an exact hit is one.
+RATE_SLACK = 1e-6
 
 RULE = ("the selected trial of a unit is chosen on val only: among its complete search trials with val flip_rate "
         ">= min_flip (selection.min_flip, default {min_flip}), the fewest sites_moved, then the lowest val kl_other; "
@@ -36,7 +39,7 @@ def selected_sql(trials: str = "trials", min_flip: str = str(DEFAULT_MIN_FLIP)) 
     `min_flip` is an SQL expression: a number, or a column of `trials`. The result has every
     column of `trials` plus `min_flip`, `qualifies` (val flip_rate >= min_flip) and
     `selected_by` ('min_flip' or 'fallback')."""
-    q = f"(t.val_flip_rate >= {min_flip})"
+    q = f"(t.val_flip_rate >= {min_flip} - {RATE_SLACK})"
     return f"""SELECT t.*, {min_flip} AS min_flip, {q} AS qualifies,
        CASE WHEN bool_or({q}) OVER (PARTITION BY t.run_id, t.unit_id) THEN 'min_flip' ELSE 'fallback' END
            AS selected_by
