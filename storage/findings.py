@@ -936,29 +936,31 @@ def claim_c6(run: Run) -> Claim:
             name = role_of(r.method) or r.method
             indist_cell = _cell(indist, "flip") if indist is not None else "n/a (not run)"
             if held is None:
-                rows.append([where, name, "n/a" if r.heldout != TIED else "tied to positions", indist_cell] + ["n/a"] * 3)
+                rows.append([where, name, "n/a" if r.heldout != TIED else "tied to positions", indist_cell] + ["n/a"] * 5)
                 continue
             if name != DYNSCALAR:
-                rows.append([where, name, _cell(held, "flip"), indist_cell] + ["n/a"] * 3)
+                rows.append([where, name, _cell(held, "flip"), indist_cell, _cell(held, "kl")] + ["n/a"] * 4)
                 continue
             base = indist.test_flip[0] if indist is not None else math.nan
             retained = held.test_flip[0] / base if base > 0 else math.nan
             gain = held.test_flip[0] - bias.test_flip[0] if bias is not None else math.nan
-            passed.append(bool(retained >= C6_MIN_RETAINED and gain >= C6_MIN_GAIN))
-            rows.append([where, name, _cell(held, "flip"), indist_cell, fmt(retained), fmt(gain),
-                         "yes" if passed[-1] else "no"])
+            transfers, beats = bool(retained >= C6_MIN_RETAINED), bool(gain >= C6_MIN_GAIN)
+            passed += [transfers, beats]
+            rows.append([where, name, _cell(held, "flip"), indist_cell, _cell(held, "kl"), fmt(retained), fmt(gain),
+                         "yes" if transfers else "no", "yes" if beats else "no"])
     c.body += [f"A task with held-out templates: its units train and are selected on the other templates (val) and "
                "are tested on the held-out template only (held-out test). In-distribution test: the same model, "
                "task, site and method trained without held-out templates, on its own test prompts "
                "(storage.curves.transfer_table pairs them; a method whose cells are token positions cannot run on "
-               f"prompts of another length and is marked tied to positions). {DYNSCALAR} passes at a site when it "
-               f"keeps at least C6_MIN_RETAINED = {fmt(C6_MIN_RETAINED)} of its in-distribution test flip_rate on the "
-               f"held-out template and beats {BIAS_ONLY} there by at least C6_MIN_GAIN = {fmt(C6_MIN_GAIN)} "
-               "(seed means).", ""]
-    c.body += _table(["unit", "method", "held-out test flip_rate", "in-distribution test flip_rate", "retained",
-                      f"gain over {BIAS_ONLY}", "passes"], rows)
+               f"prompts of another length and is marked tied to positions). Two items per site: {DYNSCALAR} "
+               f"transfers when it keeps at least C6_MIN_RETAINED = {fmt(C6_MIN_RETAINED)} of its in-distribution "
+               f"test flip_rate on the held-out template, and reading the activation helps when it beats {BIAS_ONLY} "
+               f"there by at least C6_MIN_GAIN = {fmt(C6_MIN_GAIN)} (seed means).", ""]
+    c.body += _table(["unit", "method", "held-out test flip_rate", "in-distribution test flip_rate",
+                      "held-out test kl_other (not in the rule)", "retained",
+                      f"gain over {BIAS_ONLY}", "transfers", f"beats {BIAS_ONLY}"], rows)
     c.verdict = verdict(passed)
-    c.reason = (_count(passed, f"{DYNSCALAR} sites") if passed else
+    c.reason = (_count(passed, f"items ({DYNSCALAR} transferring; beating {BIAS_ONLY}, per site)") if passed else
                 f"the run has no {DYNSCALAR} unit on a task with held-out templates")
     return c
 
