@@ -96,5 +96,17 @@ def make_sample_run(run_dir: Path, run_id: str = "run-sample", trials_per_unit: 
                                                   ld_before=1.0, ld_after=ld, kl_other=round(rng.uniform(0, 0.5), 4),
                                                   flipped=ld < 0)
                                              for i, ld in enumerate(lds)])
+                if replicate_of is not None:  # an analyzed trial: the ends of its curves and strength sweep
+                    n_cells = n_layers * len(ROLES)
+                    points = [("sufficiency", 0, None), ("sufficiency", n_cells, None), ("strength", None, 0.0),
+                              ("strength", None, 1.0)]
+                    store.append("curves", [dict(trial_id=trial["trial_id"], unit_id=unit_id, run_id=run_id, kind=kind,
+                                                 split=split, k=k, n_cells=n_cells, beta=beta, n_prompts=3,
+                                                 ld_before=1.0, flip_rate=flip, flip_rate_lo=flip, flip_rate_hi=flip,
+                                                 ld_after=1.0 - 2 * flip, ld_after_lo=1.0 - 2 * flip,
+                                                 ld_after_hi=1.0 - 2 * flip, kl_other=0.1 * flip,
+                                                 kl_other_lo=0.1 * flip, kl_other_hi=0.1 * flip)
+                                            for kind, k, beta in points for split in ("val", "test")
+                                            for flip in [1.0 if k == n_cells or beta == 1.0 else 0.0]])
     store.flush()
     return Path(run_dir)

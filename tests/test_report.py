@@ -29,7 +29,7 @@ def test_every_figure_is_a_sensible_png_referenced_by_the_page(report):
     page = (out / "index.html").read_text()
     figures = sorted((out / "figures").glob("*.png"))
     kinds = {f.name.split("-")[0] for f in figures}
-    assert kinds == {"heatmap", "seeds", "across", "depth", "tradeoff"}
+    assert kinds == {"heatmap", "seeds", "across", "depth", "tradeoff", "curves", "strength", "relk"}
     assert len([f for f in figures if f.name.startswith("heatmap")]) == 4  # 2 models x 2 methods
     for f in figures:
         with Image.open(f) as image:
@@ -41,7 +41,8 @@ def test_every_figure_is_a_sensible_png_referenced_by_the_page(report):
         assert f'src="figures/{f.name}"' in page
     assert 'id="table-methods"' in page and "tiny-llama" in page and "models: [tiny-gpt2, tiny-llama]" in page
     summary = (out / "summary.md").read_text()
-    assert summary.count("| tiny-") == 4 and re.search(r"\[\d\.\d{3}, \d\.\d{3}\]", summary)
+    methods = summary.split("## What the cells do")[0]  # the methods table: a row per selected trial
+    assert methods.count("| tiny-") == 4 and re.search(r"\[\d\.\d{3}, \d\.\d{3}\]", summary)
     assert "sites moved / total" in summary and "| 12 / 56 | 56 |" in summary and "(fallback)" in summary
     assert "n_active" not in page + summary
 
@@ -130,4 +131,5 @@ def test_two_runs_of_the_same_units_are_reported_apart(tmp_path):
     made = render([one, two], tmp_path / "out")
     assert len(made["heatmaps"]) == len({m["file"] for m in made["heatmaps"]}) == 8
     summary = (tmp_path / "out" / "summary.md").read_text()
-    assert summary.count("| tiny-") == 8 and "| 2 |" in summary  # each selected trial: itself and one replicate
+    methods = summary.split("## What the cells do")[0]
+    assert methods.count("| tiny-") == 8 and "| 2 |" in methods  # each selected trial: itself and one replicate
