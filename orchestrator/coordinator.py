@@ -45,7 +45,7 @@ from search_spaces.config import SweepConfig
 from search_spaces.spaces import directions, distributions, grid_size, make_sampler, objective_values
 from storage.schema import Status
 from storage.selection import describe_rule, select_per_unit
-from storage.store import RunStore, read_table, replace_durably, write_durably
+from storage.store import RunStore, artifact_path, read_table, replace_durably, write_durably
 from workers.errors import UsageError
 from workers.results import TrialResult
 from workers.tasks.base import examples_hash, load_examples
@@ -68,7 +68,6 @@ class UnitState:
     study: optuna.Study
     dists: dict
     search_rows: list[dict] = field(default_factory=list)  # complete search trials (for the selection)
-    replicates_done: dict[str, int] = field(default_factory=dict)  # selected trial id -> complete replicates
     replicate_ids: dict[str, list[str]] = field(default_factory=dict)  # selected trial id -> complete replicates' ids
     analyzed: set[str] = field(default_factory=set)  # trial ids with rows in the curves table
     analyzing: list[str] = field(default_factory=list)  # trial ids being analyzed now
@@ -89,7 +88,7 @@ class UnitState:
 
     @property
     def completed(self) -> int:
-        return len(self.search_rows) + sum(self.replicates_done.values())
+        return len(self.search_rows) + sum(map(len, self.replicate_ids.values()))
 
     @property
     def finished(self) -> int:
@@ -270,7 +269,6 @@ class Coordinator:
             if row["replicate_of"] is None:
                 state.search_rows.append(row)
             else:
-                state.replicates_done[row["replicate_of"]] = state.replicates_done.get(row["replicate_of"], 0) + 1
                 state.replicate_ids.setdefault(row["replicate_of"], []).append(row["trial_id"])
         elif row["status"] == Status.FAILED:
             state.failed += 1
@@ -306,7 +304,7 @@ class Coordinator:
         selected = self._selected(state)
         if selected is None:
             return 0
-        done = state.replicates_done.get(selected["trial_id"], 0)
+        done = len(state.replicate_ids.get(selected["trial_id"], []))
         return max(0, replicates - 1 - done - state.in_flight_replicates)
 
     def _analysis_left(self, state: UnitState) -> list[str]:
@@ -322,7 +320,7 @@ class Coordinator:
             return []
         ids = [selected["trial_id"]] + state.replicate_ids.get(selected["trial_id"], [])
         todo = [tid for tid in ids if tid not in state.analyzed]
-        missing = [tid for tid in todo if not (self.run_dir / "artifacts" / f"{tid}.safetensors").exists()]
+        missing = [tid for tid in todo if not artifact_path(self.run_dir, tid).exists()]
         if missing:  # e.g. a method without artifact_tensors: nothing to rebuild the trial from
             state.analysis_failures = ANALYSIS_TRIES
             log.warning(f"unit {state.unit_id}: not analyzed, trial(s) {', '.join(missing)} have no stored tensors "
@@ -637,11 +635,11 @@ class Coordinator:
         import torch
         from safetensors.torch import save_file
 
-        directory = self.run_dir / "artifacts"
-        directory.mkdir(exist_ok=True)
-        tmp = directory / f".tmp-{tid}.safetensors"
+        final = artifact_path(self.run_dir, tid)
+        final.parent.mkdir(exist_ok=True)
+        tmp = final.with_name(f".tmp-{final.name}")
         save_file({k: torch.from_numpy(v.copy()) for k, v in tensors.items()}, str(tmp))
-        replace_durably(tmp, directory / f"{tid}.safetensors")
+        replace_durably(tmp, final)
 
     def _tell_pending(self) -> None:
         for state, number, values in self.pending_tells:
@@ -682,7 +680,7 @@ class Coordinator:
             row = self._selected(state)
             if row is None:
                 continue
-            replicates = state.replicates_done.get(row["trial_id"], 0)
+            replicates = len(state.replicate_ids.get(row["trial_id"], []))
             selected.append(dict(unit=state.planned.spec.describe(), trial_id=row["trial_id"],
                                  val_flip_rate=row["val_flip_rate"], val_kl_other=row["val_kl_other"],
                                  sites_moved=row["sites_moved"], sites_total=row["sites_total"],
@@ -710,7 +708,7 @@ def read_artifact(run_dir: Path, tid: str) -> dict:
     """A trial's stored tensors (RUN_DIR/artifacts/<trial id>.safetensors) as numpy arrays."""
     from safetensors.numpy import load_file
 
-    path = run_dir / "artifacts" / f"{tid}.safetensors"
+    path = artifact_path(run_dir, tid)
     if not path.exists():
         raise UsageError(f"trial {tid} has no stored tensors ({path} is missing): it cannot be analyzed; re-run its "
                          "unit into a new --out RUN_DIR, or set analysis.enabled: false")

@@ -20,6 +20,7 @@ def load_trial(run_dir: Path | str, trial_id: str | None = None, unit_id: str | 
     from safetensors.torch import load_file
 
     from storage.query import run_sql
+    from storage.store import artifact_path
 
     run_dir = Path(run_dir)
     if trial_id is None:
@@ -38,7 +39,7 @@ def load_trial(run_dir: Path | str, trial_id: str | None = None, unit_id: str | 
         raise UsageError(f"{run_dir}: {trial_id!r} is not a complete trial of this run")
     uid = str(trial.unit_id.iloc[0])
     unit = run_sql([run_dir], f"SELECT * FROM units WHERE unit_id = '{uid}' LIMIT 1")[0].iloc[0].to_dict()
-    path = run_dir / "artifacts" / f"{trial_id}.safetensors"
+    path = artifact_path(run_dir, trial_id)
     if not path.is_file():
         raise UsageError(f"{path} is missing: the trial's learned tensors are needed to apply it (runs made before "
                          "every method stored them cannot be steered)")

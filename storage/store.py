@@ -32,6 +32,11 @@ def table_dir(run_dir: Path, table: str) -> Path:
     return Path(run_dir) / "tables" / table
 
 
+def artifact_path(run_dir: Path, trial_id: str) -> Path:
+    """A trial's learned tensors (its method's `artifact_tensors`), enough to rebuild it."""
+    return Path(run_dir) / "artifacts" / f"{trial_id}.safetensors"
+
+
 def part_files(run_dir: Path, table: str) -> list[Path]:
     return sorted(table_dir(run_dir, table).glob("part-*.parquet"))
 
