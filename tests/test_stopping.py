@@ -108,3 +108,39 @@ def test_the_pruned_trial_no_longer_runs_in_the_forward(tiny_models):
     assert outcomes[1].pruned and 0 < pruned_at < 30
     training = [n for n in sizes if n in (48, 32)]  # checks score 20 val prompts a trial: 60 or 40 rows
     assert training == [48] * pruned_at + [32] * (30 - pruned_at), training
+
+
+def test_under_bf16_the_checks_compare_against_the_training_models_own_logits(tiny_models):
+    """An untrained intervention scores no faithfulness loss and no flip on the check slice under
+    bf16: the slice's reference is the training model's own logits, not the fp32 model's (against
+    which the bf16 forward alone shows a KL)."""
+    from workers.interventions import build_intervention, installed
+    from workers.objective import kl_other_per_prompt
+    from workers.precision import training_model
+    from workers.sites import resolve_site
+    from workers.stopping import TrialStopper
+    from workers.trainer import _forward
+
+    loaded = tiny_models["tiny-llama"]
+    unit = _unit(tiny_models, prune=True, precision="bf16")
+    check = unit.check
+    assert check is not None and check.own_logits is not None and len(check) == 24
+    trains_on = training_model(loaded, unit.precision)
+    intervention = build_intervention(unit.spec.method, resolve_site(trains_on.model, "mlp_out", unit.layers), 2,
+                                      unit.n_positions)
+    hypers = [Hyper(lambda_faith=1.0, lambda_min=0.0), Hyper(lambda_faith=0.0, lambda_min=0.0)]
+    stopper = TrialStopper(unit, hypers, [30, 30], [train_trials.__globals__["TrialResult"](h) for h in hypers])
+
+    def forward(ids, lengths, prefix):
+        return _forward(trains_on, intervention, ids, lengths, unit.first_layer, prefix)
+
+    with installed(intervention):
+        loss, flips = stopper._score(intervention, [0, 1], forward)
+    assert flips == [0.0, 0.0]
+    assert abs(loss[0] - loss[1]) < 1e-6, "faithfulness term (the loss difference) of an untouched model"
+    a_a, b_b = check.a_ids, check.b_ids
+    assert float(kl_other_per_prompt(check.logits, check.own_logits, a_a, b_b).mean()) > 1e-5, \
+        "the fp32 reference would have put a floor under it"
+    fp32 = _unit(tiny_models, prune=True)
+    assert fp32.check is not None and fp32.check.own_logits is None, "fp32: the slice is val's own"
+    assert _unit(tiny_models).check is None, "no checks: no slice"

@@ -42,7 +42,14 @@ class SplitData:
     b_ids: torch.Tensor  # [N] token id of answer b
     logits: torch.Tensor  # [N, V] unintervened, last position
     prefix: torch.Tensor | None = None  # [N, T, d] states entering the first intervened layer (prefix cache)
-    own_logits: torch.Tensor | None = None  # [N, V] train split: the training model's own, where it differs (bf16)
+    own_logits: torch.Tensor | None = None  # [N, V] the training model's own, where it differs (bf16): train, check
+
+    def head(self, n: int) -> SplitData:
+        """The first n prompts (the early-stopping checks' val slice)."""
+        own = self.own_logits[:n] if self.own_logits is not None else None
+        prefix = self.prefix[:n] if self.prefix is not None else None
+        return SplitData(self.examples[:n], self.ids[:n], self.lengths[:n], self.a_ids[:n], self.b_ids[:n],
+                         self.logits[:n], prefix, own)
 
     @property
     def reference_logits(self) -> torch.Tensor:
@@ -68,6 +75,9 @@ class PreparedUnit:
     precision: str = "fp32"  # the training forwards' precision, resolved on this worker
     base_accuracy: float = 0.0  # share of prompts the model ranks a above b, before that filter
     mean_ld: float = 0.0
+    # the early-stopping checks' val slice as the training model sees it (its own logits and prefix where it
+    # differs from the fp32 model); None: no checks
+    check: SplitData | None = None
 
     @property
     def first_layer(self) -> int:
@@ -181,5 +191,12 @@ def prepare_unit(loaded: LoadedModel, spec: UnitSpec) -> PreparedUnit:
         train.own_logits, train_states = logits_and_states(trains_on, train.ids, train.lengths, settings.eval_batch,
                                                            cache_layer)
         train.prefix = train_states[:, : train.ids.shape[1]] if train_states is not None else None
+    check = None
+    if settings.patience > 0 or settings.prune:
+        check = splits["val"].head(min(settings.check_prompts, len(splits["val"])))
+        if trains_on is not evaluates_on:
+            check.own_logits, states = logits_and_states(trains_on, check.ids, check.lengths, settings.eval_batch,
+                                                         cache_layer)
+            check.prefix = states[:, : check.ids.shape[1]] if states is not None else None
     return PreparedUnit(spec, layers, n_positions, splits, counts, examples_hash(raw), precision, base_accuracy,
-                        mean_ld)
+                        mean_ld, check)

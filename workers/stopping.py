@@ -1,7 +1,9 @@
 """Early stopping and pruning of the trials trained together in one batched forward.
 
 Every `check_every` steps the live trials are scored on a fixed val slice (the first
-`check_prompts` val prompts, on the training model, no gradients):
+`check_prompts` val prompts, `PreparedUnit.check`, no gradients) on the training model, against
+that model's own unintervened logits (under bf16 the fp32 logits would put a floor under the
+faithfulness term and count precision noise near LD = 0 as flips):
 
 - patience (`train.patience` > 0): a trial whose slice objective (its own loss: effectiveness +
   lambda_faith * faithfulness + lambda_min * minimality) has not improved by 1% of its best for
@@ -36,13 +38,12 @@ class TrialStopper:
         self.hypers, self.steps, self.outcomes = hypers, steps, outcomes
         self.best = [float("inf")] * len(hypers)
         self.flat_checks = [0] * len(hypers)
-        val = unit.splits["val"]
-        n = min(self.settings.check_prompts, len(val))
-        self.slice = val, slice(0, n)
+        assert unit.check is not None, "prepare_unit builds the check slice when stopping is wanted"
+        self.data = unit.check
 
     @staticmethod
     def wanted(unit: PreparedUnit) -> bool:
-        return unit.spec.settings.patience > 0 or unit.spec.settings.prune
+        return unit.check is not None
 
     def due(self, step: int) -> bool:
         return step > 0 and step % self.settings.check_every == 0
@@ -84,19 +85,20 @@ class TrialStopper:
 
     def _score(self, intervention: Intervention, live: list[int], forward) -> tuple[list[float], list[float]]:
         """Per live trial: its objective and flip_rate on the val slice."""
-        val, sl = self.slice
-        k, n = len(live), sl.stop
-        lengths = val.lengths[sl].repeat(k)
-        ids = val.ids[sl].repeat(k, 1)[:, : int(lengths.max())]
-        prefix = val.prefix[sl].repeat(k, 1, 1) if val.prefix is not None else None
+        data = self.data
+        k, n = len(live), len(data)
+        lengths = data.lengths.repeat(k)
+        ids = data.ids.repeat(k, 1)[:, : int(lengths.max())]
+        prefix = data.prefix.repeat(k, 1, 1) if data.prefix is not None else None
         with torch.no_grad():
             after = forward(ids, lengths, prefix).reshape(k, n, -1)  # [K', n, V]
-            before = val.logits[sl].to(after.device).expand(k, -1, -1)
-            a = val.a_ids[sl].to(after.device).expand(k, -1)
-            b = val.b_ids[sl].to(after.device).expand(k, -1)
+            before = data.reference_logits.to(after.device).expand(k, -1, -1)
+            a = data.a_ids.to(after.device).expand(k, -1)
+            b = data.b_ids.to(after.device).expand(k, -1)
             lam_f = torch.tensor([self.hypers[i].lambda_faith for i in live], device=after.device)
             lam_m = torch.tensor([self.hypers[i].lambda_min for i in live], device=after.device)
             loss, _ = objective(before, after, a, b, intervention.minimality(), lam_f, lam_m)
             ld_after = logit_diff(after, a, b)  # [K', n]
-            flips = flipped(ld_after.cpu(), val.ld[sl][None]).float().mean(1)
+            ld_before = logit_diff(data.reference_logits, data.a_ids, data.b_ids)  # [n]
+            flips = flipped(ld_after.cpu(), ld_before[None]).float().mean(1)
         return loss.cpu().tolist(), flips.tolist()
