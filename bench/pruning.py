@@ -49,11 +49,10 @@ def run(config: dict, out: Path) -> float:
     return time.perf_counter() - start
 
 
-def warm_up(out: Path) -> None:
+def warm_up(base: dict, out: Path) -> None:
     """One untimed two-step sweep on a tiny model: imports, .pyc files, Ray's first start."""
-    run({"name": "warm-up", "models": ["tiny-llama"], "tasks": ["ioi"], "sites": ["mlp_out"], "layers": "all",
-         "methods": ["activscalar"], "search": {"n_trials": 1}, "train": {"steps": 2},
-         "analysis": {"enabled": False}}, out)
+    run({**base, "name": "warm-up", "models": ["tiny-llama"], "methods": base["methods"][:1],
+         "search": {"n_trials": 1, "replicates": 1}, "train": {"steps": 2}}, out)
 
 
 def selected(run_dir: Path) -> dict[str, dict]:
@@ -85,7 +84,7 @@ def main() -> None:
     pruned_config = {**base, "train": {**base["train"], **STOPPING}}
     oracle_config = {**base, "search": {**base["search"], "n_trials": 1, "batch": 1}}
     with tempfile.TemporaryDirectory(prefix="pruning") as tmp:
-        warm_up(Path(tmp) / "warm-up")
+        warm_up(base, Path(tmp) / "warm-up")
         wall_full = run(base, Path(tmp) / "full")
         wall_pruned = run(pruned_config, Path(tmp) / "pruned")
         wall_oracle = run(oracle_config, Path(tmp) / "oracle")

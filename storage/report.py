@@ -79,18 +79,35 @@ def _options(task_options: str | None) -> dict[str, Any]:
 
 
 def task_variants(units: pd.DataFrame) -> dict[str, str]:
-    """unit_id -> the task options that tell apart units of one task name in these runs ("" where
-    none do), e.g. "heldout_templates: longer": without them a task with and without held-out
-    templates would share titles, table rows and file names."""
+    """unit_id -> what tells apart units of one task name in these runs ("" where nothing does):
+    the task options that differ, e.g. "heldout_templates: longer", and the layer set where one
+    model, task, site and method has several (`layers: each` or a list of layer sets), e.g.
+    "layers: 3". Without them such units would share titles, table rows and file names, and
+    one unit's figure would overwrite another's."""
     out: dict[str, str] = {}
-    for _, group in units.drop_duplicates("unit_id").groupby("task", sort=True):
+    units = units.drop_duplicates("unit_id")
+    for _, group in units.groupby("task", sort=True):
         options = {u: _options(o) for u, o in zip(group.unit_id, group.task_options)}
         keys = sorted({k for o in options.values() for k in o})
         differing = [k for k in keys if len({json.dumps(o.get(k), sort_keys=True) for o in options.values()}) > 1]
         for unit_id, o in options.items():
             out[unit_id] = ", ".join(f"{k}: {'+'.join(map(str, o[k])) if isinstance(o[k], list) else o[k]}"
                                      for k in differing if k in o)
+    labels = {u: _layers_label(layers) for u, layers in zip(units.unit_id, units.layers)}
+    keyed = units.assign(variant=units.unit_id.map(out), layer_set=units.unit_id.map(labels))
+    for _, group in keyed.groupby(["model", "task", "variant", "site", "method"], sort=True):
+        if group.layer_set.nunique() > 1:
+            for unit_id, label in zip(group.unit_id, group.layer_set):
+                out[unit_id] = ", ".join(part for part in (out[unit_id], f"layers: {label}") if part)
     return out
+
+
+def _layers_label(layers: Any) -> str:
+    """A layer set in a few characters: "3", "0-29" (a contiguous run), "1+4+7"."""
+    values = sorted(int(x) for x in layers)
+    if len(values) > 2 and values == list(range(values[0], values[-1] + 1)):
+        return f"{values[0]}-{values[-1]}"
+    return "+".join(map(str, values))
 
 
 def _with_variant(frame: pd.DataFrame, variants: dict[str, str]) -> pd.DataFrame:

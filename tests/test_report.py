@@ -133,3 +133,20 @@ def test_two_runs_of_the_same_units_are_reported_apart(tmp_path):
     summary = (tmp_path / "out" / "summary.md").read_text()
     methods = summary.split("## What the cells do")[0]
     assert methods.count("| tiny-") == 8 and "| 2 |" in methods  # each selected trial: itself and one replicate
+
+
+def test_units_that_differ_only_in_their_layers_get_figures_and_rows_of_their_own(tmp_path):
+    """A `layers: each` sweep: one unit per layer of each model and method. Each unit's figures
+    are its own files (none overwrites another's) and its rows say which layer it is."""
+    run = make_sample_run(tmp_path / "run", per_layer=True)
+    made = render([run], tmp_path / "out")
+    n_units = 2 * (4 + 6)  # two methods x (4 + 6 layers)
+    for key in ("heatmaps", "tradeoffs", "seeds"):
+        files = [m["file"] for m in made[key]]
+        assert len(files) == len(set(files)) == n_units, (key, files[:4])
+    assert "layers-3" in " ".join(m["file"] for m in made["heatmaps"])
+    curves = [m["file"] for m in made["curves"]]
+    assert len(curves) == len(set(curves)) == 10, curves  # one per model and layer, both methods in it
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    methods = summary.split("## What the cells do")[0]
+    assert methods.count("| tiny-") == n_units and "(layers: 5)" in methods

@@ -282,12 +282,14 @@ class DynScalar(Intervention):
 
     method = "dynscalar"
     fixed_length = False
+    reads_activation = True  # False: alpha = 1 + b only, no `w` parameters (DynScalarBias, the control)
 
     def __init__(self, refs: list[SiteRef], n_trials: int):
         super().__init__(refs, n_trials)
         head = (self.n_heads,) if self.n_heads else ()
-        w_shape = (len(refs),) + head + ((self.width // self.n_heads,) if self.n_heads else (self.width,))
-        self.weights = nn.ParameterList([nn.Parameter(torch.zeros(w_shape)) for _ in range(n_trials)])
+        if self.reads_activation:
+            w_shape = (len(refs),) + head + ((self.width // self.n_heads,) if self.n_heads else (self.width,))
+            self.weights = nn.ParameterList([nn.Parameter(torch.zeros(w_shape)) for _ in range(n_trials)])
         self.biases = nn.ParameterList([nn.Parameter(torch.zeros((len(refs),) + head)) for _ in range(n_trials)])
         self._l1_terms: list[torch.Tensor] = []
         # While set (evaluation on val): layer index -> (sum alpha, sum |alpha-1|) [K, C(, H)] and
@@ -386,14 +388,7 @@ class DynScalarBias(DynScalar):
     prompts is what reading the activation buys."""
 
     method = "dynscalar_bias"
-
-    def __init__(self, refs: list[SiteRef], n_trials: int):
-        Intervention.__init__(self, refs, n_trials)
-        head = (self.n_heads,) if self.n_heads else ()
-        self.biases = nn.ParameterList([nn.Parameter(torch.zeros((len(refs),) + head)) for _ in range(n_trials)])
-        self._l1_terms = []
-        self.record = None
-        self.n_columns = 0
+    reads_activation = False
 
     def alpha(self, index: int, x: torch.Tensor) -> torch.Tensor:
         """x: [K, B, T(, H), W] -> alpha [K, B, T(, H)], the same for every token."""
