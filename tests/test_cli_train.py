@@ -83,6 +83,7 @@ def test_activscalar_on_mixed_lengths(capsys, tmp_path):
     assert "needs prompts of one token length" in msg and "dynscalar" in msg
 
 
+@pytest.mark.slow
 def test_console_script_has_no_traceback_unless_debug():
     cmd = [sys.executable, "-m", "orchestrator.cli"] + _with(BASE, site="bogus")
     plain = subprocess.run(cmd, capture_output=True, text=True)

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 
 from storage.query import run_sql, with_connection
 from storage.schema import META_SUPERSEDES
@@ -68,6 +69,7 @@ def _acked(lines: list[str]) -> int:
     return max(acks) if acks else -1
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_during_compaction_loses_and_doubles_nothing(tmp_path):
     rng = random.Random(1)
     acked, next_start = -1, 0

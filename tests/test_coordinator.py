@@ -16,6 +16,7 @@ from tests.sweeps import check_run, parsed, tiny_config
 pytestmark = pytest.mark.usefixtures("ray_session")
 
 
+@pytest.mark.slow
 def test_sweep_2_models_2_tasks_2_methods(tmp_path):
     config = parsed(tiny_config(models=["tiny-gpt2", "tiny-llama"],
                                 tasks=[{"name": "ioi", "options": {"n": 20}}, {"name": "city_country"}],
@@ -40,6 +41,7 @@ def test_one_model_one_worker_loads_the_model_once(tmp_path):
     assert summary.model_loads == 1
 
 
+@pytest.mark.slow
 def test_extending_runs_only_the_new_work(tmp_path):
     first = parsed(tiny_config(layers=[[0]], search={"n_trials": 2}))
     Coordinator(first, tmp_path, quiet=True).run()
@@ -55,6 +57,7 @@ def test_extending_runs_only_the_new_work(tmp_path):
     check_run(tmp_path, n_trials=3, n_units=2)
 
 
+@pytest.mark.slow
 def test_changed_task_file_is_refused(tmp_path):
     import json
 
@@ -73,6 +76,7 @@ def test_changed_task_file_is_refused(tmp_path):
     assert stored == sorted(p.read_bytes() for p in run.rglob("*.parquet"))
 
 
+@pytest.mark.slow
 def test_replicates_retrain_the_selected_trial_with_other_seeds(tmp_path):
     config = parsed(tiny_config(methods=["activscalar", "steervec"], selection={"min_flip": 0.5},
                                 search={"n_trials": 4, "batch": 2, "replicates": 3, "replicate_data": True}))
@@ -90,6 +94,7 @@ def test_replicates_retrain_the_selected_trial_with_other_seeds(tmp_path):
     assert all(r["seed_jaccard"] is None or 0 <= r["seed_jaccard"] <= 1 for r in rows)
 
 
+@pytest.mark.slow
 def test_status_shows_the_selected_trials_values_never_a_test_maximum(tmp_path, capsys):
     from orchestrator.cli import main
     from storage.query import run_sql
@@ -115,6 +120,7 @@ def _break_trial_batches():
     workers.actor.train_trials = broken
 
 
+@pytest.mark.slow
 def test_a_worker_error_writes_failed_rows_that_status_sees(tmp_path, own_ray):
     import ray
 
@@ -134,6 +140,7 @@ def test_a_worker_error_writes_failed_rows_that_status_sees(tmp_path, own_ray):
     assert row["failed"] == 4 and row["interrupted"] == 0 and row["selected_trial"] is None
 
 
+@pytest.mark.slow
 def test_a_long_wait_is_logged_with_what_it_waits_for(tmp_path, monkeypatch):
     from orchestrator import coordinator
 
@@ -145,6 +152,7 @@ def test_a_long_wait_is_logged_with_what_it_waits_for(tmp_path, monkeypatch):
                      r"tiny-gpt2 worker \(\d+s\)", log), log[-2000:]
 
 
+@pytest.mark.slow
 def test_a_test_that_times_out_reports_the_waiting_sweep_step(pytester):
     pytester.makeconftest((Path(__file__).parent / "conftest.py").read_text())
     pytester.makepyfile("""
@@ -169,6 +177,7 @@ def test_a_test_that_times_out_reports_the_waiting_sweep_step(pytester):
                                  "*coordinator of RUN is waiting for: trial(s) 3 of unit u-000000000000*"])
 
 
+@pytest.mark.slow
 def test_grid_sampler_runs_the_whole_grid_and_then_replicates(tmp_path):
     config = parsed(tiny_config(search={"sampler": "grid", "grid_points": 2, "n_trials": 8, "batch": 4,
                                         "replicates": 2}))
@@ -179,6 +188,7 @@ def test_grid_sampler_runs_the_whole_grid_and_then_replicates(tmp_path):
     assert len(search[["lambda_faith", "lambda_min", "lr"]].drop_duplicates()) == 8  # every grid point once
 
 
+@pytest.mark.slow
 def test_analyze_adds_curves_to_a_run_made_without_them(tmp_path):
     """`actscale analyze RUN_DIR` on a finished run with analysis off: curves for each unit's selected
     trial and its replicates, exactly once; a second analyze adds nothing."""

@@ -16,6 +16,9 @@ from storage.query import load, run_sql
 from tests.generated_pages import DOCS, check_generated_page
 from tests.sweeps import parsed, tiny_config
 
+pytestmark = pytest.mark.slow  # renders whole pages from a run: make test runs them
+
+
 PAPER_RUN = DOCS / "data" / "paper-run"
 PNG = b"\x89PNG\r\n\x1a\n"
 INDIST = ["activscalar", "steervec", "dynscalar"]

@@ -32,6 +32,7 @@ RESUME_PROBE = ("import sys; from orchestrator.cli import main; code = main({arg
                 "print('transformers' in sys.modules, 'workers.actor' in sys.modules, code)")
 
 
+@pytest.mark.slow
 def test_resuming_a_finished_run_loads_no_model_code(tmp_path):
     """A finished sweep resumed: the model depths come from model_layers.json, the worker code is
     never imported (only torch, for the method registry), and nothing is added."""

@@ -54,6 +54,7 @@ class ToyShift(Intervention):
         return b, b.abs() * self.width ** 0.5 / norms.clamp_min(1e-6)
 
 
+@pytest.mark.slow
 def test_a_sweep_runs_a_method_registered_in_a_test_file(tmp_path):
     config = parse_config(tiny_config(plugins=[PLUGIN], methods=["activscalar", "toyshift"],
                                       search={"n_trials": 2, "batch": 2, "replicates": 2},

@@ -7,6 +7,7 @@ import random
 from collections import Counter
 from dataclasses import replace
 
+import pytest
 import torch
 
 from orchestrator.cli import main
@@ -99,6 +100,7 @@ def test_fixed_length_methods_label_a_position_by_every_role_it_holds():
     assert {c.n_prompts for c in columns} == {6}
 
 
+@pytest.mark.slow
 def test_a_mixed_shape_sweep_reads_by_role_and_warns_of_small_splits(ray_session, tmp_path, capsys):
     # 81 prompts (a quarter would be 20, the default min_split), of which the random model prefers
     # answer a on about half: after the default filter the test split holds fewer than 20

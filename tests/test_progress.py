@@ -11,6 +11,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from orchestrator import progress
 from orchestrator.coordinator import Coordinator
 from search_spaces.config import parse_config
@@ -24,6 +26,7 @@ def _actscale(*args: str) -> list[str]:
     return [sys.executable, "-m", "orchestrator.cli", *args]
 
 
+@pytest.mark.slow
 def test_without_a_terminal_a_progress_line_only_when_counts_changed(ray_session, tmp_path, monkeypatch):
     monkeypatch.setattr(progress, "LOG_EVERY_S", 0.0)  # as often as it may: the rule is "only when changed"
     run = tmp_path / "run"
@@ -36,6 +39,7 @@ def test_without_a_terminal_a_progress_line_only_when_counts_changed(ray_session
     assert "best selected:" in lines[-1] and "12/12 trials" in lines[-1]
 
 
+@pytest.mark.slow
 def test_on_a_terminal_a_live_table_updates_in_place(tmp_path):
     """`actscale run` on a pseudo-terminal: rich's table with every column, redrawn in place."""
     sweep = write_config(tmp_path / "sweep.yaml", SWEEP)
@@ -67,6 +71,7 @@ def test_on_a_terminal_a_live_table_updates_in_place(tmp_path):
     assert re.search(r"(activscalar|dynscalar) val flip [\d.]+", text)
 
 
+@pytest.mark.slow
 def test_status_watch_follows_a_sweep_in_another_process(tmp_path):
     """Watching starts before the sweep (a run not started yet is waited for) and ends with it."""
     sweep = write_config(tmp_path / "sweep.yaml", SWEEP)

@@ -124,6 +124,7 @@ window.addEventListener("load", () => {
     assert height > 1000, height
 
 
+@pytest.mark.slow
 def test_two_runs_of_the_same_units_are_reported_apart(tmp_path):
     """Trial ids repeat across runs of the same unit: rows, seeds and figures must not mix."""
     one = make_sample_run(tmp_path / "one", run_id="r1", seed=1)
@@ -135,6 +136,7 @@ def test_two_runs_of_the_same_units_are_reported_apart(tmp_path):
     assert methods.count("| tiny-") == 8 and "| 2 |" in methods  # each selected trial: itself and one replicate
 
 
+@pytest.mark.slow
 def test_units_that_differ_only_in_their_layers_get_figures_and_rows_of_their_own(tmp_path):
     """A `layers: each` sweep: one unit per layer of each model and method. Each unit's figures
     are its own files (none overwrites another's) and its rows say which layer it is."""

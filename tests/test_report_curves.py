@@ -15,6 +15,9 @@ from storage.report import render, select_trials
 from storage.seeds import group_of
 from tests.sweeps import parsed, tiny_config
 
+pytestmark = pytest.mark.slow  # renders whole pages from a run: make test runs them
+
+
 BETAS = [-1.0, 0.0, 0.5, 1.0, 2.0]  # fewer than the default nine: the test needs 0 (the model) and 1 (the trial)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
 import torch
 
 from workers.interventions import ActivScalar
@@ -60,6 +61,7 @@ def test_patience_stops_a_trial_that_stopped_improving(tiny_models):
     assert good.steps > 15
 
 
+@pytest.mark.slow
 def test_a_pruning_sweep_stores_tells_and_resumes_pruned_trials(tmp_path, ray_session):
     """Pruned trials count in n_trials, are told to Optuna as pruned, are never selected, and a
     resume runs nothing again."""

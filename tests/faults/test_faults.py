@@ -24,6 +24,7 @@ from workers.unit import Hyper, TrainSettings, UnitSpec
 pytestmark = pytest.mark.usefixtures("ray_session")
 
 
+@pytest.mark.slow
 def test_disk_full_stops_cleanly_and_resumes(tmp_path, monkeypatch, capsys):
     sweep = write_config(tmp_path / "s.yaml", tiny_config(search={"n_trials": 6, "batch": 2}))
     run = tmp_path / "run"
@@ -70,6 +71,7 @@ def test_out_of_memory_is_recorded(tiny_models, monkeypatch):
     assert all(not o.ok and o.error.startswith("out of memory") for o in outcomes)
 
 
+@pytest.mark.slow
 def test_torn_journal_line_is_repaired(tmp_path):
     config = parsed(tiny_config(search={"n_trials": 2, "batch": 1}))
     Coordinator(config, tmp_path, quiet=True).run()

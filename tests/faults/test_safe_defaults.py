@@ -42,6 +42,7 @@ def test_embedded_ray_binds_loopback_without_dashboard():
     assert "_node_ip_address" not in ray_init_kwargs("10.0.0.1:6379")  # joining a cluster: its own addresses
 
 
+@pytest.mark.slow
 def test_no_pickles_in_results(tmp_path):
     config = parsed(tiny_config(methods=["activscalar", "steervec"], search={"n_trials": 2, "batch": 2}))
     Coordinator(config, tmp_path, quiet=True).run()
