@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
@@ -19,12 +20,24 @@ def load_trial(run_dir: Path | str, trial_id: str | None = None, unit_id: str | 
     """A complete trial by id, or a unit's selected trial, or the selected trial of a run's only unit."""
     from safetensors.torch import load_file
 
-    from storage.query import run_sql
+    from storage.query import with_connection
     from storage.store import artifact_path
 
     run_dir = Path(run_dir)
+    trial_id, unit, roles, examples = with_connection([run_dir], lambda con: _stored_rows(con, run_dir, trial_id,
+                                                                                         unit_id))
+    path = artifact_path(run_dir, trial_id)
+    if not path.is_file():
+        raise UsageError(f"{path} is missing: the trial's learned tensors are needed to apply it (runs made before "
+                         "every method stored them cannot be steered)")
+    return StoredTrial(run_dir, trial_id, unit, load_file(str(path)), roles, sorted(set(examples.template)),
+                       {r["prompt"]: r for r in examples.to_dict("records")})
+
+
+def _stored_rows(con, run_dir: Path, trial_id: str | None, unit_id: str | None) -> tuple[str, dict, list, Any]:
+    """(trial id, its unit's row, the roles of its cell positions, its unit's examples), on one connection."""
     if trial_id is None:
-        chosen, _ = run_sql([run_dir], "SELECT unit_id, trial_id FROM selected ORDER BY unit_id")
+        chosen = con.execute("SELECT unit_id, trial_id FROM selected ORDER BY unit_id").df()
         if unit_id is not None:
             chosen = chosen[chosen.unit_id == unit_id]
         if len(chosen) != 1:
@@ -33,22 +46,16 @@ def load_trial(run_dir: Path | str, trial_id: str | None = None, unit_id: str | 
                                                f"{len(chosen)} units have a selected trial ({listing})")
                              + "; pass --trial ID or --unit ID")
         trial_id = str(chosen.trial_id.iloc[0])
-    quoted = trial_id.replace("'", "''")
-    trial, _ = run_sql([run_dir], f"SELECT unit_id, status FROM trials WHERE trial_id = '{quoted}'")
+    trial = con.execute("SELECT unit_id, status FROM trials WHERE trial_id = ?", [trial_id]).df()
     if trial.empty or "complete" not in set(trial.status):
         raise UsageError(f"{run_dir}: {trial_id!r} is not a complete trial of this run")
     uid = str(trial.unit_id.iloc[0])
-    unit = run_sql([run_dir], f"SELECT * FROM units WHERE unit_id = '{uid}' LIMIT 1")[0].iloc[0].to_dict()
-    path = artifact_path(run_dir, trial_id)
-    if not path.is_file():
-        raise UsageError(f"{path} is missing: the trial's learned tensors are needed to apply it (runs made before "
-                         "every method stored them cannot be steered)")
-    cells = run_sql([run_dir], f"SELECT DISTINCT position, role FROM scalars WHERE trial_id = '{quoted}' "
-                               "AND position IS NOT NULL ORDER BY position")[0]
-    examples = run_sql([run_dir], f"SELECT prompt, answer_a, answer_b, template, roles FROM examples "
-                                  f"WHERE unit_id = '{uid}'")[0]
-    return StoredTrial(run_dir, trial_id, unit, load_file(str(path)), list(cells.role),
-                       sorted(set(examples.template)), {r["prompt"]: r for r in examples.to_dict("records")})
+    unit = con.execute("SELECT * FROM units WHERE unit_id = ? LIMIT 1", [uid]).df().iloc[0].to_dict()
+    cells = con.execute("SELECT DISTINCT position, role FROM scalars WHERE trial_id = ? AND position IS NOT NULL "
+                        "ORDER BY position", [trial_id]).df()
+    examples = con.execute("SELECT prompt, answer_a, answer_b, template, roles FROM examples WHERE unit_id = ?",
+                           [uid]).df()
+    return trial_id, unit, list(cells.role), examples
 
 
 @contextmanager

@@ -85,43 +85,42 @@ def _vanished(exc: Exception) -> bool:
 def with_connection(run_dirs: list[Path] | Path, work: Callable[[duckdb.DuckDBPyConnection], T],
                     min_flip: float | None = None) -> T:
     """`work(connection)` over the tables, again from a fresh listing if a part vanished meanwhile."""
-    for attempt in range(VANISHED_RETRIES):
-        con, _ = _reconnect(run_dirs, min_flip)
-        try:
-            return work(con)
-        except duckdb.IOException as exc:
-            if not _vanished(exc) or attempt + 1 == VANISHED_RETRIES:
-                raise
-        finally:
-            con.close()
-    raise AssertionError("unreachable")
-
-
-def _reconnect(run_dirs: list[Path] | Path, min_flip: float | None) -> tuple[duckdb.DuckDBPyConnection, list[str]]:
-    for _ in range(VANISHED_RETRIES):
-        try:
-            return connect(run_dirs, min_flip)
-        except duckdb.IOException as exc:
-            if not _vanished(exc):
-                raise
-    raise StorageError("the tables' parts kept vanishing while they were opened")
+    return _attempts(run_dirs, work, min_flip)[0]
 
 
 def run_sql(run_dirs: list[Path] | Path, sql: str, min_flip: float | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """The query's rows and the problems of the listing (refused files)."""
+    def query(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+        try:
+            return con.execute(sql).df()
+        except duckdb.Error as exc:
+            if _vanished(exc):
+                raise  # _attempts lists the parts again: the merged part holds the vanished one's rows
+            raise StorageError(f"query failed: {str(exc).splitlines()[0]}\n  query: {sql.strip()[:300]}\n"
+                               f"  tables: {', '.join(SCHEMAS)}, and the view selected") from exc
+
+    return _attempts(run_dirs, query, min_flip)
+
+
+def _attempts(run_dirs: list[Path] | Path, work: Callable[[duckdb.DuckDBPyConnection], T],
+              min_flip: float | None) -> tuple[T, list[str]]:
+    """`work(connection)` and the listing's problems; a part that vanishes between listing and
+    reading (a compaction finished meanwhile) means: list again, up to VANISHED_RETRIES times."""
     for attempt in range(VANISHED_RETRIES):
+        last = attempt + 1 == VANISHED_RETRIES
         try:
             con, problems = connect(run_dirs, min_flip)
         except duckdb.IOException as exc:
-            if _vanished(exc) and attempt + 1 < VANISHED_RETRIES:
+            if _vanished(exc) and not last:
                 continue
             raise StorageError(f"could not open the tables: {str(exc).splitlines()[0]}") from exc
         try:
-            return con.execute(sql).df(), problems
-        except duckdb.Error as exc:
-            if _vanished(exc) and attempt + 1 < VANISHED_RETRIES:
-                continue  # list the parts again: the merged part holds the vanished one's rows
-            raise StorageError(f"query failed: {str(exc).splitlines()[0]}\n  query: {sql.strip()[:300]}\n"
-                               f"  tables: {', '.join(SCHEMAS)}, and the view selected") from exc
+            return work(con), problems
+        except duckdb.IOException as exc:
+            if not _vanished(exc):
+                raise
+            if last:
+                raise StorageError("the tables' parts kept vanishing while they were read") from exc
         finally:
             con.close()
     raise AssertionError("unreachable")
