@@ -77,3 +77,28 @@ def test_the_precision_setting_is_part_of_the_unit_and_checked(tiny_models):
     else:
         raise AssertionError("fp16 was accepted")
     assert dataclasses.asdict(_spec("auto").settings)["precision"] == "auto"
+
+
+def test_the_bf16_copy_is_cast_tensor_by_tensor_and_equals_a_cast_deepcopy(tiny_models):
+    """bf16_copy never holds a second fp32 model; what it makes is what deepcopy-then-cast made:
+    the same bf16 tensors, tied weights still one Parameter, the fp32 model untouched."""
+    import copy as copy_module
+
+    from workers.precision import bf16_copy
+
+    for name in ("tiny-llama", "tiny-gpt2"):
+        model = tiny_models[name].model
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        made = bf16_copy(model)
+        reference = copy_module.deepcopy(model).to(torch.bfloat16)
+        made_state, reference_state = made.state_dict(), reference.state_dict()
+        assert made_state.keys() == reference_state.keys()
+        for key, value in made_state.items():
+            assert value.dtype == reference_state[key].dtype and torch.equal(value, reference_state[key]), key
+        for key, value in model.state_dict().items():
+            assert value.dtype == torch.float32 or not value.is_floating_point()
+            assert torch.equal(value, before[key]), key
+        out_made, out_ref = made.get_output_embeddings(), reference.get_output_embeddings()
+        tied = out_ref.weight is reference.get_input_embeddings().weight
+        assert (out_made.weight is made.get_input_embeddings().weight) == tied, name
+        assert all(p.data_ptr() != q.data_ptr() for p in made.parameters() for q in model.parameters())
