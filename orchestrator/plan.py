@@ -19,11 +19,11 @@ class PlannedUnit:
 
 
 def train_settings(config: SweepConfig) -> TrainSettings:
-    t = config.train
-    return TrainSettings(steps=t.steps, batch_size=t.batch_size, seed=t.seed, split=tuple(t.split), filter=t.filter,
-                         active_threshold=t.active_threshold, steer_threshold=t.steer_threshold, min_split=t.min_split,
-                         precision=t.precision, patience=t.patience, check_every=t.check_every,
-                         check_prompts=t.check_prompts, prune=t.prune, prune_margin=t.prune_margin)
+    """The unit settings from the sweep's `train:` section, field by field (every `train:` field is
+    a TrainSettings field, so a new one cannot be left behind: TrainSettings would refuse it)."""
+    values = config.train.model_dump()
+    values["split"] = tuple(values["split"])
+    return TrainSettings(**values)
 
 
 def unit_id(spec: UnitSpec) -> str:
