@@ -11,7 +11,7 @@ improving at its last step, so neither rule has anything to stop there: measured
 A third run gives the bound no pruning rule can beat on this sweep: the oracle, a sweep that
 searches only one trial per method (as if a pruner knew the winner before its first step) and
 still trains its replicate. Its wall-time ratio is printed as `pruning_oracle_bound`. A warm-up
-run (tiny model, two steps) first takes the first-import and disk-cache costs out of the timings.
+run (one trial, two steps) first takes the first-import and disk-cache costs out of the timings.
 
 Usage: python bench/pruning.py [--out FILE] [--gpus 1]
 Ends with TARGET lines: pruning_wall (<= 0.5x) and pruning_quality (every unit within).
@@ -50,9 +50,10 @@ def run(config: dict, out: Path) -> float:
 
 
 def warm_up(base: dict, out: Path) -> None:
-    """One untimed two-step sweep on a tiny model: imports, .pyc files, Ray's first start."""
-    run({**base, "name": "warm-up", "models": ["tiny-llama"], "methods": base["methods"][:1],
-         "search": {"n_trials": 1, "replicates": 1}, "train": {"steps": 2}}, out)
+    """One untimed two-step sweep of one trial on the embedded model: imports, .pyc files, Ray's
+    first start, and the model's files in the disk cache."""
+    run({**base, "name": "warm-up", "methods": base["methods"][:1], "search": {"n_trials": 1, "replicates": 1},
+         "train": {**base["train"], "steps": 2}}, out)
 
 
 def selected(run_dir: Path) -> dict[str, dict]:

@@ -18,14 +18,19 @@ from workers.steer import StoredTrial, apply_trial
 
 def load_trial(run_dir: Path | str, trial_id: str | None = None, unit_id: str | None = None) -> StoredTrial:
     """A complete trial by id, or a unit's selected trial, or the selected trial of a run's only unit."""
+    import duckdb
     from safetensors.torch import load_file
 
+    from storage.errors import StorageError
     from storage.query import with_connection
     from storage.store import artifact_path
 
     run_dir = Path(run_dir)
-    trial_id, unit, roles, examples = with_connection([run_dir], lambda con: _stored_rows(con, run_dir, trial_id,
-                                                                                         unit_id))
+    try:
+        trial_id, unit, roles, examples = with_connection([run_dir], lambda con: _stored_rows(con, run_dir, trial_id,
+                                                                                             unit_id))
+    except duckdb.Error as exc:
+        raise StorageError(f"{run_dir}: could not read the trial: {str(exc).splitlines()[0]}") from exc
     path = artifact_path(run_dir, trial_id)
     if not path.is_file():
         raise UsageError(f"{path} is missing: the trial's learned tensors are needed to apply it (runs made before "

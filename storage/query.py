@@ -99,7 +99,10 @@ def run_sql(run_dirs: list[Path] | Path, sql: str, min_flip: float | None = None
             raise StorageError(f"query failed: {str(exc).splitlines()[0]}\n  query: {sql.strip()[:300]}\n"
                                f"  tables: {', '.join(SCHEMAS)}, and the view selected") from exc
 
-    return _attempts(run_dirs, query, min_flip)
+    try:
+        return _attempts(run_dirs, query, min_flip)
+    except duckdb.IOException as exc:  # still "vanished" on the last try: the query names a file that is not there
+        raise StorageError(f"query failed: {str(exc).splitlines()[0]}\n  query: {sql.strip()[:300]}") from exc
 
 
 def _attempts(run_dirs: list[Path] | Path, work: Callable[[duckdb.DuckDBPyConnection], T],
@@ -117,10 +120,8 @@ def _attempts(run_dirs: list[Path] | Path, work: Callable[[duckdb.DuckDBPyConnec
         try:
             return work(con), problems
         except duckdb.IOException as exc:
-            if not _vanished(exc):
+            if not _vanished(exc) or last:
                 raise
-            if last:
-                raise StorageError("the tables' parts kept vanishing while they were read") from exc
         finally:
             con.close()
     raise AssertionError("unreachable")

@@ -82,8 +82,9 @@ def task_variants(units: pd.DataFrame) -> dict[str, str]:
     """unit_id -> what tells apart units of one task name in these runs ("" where nothing does):
     the task options that differ, e.g. "heldout_templates: longer", and the layer set where one
     model, task, site and method has several (`layers: each` or a list of layer sets), e.g.
-    "layers: 3". Without them such units would share titles, table rows and file names, and
-    one unit's figure would overwrite another's."""
+    "layers: 03" (then every model's units of that task, site and method carry theirs, "all"
+    included, so cross-model figures still pair them). Without them such units would share
+    titles, table rows and file names, and one unit's figure would overwrite another's."""
     out: dict[str, str] = {}
     units = units.drop_duplicates("unit_id")
     for _, group in units.groupby("task", sort=True):
@@ -93,21 +94,26 @@ def task_variants(units: pd.DataFrame) -> dict[str, str]:
         for unit_id, o in options.items():
             out[unit_id] = ", ".join(f"{k}: {'+'.join(map(str, o[k])) if isinstance(o[k], list) else o[k]}"
                                      for k in differing if k in o)
-    labels = {u: _layers_label(layers) for u, layers in zip(units.unit_id, units.layers)}
-    keyed = units.assign(variant=units.unit_id.map(out), layer_set=units.unit_id.map(labels))
-    for _, group in keyed.groupby(["model", "task", "variant", "site", "method"], sort=True):
-        if group.layer_set.nunique() > 1:
-            for unit_id, label in zip(group.unit_id, group.layer_set):
-                out[unit_id] = ", ".join(part for part in (out[unit_id], f"layers: {label}") if part)
+    keyed = units.assign(variant=units.unit_id.map(out))
+    for _, group in keyed.groupby(["task", "variant", "site", "method"], sort=True):
+        # decided over every model of the group, so that cross-model figures still pair its units
+        if group.groupby("model").layers.agg(lambda sets: len({tuple(map(int, x)) for x in sets})).max() > 1:
+            width = len(str(int(group.n_layers.max()) - 1))  # zero-padded: layer 2 sorts before layer 10
+            for unit_id, layers, n_layers in zip(group.unit_id, group.layers, group.n_layers):
+                label = f"layers: {_layers_label(layers, int(n_layers), width)}"
+                out[unit_id] = ", ".join(part for part in (out[unit_id], label) if part)
     return out
 
 
-def _layers_label(layers: Any) -> str:
-    """A layer set in a few characters: "3", "0-29" (a contiguous run), "1+4+7"."""
+def _layers_label(layers: Any, n_layers: int, width: int) -> str:
+    """A layer set in a few characters: "all", "03" (one layer), "00-05" (a contiguous run), "01+04+07"."""
     values = sorted(int(x) for x in layers)
+    if values == list(range(n_layers)):
+        return "all"
+    shown = [f"{v:0{width}d}" for v in values]
     if len(values) > 2 and values == list(range(values[0], values[-1] + 1)):
-        return f"{values[0]}-{values[-1]}"
-    return "+".join(map(str, values))
+        return f"{shown[0]}-{shown[-1]}"
+    return "+".join(shown)
 
 
 def _with_variant(frame: pd.DataFrame, variants: dict[str, str]) -> pd.DataFrame:

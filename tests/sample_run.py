@@ -83,7 +83,7 @@ def make_sample_run(run_dir: Path, run_id: str = "run-sample", trials_per_unit: 
                     if replicate_of is None:
                         search_rows.append(trial)
                     scalars = []
-                    for layer in range(n_layers):
+                    for layer in layers:
                         for pos, role in enumerate(ROLES):
                             value = 1 + rng.gauss(0, 0.05) + (0.8 if (role == "S2" and layer == n_layers // 2) else 0)
                             effect = abs(value - 1)

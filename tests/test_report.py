@@ -11,7 +11,7 @@ from PIL import Image
 
 from orchestrator.cli import main
 from storage.query import load
-from storage.report import heatmap_matrix, pareto_front, render, select_trials
+from storage.report import heatmap_matrix, pareto_front, render, select_trials, task_variants
 from storage.selection import select_rows
 from tests.sample_run import make_sample_run
 
@@ -152,3 +152,22 @@ def test_units_that_differ_only_in_their_layers_get_figures_and_rows_of_their_ow
     summary = (tmp_path / "out" / "summary.md").read_text()
     methods = summary.split("## What the cells do")[0]
     assert methods.count("| tiny-") == n_units and "(layers: 5)" in methods
+
+
+def test_layer_labels_are_decided_across_models_and_sort_by_layer():
+    """Model a has all layers and one unit per layer; model b has all layers only: b's unit is
+    labelled too ("all", like a's), so a figure across models still pairs them; labels are
+    zero-padded to the deepest model, so layer 2 sorts before layer 10."""
+    import pandas as pd
+
+    rows = [dict(unit_id="a-all", model="a", layers=list(range(12)), n_layers=12)]
+    rows += [dict(unit_id=f"a-{i}", model="a", layers=[i], n_layers=12) for i in range(12)]
+    rows += [dict(unit_id="b-all", model="b", layers=list(range(4)), n_layers=4),
+             dict(unit_id="c-all", model="c", layers=list(range(4)), n_layers=4)]
+    units = pd.DataFrame([dict(r, task="ioi", task_options="{}", site="mlp_out", method="m") for r in rows])
+    units.loc[units.unit_id == "c-all", "site"] = "attn_out"  # another site: one layer set, no label
+    variants = task_variants(units)
+    assert variants["a-all"] == variants["b-all"] == "layers: all"
+    assert variants["a-2"] == "layers: 02" and variants["a-10"] == "layers: 10"
+    assert sorted(variants[f"a-{i}"] for i in range(12)) == [f"layers: {i:02d}" for i in range(12)]
+    assert variants["c-all"] == ""

@@ -196,3 +196,13 @@ def test_query_output_formats(tmp_path, capsys):
     out = tmp_path / "a.parquet"
     assert main(["query", str(run), sql, "--parquet", str(out)]) == 0
     assert pq.read_table(out).num_rows == 2
+
+
+def test_a_query_naming_a_missing_file_says_so_with_the_query(tmp_path):
+    """DuckDB's 'No files found' looks like a part lost to a compaction: after the re-listings it
+    is still the query's own error, with DuckDB's words and the query."""
+    run = make_sample_run(tmp_path / "run")
+    with pytest.raises(StorageError, match=r"query failed: .*No files found.*\n  query: SELECT \* FROM 'nope.parquet'"):
+        run_sql([run], "SELECT * FROM 'nope.parquet'")
+    with pytest.raises(StorageError, match="query failed: .*no_such_column"):
+        run_sql([run], "SELECT no_such_column FROM trials")
