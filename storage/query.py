@@ -90,19 +90,22 @@ def with_connection(run_dirs: list[Path] | Path, work: Callable[[duckdb.DuckDBPy
 
 def run_sql(run_dirs: list[Path] | Path, sql: str, min_flip: float | None = None) -> tuple[pd.DataFrame, list[str]]:
     """The query's rows and the problems of the listing (refused files)."""
+    def failed(exc: duckdb.Error) -> StorageError:
+        return StorageError(f"query failed: {str(exc).splitlines()[0]}\n  query: {sql.strip()[:300]}\n"
+                            f"  tables: {', '.join(SCHEMAS)}, and the view selected")
+
     def query(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
         try:
             return con.execute(sql).df()
         except duckdb.Error as exc:
             if _vanished(exc):
                 raise  # _attempts lists the parts again: the merged part holds the vanished one's rows
-            raise StorageError(f"query failed: {str(exc).splitlines()[0]}\n  query: {sql.strip()[:300]}\n"
-                               f"  tables: {', '.join(SCHEMAS)}, and the view selected") from exc
+            raise failed(exc) from exc
 
     try:
         return _attempts(run_dirs, query, min_flip)
     except duckdb.IOException as exc:  # still "vanished" on the last try: the query names a file that is not there
-        raise StorageError(f"query failed: {str(exc).splitlines()[0]}\n  query: {sql.strip()[:300]}") from exc
+        raise failed(exc) from exc
 
 
 def _attempts(run_dirs: list[Path] | Path, work: Callable[[duckdb.DuckDBPyConnection], T],

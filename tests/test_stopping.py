@@ -9,6 +9,7 @@ import torch
 
 from workers.interventions import ActivScalar
 from workers.prepare import prepare_unit
+from workers.results import TrialResult
 from workers.tasks.base import TaskSpec
 from workers.trainer import train_trials
 from workers.unit import Hyper, TrainSettings, UnitSpec
@@ -99,7 +100,7 @@ def test_the_pruned_trial_no_longer_runs_in_the_forward(tiny_models):
     loaded = tiny_models["tiny-llama"]
     unit = _unit(tiny_models, prune=True, prune_margin=0.2, check_prompts=20)
     hypers = [GOOD[0], HOPELESS, GOOD[1]]
-    outcomes = [train_trials.__globals__["TrialResult"](h) for h in hypers]
+    outcomes = [TrialResult(h) for h in hypers]
     sizes: list[int] = []
     handle = decoder_layers(loaded.model)[2].mlp.register_forward_hook(lambda m, i, out: sizes.append(out.shape[0]))
     try:
@@ -131,7 +132,7 @@ def test_under_bf16_the_checks_compare_against_the_training_models_own_logits(ti
     intervention = build_intervention(unit.spec.method, resolve_site(trains_on.model, "mlp_out", unit.layers), 2,
                                       unit.n_positions)
     hypers = [Hyper(lambda_faith=1.0, lambda_min=0.0), Hyper(lambda_faith=0.0, lambda_min=0.0)]
-    stopper = TrialStopper(unit, hypers, [30, 30], [train_trials.__globals__["TrialResult"](h) for h in hypers])
+    stopper = TrialStopper(unit, hypers, [30, 30], [TrialResult(h) for h in hypers])
 
     def forward(ids, lengths, prefix):
         return _forward(trains_on, intervention, ids, lengths, unit.first_layer, prefix)

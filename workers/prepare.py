@@ -121,6 +121,13 @@ def _split_data(loaded: LoadedModel, examples: list[TokenizedExample], logits: t
                      torch.tensor([e.answer_b_id for e in examples]), logits)
 
 
+def _as_trained(data: SplitData, trains_on: LoadedModel, chunk: int, cache_layer: int | None) -> None:
+    """Give `data` the training model's own unintervened logits and prefix (it differs from the
+    fp32 model: bf16), so that an untrained intervention is exact against them."""
+    data.own_logits, states = logits_and_states(trains_on, data.ids, data.lengths, chunk, cache_layer)
+    data.prefix = states[:, : data.ids.shape[1]] if states is not None else None
+
+
 def prepare_unit(loaded: LoadedModel, spec: UnitSpec) -> PreparedUnit:
     check_site(spec.site)
     method = method_class(spec.method)
@@ -186,17 +193,12 @@ def prepare_unit(loaded: LoadedModel, spec: UnitSpec) -> PreparedUnit:
             data.prefix = states[parts[name]][:, : data.ids.shape[1]]
     precision = resolve_precision(settings.precision, loaded)
     trains_on = training_model(loaded, precision)
-    if trains_on is not evaluates_on:  # the objective's reference logits and the prefix from the model that trains
-        train = splits["train"]
-        train.own_logits, train_states = logits_and_states(trains_on, train.ids, train.lengths, settings.eval_batch,
-                                                           cache_layer)
-        train.prefix = train_states[:, : train.ids.shape[1]] if train_states is not None else None
     check = None
     if settings.patience > 0 or settings.prune:
         check = splits["val"].head(min(settings.check_prompts, len(splits["val"])))
-        if trains_on is not evaluates_on:
-            check.own_logits, states = logits_and_states(trains_on, check.ids, check.lengths, settings.eval_batch,
-                                                         cache_layer)
-            check.prefix = states[:, : check.ids.shape[1]] if states is not None else None
+    if trains_on is not evaluates_on:  # the objective's reference logits and the prefix from the model that trains
+        for data in (splits["train"], check):
+            if data is not None:
+                _as_trained(data, trains_on, settings.eval_batch, cache_layer)
     return PreparedUnit(spec, layers, n_positions, splits, counts, examples_hash(raw), precision, base_accuracy,
                         mean_ld, check)

@@ -40,6 +40,7 @@ class TrialStopper:
         self.flat_checks = [0] * len(hypers)
         assert unit.check is not None, "prepare_unit builds the check slice when stopping is wanted"
         self.data = unit.check
+        self.ld_before = logit_diff(self.data.reference_logits, self.data.a_ids, self.data.b_ids)  # [n]
 
     @staticmethod
     def wanted(unit: PreparedUnit) -> bool:
@@ -99,6 +100,5 @@ class TrialStopper:
             lam_m = torch.tensor([self.hypers[i].lambda_min for i in live], device=after.device)
             loss, _ = objective(before, after, a, b, intervention.minimality(), lam_f, lam_m)
             ld_after = logit_diff(after, a, b)  # [K', n]
-            ld_before = logit_diff(data.reference_logits, data.a_ids, data.b_ids)  # [n]
-            flips = flipped(ld_after.cpu(), ld_before[None]).float().mean(1)
+            flips = flipped(ld_after.cpu(), self.ld_before[None]).float().mean(1)
         return loss.cpu().tolist(), flips.tolist()
