@@ -6,9 +6,8 @@ the layer's output; `head` is the input of the attention output projection, spli
 heads. The intervention code (interventions.py) only sees `SiteRef`s, and every hook in the
 project goes through `hooked` (interventions, norms, the prefix cache).
 
-Adding a site: an entry in SITE_KINDS and its module path in each architecture. Adding an
-architecture: an entry in ARCHITECTURES (module paths relative to one decoder layer; "" is
-the layer itself).
+The names themselves (SITE_KINDS, ARCHITECTURES) are plain data in workers/names.py, so that
+validating a sweep needs no torch.
 """
 from __future__ import annotations
 
@@ -20,34 +19,7 @@ import torch
 from torch import nn
 
 from workers.errors import UsageError
-
-
-@dataclass(frozen=True)
-class SiteKind:
-    hook: str  # "output": the module's output is the activation; "input": its first input
-    per_head: bool = False  # the activation is split into attention heads (one cell per head)
-
-
-SITE_KINDS: dict[str, SiteKind] = {
-    "attn_out": SiteKind("output"),
-    "mlp_out": SiteKind("output"),
-    "resid_post": SiteKind("output"),
-    "head": SiteKind("input", per_head=True),  # the input of the attention output projection
-}
-SITES = tuple(SITE_KINDS)
-
-_LLAMA = {"layers": "model.layers", "attn_out": "self_attn", "mlp_out": "mlp", "resid_post": "",
-          "head": "self_attn.o_proj"}
-ARCHITECTURES: dict[str, dict[str, str]] = {
-    "gpt2": {"layers": "transformer.h", "attn_out": "attn", "mlp_out": "mlp", "resid_post": "", "head": "attn.c_proj"},
-    "gpt_neox": {"layers": "gpt_neox.layers", "attn_out": "attention", "mlp_out": "mlp", "resid_post": "",
-                 "head": "attention.dense"},
-    "llama": _LLAMA,
-    "mistral": _LLAMA,
-    "qwen2": _LLAMA,
-    "qwen3": _LLAMA,
-}
-FAMILIES = "GPT-2 (gpt2), GPT-NeoX/Pythia (gpt_neox), Llama family (llama, mistral, qwen2, qwen3; SmolLM is llama)"
+from workers.names import ARCHITECTURES, FAMILIES, SITE_KINDS, SITES, SiteKind  # noqa: F401 - re-exported
 
 
 @dataclass(frozen=True)
