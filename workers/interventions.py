@@ -21,7 +21,7 @@ import abc
 import importlib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import ClassVar, Protocol
 
 import torch
@@ -178,7 +178,9 @@ class Intervention(nn.Module, abc.ABC):
     @classmethod
     def create(cls, setup: Setup) -> Intervention:
         """A fresh intervention for K trials (the identity)."""
-        if cls.fixed_length and setup.n_positions is None:
+        if not cls.fixed_length:
+            return cls(replace(setup, n_positions=None))  # any length: not tied to the unit's prompts
+        if setup.n_positions is None:
             raise UsageError(f"method {cls.method!r} needs prompts of one token length")
         return cls(setup)
 
