@@ -75,9 +75,9 @@ def build_unit(loaded: LoadedModel, layers: str | tuple[int, ...], batch: int, p
 
 
 def batches(loaded: LoadedModel, unit: PreparedUnit, batch: int) -> Callable[[], Batch]:
-    """The trainer's batch sequence for trial seed HYPER.seed (workers/trainer.py, _Batches)."""
+    """The trainer's batch sequence for trial seed HYPER.seed (workers/trainer.py, TrainBatches)."""
     train = unit.splits["train"]
-    order = trainer._Batches(len(train), batch, HYPER.seed, HYPER.resample_train)
+    order = trainer.TrainBatches(len(train), batch, HYPER.seed, HYPER.resample_train)
     device = loaded.device
 
     def draw() -> Batch:
@@ -139,13 +139,13 @@ def peer_trainer(loaded: LoadedModel, unit: PreparedUnit, batch: int, peer: Peer
 
 
 def actscale_trainer(loaded: LoadedModel, unit: PreparedUnit, batch: int) -> Train:
-    """actscale's own trainer: `_train_group` for one trial."""
+    """actscale's own trainer: `train_group` for one trial."""
     refs = trainer.resolve_site(loaded.model, SITE, unit.layers)
 
     def train(steps: int) -> torch.Tensor:
         hyper = Hyper(lr=HYPER.lr, lambda_faith=HYPER.lambda_faith, lambda_min=HYPER.lambda_min, steps=steps,
                       batch_size=batch, seed=HYPER.seed)
-        intervention, _ = trainer._train_group(loaded, unit, [hyper], refs, [trainer.TrialResult(hyper)])
+        intervention, _ = trainer.train_group(loaded, unit, [hyper], refs, [trainer.TrialResult(hyper)])
         return intervention.artifact_tensors(0)["alpha"]
     return train
 

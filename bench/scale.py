@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 ACTSCALE = str(Path(sys.executable).with_name("actscale"))
 
-from workers.interventions import method_names  # noqa: E402
+from workers.names import method_names  # noqa: E402
 
 
 def sweep(n_trials: int) -> dict:

@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from workers import forward, prepare, trainer  # noqa: E402
+from workers import forward, prepare, scoring, trainer  # noqa: E402
 from workers.interventions import ActivScalar  # noqa: E402
 from workers.models import load_model  # noqa: E402
 from workers.tasks.base import TaskSpec  # noqa: E402
@@ -46,12 +46,12 @@ def naive_logits(loaded, ids, lengths):
 
 @contextlib.contextmanager
 def full_logits():
-    saved = (trainer.last_token_logits, forward.last_token_logits)
-    trainer.last_token_logits = forward.last_token_logits = naive_logits
+    saved = (scoring.last_token_logits, forward.last_token_logits)
+    scoring.last_token_logits = forward.last_token_logits = naive_logits
     try:
         yield
     finally:
-        trainer.last_token_logits, forward.last_token_logits = saved
+        scoring.last_token_logits, forward.last_token_logits = saved
 
 
 def per_layer_sweep(layers, trials, steps, device, variant: str, shared=None, n_examples: int = 80) -> float:
@@ -109,9 +109,9 @@ def trainer_flops(loaded, steps: int, batch: int) -> tuple[float, float, int]:
     step_flops = 2 * forward_flops  # backward to the activations (weights are frozen) ~ one forward
     refs = trainer.resolve_site(loaded.model, "mlp_out", unit.layers)
     outcomes = [trainer.TrialResult(Hyper())]
-    trainer._train_group(loaded, unit, [Hyper(steps=2)], refs, outcomes)  # warm-up
+    trainer.train_group(loaded, unit, [Hyper(steps=2)], refs, outcomes)  # warm-up
     start = time.perf_counter()
-    trainer._train_group(loaded, unit, [Hyper(steps=steps)], refs, outcomes)
+    trainer.train_group(loaded, unit, [Hyper(steps=steps)], refs, outcomes)
     if loaded.device.type == "cuda":
         torch.cuda.synchronize()
     return step_flops * steps / (time.perf_counter() - start), step_flops, tokens
@@ -132,9 +132,9 @@ def bf16_step_ratio(loaded, steps: int, batch: int = 32) -> dict | None:
         trains_on = training_model(loaded, unit.precision)
         refs = trainer.resolve_site(trains_on.model, "mlp_out", unit.layers)
         outcomes = [trainer.TrialResult(Hyper())]
-        trainer._train_group(trains_on, unit, [Hyper(steps=1)], refs, outcomes)  # warm-up
+        trainer.train_group(trains_on, unit, [Hyper(steps=1)], refs, outcomes)  # warm-up
         start = time.perf_counter()
-        trainer._train_group(trains_on, unit, [Hyper(steps=steps)], refs, outcomes)
+        trainer.train_group(trains_on, unit, [Hyper(steps=steps)], refs, outcomes)
         seconds.setdefault(precision, []).append((time.perf_counter() - start) / steps)
     fp32, bf16 = min(seconds["fp32"]), min(seconds["bf16"])
     return dict(fp32_s=fp32, bf16_s=bf16, ratio=fp32 / bf16)

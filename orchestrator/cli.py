@@ -1,5 +1,6 @@
-"""The `actscale` command. Bad input ends with one clear message and a non-zero exit
-(no traceback unless --debug)."""
+"""The `actscale` command. Bad input, unreadable results and a sweep's driver that cannot go on
+(UsageError, StorageError, DriverError) end with one line, `actscale: error: ...`, and exit status 2
+(a traceback only with --debug); a trial that failed in `actscale train` exits 1, an interrupt 130."""
 from __future__ import annotations
 
 import argparse
@@ -7,12 +8,14 @@ import os
 import sys
 import warnings
 
-# Before torch loads: its OpenMP threads sleep instead of spinning while they wait, so a
-# trial trained in this process (`actscale train`) is not held up when another process
-# shares a core (bench/loaded.py; the same speed on an idle machine).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from storage.errors import StorageError
+from workers.errors import DriverError, UsageError
+from workers.tasks.base import task_names
 
-from workers.errors import UsageError  # noqa: E402
+# Before torch loads (nothing above imports it: tests/test_import_map.py): its OpenMP threads sleep
+# instead of spinning while they wait, so a trial trained in this process (`actscale train`) is not
+# held up when another process shares a core (bench/loaded.py; the same speed on an idle machine).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # each command's module, imported only for that command: `query`, `status` and `report` never load torch
 COMMAND_MODULES = {"train": "orchestrator.train_cmd", "run": "orchestrator.sweep_cmds",
@@ -22,14 +25,8 @@ COMMAND_MODULES = {"train": "orchestrator.train_cmd", "run": "orchestrator.sweep
                    "steer": "orchestrator.steer_cmd"}
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [UsageError]
-    try:
-        from storage.errors import StorageError
-        errors.append(StorageError)
-    except ImportError:  # pragma: no cover
-        pass
-    return tuple(errors)
+# shown as one line with exit status 2: bad input, unreadable results, a sweep's driver that cannot go on
+USER_ERRORS: tuple[type[BaseException], ...] = (UsageError, StorageError, DriverError)
 
 
 def cmd_models(args) -> int:
@@ -43,8 +40,6 @@ def cmd_models(args) -> int:
 
 
 def cmd_tasks(args) -> int:
-    from workers.tasks.base import task_names
-
     for name, doc in task_names().items():
         print(f"{name:<14} {doc}")
     print("\nOr a .jsonl file: one {\"prompt\", \"answer_a\", \"answer_b\", \"template\"} object per line.")
@@ -81,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except _user_errors() as exc:
+    except USER_ERRORS as exc:
         if debug:
             raise
         print(f"actscale: error: {exc}", file=sys.stderr)

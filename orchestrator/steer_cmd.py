@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from orchestrator.steering import load_trial
 from workers.errors import UsageError
 
 
@@ -35,7 +36,6 @@ def _generate(loaded, ids, max_new_tokens: int) -> tuple[str, object]:
 def steer_prompt(run_dir: str, prompt: str, beta: float = 1.0, trial_id: str | None = None,
                  unit_id: str | None = None, max_new_tokens: int = 12, allow_pickle: bool = False) -> dict:
     """Without and with the trial: the continuation, and the answers' probabilities for a task prompt."""
-    from orchestrator.steering import load_trial
     from workers.models import load_model
     from workers.steer import apply_trial, prompt_roles
 

@@ -8,12 +8,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from workers.errors import UsageError
-from workers.steer import StoredTrial, apply_trial
+from workers.stored_trial import StoredTrial
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 def load_trial(run_dir: Path | str, trial_id: str | None = None, unit_id: str | None = None) -> StoredTrial:
@@ -68,5 +69,7 @@ def steer(model: nn.Module, run_dir: Path | str, *, trial_id: str | None = None,
           beta: float = 1.0, roles: list[str] | None = None) -> Iterator[StoredTrial]:
     """Apply a run's trial (by id, or a unit's selected trial) to `model` at strength `beta` inside the
     block: alpha' = 1 + beta(alpha - 1), v' = beta v; the hooks are always removed."""
+    from workers.steer import apply_trial  # torch: only once a model is steered
+
     with apply_trial(model, load_trial(run_dir, trial_id, unit_id), beta, roles) as trial:
         yield trial

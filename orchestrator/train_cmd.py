@@ -8,8 +8,7 @@ import yaml
 
 from orchestrator.records import status_of
 from workers.errors import UsageError
-from workers.interventions import import_plugins, method_names
-from workers.sites import SITES
+from workers.names import SITES, check_method, check_site, import_plugins, method_names
 from workers.tasks.base import TaskSpec
 from workers.unit import Hyper, TrainSettings, UnitSpec
 
@@ -72,10 +71,7 @@ def run(args: argparse.Namespace) -> int:
                              min_split=args.min_split, precision=args.precision)
     spec = UnitSpec(args.model, TaskSpec.make(args.task, parse_task_options(args.task_option)), args.site,
                     layers, args.method, settings)
-    # validate names before paying for a model load
-    from workers.interventions import check_method
-    from workers.sites import check_site
-    check_site(spec.site)
+    check_site(spec.site)  # names first, before paying for a model load
     check_method(spec.method)
     loaded = load_model(args.model, allow_pickle=args.allow_pickle)
     unit = prepare_unit(loaded, spec)

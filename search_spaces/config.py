@@ -14,8 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from search_spaces.stored import N_TRIALS, REPLICATES
 from storage.selection import DEFAULT_MIN_FLIP
 from workers.errors import UsageError
-from workers.interventions import STRENGTHS, import_plugins, method_names
-from workers.sites import SITES
+from workers.names import SITES, STRENGTHS, import_plugins, method_names
 from workers.unit import TrainSettings
 
 V = TypeVar("V", bound=Iterable[str])

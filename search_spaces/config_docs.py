@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from search_spaces.config import SweepConfig
+from search_spaces.config import SpaceOverride, SweepConfig, TaskEntry
 
 HEADER = """# Sweep configuration
 
@@ -96,7 +96,6 @@ def render_page() -> str:
         lines += ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
         _rows(model, f"{path}." if path else "", lines, sections)
         parts.append("\n".join(lines) + "\n")
-    from search_spaces.config import SpaceOverride, TaskEntry
     for path, model in (("tasks[] (mapping form)", TaskEntry), ("search.method_space.METHOD", SpaceOverride)):
         lines = [f"## `{path}`", "", "| key | type | default | meaning |", "| --- | --- | --- | --- |"]
         _rows(model, "", lines, [])

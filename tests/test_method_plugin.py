@@ -15,7 +15,8 @@ from search_spaces.config import parse_config
 from storage.query import load
 from tests.sweeps import check_run, tiny_config
 from workers.errors import UsageError
-from workers.interventions import Intervention, method_class, register_method
+from workers.interventions import CellStats, ForwardContext, Intervention, Setup, method_class, register_method
+from workers.names import METHODS
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 PLUGIN = __name__  # "tests.test_method_plugin": importable by the Ray workers, which start in the repo root
@@ -29,29 +30,27 @@ class ToyShift(Intervention):
     needs_norms = True  # its effect is relative to the activation's size, like SteerVec's
     identity = 0.0
     moved_measure = "|b| sqrt(W) / mean|h|"
+    threshold_setting = "steer_threshold"
 
-    def __init__(self, refs, n_trials: int, n_positions: int):
-        super().__init__(refs, n_trials)
-        self.shifts = nn.ParameterList([nn.Parameter(torch.zeros(len(refs), n_positions)) for _ in range(n_trials)])
+    def __init__(self, setup: Setup):
+        super().__init__(setup)
+        shape = (len(setup.refs), setup.n_positions)
+        self.shifts = nn.ParameterList([nn.Parameter(torch.zeros(shape)) for _ in range(setup.n_trials)])
 
-    def transform(self, index: int, h: torch.Tensor) -> torch.Tensor:
+    def transform(self, index: int, h: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         x = h.reshape(self.n_trials, -1, h.shape[1], h.shape[2])  # [K, B, T, W]
         b = torch.stack(list(self.shifts))[:, index].to(x.dtype)  # [K, T]
         return (x + b[:, None, :, None]).reshape(h.shape)
 
-    def minimality(self) -> torch.Tensor:
+    def minimality(self, ctx: ForwardContext) -> torch.Tensor:
         return torch.stack(list(self.shifts)).abs().flatten(1).sum(1)  # [K]
 
     def trial_parameters(self, k: int) -> list[nn.Parameter]:
         return [self.shifts[k]]
 
-    @classmethod
-    def moved_threshold(cls, settings) -> float:
-        return settings.steer_threshold
-
-    def cells(self, k: int, norms: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def cells(self, k: int, stats: CellStats) -> tuple[torch.Tensor, torch.Tensor]:
         b = self.shifts[k].detach().cpu()  # [L, T]
-        return b, b.abs() * self.width ** 0.5 / norms.clamp_min(1e-6)
+        return b, b.abs() * self.width ** 0.5 / stats.norms.clamp_min(1e-6)
 
 
 @pytest.mark.slow
@@ -93,3 +92,23 @@ def test_a_method_name_cannot_be_registered_twice():
 
     with pytest.raises(UsageError, match="registered twice"):
         register_method(Other)
+
+
+def test_registering_a_method_makes_it_known_without_torch():
+    """What validation, the units table and the report need is plain data in workers/names.py."""
+    info = METHODS["toyshift"]
+    assert info.path == f"{PLUGIN}:ToyShift" and info.fixed_length and info.identity == 0.0
+    assert info.moved_measure == ToyShift.moved_measure and info.threshold_setting == "steer_threshold"
+
+
+def test_a_method_missing_part_of_the_contract_is_refused_by_name():
+    class Half(Intervention):
+        method = "half"
+        moved_measure = "|x|"
+
+        def transform(self, index, h, ctx):
+            return h
+
+    with pytest.raises(UsageError, match="Half does not define cells, minimality, trial_parameters"):
+        register_method(Half)
+    assert "half" not in METHODS

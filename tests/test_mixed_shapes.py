@@ -17,12 +17,12 @@ from storage.query import load
 from storage.report import heatmap_matrix
 from tests.sweeps import tiny_config
 from workers.columns import position_columns
-from workers.interventions import build_intervention
+from workers.interventions import CellRecorder, CellStats, build_intervention
 from workers.prepare import prepare_unit
+from workers.scoring import score
 from workers.sites import resolve_site
 from workers.tasks.base import Example, TaskSpec
 from workers.tasks.roles import TokenizedExample
-from workers.trainer import _evaluate
 from workers.unit import TrainSettings, UnitSpec
 
 # three templates of three token lengths; "office", "book" and "and#2" are in one template only
@@ -63,8 +63,10 @@ def test_dynscalar_cells_aggregate_one_role_per_column(tiny_models, tmp_path):
         for w, b in zip(intervention.weights, intervention.biases):
             w.copy_(torch.randn(w.shape, generator=torch.Generator().manual_seed(1)))
             b.copy_(torch.full(b.shape, 0.3))
-    _evaluate(loaded, unit, intervention, intervention.refs, val, (columns, column_ids))
-    values, effects = intervention.cells(0, None)  # [L, C]
+    recorder = CellRecorder(len(columns))
+    score(loaded, intervention, intervention.refs, val, batch_rows=spec.settings.eval_batch, token_columns=column_ids,
+          recorder=recorder)
+    values, effects = intervention.cells(0, CellStats(recorded=recorder))  # [L, C]
     assert values.shape == (2, len(columns))
 
     # the same alphas, prompt by prompt, by position, then grouped by each prompt's own roles
@@ -73,9 +75,10 @@ def test_dynscalar_cells_aggregate_one_role_per_column(tiny_models, tmp_path):
     for n, example in enumerate(val.examples):
         one = replace(val, examples=[example], ids=val.ids[n:n + 1, :example.length], lengths=val.lengths[n:n + 1],
                       a_ids=val.a_ids[n:n + 1], b_ids=val.b_ids[n:n + 1], logits=val.logits[n:n + 1], prefix=None)
-        per_position = (position_columns([example], example.length), torch.arange(example.length)[None])
-        _evaluate(loaded, unit, intervention, intervention.refs, one, per_position)
-        alpha, _ = intervention.cells(0, None)  # [L, T] of this prompt
+        one_prompt = CellRecorder(example.length)  # a column per position of this prompt
+        score(loaded, intervention, intervention.refs, one, token_columns=torch.arange(example.length)[None],
+              recorder=one_prompt)
+        alpha, _ = intervention.cells(0, CellStats(recorded=one_prompt))  # [L, T] of this prompt
         for pos, role in enumerate(example.roles):
             sums[role] = sums.get(role, 0) + alpha[:, pos]
             counts[role] += 1

@@ -10,9 +10,10 @@ import torch
 from workers.interventions import ActivScalar, build_intervention, installed
 from workers.precision import resolve_precision, training_model
 from workers.prepare import prepare_unit
+from workers.scoring import intervened_logits
 from workers.sites import resolve_site
 from workers.tasks.base import TaskSpec
-from workers.trainer import _forward, train_trials
+from workers.trainer import train_trials
 from workers.unit import Hyper, TrainSettings, UnitSpec
 
 
@@ -41,8 +42,8 @@ def test_an_untrained_intervention_leaves_the_bf16_forward_bit_equal(tiny_models
     trains_on = training_model(loaded, "bf16")
     refs = resolve_site(trains_on.model, "mlp_out", unit.layers)
     intervention = build_intervention(ActivScalar.method, refs, 1, unit.n_positions)
-    with torch.no_grad(), installed(intervention):
-        after = _forward(trains_on, intervention, train.ids, train.lengths, unit.first_layer, train.prefix)
+    with torch.no_grad(), installed(intervention) as hooks:
+        after, _ = intervened_logits(trains_on, hooks, train.ids, train.lengths, unit.first_layer, train.prefix)
     assert torch.equal(after, train.own_logits)
 
 

@@ -6,7 +6,8 @@ import torch
 
 from tests.conftest import TINY
 from workers.forward import last_token_logits
-from workers.interventions import build_intervention, installed, method_names
+from workers.interventions import ForwardContext, build_intervention, installed
+from workers.names import method_names
 from workers.sites import SITES, decoder_layers, resolve_site
 
 METHODS = method_names()
@@ -115,7 +116,7 @@ def test_hook_does_not_mutate_in_place(tiny_models):
         intervention.alphas[0].fill_(2.0)
     h = torch.randn(2, IDS.shape[1], loaded.d_model)
     original = h.clone()
-    out = intervention.transform(0, h)
+    out = intervention.transform(0, h, ForwardContext.every_token(h))
     assert torch.equal(h, original)
     assert torch.allclose(out, 2 * original)
 

@@ -95,7 +95,7 @@ def test_a_pruning_sweep_stores_tells_and_resumes_pruned_trials(tmp_path, ray_se
 def test_the_pruned_trial_no_longer_runs_in_the_forward(tiny_models):
     """Compute is saved, not masked: after the prune, each training forward holds 2 x 16 prompts."""
     from workers.sites import decoder_layers, resolve_site
-    from workers.trainer import _train_group
+    from workers.trainer import train_group
 
     loaded = tiny_models["tiny-llama"]
     unit = _unit(tiny_models, prune=True, prune_margin=0.2, check_prompts=20)
@@ -104,7 +104,7 @@ def test_the_pruned_trial_no_longer_runs_in_the_forward(tiny_models):
     sizes: list[int] = []
     handle = decoder_layers(loaded.model)[2].mlp.register_forward_hook(lambda m, i, out: sizes.append(out.shape[0]))
     try:
-        _train_group(loaded, unit, hypers, resolve_site(loaded.model, "mlp_out", unit.layers), outcomes)
+        train_group(loaded, unit, hypers, resolve_site(loaded.model, "mlp_out", unit.layers), outcomes)
     finally:
         handle.remove()
     pruned_at = outcomes[1].steps
@@ -117,28 +117,22 @@ def test_under_bf16_the_checks_compare_against_the_training_models_own_logits(ti
     """An untrained intervention scores no faithfulness loss and no flip on the check slice under
     bf16: the slice's reference is the training model's own logits, not the fp32 model's (against
     which the bf16 forward alone shows a KL)."""
-    from workers.interventions import build_intervention, installed
+    from workers.interventions import build_intervention
     from workers.objective import kl_other_per_prompt
     from workers.precision import training_model
     from workers.sites import resolve_site
     from workers.stopping import TrialStopper
-    from workers.trainer import _forward
 
     loaded = tiny_models["tiny-llama"]
     unit = _unit(tiny_models, prune=True, precision="bf16")
     check = unit.check
     assert check is not None and check.own_logits is not None and len(check) == 24
     trains_on = training_model(loaded, unit.precision)
-    intervention = build_intervention(unit.spec.method, resolve_site(trains_on.model, "mlp_out", unit.layers), 2,
-                                      unit.n_positions)
+    refs = resolve_site(trains_on.model, "mlp_out", unit.layers)
+    intervention = build_intervention(unit.spec.method, refs, 2, unit.n_positions)
     hypers = [Hyper(lambda_faith=1.0, lambda_min=0.0), Hyper(lambda_faith=0.0, lambda_min=0.0)]
-    stopper = TrialStopper(unit, hypers, [30, 30], [TrialResult(h) for h in hypers])
-
-    def forward(ids, lengths, prefix):
-        return _forward(trains_on, intervention, ids, lengths, unit.first_layer, prefix)
-
-    with installed(intervention):
-        loss, flips = stopper._score(intervention, [0, 1], forward)
+    stopper = TrialStopper(unit, hypers, [30, 30], [TrialResult(h) for h in hypers], trains_on, refs)
+    loss, flips = stopper.slice_scores(intervention, [0, 1])
     assert flips == [0.0, 0.0]
     assert abs(loss[0] - loss[1]) < 1e-6, "faithfulness term (the loss difference) of an untouched model"
     a_a, b_b = check.a_ids, check.b_ids

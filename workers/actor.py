@@ -10,9 +10,11 @@ import json
 import os
 import socket
 
+import torch
+
 from workers.analysis import analyze_trial
-from workers.interventions import import_plugins, method_class, moved_rule
 from workers.models import load_model
+from workers.names import import_plugins, method_info, moved_rule
 from workers.prepare import PreparedUnit, prepare_unit
 from workers.results import TrialResult
 from workers.trainer import train_trials
@@ -28,8 +30,6 @@ class WorkerActor:
                  plugins: list[str] | None = None):
         import_plugins(plugins or [])  # the sweep's own methods, registered before any unit needs them
         if threads:
-            import torch
-
             torch.set_num_threads(max(1, threads))  # use the CPU share this worker was given
         self.model_name = model_name
         self.loaded = load_model(model_name, allow_pickle=allow_pickle)
@@ -59,7 +59,7 @@ class WorkerActor:
                    n_train=len(unit.splits["train"]), n_val=len(unit.splits["val"]), n_test=len(unit.splits["test"]),
                    counts=json.dumps(unit.counts), base_accuracy=unit.base_accuracy, mean_ld=unit.mean_ld,
                    moved_measure=measure, moved_threshold=threshold, min_split=spec.settings.min_split,
-                   warnings=unit.warnings, value_identity=method_class(spec.method).identity)
+                   warnings=unit.warnings, value_identity=method_info(spec.method).identity)
         examples = []
         for split, data in unit.splits.items():
             lds = data.ld.tolist()
@@ -83,8 +83,6 @@ class WorkerActor:
     def analyze(self, unit_id: str, spec: UnitSpec, trials: list[tuple[str, dict]], betas: list[float],
                 curves: bool, k_step: int = 2) -> dict[str, list[dict]]:
         """Curves and strength rows (workers/analysis.py) of stored trials: trial id -> rows."""
-        import torch
-
         unit = self._unit(unit_id, spec)
         return {tid: analyze_trial(self.loaded, unit, {k: torch.as_tensor(v) for k, v in tensors.items()},
                                    tuple(betas), curves, k_step)

@@ -8,10 +8,11 @@ same effect that decides `moved` (`Intervention.cells`). For k on a log-spaced g
 The strength sweep applies every learned value at strength beta (`Intervention.from_artifact`):
 beta = 0 is the model itself and beta = 1 the trial.
 
-Cells are masked per token (`torch.where`, so "all kept" is exactly the trial and "none
-kept" exactly the model), which works for any method whose `transform` acts per token and
-whose cells are (layer, column[, head]). The points of one split run as the K "trials" of one
-batched forward (`_Points`), scored by the trainer's own `_evaluate`.
+Cells are masked per token (`interventions.only_cells`: `torch.where`, so "all kept" is exactly
+the trial and "none kept" exactly the model), which works for any method that keeps the contract
+(`transform` acts per token; cells are (layer, column[, head])). The points of one split run as the
+K "trials" of one batched forward (`PointBatch`, a composition of the points' interventions),
+scored by `workers.scoring.score`, the function that scores trials.
 """
 from __future__ import annotations
 
@@ -19,13 +20,14 @@ from dataclasses import dataclass
 
 import torch
 
-from workers.interventions import STRENGTHS, Intervention, method_class
+from workers.interventions import CellRecorder, CellStats, ForwardContext, Intervention, method_class, only_cells
 from workers.models import LoadedModel
+from workers.names import STRENGTHS
 from workers.objective import flipped
 from workers.precision import evaluation_model
 from workers.prepare import PreparedUnit, SplitData
+from workers.scoring import score, site_norms
 from workers.sites import SiteRef, resolve_site
-from workers.trainer import _evaluate, site_norms
 
 BOOTSTRAP_SAMPLES = 1000
 POINTS_PER_FORWARD = 8  # curve points scored in one batched forward
@@ -50,37 +52,30 @@ class Point:
     keep: torch.Tensor  # [L, C + 1(, H)] bool: cells where the intervention acts (column C: roles unseen on val)
 
 
-class _Points(Intervention):
-    """K points as the K trials of one forward: point j's intervention on the j-th block of the
-    batch, acting only on its kept cells. Every token's column is in `token_columns` [K*B, T]."""
-
-    method = ""
+class PointBatch:
+    """K points as the K trials of one forward, by composition (an `interventions.Acting`): point j's
+    intervention acts on the j-th block of the batch, only at the tokens of its kept cells. Each
+    token's column comes in the forward's context (`ctx.token_columns`, [K*B, T])."""
 
     def __init__(self, points: list[Point]):
-        first = points[0].intervention
-        super().__init__(first.refs, len(points))
         self.points = points
+        self.refs = points[0].intervention.refs
+        self.n_trials = len(points)
+        self.n_heads = self.refs[0].n_heads
 
-    def transform(self, index: int, h: torch.Tensor) -> torch.Tensor:
+    def transform(self, index: int, h: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         k = self.n_trials
-        assert self.token_columns is not None and self.token_mask is not None
+        assert ctx.token_columns is not None, "the points' cells need each token's column"
         blocks = h.reshape((k, h.shape[0] // k) + h.shape[1:]).unbind(0)  # K x [B, T, W]
-        columns = self.token_columns.reshape(k, -1, self.token_columns.shape[1])[:, :, : h.shape[1]]  # [K, B, T]
-        masks = self.token_mask.reshape(k, -1, self.token_mask.shape[1])  # [K, B, T]
+        columns = ctx.token_columns.reshape(k, -1, ctx.token_columns.shape[1])[:, :, : h.shape[1]]  # [K, B, T]
+        masks = ctx.token_mask.reshape(k, -1, ctx.token_mask.shape[1])  # [K, B, T]
         out = []
         for j, (point, x) in enumerate(zip(self.points, blocks)):
-            inner = point.intervention
-            inner.token_mask = masks[j]
-            inner.begin_forward()
-            changed = inner.transform(index, x)  # [B, T, W]
-            keep = point.keep[index].to(x.device)[columns[j]]  # [B, T(, H)]
-            if self.n_heads:
-                shape = x.shape[:2] + (self.n_heads, x.shape[2] // self.n_heads)
-                x, changed = x.reshape(shape), changed.reshape(shape)  # [B, T, H, W/H]
-            out.append(torch.where(keep[..., None], changed, x).reshape(blocks[j].shape))
+            changed = point.intervention.transform(index, x, ForwardContext(masks[j]))  # [B, T, W]
+            out.append(only_cells(x, changed, point.keep[index], columns[j], self.n_heads))
         return torch.cat(out)
 
-    def minimality(self) -> torch.Tensor:
+    def minimality(self, ctx: ForwardContext) -> torch.Tensor:
         return torch.zeros(self.n_trials)
 
 
@@ -98,14 +93,15 @@ def _token_columns(unit: PreparedUnit, split: str, n_columns: int) -> torch.Tens
 
 def _cell_effects(loaded: LoadedModel, unit: PreparedUnit, trial: Intervention, refs: list[SiteRef]) -> torch.Tensor:
     """The trial's effect per cell [L, C(, H)], measured as the trainer measures it."""
-    norms = None
-    if method_class(unit.spec.method).needs_norms:
-        norms = site_norms(loaded, refs, unit.splits["train"], unit.spec.settings.eval_batch)
-    if not trial.fixed_length:  # cells recorded on val
-        _evaluate(loaded, unit, trial, refs, unit.splits["val"], unit.cell_columns("val"))
-    effects = trial.cells(0, norms)[1]
-    trial.record_cells(None)
-    return effects
+    settings = unit.spec.settings
+    norms = site_norms(loaded, refs, unit.splits["train"], settings.eval_batch) if trial.needs_norms else None
+    recorder = None
+    if trial.records_cells:  # cells recorded on val
+        columns, column_ids = unit.cell_columns("val")
+        recorder = CellRecorder(len(columns))
+        score(loaded, trial, refs, unit.splits["val"], first_layer=unit.first_layer, batch_rows=settings.eval_batch,
+              token_columns=column_ids, recorder=recorder)
+    return trial.cells(0, CellStats(norms, recorder))[1]
 
 
 def _keep_masks(effects: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -163,8 +159,9 @@ def _score_distinct(loaded: LoadedModel, unit: PreparedUnit, points: list[Point]
     rows = []
     for start in range(0, len(points), POINTS_PER_FORWARD):
         chunk = points[start:start + POINTS_PER_FORWARD]
-        batched = _Points(chunk)
-        _, ld_after, kl = _evaluate(loaded, unit, batched, refs, split, ([None] * (n_columns + 1), columns))  # [P, N]
+        scores = score(loaded, PointBatch(chunk), refs, split, first_layer=unit.first_layer,
+                       batch_rows=unit.spec.settings.eval_batch, token_columns=columns)
+        ld_after, kl = scores.ld_after, scores.kl_other  # [P, N]
         flips = flipped(ld_after, split.ld[None]).float()  # [P, N]
         stats = {}
         for name, values in (("flip_rate", flips), ("ld_after", ld_after), ("kl_other", kl)):

@@ -10,6 +10,7 @@ from contextlib import contextmanager, nullcontext
 import torch
 
 from workers.models import LoadedModel
+from workers.sites import architecture, decoder_layers, hooked, layer_input
 
 
 def pad_batch(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,8 +55,6 @@ def start_at_layer(loaded: LoadedModel, first_layer: int, hidden: torch.Tensor):
     Embeddings, masks and rotary tables are still made by the model, so every
     architecture keeps its own forward logic.
     """
-    from workers.sites import architecture, decoder_layers, hooked, layer_input
-
     if first_layer <= 0:
         yield
         return
@@ -82,8 +81,6 @@ def logits_and_states(loaded: LoadedModel, ids: torch.Tensor, lengths: torch.Ten
     """Unintervened last-position logits [N, V] and, if `layer` is given, the hidden states
     [N, T, d] entering that layer (the prefix cache), both on the CPU, in one pass.
     With `stop`, the forward ends at `layer` and no logits are returned."""
-    from workers.sites import hooked, layer_input
-
     captured: list[torch.Tensor] = []
 
     def grab(index: int, h: torch.Tensor) -> None:

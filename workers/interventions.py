@@ -1,149 +1,229 @@
-"""Methods as plugins: ActivScalar, SteerVec and DynScalar as torch modules, with a leading trial dimension.
+"""The method contract (`Intervention`) and the built-in methods: ActivScalar, SteerVec, DynScalar
+and DynScalarBias, torch modules with a leading trial dimension.
 
-Each method is a subclass of `Intervention`, registered by name with `@register_method`; the
-subclass owns everything method-specific (its parameters, transform, minimality, the moved
-measure of a cell, its artifact tensors, the value meaning "no change"), so the trainer, the
-actor, the CLI and the report never compare method names. A user's method is a subclass in
-the user's own module, named in the sweep's `plugins:` list (docs/architecture.md).
+A method is a subclass of `Intervention` registered by name with `@register_method`. It owns
+everything method-specific (its parameters, transform, minimality, the measure of a cell's
+effect, its artifact tensors, the value meaning "no change"), so the trainer, the actor, the CLI
+and the report never compare method names. What validation and the report need without torch
+(the name, fixed_length, identity, moved_measure, the threshold's setting) is also plain data in
+workers/names.py (`METHODS`); registering a class adds or checks its entry there. A user's method
+is a subclass in the user's own module, named in the sweep's `plugins:` list
+(docs/architecture.md, "Where a new thing goes"; tests/test_method_plugin.py is a whole example).
 
-Parameters are stacked over K trials so that K trials of one unit train in one batched
-forward (batch K x B); each trial has its own nn.Parameter so that optimizers keep
-per-trial state and learning rates. Hooks return new tensors, never mutate outputs in
-place, and `installed` always removes them.
+What a forward acts on (which tokens are real, each token's cell column, a recorder of per-cell
+statistics, and what the method gathers during the forward) reaches a method as an argument,
+`transform(index, h, ctx)` with a `ForwardContext`, never as state set on it from outside: the hooks
+of `installed` hand every transform call of one forward the same context.
 """
 from __future__ import annotations
 
+import abc
+import importlib
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field, fields, replace
+from typing import ClassVar, Protocol
 
 import torch
 from torch import nn
 
 from workers.errors import UsageError
+from workers.names import METHODS, MethodInfo, any_length_methods, method_info  # noqa: F401 - re-exported
 from workers.sites import SiteRef, hooked
+from workers.unit import TrainSettings
 
-METHOD_CLASSES: dict[str, type[Intervention]] = {}  # the registry: method name -> class
-# the strengths beta of the strength sweep (workers/analysis.py; `Intervention.from_artifact`)
-STRENGTHS = (-1.0, -0.5, 0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
-
-
-def register_method(cls: type[Intervention]) -> type[Intervention]:
-    """Class decorator: make a method available by its `method` name (sweeps, CLI, report)."""
-    if not cls.method or not cls.method.isidentifier():
-        raise UsageError(f"method class {cls.__name__} needs a `method` name that is an identifier (got {cls.method!r})")
-    known = METHOD_CLASSES.get(cls.method)
-    if known is not None and known.__qualname__ != cls.__qualname__:
-        raise UsageError(f"method {cls.method!r} is registered twice ({known.__qualname__} and {cls.__qualname__})")
-    METHOD_CLASSES[cls.method] = cls
-    return cls
+METHOD_CLASSES: dict[str, type[Intervention]] = {}  # the registry's torch half: method name -> class
 
 
-def method_names() -> tuple[str, ...]:
-    return tuple(METHOD_CLASSES)
+@dataclass(frozen=True)
+class Setup:
+    """What a method is built for, handed to its constructor: the sites (one `SiteRef` per layer, with
+    the activation's width and, for the head site, its number of heads), K trials, and the one prompt
+    length of a fixed-length method (None: prompts of any length). Later needs arrive as new fields
+    with defaults, so a method's constructor keeps its signature."""
+
+    refs: list[SiteRef]
+    n_trials: int
+    n_positions: int | None = None
 
 
-def method_class(method: str) -> type[Intervention]:
-    """The registered class of a method; a clear error naming the accepted ones otherwise."""
-    if method not in METHOD_CLASSES:
-        raise UsageError(f"unknown method {method!r}; accepted: {', '.join(METHOD_CLASSES)} (a method of your own: "
-                         "a registered Intervention subclass in a module named under `plugins:`)")
-    return METHOD_CLASSES[method]
+class CellRecorder:
+    """Per-cell sums of per-token statistics over the forwards of one evaluation: for a method whose
+    cells depend on the activation (DynScalar records alpha, |alpha - 1| and token counts on val).
+    Each token counts towards its cell column (`ForwardContext.token_columns`)."""
+
+    def __init__(self, n_columns: int):
+        self.n_columns = n_columns
+        self._sums: dict[tuple[int, str], torch.Tensor] = {}  # (site index, name) -> [K, C(, H)]
+
+    def add(self, index: int, name: str, per_token: torch.Tensor, columns: torch.Tensor) -> None:
+        """Add `per_token` ([K, B, T(, H)]) to the sums of each token's column (`columns`: [K, B*T])."""
+        k, bsz, t = per_token.shape[:3]
+        flat = per_token.reshape((k, bsz * t) + per_token.shape[3:])
+        where = columns[..., None].expand_as(flat) if flat.dim() == 3 else columns
+        new = flat.new_zeros((k, self.n_columns) + per_token.shape[3:]).scatter_add_(1, where, flat)
+        old = self._sums.get((index, name))
+        self._sums[(index, name)] = new if old is None else old + new
+
+    def sums(self, index: int, name: str) -> torch.Tensor:
+        """[K, C(, H)] the recorded sums of statistic `name` at site `index`."""
+        if (index, name) not in self._sums:
+            raise KeyError(f"nothing recorded for {name!r} at site {index}: cells need a recorded evaluation")
+        return self._sums[(index, name)]
 
 
-def any_length_methods() -> list[str]:
-    """Methods that work on prompts of several token lengths."""
-    return [name for name, cls in METHOD_CLASSES.items() if not cls.fixed_length]
+@dataclass
+class ForwardContext:
+    """What one forward acts on, handed to every `transform` call of that forward (and to `minimality`
+    after it). Made by whoever runs the forward (workers/scoring.py); new needs are new fields with
+    defaults (e.g. a counterfactual prompt's activations for activation patching), so the methods'
+    signatures stay."""
+
+    token_mask: torch.Tensor  # [K*B, T] 1 for real tokens, 0 for padding
+    token_columns: torch.Tensor | None = None  # [K*B, T] each token's cell column (workers/columns.py)
+    recorder: CellRecorder | None = None  # set while a method's cells are recorded (evaluation on val)
+    gathered: dict[str, list[torch.Tensor]] = field(default_factory=dict)  # terms a method gathers in the forward
+
+    @classmethod
+    def every_token(cls, h: torch.Tensor) -> ForwardContext:
+        """A context where every token of h ([B, T, W]) is real: a forward run without one (steering)."""
+        return cls(torch.ones(h.shape[:2], dtype=torch.long, device=h.device))
+
+    def gather(self, name: str, term: torch.Tensor) -> None:
+        self.gathered.setdefault(name, []).append(term)
+
+    @property
+    def recording(self) -> bool:
+        return self.recorder is not None
+
+    def record(self, index: int, name: str, per_token: torch.Tensor) -> None:
+        """Add a per-token statistic ([K, B, T(, H)]) to its tokens' cells (a no-op when not recording)."""
+        if self.recorder is None:
+            return
+        assert self.token_columns is not None, "recording cells needs token_columns"
+        k, bsz, t = per_token.shape[:3]
+        columns = self.token_columns.reshape(k, bsz, -1)[:, :, :t].reshape(k, bsz * t).to(per_token.device)
+        self.recorder.add(index, name, per_token, columns)
 
 
-def check_method(method: str) -> None:
-    method_class(method)
+@dataclass(frozen=True)
+class CellStats:
+    """What `Intervention.cells` measures a trial's cells against: the mean |h| per cell on train
+    ([L, C(, H)], for a method with `needs_norms`) and the recorded val evaluation (`records_cells`)."""
+
+    norms: torch.Tensor | None = None
+    recorded: CellRecorder | None = None
 
 
-class Intervention(nn.Module):
-    """Base: K trials x (sites at several layers). Subclasses define the class attributes and
-    methods marked "subclass" below, and are registered with `@register_method`."""
+class Acting(Protocol):
+    """What the hooks of `installed` apply: an Intervention, or a composition of several (the
+    analysis' curve points)."""
 
-    method = ""  # subclass: the name used in sweeps and tables
-    fixed_length = True  # one parameter per position: the unit keeps prompts of one token length
-    needs_norms = False  # `cells` needs the mean |h| per cell on train
-    identity = 1.0  # the stored `value` of a cell that does not change h (1: a scale; 0: an offset)
-    moved_measure = ""  # subclass: how a cell's effect is measured (stored in the units table)
+    refs: list[SiteRef]
+    n_trials: int
 
-    def __init__(self, refs: list[SiteRef], n_trials: int):
+    def transform(self, index: int, h: torch.Tensor, ctx: ForwardContext) -> torch.Tensor: ...
+
+    def minimality(self, ctx: ForwardContext) -> torch.Tensor: ...
+
+
+class Intervention(nn.Module, abc.ABC):
+    """A method: K trials of it at the sites of several layers, trained together in one batched forward.
+
+    A subclass sets the class attributes below and defines the abstract methods; `@register_method`
+    makes it available by name. Guarantees a subclass gives, which the trainer and the analysis rely on:
+
+    - `transform(index, h, ctx)` returns a new tensor of h's shape and never changes h in place;
+      h is [K*B, T, W], trial k's prompts in the k-th block of B rows.
+    - It acts per token: a token's output depends only on that token's h (and the parameters), so
+      replacing h by the output only at some tokens (`torch.where`) applies the method exactly at
+      those tokens' cells and nowhere else. The analysis' curves and a future cell mask rely on it.
+    - At initialisation it is the identity: the output equals h bit for bit.
+    - Parameters are per trial: one nn.Parameter per trial in `nn.ParameterList`s of length K (so that
+      each trial has its own optimizer), stacked for the forward; `keep_trials` rebuilds those lists
+      when trials leave the batch. A method keeping other per-trial state overrides `keep_trials`.
+    - `minimality(ctx)` does not change any state; what it needs from the forward it gathered in `ctx`.
+
+    What plugs in later without changing this contract:
+    - a cell mask (retrained "masked controls"): the trainer wraps the intervention in the same
+      per-token `torch.where` the analysis uses (`only_cells`), with the train tokens' columns in the
+      ctx, so cells outside a boolean [L, C(, H)] mask stay identity; their parameters get no gradient
+      from the effectiveness or faithfulness terms and, at identity, none from an L1 term either;
+    - a proximal L1 step (soft-thresholding toward identity after each optimizer step, so that unmoved
+      cells are exactly identity): one more optional method, `shrink(k, amount)`, whose default refuses
+      with a UsageError naming the method; `identity` already says where each value shrinks to;
+    - a training-free baseline (a fixed difference-in-means vector times one learned scalar per trial):
+      a method whose constructor finds the vector in a new `Setup` field (the train split's mean
+      activations per cell, computed by the trainer like `needs_norms`' norms);
+    - per-cell activation patching: a method reading a counterfactual prompt's h at the same cell from a
+      new `ForwardContext` field, filled by the forward that runs it.
+    """
+
+    method: ClassVar[str] = ""  # the name used in sweeps and tables (an identifier)
+    fixed_length: ClassVar[bool] = True  # one parameter per position: the unit keeps prompts of one token length
+    identity: ClassVar[float] = 1.0  # the stored `value` of a cell that does not change h (1: a scale; 0: an offset)
+    moved_measure: ClassVar[str] = ""  # how a cell's effect is measured (stored in the units table)
+    threshold_setting: ClassVar[str] = "active_threshold"  # the TrainSettings field: a cell moved above it
+    needs_norms: ClassVar[bool] = False  # `cells` needs the mean |h| per cell on train (CellStats.norms)
+    records_cells: ClassVar[bool] = False  # `cells` needs a recorded val evaluation (CellStats.recorded)
+
+    def __init__(self, setup: Setup):
         super().__init__()
-        self.refs = refs
-        self.n_trials = n_trials
-        self.n_heads = refs[0].n_heads
-        self.width = refs[0].width
-        self.token_mask: torch.Tensor | None = None  # [K*B, T], 1 for real tokens (set by the trainer)
-        # [K*B, T]: each token's cell column (its position, or its role for prompts of several shapes;
-        # workers/columns.py), set by the trainer while cells are recorded
-        self.token_columns: torch.Tensor | None = None
-
-    def _split(self, h: torch.Tensor) -> torch.Tensor:
-        """[K*B, T, W] -> [K, B, T, W] or [K, B, T, H, W/H] for the head site."""
-        k = self.n_trials
-        shape = (k, h.shape[0] // k, h.shape[1])
-        shape += (self.n_heads, self.width // self.n_heads) if self.n_heads else (self.width,)
-        return h.reshape(shape)
+        self.refs = setup.refs
+        self.n_trials = setup.n_trials  # the trials in the forward now (keep_trials changes it)
+        self.n_heads = setup.refs[0].n_heads
+        self.width = setup.refs[0].width
+        self._n_positions = setup.n_positions
 
     @classmethod
-    def create(cls, refs: list[SiteRef], n_trials: int, n_positions: int | None) -> Intervention:
-        """A fresh intervention for K trials; `n_positions` is None for prompts of several lengths."""
-        if cls.fixed_length:
-            if n_positions is None:
-                raise UsageError(f"method {cls.method!r} needs prompts of one token length")
-            return cls(refs, n_trials, n_positions)  # type: ignore[call-arg]
-        return cls(refs, n_trials)
+    def create(cls, setup: Setup) -> Intervention:
+        """A fresh intervention for K trials (the identity)."""
+        if not cls.fixed_length:
+            return cls(replace(setup, n_positions=None))  # any length: not tied to the unit's prompts
+        if setup.n_positions is None:
+            raise UsageError(f"method {cls.method!r} needs prompts of one token length")
+        return cls(setup)
 
-    def transform(self, index: int, h: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
-        """Subclass: the activation at site `index` ([K*B, T, W]) after the intervention, same shape."""
-        raise NotImplementedError
+    @abc.abstractmethod
+    def transform(self, index: int, h: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        """The activation at site `index` ([K*B, T, W]) after the intervention: a new tensor, same shape."""
 
-    def begin_forward(self) -> None:
-        """Called before every forward: a method that gathers terms during the forward resets them."""
+    @abc.abstractmethod
+    def minimality(self, ctx: ForwardContext) -> torch.Tensor:
+        """The L1 term of each trial for the forward of `ctx`: [K]."""
 
-    def minimality(self) -> torch.Tensor:  # [K]
-        """Subclass: the L1 term of each trial for the last forward (does not change any state)."""
-        raise NotImplementedError
-
+    @abc.abstractmethod
     def trial_parameters(self, k: int) -> list[nn.Parameter]:
-        """Subclass: trial k's parameters (its optimizer's)."""
-        raise NotImplementedError
+        """Trial k's parameters (its optimizer's)."""
 
-    def record_cells(self, n_columns: int | None) -> None:
-        """Start (n_columns) or stop (None) recording per-cell statistics during evaluation, for
-        methods whose cells depend on the activation (DynScalar); a no-op for the others. Each
-        token counts towards its column in `token_columns`."""
+    @abc.abstractmethod
+    def cells(self, k: int, stats: CellStats) -> tuple[torch.Tensor, torch.Tensor]:
+        """Trial k's (value, effect) per cell, each [L, C(, H)] on the CPU, C the unit's cell columns
+        (positions for fixed-length methods; the recorded columns otherwise). A cell is (layer, column[,
+        head]), the same for every method (workers/columns.py)."""
 
-    # What a "site" is, the same for every method: one (layer, column[, head]) cell (workers/columns.py).
     @classmethod
-    def moved_threshold(cls, settings) -> float:
-        """A cell is moved when its effect is above this (TrainSettings holds both thresholds)."""
-        return settings.active_threshold
-
-    def cells(self, k: int, norms: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Subclass: trial k's (value, effect) per cell, each [L, C(, H)] on the CPU, C the unit's cell columns
-        (positions for fixed-length methods; the recorded columns otherwise). `norms`: mean |h| per cell."""
-        raise NotImplementedError
+    def moved_threshold(cls, settings: TrainSettings) -> float:
+        """A cell is moved when its effect is above this."""
+        return float(getattr(settings, cls.threshold_setting))
 
     def artifact_tensors(self, k: int) -> dict[str, torch.Tensor]:
-        """Subclass: trial k's learned tensors, enough to rebuild it with `from_artifact`
-        (stored as RUN_DIR/artifacts/<trial id>.safetensors; none by default)."""
+        """Trial k's learned tensors, enough to rebuild it with `from_artifact` (stored as
+        RUN_DIR/artifacts/<trial id>.safetensors; none by default)."""
         return {}
 
     @classmethod
     def from_artifact(cls, refs: list[SiteRef], tensors: dict[str, torch.Tensor], beta: float = 1.0) -> Intervention:
-        """Subclass: one stored trial (K = 1) at strength beta: every learned value moved from the
-        identity by beta times its trained change (alpha' = 1 + beta(alpha - 1); v' = beta v), so beta = 0
-        is the model itself and beta = 1 the trial."""
+        """One stored trial (K = 1) at strength beta: every learned value moved from the identity by beta
+        times its trained change (alpha' = 1 + beta(alpha - 1); v' = beta v), so beta = 0 is the model
+        itself and beta = 1 the trial."""
         raise UsageError(f"method {cls.method!r} cannot be applied from a stored trial: its class defines no "
                          "artifact_tensors/from_artifact")
 
     @property
     def n_positions(self) -> int | None:
         """The prompt length a fixed-length method was built for (None: any length)."""
-        return None
+        return self._n_positions
 
     @property
     def n_params(self) -> int:
@@ -165,6 +245,69 @@ class Intervention(nn.Module):
             setattr(self, name, nn.ParameterList([params[i] for i in chosen]))
         self.n_trials = len(chosen)
 
+    def _split(self, h: torch.Tensor) -> torch.Tensor:
+        """[K*B, T, W] -> [K, B, T, W] or [K, B, T, H, W/H] for the head site."""
+        k = self.n_trials
+        shape = (k, h.shape[0] // k, h.shape[1])
+        shape += (self.n_heads, self.width // self.n_heads) if self.n_heads else (self.width,)
+        return h.reshape(shape)
+
+
+def _info(cls: type[Intervention]) -> MethodInfo:
+    return MethodInfo(f"{cls.__module__}:{cls.__qualname__}", cls.fixed_length, cls.identity, cls.moved_measure,
+                      cls.threshold_setting)
+
+
+def register_method(cls: type[Intervention]) -> type[Intervention]:
+    """Class decorator: make a method available by its `method` name (sweeps, CLI, report), and its
+    facts known without torch (workers/names.py METHODS: a built-in's entry must agree with its class)."""
+    name = cls.method
+    if not name or not name.isidentifier():
+        raise UsageError(f"method class {cls.__name__} needs a `method` name that is an identifier (got {name!r})")
+    known = METHODS.get(name)
+    if known is not None and known.path.partition(":")[2] != cls.__qualname__:
+        raise UsageError(f"method {name!r} is registered twice ({known.path} and {cls.__module__}:{cls.__qualname__})")
+    missing = sorted(getattr(cls, "__abstractmethods__", ()))
+    if missing:
+        raise UsageError(f"method class {cls.__qualname__} does not define {', '.join(missing)} (the Intervention "
+                         "contract, workers/interventions.py)")
+    if not cls.moved_measure:
+        raise UsageError(f"method class {cls.__qualname__} needs a `moved_measure` (how a cell's effect is measured)")
+    settings = [f.name for f in fields(TrainSettings) if f.name.endswith("_threshold")]
+    if cls.threshold_setting not in settings:
+        raise UsageError(f"method class {cls.__qualname__}: threshold_setting {cls.threshold_setting!r}; accepted: "
+                         f"{', '.join(settings)}")
+    info = _info(cls)
+    if known is not None and known.path == info.path and known != info:
+        raise UsageError(f"method {name!r}: its class says {info}, workers/names.py METHODS says {known}")
+    METHODS[name] = info
+    METHOD_CLASSES[name] = cls
+    return cls
+
+
+def method_class(method: str) -> type[Intervention]:
+    """The registered class of a method (imported from its "module:Class" where not yet registered);
+    a clear error naming the accepted ones otherwise."""
+    if method not in METHOD_CLASSES:
+        module, _, _ = method_info(method).path.partition(":")
+        importlib.import_module(module)  # registers it
+    return METHOD_CLASSES[method]
+
+
+def build_intervention(method: str, refs: list[SiteRef], n_trials: int, n_positions: int | None) -> Intervention:
+    return method_class(method).create(Setup(refs, n_trials, n_positions))
+
+
+def only_cells(x: torch.Tensor, changed: torch.Tensor, keep: torch.Tensor, columns: torch.Tensor,
+               n_heads: int | None) -> torch.Tensor:
+    """`changed` at the tokens (and heads) whose cell is kept, `x` elsewhere: exact per token.
+    x, changed: [B, T, W]; keep: [C(, H)] bool for this site; columns: [B, T] each token's column."""
+    kept = keep.to(x.device)[columns]  # [B, T(, H)]
+    if n_heads:
+        shape = x.shape[:2] + (n_heads, x.shape[2] // n_heads)
+        return torch.where(kept[..., None], changed.reshape(shape), x.reshape(shape)).reshape(x.shape)
+    return torch.where(kept[..., None], changed, x)
+
 
 def _stacked(params: nn.ParameterList) -> torch.Tensor:
     return torch.stack(list(params))
@@ -175,27 +318,27 @@ class ActivScalar(Intervention):
     """h <- alpha * h, one alpha per (layer, position[, head]), initialised to 1."""
 
     method = "activscalar"
+    moved_measure = "|alpha-1|"
 
-    def __init__(self, refs: list[SiteRef], n_trials: int, n_positions: int):
-        super().__init__(refs, n_trials)
-        shape = (len(refs), n_positions) + ((self.n_heads,) if self.n_heads else ())
-        self.alphas = nn.ParameterList([nn.Parameter(torch.ones(shape)) for _ in range(n_trials)])
+    def __init__(self, setup: Setup):
+        super().__init__(setup)
+        assert setup.n_positions is not None
+        shape = (len(setup.refs), setup.n_positions) + ((self.n_heads,) if self.n_heads else ())
+        self.alphas = nn.ParameterList([nn.Parameter(torch.ones(shape)) for _ in range(setup.n_trials)])
 
-    def transform(self, index: int, h: torch.Tensor) -> torch.Tensor:
+    def transform(self, index: int, h: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         x = self._split(h)
         alpha = _stacked(self.alphas)[:, index].to(x.dtype)  # [K, T(, H)]
         alpha = alpha[:, None, :, None] if not self.n_heads else alpha[:, None, :, :, None]
         return (x * alpha).reshape(h.shape)
 
-    def minimality(self) -> torch.Tensor:
+    def minimality(self, ctx: ForwardContext) -> torch.Tensor:
         return (_stacked(self.alphas) - 1).abs().flatten(1).sum(1)
 
     def trial_parameters(self, k: int) -> list[nn.Parameter]:
         return [self.alphas[k]]
 
-    moved_measure = "|alpha-1|"
-
-    def cells(self, k: int, norms: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def cells(self, k: int, stats: CellStats) -> tuple[torch.Tensor, torch.Tensor]:
         alpha = self.alphas[k].detach().cpu()  # [L, T(, H)]
         return alpha, (alpha - 1).abs()
 
@@ -205,14 +348,10 @@ class ActivScalar(Intervention):
     @classmethod
     def from_artifact(cls, refs: list[SiteRef], tensors: dict[str, torch.Tensor], beta: float = 1.0) -> Intervention:
         alpha = tensors["alpha"].float()  # [L, T(, H)]
-        made = cls(refs, 1, alpha.shape[1])
+        made = cls(Setup(refs, 1, alpha.shape[1]))
         with torch.no_grad():
             made.alphas[0].copy_(torch.lerp(torch.ones_like(alpha), alpha, beta))  # exact at beta 0 and 1
         return made
-
-    @property
-    def n_positions(self) -> int | None:
-        return int(self.alphas[0].shape[1])
 
 
 @register_method
@@ -222,38 +361,35 @@ class SteerVec(Intervention):
     method = "steervec"
     needs_norms = True
     identity = 0.0  # the stored value is |v|
+    moved_measure = "|v|/mean|h|"
+    threshold_setting = "steer_threshold"
 
-    def __init__(self, refs: list[SiteRef], n_trials: int, n_positions: int):
-        super().__init__(refs, n_trials)
-        shape = (len(refs), n_positions, self.width)
-        self.vectors = nn.ParameterList([nn.Parameter(torch.zeros(shape)) for _ in range(n_trials)])
+    def __init__(self, setup: Setup):
+        super().__init__(setup)
+        assert setup.n_positions is not None
+        shape = (len(setup.refs), setup.n_positions, self.width)
+        self.vectors = nn.ParameterList([nn.Parameter(torch.zeros(shape)) for _ in range(setup.n_trials)])
 
-    def transform(self, index: int, h: torch.Tensor) -> torch.Tensor:
+    def transform(self, index: int, h: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         k = self.n_trials
         x = h.reshape(k, h.shape[0] // k, h.shape[1], h.shape[2])
         v = _stacked(self.vectors)[:, index].to(x.dtype)  # [K, T, W]
         return (x + v[:, None]).reshape(h.shape)
 
-    def minimality(self) -> torch.Tensor:
+    def minimality(self, ctx: ForwardContext) -> torch.Tensor:
         return _stacked(self.vectors).abs().flatten(1).sum(1)
 
     def trial_parameters(self, k: int) -> list[nn.Parameter]:
         return [self.vectors[k]]
 
-    moved_measure = "|v|/mean|h|"
-
-    @classmethod
-    def moved_threshold(cls, settings) -> float:
-        return settings.steer_threshold
-
-    def cells(self, k: int, norms: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def cells(self, k: int, stats: CellStats) -> tuple[torch.Tensor, torch.Tensor]:
         """Value: |v| per cell (per head's slice for the head site); effect: |v| / mean |h| there."""
         v = self.vectors[k].detach().cpu()  # [L, T, W]
         if self.n_heads:
             v = v.reshape(v.shape[0], v.shape[1], self.n_heads, -1)  # [L, T, H, W/H]
         value = v.norm(dim=-1)  # [L, T(, H)]
-        assert norms is not None, "SteerVec needs the mean |h| per cell"
-        return value, value / norms.clamp_min(1e-6)
+        assert stats.norms is not None, "SteerVec needs the mean |h| per cell"
+        return value, value / stats.norms.clamp_min(1e-6)
 
     def artifact_tensors(self, k: int) -> dict[str, torch.Tensor]:
         """The vectors themselves: the scalars table holds only their norms."""
@@ -262,40 +398,35 @@ class SteerVec(Intervention):
     @classmethod
     def from_artifact(cls, refs: list[SiteRef], tensors: dict[str, torch.Tensor], beta: float = 1.0) -> Intervention:
         v = tensors["param"].float()  # [L, T, W]
-        made = cls(refs, 1, v.shape[1])
+        made = cls(Setup(refs, 1, v.shape[1]))
         with torch.no_grad():
             made.vectors[0].copy_(beta * v)
         return made
-
-    @property
-    def n_positions(self) -> int | None:
-        return int(self.vectors[0].shape[1])
 
 
 @register_method
 class DynScalar(Intervention):
     """h <- alpha_l(h) * h, alpha_l(h) = 1 + w_l . h/|h| + b_l: works for prompts of any length.
 
-    Minimality is the mean over prompts of the sum of |alpha - 1| over layers and real
-    tokens, gathered during the forward (`begin_forward` resets it, `minimality` reads it).
+    Minimality is the mean over prompts of the sum of |alpha - 1| over layers and real tokens,
+    gathered in the forward's context (`ctx.gather`) and summed by `minimality(ctx)`. Its cells are
+    recorded on val (`records_cells`): mean alpha and mean |alpha - 1| over each column's tokens.
     """
 
     method = "dynscalar"
     fixed_length = False
+    records_cells = True
+    moved_measure = "mean |alpha-1| over val tokens"
     reads_activation = True  # False: alpha = 1 + b only, no `w` parameters (DynScalarBias, the control)
 
-    def __init__(self, refs: list[SiteRef], n_trials: int):
-        super().__init__(refs, n_trials)
+    def __init__(self, setup: Setup):
+        super().__init__(setup)
+        refs, n_trials = setup.refs, setup.n_trials
         head = (self.n_heads,) if self.n_heads else ()
         if self.reads_activation:
             w_shape = (len(refs),) + head + ((self.width // self.n_heads,) if self.n_heads else (self.width,))
             self.weights = nn.ParameterList([nn.Parameter(torch.zeros(w_shape)) for _ in range(n_trials)])
         self.biases = nn.ParameterList([nn.Parameter(torch.zeros((len(refs),) + head)) for _ in range(n_trials)])
-        self._l1_terms: list[torch.Tensor] = []
-        # While set (evaluation on val): layer index -> (sum alpha, sum |alpha-1|) [K, C(, H)] and
-        # real-token count [K, C] per cell column (`token_columns`), over `n_columns` columns.
-        self.record: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
-        self.n_columns = 0
 
     def alpha(self, index: int, x: torch.Tensor) -> torch.Tensor:
         """x: [K, B, T(, H), W] -> alpha [K, B, T(, H)]."""
@@ -307,61 +438,39 @@ class DynScalar(Intervention):
             return 1 + dot + b[:, None, None, :]
         return 1 + torch.einsum("kbtd,kd->kbt", unit, w) + b[:, None, None]
 
-    def transform(self, index: int, h: torch.Tensor) -> torch.Tensor:
+    def transform(self, index: int, h: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         x = self._split(h)
         alpha = self.alpha(index, x)
         k, bsz, t = x.shape[:3]
-        mask = self.token_mask.reshape(k, bsz, -1)[:, :, :t].to(x.dtype) if self.token_mask is not None \
-            else torch.ones(k, bsz, t, dtype=x.dtype, device=x.device)
+        mask = ctx.token_mask.reshape(k, bsz, -1)[:, :, :t].to(x.dtype)  # [K, B, T]
         dev = (alpha - 1).abs()
         m = mask[..., None] if self.n_heads else mask  # [K, B, T(, 1)]
         dev_real = dev * m
-        self._l1_terms.append(dev_real.flatten(2).sum(2).mean(1))  # [K]: mean over prompts
-        if self.record is not None:
-            self._record(index, (alpha * m).detach().float(), dev_real.detach().float(), mask.detach().float())
+        ctx.gather("l1", dev_real.flatten(2).sum(2).mean(1))  # [K]: mean over prompts
+        if ctx.recording:
+            ctx.record(index, "alpha", (alpha * m).detach().float())
+            ctx.record(index, "dev", dev_real.detach().float())
+            ctx.record(index, "count", mask.detach().float())
         scale = alpha[..., None]
         return (x * scale).reshape(h.shape)
 
-    def _record(self, index: int, alpha: torch.Tensor, dev: torch.Tensor, mask: torch.Tensor) -> None:
-        """Add this forward's masked alpha and |alpha-1| ([K, B, T(, H)]) and token counts ([K, B, T])
-        to the sums of each token's cell column."""
-        assert self.token_columns is not None, "recording cells needs token_columns"
-        k, bsz, t = mask.shape
-        columns = self.token_columns.reshape(k, bsz, -1)[:, :, :t].reshape(k, bsz * t).to(mask.device)  # [K, B*T]
-
-        def by_column(x: torch.Tensor) -> torch.Tensor:  # [K, B, T(, H)] -> [K, C(, H)]
-            flat = x.reshape((k, bsz * t) + x.shape[3:])
-            index = columns[..., None].expand_as(flat) if flat.dim() == 3 else columns
-            return flat.new_zeros((k, self.n_columns) + x.shape[3:]).scatter_add_(1, index, flat)
-
-        new = (by_column(alpha), by_column(dev), by_column(mask))
-        old = self.record.get(index)
-        self.record[index] = new if old is None else tuple(a + b for a, b in zip(old, new))
-
-    moved_measure = "mean |alpha-1| over val tokens"
-
-    def record_cells(self, n_columns: int | None) -> None:
-        self.record, self.n_columns = ({}, n_columns) if n_columns is not None else (None, 0)
-
-    def cells(self, k: int, norms: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def cells(self, k: int, stats: CellStats) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean alpha and mean |alpha-1| over the recorded (val) tokens of each cell (layer, column[, head])."""
-        assert self.record, "DynScalar cells need a recorded evaluation"
+        assert stats.recorded is not None, "DynScalar cells need a recorded evaluation"
         values, effects = [], []
         for j in range(len(self.refs)):
-            alpha_sum, dev_sum, count = (x[k].cpu() for x in self.record[j])
+            alpha_sum, dev_sum, count = (stats.recorded.sums(j, name)[k].cpu() for name in ("alpha", "dev", "count"))
             c = count.clamp_min(1)[:, None] if self.n_heads else count.clamp_min(1)
             values.append(alpha_sum / c)
             effects.append(dev_sum / c)
         return torch.stack(values), torch.stack(effects)  # [L, C(, H)]
 
-    def begin_forward(self) -> None:
-        self._l1_terms = []
-
-    def minimality(self) -> torch.Tensor:
-        """Sum over layers of the terms gathered during the last forward: [K]."""
-        if not self._l1_terms:
+    def minimality(self, ctx: ForwardContext) -> torch.Tensor:
+        """Sum over layers of the terms gathered during the forward of `ctx`: [K]."""
+        terms = ctx.gathered.get("l1")
+        if not terms:
             return torch.zeros(self.n_trials)
-        return torch.stack(self._l1_terms).sum(0)
+        return torch.stack(terms).sum(0)
 
     def trial_parameters(self, k: int) -> list[nn.Parameter]:
         return [self.weights[k], self.biases[k]]
@@ -374,7 +483,7 @@ class DynScalar(Intervention):
     @classmethod
     def from_artifact(cls, refs: list[SiteRef], tensors: dict[str, torch.Tensor], beta: float = 1.0) -> Intervention:
         """alpha'(h) = 1 + beta (w . h/|h| + b): w and b scaled by beta."""
-        made = cls(refs, 1)
+        made = cls(Setup(refs, 1))
         with torch.no_grad():
             made.weights[0].copy_(beta * tensors["weight"].float())
             made.biases[0].copy_(beta * tensors["bias"].float())
@@ -405,46 +514,43 @@ class DynScalarBias(DynScalar):
 
     @classmethod
     def from_artifact(cls, refs: list[SiteRef], tensors: dict[str, torch.Tensor], beta: float = 1.0) -> Intervention:
-        made = cls(refs, 1)
+        made = cls(Setup(refs, 1))
         with torch.no_grad():
             made.biases[0].copy_(beta * tensors["bias"].float())
         return made
 
 
-def moved_rule(method: str, settings) -> tuple[str, float]:
-    """(how a cell's effect is measured, the threshold above which it counts as moved) for a method."""
-    cls = method_class(method)
-    return cls.moved_measure, cls.moved_threshold(settings)
+class Installed:
+    """The hooks of one `Acting` on a model (yielded by `installed`). A forward run inside
+    `forward(ctx)` hands `ctx` to every transform call; a forward outside one gets a fresh context in
+    which every token is real (nothing gathered in it is read).
 
+    The transform runs in fp32 whatever the model's dtype (a bf16 training copy): alpha near 1 would
+    move in bf16 steps of 0.008, and alpha = 1 leaves the activation bit-equal either way."""
 
-def build_intervention(method: str, refs: list[SiteRef], n_trials: int, n_positions: int | None) -> Intervention:
-    return method_class(method).create(refs, n_trials, n_positions)
+    def __init__(self, acting: Acting):
+        self.acting = acting
+        self._ctx: ForwardContext | None = None
 
-
-def import_plugins(modules: list[str] | tuple[str, ...]) -> None:
-    """Import the modules that register a user's methods (the sweep's `plugins:`), on the
-    coordinator and on every worker; a clear error if one cannot be imported."""
-    import importlib
-
-    for name in modules:
+    @contextmanager
+    def forward(self, ctx: ForwardContext) -> Iterator[ForwardContext]:
+        self._ctx = ctx
         try:
-            importlib.import_module(name)
-        except ImportError as exc:
-            raise UsageError(f"plugin module {name!r} cannot be imported ({exc}); it must be importable on the "
-                             "coordinator and on every worker node (on the PYTHONPATH or installed)") from None
+            yield ctx
+        finally:
+            self._ctx = None
+
+    def __call__(self, index: int, h: torch.Tensor) -> torch.Tensor:
+        ctx = self._ctx if self._ctx is not None else ForwardContext.every_token(h)
+        if h.dtype == torch.float32:
+            return self.acting.transform(index, h, ctx)
+        return self.acting.transform(index, h.float(), ctx).to(h.dtype)
 
 
 @contextmanager
-def installed(intervention: Intervention, refs: list[SiteRef] | None = None) -> Iterator[Intervention]:
-    """Install the intervention's hooks (on `refs`: the same sites of another copy of the model)
-    for the duration of the block; always remove them.
-
-    The transform runs in fp32 whatever the model's dtype (a bf16 training copy): alpha near 1
-    would move in bf16 steps of 0.008, and alpha = 1 leaves the activation bit-equal either way."""
-    def precise(index: int, h: torch.Tensor) -> torch.Tensor:
-        if h.dtype == torch.float32:
-            return intervention.transform(index, h)
-        return intervention.transform(index, h.float()).to(h.dtype)
-
-    with hooked(refs or intervention.refs, precise):
-        yield intervention
+def installed(acting: Acting, refs: list[SiteRef] | None = None) -> Iterator[Installed]:
+    """Install the hooks of `acting` (on `refs`: the same sites of another copy of the model) for the
+    duration of the block; always remove them."""
+    hooks = Installed(acting)
+    with hooked(refs or acting.refs, hooks):
+        yield hooks

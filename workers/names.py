@@ -2,15 +2,22 @@
 
 Validating a sweep, `plan`, `status`, `query` and `report` read these tables without loading a
 model (the torch modules that act on them import from here): the sites and how each is hooked,
-where each site lives in each architecture (keyed by `config.model_type`), and the splits.
+where each site lives in each architecture (keyed by `config.model_type`), the splits, the
+methods (each as "module:Class", imported only where a model runs, and what is known of it
+without the class) and the strengths of the strength sweep.
 
 Adding a site: an entry in SITE_KINDS and its module path in each architecture. Adding an
 architecture: an entry in ARCHITECTURES (module paths relative to one decoder layer; "" is the
-layer itself).
+layer itself). Adding a built-in method: its class in workers/interventions.py and its entry in
+METHODS (registering the class checks that the two agree). A user's method needs no entry: its
+`@register_method` adds one when its module (named under `plugins:`) is imported.
 """
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
+
+from workers.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -47,3 +54,73 @@ ARCHITECTURES: dict[str, dict[str, str]] = {
 }
 FAMILIES = ("GPT-2 (gpt2), GPT-NeoX/Pythia (gpt_neox), Llama family (llama, mistral, qwen2, qwen3; SmolLM is llama), "
             "Gemma 3 (gemma3_text, post-norm block outputs)")
+
+
+def check_site(site: str) -> None:
+    if site not in SITES:
+        raise UsageError(f"unknown site {site!r}; accepted: {', '.join(SITES)}")
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """What validation, the units table and the report know of a method without importing its class
+    (the class states the same facts as attributes: workers.interventions.Intervention)."""
+
+    path: str  # "module:Class": the Intervention subclass, imported only where a model runs
+    fixed_length: bool  # one parameter per position: the unit keeps prompts of one token length
+    identity: float  # the stored `value` of a cell that does not change h (1: a scale; 0: an offset)
+    moved_measure: str  # how a cell's effect is measured (stored in the units table)
+    threshold_setting: str  # the TrainSettings field holding the threshold above which a cell is moved
+
+    def moved_threshold(self, settings: object) -> float:
+        return float(getattr(settings, self.threshold_setting))
+
+
+_DYN = "mean |alpha-1| over val tokens"
+# the registry's plain half: method name -> what is known of it; @register_method adds a plugin's
+METHODS: dict[str, MethodInfo] = {
+    "activscalar": MethodInfo("workers.interventions:ActivScalar", True, 1.0, "|alpha-1|", "active_threshold"),
+    "steervec": MethodInfo("workers.interventions:SteerVec", True, 0.0, "|v|/mean|h|", "steer_threshold"),
+    "dynscalar": MethodInfo("workers.interventions:DynScalar", False, 1.0, _DYN, "active_threshold"),
+    "dynscalar_bias": MethodInfo("workers.interventions:DynScalarBias", False, 1.0, _DYN, "active_threshold"),
+}
+# the strengths beta of the strength sweep (workers/analysis.py; `Intervention.from_artifact`)
+STRENGTHS = (-1.0, -0.5, 0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
+
+
+def method_names() -> tuple[str, ...]:
+    return tuple(METHODS)
+
+
+def method_info(method: str) -> MethodInfo:
+    """A method's entry; a clear error naming the accepted ones otherwise."""
+    if method not in METHODS:
+        raise UsageError(f"unknown method {method!r}; accepted: {', '.join(METHODS)} (a method of your own: "
+                         "a registered Intervention subclass in a module named under `plugins:`)")
+    return METHODS[method]
+
+
+def check_method(method: str) -> None:
+    method_info(method)
+
+
+def any_length_methods() -> list[str]:
+    """Methods that work on prompts of several token lengths."""
+    return [name for name, info in METHODS.items() if not info.fixed_length]
+
+
+def moved_rule(method: str, settings: object) -> tuple[str, float]:
+    """(how a cell's effect is measured, the threshold above which it counts as moved) for a method."""
+    info = method_info(method)
+    return info.moved_measure, info.moved_threshold(settings)
+
+
+def import_plugins(modules: list[str] | tuple[str, ...]) -> None:
+    """Import the modules that register a user's methods (the sweep's `plugins:`), on the
+    coordinator and on every worker; a clear error if one cannot be imported."""
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise UsageError(f"plugin module {name!r} cannot be imported ({exc}); it must be importable on the "
+                             "coordinator and on every worker node (on the PYTHONPATH or installed)") from None

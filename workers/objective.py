@@ -57,7 +57,15 @@ def objective(logits_before, logits_after, a_ids, b_ids, minimality: torch.Tenso
     """lambda_E*E + lambda_F*F + lambda_M*M per trial; returns (loss [K], parts dict)."""
     ld_before = logit_diff(logits_before, a_ids, b_ids)
     ld_after = logit_diff(logits_after, a_ids, b_ids)
+    kl = kl_other_per_prompt(logits_before, logits_after, a_ids, b_ids)
+    return objective_from(ld_before, ld_after, kl, minimality, lambda_faith, lambda_min, lambda_eff)
+
+
+def objective_from(ld_before: torch.Tensor, ld_after: torch.Tensor, kl_other: torch.Tensor, minimality: torch.Tensor,
+                   lambda_faith: torch.Tensor, lambda_min: torch.Tensor, lambda_eff: float | torch.Tensor = 1.0):
+    """The objective from what a forward was scored by (workers/scoring.py): LD, LD' and the KL on
+    other tokens per prompt ([K, N] each) and the minimality term [K]; returns (loss [K], parts dict)."""
     e = effectiveness_per_prompt(ld_after, ld_before).mean(-1)
-    f = kl_other_per_prompt(logits_before, logits_after, a_ids, b_ids).mean(-1)
+    f = kl_other.mean(-1)
     loss = lambda_eff * e + lambda_faith * f + lambda_min * minimality
     return loss, {"E": e.detach(), "F": f.detach(), "M": minimality.detach()}

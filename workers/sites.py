@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from workers.errors import UsageError
-from workers.names import ARCHITECTURES, FAMILIES, SITE_KINDS, SITES, SiteKind  # noqa: F401 - re-exported
+from workers.names import ARCHITECTURES, FAMILIES, SITE_KINDS, SITES, SiteKind, check_site  # noqa: F401 - re-exported
 
 
 @dataclass(frozen=True)
@@ -48,11 +48,6 @@ def architecture(model: nn.Module) -> dict[str, str]:
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     return _get(model, architecture(model)["layers"])
-
-
-def check_site(site: str) -> None:
-    if site not in SITES:
-        raise UsageError(f"unknown site {site!r}; accepted: {', '.join(SITES)}")
 
 
 def resolve_layers(model: nn.Module, layers: str | list[int]) -> list[int]:

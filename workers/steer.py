@@ -14,42 +14,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from workers.errors import UsageError
-from workers.interventions import Intervention, any_length_methods, method_class
+from workers.interventions import ForwardContext, Intervention, method_class
+from workers.names import any_length_methods
 from workers.sites import SiteFn, hooked, resolve_site
+from workers.stored_trial import StoredTrial
 from workers.tasks.roles import placeholder_spans, token_roles
-
-
-@dataclass
-class StoredTrial:
-    """What applying a trial needs: its unit's row, its learned tensors and its cell columns."""
-
-    run_dir: Path
-    trial_id: str
-    unit: dict  # the units row
-    tensors: dict[str, torch.Tensor]
-    position_roles: list[str] = field(default_factory=list)  # per position (position-tied methods)
-    templates: list[str] = field(default_factory=list)  # the unit's templates, for a prompt's roles
-    examples: dict[str, dict] = field(default_factory=dict)  # the unit's prompts -> their examples row
-
-    @property
-    def method(self) -> str:
-        return str(self.unit["method"])
-
-    @property
-    def fixed_length(self) -> bool:
-        return method_class(self.method).fixed_length
-
-    def describe(self) -> str:
-        u = self.unit
-        layers = ",".join(str(int(x)) for x in u["layers"])
-        return f"{self.trial_id} ({u['model']} / {u['task']} / {u['site']} / layers {layers} / {u['method']})"
 
 
 def check_model(model: nn.Module, trial: StoredTrial) -> None:
@@ -99,7 +73,8 @@ def _position_tied_fn(intervention: Intervention, n: int, trial_id: str) -> Site
         t = h.shape[1]
         if t == n or (t > n and seen["prompt"]):
             seen["prompt"] = True
-            changed = intervention.transform(index, h[:, :n].contiguous())
+            prompt = h[:, :n].contiguous()
+            changed = intervention.transform(index, prompt, ForwardContext.every_token(prompt))
             return changed if t == n else torch.cat([changed, h[:, n:]], dim=1)
         if seen["prompt"] and t == 1:
             return None  # a generated token after a cached prompt pass
@@ -110,9 +85,7 @@ def _position_tied_fn(intervention: Intervention, n: int, trial_id: str) -> Site
 
 def _any_length_fn(intervention: Intervention) -> SiteFn:
     def fn(index: int, h: torch.Tensor) -> torch.Tensor:
-        if index == 0:
-            intervention.begin_forward()  # no terms gathered across a whole generation
-        return intervention.transform(index, h)
+        return intervention.transform(index, h, ForwardContext.every_token(h))  # every token real, nothing kept
     return fn
 
 

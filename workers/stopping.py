@@ -1,8 +1,8 @@
 """Early stopping and pruning of the trials trained together in one batched forward.
 
-Every `check_every` steps the live trials are scored on a fixed val slice (the first
-`check_prompts` val prompts, `PreparedUnit.check`, no gradients) on the training model, against
-that model's own unintervened logits (under bf16 the fp32 logits would put a floor under the
+Every `check_every` steps the live trials are scored (workers.scoring.score) on a fixed val slice
+(the first `check_prompts` val prompts, `PreparedUnit.check`, in one forward) on the training model,
+against that model's own unintervened logits (under bf16 the fp32 logits would put a floor under the
 faithfulness term and count precision noise near LD = 0 as flips):
 
 - patience (`train.patience` > 0): a trial whose slice objective (its own loss: effectiveness +
@@ -22,9 +22,12 @@ from __future__ import annotations
 import torch
 
 from workers.interventions import Intervention
-from workers.objective import flipped, logit_diff, objective
+from workers.models import LoadedModel
+from workers.objective import objective_from
 from workers.prepare import PreparedUnit
 from workers.results import TrialResult
+from workers.scoring import score
+from workers.sites import SiteRef
 from workers.unit import Hyper
 
 IMPROVEMENT = 0.01  # a check improves on the best when it is lower by this share of |best|
@@ -33,14 +36,15 @@ IMPROVEMENT = 0.01  # a check improves on the best when it is lower by this shar
 class TrialStopper:
     """Tracks each trial's best slice objective and decides, at each check, who leaves the batch."""
 
-    def __init__(self, unit: PreparedUnit, hypers: list[Hyper], steps: list[int], outcomes: list[TrialResult]):
-        self.settings = unit.spec.settings
+    def __init__(self, unit: PreparedUnit, hypers: list[Hyper], steps: list[int], outcomes: list[TrialResult],
+                 trains_on: LoadedModel, refs: list[SiteRef]):
+        self.unit, self.settings = unit, unit.spec.settings
         self.hypers, self.steps, self.outcomes = hypers, steps, outcomes
+        self.trains_on, self.refs = trains_on, refs  # the training model and its sites
         self.best = [float("inf")] * len(hypers)
         self.flat_checks = [0] * len(hypers)
         assert unit.check is not None, "prepare_unit builds the check slice when stopping is wanted"
         self.data = unit.check
-        self.ld_before = logit_diff(self.data.reference_logits, self.data.a_ids, self.data.b_ids)  # [n]
 
     @staticmethod
     def wanted(unit: PreparedUnit) -> bool:
@@ -49,9 +53,10 @@ class TrialStopper:
     def due(self, step: int) -> bool:
         return step > 0 and step % self.settings.check_every == 0
 
-    def check(self, intervention: Intervention, live: list[int], step: int, forward) -> list[int]:
-        """The trials of `live` that keep training after this check (the others get a stop_reason)."""
-        loss, flips = self._score(intervention, live, forward)
+    def check(self, intervention: Intervention, live: list[int], step: int) -> list[int]:
+        """The trials of `live` (the intervention's trials now) that keep training after this check (the
+        others get a stop_reason)."""
+        loss, flips = self.slice_scores(intervention, live)
         stopped: set[int] = set()
         patience = self.settings.patience
         for j, i in enumerate(live):
@@ -84,21 +89,13 @@ class TrialStopper:
                 pruned.add(i)
         return pruned
 
-    def _score(self, intervention: Intervention, live: list[int], forward) -> tuple[list[float], list[float]]:
+    def slice_scores(self, intervention: Intervention, live: list[int]) -> tuple[list[float], list[float]]:
         """Per live trial: its objective and flip_rate on the val slice."""
-        data = self.data
-        k, n = len(live), len(data)
-        lengths = data.lengths.repeat(k)
-        ids = data.ids.repeat(k, 1)[:, : int(lengths.max())]
-        prefix = data.prefix.repeat(k, 1, 1) if data.prefix is not None else None
-        with torch.no_grad():
-            after = forward(ids, lengths, prefix).reshape(k, n, -1)  # [K', n, V]
-            before = data.reference_logits.to(after.device).expand(k, -1, -1)
-            a = data.a_ids.to(after.device).expand(k, -1)
-            b = data.b_ids.to(after.device).expand(k, -1)
-            lam_f = torch.tensor([self.hypers[i].lambda_faith for i in live], device=after.device)
-            lam_m = torch.tensor([self.hypers[i].lambda_min for i in live], device=after.device)
-            loss, _ = objective(before, after, a, b, intervention.minimality(), lam_f, lam_m)
-            ld_after = logit_diff(after, a, b)  # [K', n]
-            flips = flipped(ld_after.cpu(), self.ld_before[None]).float().mean(1)
-        return loss.cpu().tolist(), flips.tolist()
+        scores = score(self.trains_on, intervention, self.refs, self.data, first_layer=self.unit.first_layer, own=True)
+        k = len(live)
+        lam_f = torch.tensor([self.hypers[i].lambda_faith for i in live])
+        lam_m = torch.tensor([self.hypers[i].lambda_min for i in live])
+        (minimality,) = scores.minimality  # one forward
+        loss, _ = objective_from(scores.ld_before[None].expand(k, -1), scores.ld_after, scores.kl_other,
+                                 minimality.cpu(), lam_f, lam_m)
+        return loss.tolist(), scores.metrics["flip_rate"].tolist()

@@ -10,13 +10,9 @@ from functools import cache
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from workers.tasks.builtin import vocabulary_corpus
+
 EOS = "<|endoftext|>"
-
-
-def _corpus() -> list[str]:
-    from workers.tasks import builtin
-
-    return builtin.vocabulary_corpus()
 
 
 @cache
@@ -31,5 +27,5 @@ def build_tiny_tokenizer(vocab_size: int = 1024) -> PreTrainedTokenizerFast:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_corpus(), trainer=trainer)
+    tok.train_from_iterator(vocabulary_corpus(), trainer=trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=EOS, bos_token=EOS)

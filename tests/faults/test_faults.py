@@ -58,7 +58,7 @@ def test_nan_trial_is_recorded_and_others_go_on(tiny_models):
 
 
 def test_out_of_memory_is_recorded(tiny_models, monkeypatch):
-    from workers import trainer
+    from workers import scoring
 
     loaded = tiny_models["tiny-gpt2"]
     spec = UnitSpec("tiny-gpt2", TaskSpec.make("ioi"), "mlp_out", "all", "activscalar", TrainSettings(steps=2))
@@ -66,7 +66,7 @@ def test_out_of_memory_is_recorded(tiny_models, monkeypatch):
 
     def oom(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
-    monkeypatch.setattr(trainer, "last_token_logits", oom)
+    monkeypatch.setattr(scoring, "last_token_logits", oom)  # every intervened forward (training and scoring)
     outcomes = train_trials(loaded, unit, [Hyper(), Hyper(lr=0.01)])
     assert all(not o.ok and o.error.startswith("out of memory") for o in outcomes)
 

@@ -1,4 +1,4 @@
-"""Examples, task lookup (built-in name or JSONL path) and the task-data hash."""
+"""Task lookup (built-in name or JSONL path), the JSONL loader and the task-data hash."""
 from __future__ import annotations
 
 import hashlib
@@ -7,25 +7,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from workers.errors import UsageError
+from workers.tasks.builtin import BUILTIN_TASKS
+from workers.tasks.example import Example
+
+__all__ = ["Example", "TaskSpec", "examples_hash", "load_examples", "load_jsonl", "task_names"]
 
 REQUIRED_FIELDS = ("prompt", "answer_a", "answer_b", "template")
-
-
-@dataclass(frozen=True)
-class Example:
-    """One prompt; answer_a is the answer the model is expected to give, answer_b the alternative."""
-
-    prompt: str
-    answer_a: str
-    answer_b: str
-    template: str
-    heldout: bool = False  # only for the test split (e.g. a held-out template)
-    # What the prompt is about (names, countries): no entity is in two splits. Empty: the prompt itself.
-    entities: tuple[str, ...] = ()
-
-    @property
-    def split_keys(self) -> tuple[str, ...]:
-        return self.entities or (self.prompt,)
 
 
 @dataclass(frozen=True)
@@ -44,8 +31,6 @@ class TaskSpec:
 
 
 def task_names() -> dict[str, str]:
-    from workers.tasks.builtin import BUILTIN_TASKS
-
     return {name: doc for name, (_, doc) in BUILTIN_TASKS.items()}
 
 
@@ -89,8 +74,6 @@ def load_jsonl(path: Path) -> list[Example]:
 
 def load_examples(spec: TaskSpec, seed: int) -> list[Example]:
     """All examples of a task, before any tokenizer-dependent filtering."""
-    from workers.tasks.builtin import BUILTIN_TASKS
-
     if spec.name in BUILTIN_TASKS:
         return BUILTIN_TASKS[spec.name][0](spec.options_dict, seed)
     if spec.name.endswith(".jsonl") or Path(spec.name).exists():

@@ -8,7 +8,7 @@ from __future__ import annotations
 import random
 
 from workers.errors import UsageError
-from workers.tasks.base import Example
+from workers.tasks.example import Example
 
 NAMES = ["Mary", "John", "Tom", "James", "Anna", "David", "Sarah", "Michael", "Paul", "Laura",
          "Peter", "Kate", "Mark", "Emma", "Robert", "Alice", "George", "Jane", "Daniel", "Lisa",
