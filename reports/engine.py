@@ -50,6 +50,8 @@ class Condition:
     shown: str = ""  # the measured value as the page writes it
     why: str = ""  # why the outcome: for an inconclusive one, what is missing or where the interval lies
     resolve: str = ""  # for an inconclusive one: what would resolve it
+    threshold: float | None = None  # for the figure: the threshold the interval is held against
+    point: tuple[float, float, float] | None = None  # for the figure: value, low, high (a bracket, or an interval)
 
 
 @dataclass
@@ -78,7 +80,7 @@ class ClaimResult:
     units: list[UnitVerdict]
     apart: list[str] = field(default_factory=list)  # units listed apart (near chance, fallback) and why
     extra: list[str] = field(default_factory=list)  # further markdown (extrapolation, secondary lines)
-    figure: Any = None  # the figure's data (drawn by reports/findings_figures.py)
+    figure: dict[str, Any] = field(default_factory=dict)  # further figure data (DataFrames) beside the conditions
 
     def models(self) -> list[str]:
         return list(dict.fromkeys(u.model for u in self.units))
@@ -152,6 +154,15 @@ def judge(name: str, e: Estimate | None, threshold: float, higher_is_claim: bool
     """The claim's side of `threshold` is above it (higher_is_claim) or below it: supported when the whole interval
     is on that side (strictly, with `strict`), not supported when it is wholly on the other side, inconclusive
     otherwise. Fewer than `min_replicates` replicates in any arm, or no interval: inconclusive."""
+    c = _judge(name, e, threshold, higher_is_claim, min_replicates, strict, unit)
+    c.threshold = threshold
+    if e is not None and not math.isnan(e.value):
+        c.point = (e.value, e.lo, e.hi)
+    return c
+
+
+def _judge(name: str, e: Estimate | None, threshold: float, higher_is_claim: bool, min_replicates: int, strict: bool,
+           unit: str) -> Condition:
     side = ">" if strict else ">="
     rule = (f"lower bound {side} {fmt(threshold)}{unit}" if higher_is_claim else
             f"upper bound {'<' if strict else '<='} {fmt(threshold)}{unit}")
@@ -181,14 +192,32 @@ def judge(name: str, e: Estimate | None, threshold: float, higher_is_claim: bool
                      resolve_text(e, threshold))
 
 
+def bracket(name: str, rule: str, point: tuple[float, float, float], threshold: float, higher_is_claim: bool,
+            shown: str, resolve: str) -> Condition:
+    """A condition on a bracket that is not a bootstrap interval (what a coarse grid and per-point bands allow),
+    judged on its ends like an interval."""
+    _, lo, hi = point
+    if higher_is_claim:
+        outcome = Outcome.SUPPORTED if lo >= threshold else Outcome.NOT_SUPPORTED if hi < threshold else None
+    else:
+        outcome = Outcome.SUPPORTED if hi <= threshold else Outcome.NOT_SUPPORTED if lo > threshold else None
+    if outcome is not None:
+        return Condition(name, rule, outcome, None, shown, threshold=threshold, point=point)
+    return Condition(name, rule, Outcome.INCONCLUSIVE, None, shown, f"the bracket straddles {fmt(threshold)}", resolve,
+                     threshold=threshold, point=point)
+
+
 def not_measured(name: str, rule: str, needs: str, shown: str = "n/a") -> Condition:
     """A condition whose quantity today's tables do not carry."""
     return Condition(name, rule, Outcome.INCONCLUSIVE, None, shown, "not measured", needs)
 
 
-def exact(name: str, rule: str, passed: bool, shown: str, why: str = "") -> Condition:
+def exact(name: str, rule: str, passed: bool, shown: str, why: str = "", value: float | None = None,
+          threshold: float | None = None) -> Condition:
     """A condition on a quantity with no noise (a count, an identity): supported or not."""
-    return Condition(name, rule, Outcome.SUPPORTED if passed else Outcome.NOT_SUPPORTED, None, shown, why)
+    point = (value, value, value) if value is not None else None
+    return Condition(name, rule, Outcome.SUPPORTED if passed else Outcome.NOT_SUPPORTED, None, shown, why,
+                     threshold=threshold, point=point)
 
 
 Evaluate = Callable[[Any], ClaimResult]

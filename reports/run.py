@@ -28,6 +28,7 @@ from storage.errors import StorageError
 from storage.query import load
 from storage.schema import SCHEMAS, Status
 from storage.seeds import group_of
+from storage.selection import select_per_unit
 
 # The paper's methods as the paper spells them; a run's method is one of them when the names are equal ignoring
 # case. DynScalar_bias (alpha = 1 + b, the activation not read) and DiffMeans (a difference-in-means steering
@@ -131,7 +132,9 @@ class Run:
             constants: dict[str, Sequence[float]] | None = None) -> tuple[Arm, dict[Hashable, np.ndarray]]:
         """An arm of the two-level bootstrap made of these trials (replicates), and its prompt sets' clusters.
         Trials with the same test prompts share a prompt set (named by a hash of the prompt keys)."""
-        sets, values, clusters = [], {m: [] for m in metrics}, {}  # type: ignore[var-annotated]
+        sets: list[Hashable] = []
+        values: dict[str, list[np.ndarray]] = {m: [] for m in metrics}
+        clusters: dict[Hashable, np.ndarray] = {}
         for trial_id in trial_ids:
             frame = self.prompts(trial_id)
             key = hashlib.sha256("\x1e".join(frame.index).encode()).hexdigest()[:16]
@@ -218,8 +221,20 @@ def load_run(run_dir: Path, shown: Any = str) -> Run:
         config = yaml.safe_load((run_dir / "sweep.yaml").read_text()) or {}
     except OSError:
         config = yaml.safe_load(str(runs_table.config_yaml.iloc[-1])) or {}
+    tables = {name: runs.table(name) for name in ("units", "trials", "predictions", "examples", "curves", "scalars")}
+    tables["patching"] = _patching(run_dir)
+    wall = _wall(run_dir, tables["trials"])
+    revisions = list(dict.fromkeys(str(r) for r in runs_table.git_revision))
+    return assemble(tables, config, run_dir, run_id, revisions, wall, shown)
+
+
+def assemble(tables: dict[str, pd.DataFrame], config: dict[str, Any], run_dir: Path = Path("."), run_id: str = "",
+             revisions: Sequence[str] = (), wall: tuple[float, str] = (math.nan, "unknown"),
+             shown: Any = str) -> Run:
+    """A Run from one run's tables (frames in the tables' shape; planned columns optional): each unit's selected
+    trial by the project's one rule (storage.selection, on val; masked control trials are never candidates)."""
     min_flip = float((config.get("selection") or {}).get("min_flip", 0.9))
-    units = runs.units.drop_duplicates("unit_id").copy()
+    units = tables["units"].drop_duplicates("unit_id").copy()
     units["role"] = [role_of(m) for m in units.method]
     units["heldout"] = [", ".join(heldout_templates(o)) for o in units.task_options]
     units["label"] = [f"{t} (held out: {h})" if h else t for t, h in zip(units.task, units.heldout)]
@@ -233,15 +248,17 @@ def load_run(run_dir: Path, shown: Any = str) -> Run:
                       for m, t, h, s, r, m2 in zip(units.model, units.task, units.heldout, units.site, units.role,
                                                    units.method)]
     units = units.sort_values("order").reset_index(drop=True)
-    trials = runs.trials
-    chosen = runs.selected()[["unit_id", "trial_id", "selected_by"]]
+    trials = tables["trials"]
+    candidates = trials[trials["mask"].isna()] if "mask" in trials.columns else trials
+    rows = candidates.astype(object).where(candidates.notna(), None).to_dict("records")
+    chosen = pd.DataFrame([{"unit_id": u, "trial_id": r["trial_id"], "selected_by": r["selected_by"]}
+                           for u, r in select_per_unit(rows, min_flip).items()],
+                          columns=["unit_id", "trial_id", "selected_by"])
     selected = units.merge(chosen, on="unit_id", how="inner")
     selected["seeds"] = [group_of(t, trials) for t in selected.trial_id]
     selected["n_params"] = [int(trials.set_index("trial_id").n_params[t]) for t in selected.trial_id]
     selected["apart"] = [apart_reason(u, s) for u, s in zip(selected.itertuples(index=False), selected.selected_by)]
     units["apart"] = [apart_reason(u, None) for u in units.itertuples(index=False)]
-    wall_s, wall_source = _wall(run_dir, trials)
-    revisions = list(dict.fromkeys(str(r) for r in runs_table.git_revision))
-    return Run(run_dir, run_id, revisions, config, min_flip, units, trials, runs.predictions, runs.examples,
-               runs.table("curves"), runs.scalars, _patching(run_dir), selected.reset_index(drop=True), wall_s,
-               wall_source)
+    return Run(Path(run_dir), run_id, list(revisions), config, min_flip, units, trials, tables["predictions"],
+               tables["examples"], tables["curves"], tables["scalars"], tables.get("patching", pd.DataFrame()),
+               selected.reset_index(drop=True), wall[0], wall[1])

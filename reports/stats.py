@@ -34,7 +34,7 @@ BOTH_LEVELS = (REPLICATES, CLUSTERS)
 MAX_UNDEFINED = 0.05
 
 
-# --- tests and ranks (scipy.stats; t_interval and spearman: storage.seeds) -------------------------------------------------------------------------------
+# --- tests and ranks (scipy.stats; t_interval and spearman: storage.seeds) --------------------------------------
 
 def rowwise_spearman(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Spearman's rho of each row of x [B, n] with the same row of y [B, n] (scipy ranks and Pearson per row);
@@ -146,12 +146,12 @@ class Draws:
 
     def mean(self, arm: int, metric: str) -> np.ndarray:
         """[n]: the arm's mean of `metric`: over its drawn replicates of their means over the drawn prompts."""
-        return self.replicate_means(arm, metric).mean(axis=1)
+        return np.asarray(self.replicate_means(arm, metric).mean(axis=1))
 
     def constants(self, arm: int, metric: str) -> np.ndarray:
         """[n, R]: a per-replicate value (no prompt level) of each drawn replicate."""
         values = np.asarray(self.arms[arm].constants[metric], dtype=float)
-        return values[self.picks[arm]]
+        return np.asarray(values[self.picks[arm]])
 
 
 Statistic = Callable[[Draws], np.ndarray]  # draws -> [n] values of the statistic

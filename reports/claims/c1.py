@@ -72,7 +72,9 @@ def _paired_tests(run: Run, first: Any, second: Any) -> str:
 
 
 def evaluate(run: Run) -> ClaimResult:
-    units, apart, noise = [], [], {"flip": [], "kl": []}  # type: ignore[var-annotated]
+    units: list[UnitVerdict] = []
+    apart: list[str] = []
+    noise: dict[str, list[float]] = {"flip": [], "kl": []}
     for a, s in pairs(run, ACTIVSCALAR, STEERVEC):
         where = run.where(a)
         if a.apart or s.apart:

@@ -5,7 +5,7 @@ import math
 from typing import Any
 
 from reports.claims.common import Reach, pairs, reach, unpaired
-from reports.engine import ClaimResult, Condition, Outcome, Threshold, UnitVerdict, exact
+from reports.engine import ClaimResult, Condition, Outcome, Threshold, UnitVerdict, bracket, exact
 from reports.run import ACTIVSCALAR, DYNSCALAR, STEERVEC, Run
 from reports.text import fmt
 
@@ -44,13 +44,9 @@ def empirical(a: Any, s: Any, ra: Reach, rs: Reach) -> Condition:
     hi = _params(s, rs, rs.hi) / _params(a, ra, max(ra.lo or 1, 1))
     shown = (f"{fmt(value)} [{fmt(lo)}, {fmt(hi)}] ({ACTIVSCALAR} k90 {fmt(ra.k)} [{fmt(ra.lo)}, {fmt(ra.hi)}] of "
              f"{fmt(ra.n_cells)}, {STEERVEC} {fmt(rs.k)} [{fmt(rs.lo)}, {fmt(rs.hi)}] of {fmt(rs.n_cells)})")
-    if lo >= MIN_RATIO:
-        return Condition(name, rule, Outcome.SUPPORTED, None, shown)
-    if hi < MIN_RATIO:
-        return Condition(name, rule, Outcome.NOT_SUPPORTED, None, shown)
-    return Condition(name, rule, Outcome.INCONCLUSIVE, None, shown, f"the bracket straddles {fmt(MIN_RATIO)}",
-                     f"a finer k grid near k90 (neighbouring k now up to {fmt(max(ra.grid_ratio, rs.grid_ratio))} "
-                     "times apart; a ratio <= sqrt 2 is planned) and narrower bands (more test prompts)")
+    return bracket(name, rule, (value, lo, hi), MIN_RATIO, True, shown,
+                   f"a finer k grid near k90 (neighbouring k now up to {fmt(max(ra.grid_ratio, rs.grid_ratio))} times "
+                   "apart; a ratio <= sqrt 2 is planned) and narrower bands (more test prompts)")
 
 
 def evaluate(run: Run) -> ClaimResult:
@@ -59,7 +55,8 @@ def evaluate(run: Run) -> ClaimResult:
     for a, s in pairs(run, ACTIVSCALAR, STEERVEC):
         ratio = s.n_params / a.n_params if a.n_params else math.inf
         design = exact(f"{STEERVEC} / {ACTIVSCALAR} n_params (design)", f">= {fmt(MIN_RATIO)}", ratio >= MIN_RATIO,
-                       f"{fmt(ratio)} ({fmt(int(s.n_params))} / {fmt(int(a.n_params))})")
+                       f"{fmt(ratio)} ({fmt(int(s.n_params))} / {fmt(int(a.n_params))})", value=ratio,
+                       threshold=MIN_RATIO)
         ra, rs = reach(run.curves, list(a.seeds), FRACTION), reach(run.curves, list(s.seeds), FRACTION)
         dyn = s_all[(s_all.model == a.model) & (s_all.label == a.label) & (s_all.site == a.site)
                     & (s_all.role == DYNSCALAR)]

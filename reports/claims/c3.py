@@ -9,8 +9,18 @@ import pandas as pd
 import scipy.stats
 
 from reports.claims.common import MIN_REPLICATES, Reach, compare, reach, weighted_spearman
-from reports.engine import ClaimResult, Condition, Outcome, Threshold, UnitVerdict, interval, judge, not_measured, \
-    resolve_text
+from reports.engine import (
+    ClaimResult,
+    Condition,
+    Outcome,
+    Threshold,
+    UnitVerdict,
+    bracket,
+    interval,
+    judge,
+    not_measured,
+    resolve_text,
+)
 from reports.run import ACTIVSCALAR, FLIP, LD_GAP, Run, measured
 from reports.stats import Arm, Estimate, two_level
 from reports.text import fmt
@@ -25,7 +35,8 @@ CELL = ["layer", "position", "role", "head"]
 
 TITLE = "A few components matter"
 STATEMENT = (f"{ACTIVSCALAR}'s scalars pinpoint a few components that matter: a few cells carry most of the effect, "
-             "more than as many cells chosen at random, and they are the cells where patching the model matters.")
+             "more than as many cells chosen at random, and they are the cells where patching the unintervened network "
+             "matters.")
 ITEMS = (f"Per {ACTIVSCALAR} unit, its selected trial and replicates: (a) the top k cells (largest |alpha - 1|) "
          "against k random cells, each retrained with only those cells free (masked control trials), at the k of the "
          "controls nearest k90; (b) k90, the fewest top cells whose val flip_rate alone reaches "
@@ -97,17 +108,18 @@ def few_cells(r: Reach, justified: Condition | None) -> Condition:
     name, rule = "k90 / cells (val)", f"bracket <= {fmt(FEW)}, or justified by (a) at k90"
     if r.k is None:
         return not_measured(name, rule, "curves with a val effect (analysis.curves)")
-    shown = f"{fmt(r.share(r.k))} [{fmt(r.share(r.lo))}, {fmt(r.share(r.hi))}] ({fmt(r.k)} of {fmt(r.n_cells)})"
-    if r.share(r.hi) <= FEW:
-        return Condition(name, rule, Outcome.SUPPORTED, None, shown)
-    if r.share(r.lo) <= FEW:
-        return Condition(name, rule, Outcome.INCONCLUSIVE, None, shown, f"the bracket straddles {fmt(FEW)}",
-                         f"a finer k grid near k90 (neighbouring k now up to {fmt(r.grid_ratio)} times apart)")
-    if justified is None or justified.estimate is None:
-        return Condition(name, rule, Outcome.INCONCLUSIVE, None, shown, f"above {fmt(FEW)} of the cells",
-                         "the random-mask control at k90 to justify it (trials.mask)")
-    return Condition(name, rule, justified.outcome, None, shown, f"above {fmt(FEW)}; judged by (a) at k90",
-                     justified.resolve)
+    point = (r.share(r.k), r.share(r.lo), r.share(r.hi))
+    shown = f"{fmt(point[0])} [{fmt(point[1])}, {fmt(point[2])}] ({fmt(r.k)} of {fmt(r.n_cells)})"
+    judged = bracket(name, rule, point, FEW, False, shown,
+                     f"a finer k grid near k90 (neighbouring k now up to {fmt(r.grid_ratio)} times apart)")
+    if judged.outcome != Outcome.NOT_SUPPORTED:
+        return judged
+    judged.outcome = justified.outcome if justified is not None and justified.estimate is not None else \
+        Outcome.INCONCLUSIVE
+    judged.why = f"above {fmt(FEW)} of the cells" + ("; judged by (a) at k90" if justified is not None else "")
+    judged.resolve = justified.resolve if justified is not None and justified.estimate is not None else \
+        "the random-mask control at k90 to justify it (trials.mask)"
+    return judged
 
 
 def patching_rho(run: Run, row: Any) -> Condition:
@@ -115,7 +127,7 @@ def patching_rho(run: Run, row: Any) -> Condition:
     name, rule = "Spearman rho(|alpha - 1|, |patching effect|) over cells", "lower bound > 0"
     p = run.patching
     if p.empty:
-        return not_measured(name, rule, "the patching table (per-cell activation patching of the model)")
+        return not_measured(name, rule, "the patching table (per-cell activation patching of the unintervened network)")
     mine = p[p.unit_id == row.unit_id] if "unit_id" in p.columns else p.iloc[0:0]
     if mine.empty:
         mine = p[(p.model == row.model) & (p.task == row.task) & (p.site == row.site)]
@@ -214,7 +226,7 @@ def thresholds(run: Run) -> list[Threshold]:
                   f"({', '.join(fmt(v) for v in two_se)} at n = {', '.join(fmt(k) for k in n)}): a smaller gap would "
                   "not stand out from prompt noise"),
         Threshold("C3_TOP_LOGIT", TOP_LOGIT, "C3: or by at least this many logits of LD shift (a)",
-                  f"the model's LD varies over prompts with standard deviation {fmt(sd)} logits here; one logit is a "
+                  f"the unintervened LD varies over prompts with standard deviation {fmt(sd)} logits here; one logit is a "
                   "shift a reader sees in one prompt's probabilities (e^1 = 2.7 times the odds)"),
         Threshold("C3_MOVED_AT", MOVED_AT[0], f"C3: moved thresholds {', '.join(fmt(t) for t in MOVED_AT)} at which "
                   "the selection is redone (d)",

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from reports.claims.common import MIN_REPLICATES, weighted_spearman
+from reports.curves import strength_frame
 from reports.engine import ClaimResult, Condition, Outcome, Threshold, UnitVerdict, exact, judge
 from reports.run import ACTIVSCALAR, Run
 from reports.stats import Arm, two_level
@@ -19,13 +20,13 @@ IDENTITY_TOL = 1e-3  # at beta = 0, |LD' - LD| and the flip_rate at most this
 
 TITLE = "A continuous strength"
 STATEMENT = ("Scaling strengthens, weakens or reverses a behaviour by a continuous strength beta (alpha' = 1 + beta "
-             "(alpha - 1)): beta = 0 is the model, LD' falls steadily with beta, beta = -1 strengthens the model's own "
+             "(alpha - 1)): beta = 0 changes nothing, LD' falls steadily with beta, beta = -1 strengthens the unintervened "
              "preference and beta = 1 reverses it.")
 ITEMS = (f"Per {ACTIVSCALAR} unit, the strength sweep of its selected trial and replicates (curves, kind strength, "
          "test prompts), judged on the betas in [-1, 1]; betas above 1 extrapolate beyond what was trained and are "
-         "shown apart, not judged. (i) beta = 0 gives the model in every replicate; (ii) Spearman's rho between "
+         "shown apart, not judged. (i) beta = 0 changes nothing in every replicate; (ii) Spearman's rho between "
          "beta and mean LD', two-level bootstrap over replicates and betas; (iii) at beta = -1 the band over prompts "
-         "of LD' lies above the model's LD and at beta = 1 below 0, in every replicate (the curves table keeps "
+         "of LD' lies above the unintervened LD and at beta = 1 below 0, in every replicate (the curves table keeps "
          "bands over prompts per point, not per-prompt rows).")
 RULE = (f"A unit is judged only with at least {fmt(MIN_BETAS)} betas in [-1, 1] (fewer: inconclusive). Supported when "
         f"(i) holds within {fmt(IDENTITY_TOL)}, (ii) rho's upper bound is <= {fmt(MAX_RHO)} and (iii) holds in every "
@@ -43,12 +44,12 @@ def identity(frames: list[pd.DataFrame]) -> Condition:
     for f in frames:
         zero = f[f.beta == 0]
         if zero.empty:
-            return Condition("beta = 0 is the model", f"|LD' - LD| and flip_rate <= {fmt(IDENTITY_TOL)}",
+            return Condition("beta = 0 changes nothing", f"|LD' - LD| and flip_rate <= {fmt(IDENTITY_TOL)}",
                              Outcome.INCONCLUSIVE, None, "n/a", "not measured", "beta 0 in analysis.betas")
         worst = max(worst, abs(float(zero.ld_after.iloc[0]) - float(zero.ld_before.iloc[0])),
                     float(zero.flip_rate.iloc[0]))
-    return exact("beta = 0 is the model", f"|LD' - LD| and flip_rate <= {fmt(IDENTITY_TOL)}", worst <= IDENTITY_TOL,
-                 f"largest {fmt(worst)}")
+    return exact("beta = 0 changes nothing", f"|LD' - LD| and flip_rate <= {fmt(IDENTITY_TOL)}", worst <= IDENTITY_TOL,
+                 f"largest |LD' - LD| or flip_rate {fmt(worst)}")
 
 
 def monotone(run: Run, row: Any, frames: list[pd.DataFrame]) -> Condition:
@@ -83,12 +84,15 @@ def regimes(frames: list[pd.DataFrame]) -> Condition:
 
 
 def evaluate(run: Run) -> ClaimResult:
-    units, extrapolation = [], []
+    units, extrapolation, curves = [], [], []
     for row in run.in_distribution().itertuples(index=False):
         if row.role != ACTIVSCALAR:
             continue
         frames = [f for f in (_sweep(run, t) for t in row.seeds) if len(f)]
         where = run.where(row)
+        summary = strength_frame(run.curves, list(row.seeds), "test")
+        if len(summary):
+            curves.append(summary[["beta", "ld_after", "ld_lo", "ld_hi", "ld_before"]].assign(unit=where))
         if not frames:
             units.append(UnitVerdict(row.model, where, [Condition(
                 "strength sweep", "", Outcome.INCONCLUSIVE, None, "n/a", "not measured",
@@ -121,5 +125,6 @@ def evaluate(run: Run) -> ClaimResult:
         Threshold("C4_MAX_RHO", MAX_RHO, "C4: upper bound of Spearman rho(beta, LD') at most this",
                   "rho^2 = 0.81: beta orders at least four fifths of the rank variance of LD'"),
         Threshold("C4_IDENTITY_TOL", IDENTITY_TOL, "C4: at beta = 0, |LD' - LD| and the flip_rate at most this",
-                  "beta = 0 is the model by construction: anything above float error is a bug, not noise")],
-        units, extra=extra)
+                  "beta = 0 leaves the network unchanged by construction: anything above float error is a bug, "
+                  "not noise")],
+        units, extra=extra, figure={"curves": pd.concat(curves, ignore_index=True) if curves else pd.DataFrame()})

@@ -9,7 +9,7 @@ import pandas as pd
 import scipy.stats
 
 from reports.engine import ClaimResult, Condition, Outcome, Threshold, UnitVerdict, interval, judge, resolve_text
-from reports.run import FLIP, KL, SHIFT, Run
+from reports.run import FLIP, KL, SHIFT, Run, role_of
 from reports.stats import Arm, Draws, Estimate, exact_spearman_p, rowwise_spearman, two_level
 from reports.text import fmt
 
@@ -91,8 +91,8 @@ def task_difference(name: str, first: tuple[Arm, dict[Any, np.ndarray], str],
                          "flip_rates that do not saturate on either task")
 
     def statistic(d: Draws) -> np.ndarray:
-        return (theil_sen_rows(d.replicate_means(0, KL), d.replicate_means(0, ea))
-                - theil_sen_rows(d.replicate_means(1, KL), d.replicate_means(1, eb)))
+        return np.asarray(theil_sen_rows(d.replicate_means(0, KL), d.replicate_means(0, ea))
+                          - theil_sen_rows(d.replicate_means(1, KL), d.replicate_means(1, eb)))
     e: Estimate = two_level(statistic, {**ca, **cb}, [a, b], name)
     shown = interval(e)
     if e.has_interval and (e.lo > 0 or e.hi < 0):
@@ -109,16 +109,7 @@ def evaluate(run: Run) -> ClaimResult:
         units.append(verdict)
         if front is not None and verdict.conditions[0].outcome == Outcome.SUPPORTED:
             fronts[(row.model, row.label, row.site, row.method)] = front
-    labels = list(dict.fromkeys(run.in_distribution().label))
-    for i, first in enumerate(labels):
-        for second in labels[i + 1:]:
-            for (model, label, site, method), front in list(fronts.items()):
-                other = fronts.get((model, second, site, method))
-                if label != first or other is None:
-                    continue
-                where = (f"{model} / " if run.several_models else "") + f"{first} vs {second} / {site} / {method}"
-                units.append(UnitVerdict(model, where, [task_difference(
-                    f"slope difference ({first} - {second}), effectiveness per nat", front, other)]))
+    units += differences(run, fronts, units)
     n_trials = [len(run.search_trials(u)) for u in run.in_distribution().unit_id]
     return ClaimResult("C5", TITLE, STATEMENT, ITEMS, RULE, [
         Threshold("C5_MIN_TRIALS", MIN_TRIALS, "C5: complete search trials a unit's front is judged on",
@@ -126,7 +117,54 @@ def evaluate(run: Run) -> ClaimResult:
                   f"at n = {fmt(MIN_TRIALS)} and {fmt(exact_spearman_p(MIN_TRIALS - 1))} at n = {fmt(MIN_TRIALS - 1)} "
                   "(scipy.stats.permutation_test): below 5 no front can show a trade-off at all; this run has "
                   f"{fmt(min(n_trials, default=0))} to {fmt(max(n_trials, default=0))} per unit")],
-        units, figure=None, extra=_fronts_lines(run))
+        units, extra=_fronts_lines(run), figure={"fronts": _fronts(run)})
+
+
+def differences(run: Run, fronts: dict[tuple[str, str, str, str], Any], tradeoffs: list[UnitVerdict]) -> list[UnitVerdict]:
+    """'Differently per task', per model: the slope difference of each unit matched across two tasks where both show
+    the faithfulness trade-off. Moot (no item) where no unit shows a trade-off and some show clearly none;
+    inconclusive where the run has one task, or no matched pair to compare."""
+    out = []
+    for model in run.models:
+        s = run.in_distribution()
+        labels = list(dict.fromkeys(s[s.model == model].label))
+        mine = [u for u in tradeoffs if u.model == model]
+        if mine and not any(u.outcome == Outcome.SUPPORTED for u in mine) and \
+                any(u.outcome == Outcome.NOT_SUPPORTED for u in mine):
+            continue
+        name = "the tasks' slopes differ"
+        where = (f"{model} / " if run.several_models else "") + "tasks"
+        if len(labels) < 2:
+            out.append(UnitVerdict(model, where, [Condition(name, "interval excludes 0", Outcome.INCONCLUSIVE, None,
+                                                            "n/a", "the run has one in-distribution task",
+                                                            "a second task (tasks:)")]))
+            continue
+        found = False
+        for i, first in enumerate(labels):
+            for second in labels[i + 1:]:
+                for (m, label, site, method), front in fronts.items():
+                    other = fronts.get((m, second, site, method))
+                    if m != model or label != first or other is None:
+                        continue
+                    found = True
+                    unit = (f"{model} / " if run.several_models else "") + f"{first} vs {second} / {site} / " \
+                        f"{role_of(method) or method}"
+                    out.append(UnitVerdict(model, unit, [task_difference(
+                        f"slope difference ({first} - {second}), effectiveness per nat", front, other)]))
+        if not found:
+            out.append(UnitVerdict(model, where, [Condition(
+                name, "interval excludes 0", Outcome.INCONCLUSIVE, None, "n/a",
+                "no unit shows the trade-off on two tasks at the same site and method",
+                "fronts showing the trade-off on two tasks (more search trials)")]))
+    return out
+
+
+def _fronts(run: Run) -> pd.DataFrame:
+    """Every in-distribution unit's complete search trials: the points of its front, for the figure."""
+    parts = [run.search_trials(row.unit_id)[["test_flip_rate", "test_kl_other", "sites_moved", "sites_total"]].assign(
+        unit=run.where(row), task=row.label, method=row.role or row.method)
+        for row in run.in_distribution().itertuples(index=False)]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
 def _fronts_lines(run: Run) -> list[str]:

@@ -24,7 +24,7 @@ ITEMS = (f"Per model, task and site with held-out templates: {DYNSCALAR}'s selec
          "selected on the other templates, tested on the held-out ones; beside it its in-distribution counterpart "
          f"(the same model, task, site and method without held-out templates), {BIAS_ONLY} (alpha = 1 + b, the "
          f"activation not read), a role-aligned {ACTIVSCALAR} (one scalar per token role, so it runs on any length) "
-         "and the no-intervention row (flip_rate 0 and kl_other 0 by construction; the model's own LD). (i) retained: "
+         "and the no-intervention row (flip_rate 0 and kl_other 0 by construction; the unintervened LD). (i) retained: "
          "held-out over in-distribution test flip_rate; (ii) test flip_rate "
          f"{DYNSCALAR} - {BIAS_ONLY} on the same held-out prompts (paired); (iii) test kl_other {DYNSCALAR} - "
          f"{BIAS_ONLY}, paired.")
@@ -86,7 +86,8 @@ def unit(run: Run, group: pd.DataFrame) -> UnitVerdict:
     if enough < MIN_TEMPLATES:
         shown = "; ".join(f"{c.name}: {c.shown} ({c.outcome})" for c in conditions)
         return UnitVerdict(dyn.model, where, [Condition(
-            f"at least {fmt(MIN_TEMPLATES)} held-out templates of >= {fmt(MIN_PROMPTS)} prompts", "count",
+            f"at least {fmt(MIN_TEMPLATES)} held-out templates of >= {fmt(MIN_PROMPTS)} prompts",
+            f">= {fmt(MIN_TEMPLATES)} templates of >= {fmt(MIN_PROMPTS)}",
             Outcome.INCONCLUSIVE, None, counted, f"only {counted}",
             f"at least {fmt(MIN_TEMPLATES)} held-out templates of at least {fmt(MIN_PROMPTS)} test prompts each "
             "(the task's heldout_templates and n)")], [f"measured on the {counted}, not judged: {shown}"] + notes)

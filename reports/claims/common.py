@@ -53,8 +53,8 @@ def compare(run: Run, key: str, first: Sequence[str], second: Sequence[str], met
         x, y = d.mean(0, metric), d.mean(1, metric)
         if ratio:
             with np.errstate(divide="ignore", invalid="ignore"):
-                return np.where(y > 0, x / y, np.nan)
-        return x - y
+                return np.asarray(np.where(y > 0, x / y, np.nan))
+        return np.asarray(x - y)
     return two_level(statistic, {**ca, **cb}, [a, b], key)
 
 
@@ -78,7 +78,7 @@ def weighted_spearman(arm: Arm, x: str, y: str, d: Draws) -> np.ndarray:
             picks = d.picks[0][:, :, None]  # [n, R, 1]
             rho = rowwise_spearman(xs[picks, idx[:, None, :]].reshape(-1, idx.shape[1]),
                                    ys[picks, idx[:, None, :]].reshape(-1, idx.shape[1])).reshape(d.n, -1)
-            return rho.mean(axis=1)
+            return np.asarray(rho.mean(axis=1))
     out = np.empty(d.n)
     for b in range(d.n):
         rhos = []
@@ -111,7 +111,10 @@ class Reach:
 def reach(curves: pd.DataFrame, trial_ids: Sequence[str], fraction: float) -> Reach:
     """See Reach; decided on val."""
     rows = curves[curves.trial_id.isin(list(trial_ids)) & (curves.kind == "sufficiency") & (curves.split == "val")]
-    per_seed, lows, highs, n_cells, ratio = [], [], [], 0, math.nan
+    per_seed: list[int | None] = []
+    lows: list[int] = []
+    highs: list[int] = []
+    n_cells, ratio = 0, math.nan
     for trial_id in trial_ids:
         r = rows[rows.trial_id == trial_id].sort_values("k")
         if r.empty:
@@ -128,7 +131,7 @@ def reach(curves: pd.DataFrame, trial_ids: Sequence[str], fraction: float) -> Re
             per_seed.append(None)
             continue
 
-        def first(column: str, r: pd.DataFrame = r, target: float = target) -> int:
+        def first(column: str, r: pd.DataFrame = r, target: float = target, n_cells: int = n_cells) -> int:
             hit = r[r[column] >= target]
             return int(hit.k.iloc[0]) if len(hit) else n_cells
         k = first("flip_rate")
