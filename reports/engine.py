@@ -129,20 +129,28 @@ def interval(e: Estimate | None) -> str:
     return f"{fmt(e.value)} [{fmt(e.lo)}, {fmt(e.hi)}]"
 
 
-def resolve_text(e: Estimate, threshold: float) -> str:
-    """What would bring the interval clear of the threshold, from the observed variance (stats.needed)."""
+PROMPTS = "prompt clusters"  # what the lower level of the bootstrap resamples, by default
+
+
+def resolve_text(e: Estimate, threshold: float, items: str = PROMPTS, fixed: bool = False) -> str:
+    """What would bring the interval clear of the threshold, from the observed variance (stats.needed): more
+    `items` (the bootstrap's lower level) or more replicates. `fixed`: the items cannot grow (a site's cells)."""
     n: Needed = needed(e, threshold)
     if n.on_threshold:
         return ("the estimate sits on the threshold: more data narrows the interval around it but cannot move it "
                 "off")
     options = []
-    if n.clusters is not None:
-        options.append(f"about {fmt(n.clusters)} prompt clusters (~{fmt(n.prompts)} prompts; now {fmt(e.n_clusters)} "
-                       f"clusters, {fmt(e.n_prompts)} prompts) at the present replicates")
+    if n.clusters is not None and not fixed:
+        prompts = f" (~{fmt(n.prompts)} prompts; now {fmt(e.n_clusters)} clusters, {fmt(e.n_prompts)} prompts)" \
+            if items == PROMPTS else f" (now {fmt(e.n_clusters)})"
+        options.append(f"about {fmt(n.clusters)} {items}{prompts} at the present replicates")
     if n.replicates is not None:
-        options.append(f"about {fmt(n.replicates)} replicates (now {fmt(min(e.replicates))}) at the present prompts")
-    if n.factor is not None:
-        options.append(f"about {fmt(n.factor)} times the prompt clusters and the replicates together")
+        options.append(f"about {fmt(n.replicates)} replicates (now {fmt(min(e.replicates))}) at the present {items}")
+    if n.factor is not None and not fixed:
+        options.append(f"about {fmt(n.factor)} times the {items} and the replicates together")
+    if not options:
+        return (f"not more data of this design: the spread over the {items} alone (all there are) is wider than the "
+                "distance to the threshold")
     text = " or ".join(options) + ", at the observed variance"
     if n.replicate_noise_unknown:
         text += "; the replicate (seed) noise is unmeasured with one replicate, so more replicates come first"
@@ -150,11 +158,13 @@ def resolve_text(e: Estimate, threshold: float) -> str:
 
 
 def judge(name: str, e: Estimate | None, threshold: float, higher_is_claim: bool, *, min_replicates: int = 1,
-          strict: bool = False, unit: str = "") -> Condition:
+          strict: bool = False, unit: str = "", items: str = PROMPTS, fixed: bool = False) -> Condition:
     """The claim's side of `threshold` is above it (higher_is_claim) or below it: supported when the whole interval
     is on that side (strictly, with `strict`), not supported when it is wholly on the other side, inconclusive
     otherwise. Fewer than `min_replicates` replicates in any arm, or no interval: inconclusive."""
     c = _judge(name, e, threshold, higher_is_claim, min_replicates, strict, unit)
+    if c.outcome == Outcome.INCONCLUSIVE and e is not None and e.has_interval and c.why.startswith("the interval"):
+        c.resolve = resolve_text(e, threshold, items, fixed)
     c.threshold = threshold
     if e is not None and not math.isnan(e.value):
         c.point = (e.value, e.lo, e.hi)

@@ -18,6 +18,7 @@ import warnings
 import zlib
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -163,20 +164,33 @@ class Estimate:
 
     `spread_replicates` and `spread_clusters` are the distances from the value to the interval's
     ends (low side, high side) when only replicates, or only clusters, are resampled: how much of
-    the width each level contributes (what `resolve` scales)."""
+    the width each level contributes (what `needed` scales). They cost a bootstrap each, so they
+    are drawn when first asked for (by `spreads`)."""
     value: float
     lo: float
     hi: float
     n_prompts: int  # prompts of the largest prompt set
     n_clusters: int  # clusters of that set
     replicates: tuple[int, ...]  # per arm
-    spread_replicates: tuple[float, float] = (math.nan, math.nan)
-    spread_clusters: tuple[float, float] = (math.nan, math.nan)
     undefined: float = 0.0  # share of draws where the statistic was undefined
+    spreads: Callable[[], tuple[tuple[float, float], tuple[float, float]]] | None = field(default=None, repr=False,
+                                                                                         compare=False)
 
     @property
     def has_interval(self) -> bool:
         return not (math.isnan(self.lo) or math.isnan(self.hi))
+
+    @cached_property
+    def _levels(self) -> tuple[tuple[float, float], tuple[float, float]]:
+        return self.spreads() if self.spreads is not None else ((math.nan, math.nan), (math.nan, math.nan))
+
+    @property
+    def spread_replicates(self) -> tuple[float, float]:
+        return self._levels[0]
+
+    @property
+    def spread_clusters(self) -> tuple[float, float]:
+        return self._levels[1]
 
 
 def _quantiles(draws: np.ndarray) -> tuple[float, float, float]:
@@ -210,7 +224,7 @@ def two_level(statistic: Statistic, clusters: Mapping[Hashable, np.ndarray], arm
     largest = max(clusters, key=lambda k: len(clusters[k]), default=None)
     labels = np.asarray(clusters[largest]).astype(str) if largest is not None else np.array([])
     return Estimate(value, lo, hi, len(labels), len(np.unique(labels)), tuple(a.n_replicates for a in arms),
-                    spread(REPLICATES), spread(CLUSTERS), undefined)
+                    undefined, lambda: (spread(REPLICATES), spread(CLUSTERS)))
 
 
 # --- what would resolve an interval that straddles its threshold ------------------------------------------------

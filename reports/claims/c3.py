@@ -147,7 +147,7 @@ def patching_rho(run: Run, row: Any) -> Condition:
     arm = Arm("cells", tuple(["cells"] * len(values)), {"alpha": values, "patch": [patch] * len(values)})
     e = two_level(lambda d: weighted_spearman(arm, "alpha", "patch", d), {"cells": np.arange(len(cells))}, [arm],
                   f"{run.where(row)}/C3c")
-    return judge(name, e, 0.0, True, min_replicates=MIN_REPLICATES, strict=True)
+    return judge(name, e, 0.0, True, min_replicates=MIN_REPLICATES, strict=True, items="cells", fixed=True)
 
 
 def _keyed(frame: pd.DataFrame) -> pd.DataFrame:

@@ -60,7 +60,7 @@ def monotone(run: Run, row: Any, frames: list[pd.DataFrame]) -> Condition:
                                                          "ld": [f.ld_after.to_numpy(dtype=float) for f in usable]})
     e = two_level(lambda d: weighted_spearman(arm, "beta", "ld", d), {"betas": np.arange(len(betas))}, [arm],
                   f"{run.where(row)}/C4")
-    return judge(name, e, MAX_RHO, False, min_replicates=MIN_REPLICATES)
+    return judge(name, e, MAX_RHO, False, min_replicates=MIN_REPLICATES, items="betas in [-1, 1]")
 
 
 def regimes(frames: list[pd.DataFrame]) -> Condition:

@@ -72,7 +72,8 @@ def unit_tradeoff(run: Run, row: Any) -> tuple[UnitVerdict, tuple[Arm, dict[Any,
     key = f"{where}/C5"
     faith = two_level(_rho(effect, KL), clusters, [arm], f"{key}/kl")
     minimal = two_level(_rho(effect, MOVED), clusters, [arm], f"{key}/moved")
-    conditions = [judge(names[0], faith, 0.0, True, strict=True), judge(names[1], minimal, 0.0, True, strict=True)]
+    conditions = [judge(n, e, 0.0, True, strict=True, items="prompt clusters (the replicates here: search trials)")
+                  for n, e in zip(names, (faith, minimal))]
     effects = trials.test_flip_rate.to_numpy(dtype=float)
     notes = []
     if effect == FLIP and np.ptp(trials.test_kl_other) > 0:
