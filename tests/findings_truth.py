@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from reports.run import Run, assemble
+from storage.schema import schema_for
 
 RUN_ID = "run-truth"
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
@@ -130,10 +131,9 @@ class Tables:
     def run(self) -> Run:
         frames = {k: pd.DataFrame(v) for k, v in self.rows.items()}
         frames["units"] = frames["units"].drop(columns=["n_cells", "n_params"])
-        for table, columns in (("curves", ["trial_id", "kind", "split", "k", "beta"]),
-                               ("scalars", ["trial_id", "layer", "position"]), ("patching", ["unit_id"])):
-            if frames[table].empty:
-                frames[table] = pd.DataFrame(columns=columns)
+        for table in ("curves", "scalars"):
+            if frames[table].empty:  # the table's own columns, no rows
+                frames[table] = schema_for(table).empty_table().to_pandas()
         if not self.rows["patching"]:
             frames["patching"] = pd.DataFrame()
         return assemble(frames, self.config, run_id=RUN_ID, revisions=["truth"])

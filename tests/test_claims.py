@@ -3,14 +3,13 @@ true, false, or underpowered by construction, and the engine must say supported,
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from reports.claims import c1, c2, c3, c4, c5, c6
 from reports.engine import Outcome, claim_outcome
 from tests.findings_truth import GRID, Outcomes, Tables, prompts, seeds
 
-S, N, I = Outcome.SUPPORTED, Outcome.NOT_SUPPORTED, Outcome.INCONCLUSIVE
+SUP, NOT, INC = Outcome.SUPPORTED, Outcome.NOT_SUPPORTED, Outcome.INCONCLUSIVE
 
 
 def verdict(result) -> Outcome:
@@ -35,20 +34,20 @@ def c1_run(n: int, kl_ratio: float, spread: float = 20.0, base_accuracy: float =
     return t.run()
 
 
-@pytest.mark.parametrize("n, ratio, spread, expected", [(200, 1.0, 20.0, S), (200, 2.0, 20.0, N), (12, 1.2, 2.0, I)])
+@pytest.mark.parametrize("n, ratio, spread, expected", [(200, 1.0, 20.0, SUP), (200, 2.0, 20.0, NOT), (12, 1.2, 2.0, INC)])
 def test_c1_known_truth(n, ratio, spread, expected):
     result = c1.evaluate(c1_run(n, ratio, spread))
     assert verdict(result) == expected, [(c.name, c.shown, c.outcome) for u in result.units for c in u.conditions]
     kl = result.units[0].conditions[1]
     assert kl.estimate.value == pytest.approx(ratio, rel=1e-9)
-    if expected == I:
-        assert kl.outcome == I and "prompt clusters" in kl.resolve, kl
+    if expected == INC:
+        assert kl.outcome == INC and "prompt clusters" in kl.resolve, kl
 
 
 def test_c1_keeps_a_unit_near_chance_apart():
     result = c1.evaluate(c1_run(200, 1.0, base_accuracy=0.55))
     assert not result.units and "near chance" in result.apart[0]
-    assert claim_outcome([]) == I  # no unit judged: inconclusive, not a failure
+    assert claim_outcome([]) == INC  # no unit judged: inconclusive, not a failure
 
 
 # --- C2 ------------------------------------------------------------------------------------------------------------
@@ -64,7 +63,7 @@ def c2_run(steer_per_cell: int, k_active: int, k_steer: int):
     return t.run()
 
 
-@pytest.mark.parametrize("per_cell, ka, ks, expected", [(576, 8, 8, S), (5, 8, 8, N), (30, 64, 16, I)])
+@pytest.mark.parametrize("per_cell, ka, ks, expected", [(576, 8, 8, SUP), (5, 8, 8, NOT), (30, 64, 16, INC)])
 def test_c2_known_truth(per_cell, ka, ks, expected):
     result = c2.evaluate(c2_run(per_cell, ka, ks))
     assert verdict(result) == expected, [(c.name, c.shown, c.outcome) for u in result.units for c in u.conditions]
@@ -95,15 +94,15 @@ def c3_run(top_flip: float | None, random_flip: float = 0.1, patched: bool = Tru
     return t.run()
 
 
-@pytest.mark.parametrize("top, patched, expected", [(1.0, True, S), (0.5, True, N), (None, False, I)])
+@pytest.mark.parametrize("top, patched, expected", [(1.0, True, SUP), (0.5, True, NOT), (None, False, INC)])
 def test_c3_known_truth(top, patched, expected):
-    result = c3.evaluate(c3_run(top, 0.5 if expected == N else 0.1, patched))
+    result = c3.evaluate(c3_run(top, 0.5 if expected == NOT else 0.1, patched))
     assert verdict(result) == expected, [(c.name, c.shown, c.outcome, c.why) for u in result.units
                                          for c in u.conditions]
     few, moved = result.units[0].conditions[1], result.units[0].conditions[3]
-    assert few.outcome == S and moved.outcome == S  # k90 = 8 of 420; the same trial at every moved threshold
-    if expected == I:
-        assert {c.why for c in result.units[0].conditions if c.outcome == I} == {"not measured"}
+    assert few.outcome == SUP and moved.outcome == SUP  # k90 = 8 of 420; the same trial at every moved threshold
+    if expected == INC:
+        assert {c.why for c in result.units[0].conditions if c.outcome == INC} == {"not measured"}
 
 
 def test_c3_another_threshold_selecting_another_trial_is_not_the_same_result():
@@ -116,7 +115,7 @@ def test_c3_another_threshold_selecting_another_trial_is_not_the_same_result():
     seeds(t, u, test, rng, 1.0, 0.2, sites_moved=8, effects=spread)
     t.trial(u, 1, test, Outcomes.draw(rng, 40, 1.0, 0.3), sites_moved=9, effects=tight)
     moved = c3.moved_at(t.run(), t.run().selected.iloc[0])
-    assert moved.outcome == I and "0.05: t00001" in moved.shown and "t00001" in moved.resolve
+    assert moved.outcome == INC and "0.05: t00001" in moved.shown and "t00001" in moved.resolve
 
 
 # --- C4 ------------------------------------------------------------------------------------------------------------
@@ -131,13 +130,13 @@ def c4_run(betas: list[float], at_zero: float = 0.0):
 
 
 @pytest.mark.parametrize("betas, at_zero, expected", [
-    (list(np.linspace(-1, 1, 13)), 0.0, S), (list(np.linspace(-1, 1, 13)), 0.5, N),
-    ([-1.0, -0.5, 0.0, 0.25, 0.5, 0.75, 1.0], 0.0, I)])
+    (list(np.linspace(-1, 1, 13)), 0.0, SUP), (list(np.linspace(-1, 1, 13)), 0.5, NOT),
+    ([-1.0, -0.5, 0.0, 0.25, 0.5, 0.75, 1.0], 0.0, INC)])
 def test_c4_known_truth(betas, at_zero, expected):
     result = c4.evaluate(c4_run([float(round(b, 6)) for b in betas], at_zero))
     assert verdict(result) == expected, [(c.name, c.shown, c.outcome) for u in result.units for c in u.conditions]
     assert any("beta 2" in line for line in result.extra)  # beyond 1: shown apart, not judged
-    if expected == I:
+    if expected == INC:
         assert "only 7 betas" in result.units[0].conditions[0].why
 
 
@@ -158,18 +157,18 @@ def c5_run(n_trials: int, slopes: dict[str, float]):
 
 
 @pytest.mark.parametrize("n_trials, slopes, expected", [
-    (8, {"ioi": 1.8, "ccc": 0.6}, S), (8, {"ioi": -1.8, "ccc": -1.8}, N), (2, {"ioi": 1.8, "ccc": 0.6}, I)])
+    (8, {"ioi": 1.8, "ccc": 0.6}, SUP), (8, {"ioi": -1.8, "ccc": -1.8}, NOT), (2, {"ioi": 1.8, "ccc": 0.6}, INC)])
 def test_c5_known_truth(n_trials, slopes, expected):
     result = c5.evaluate(c5_run(n_trials, slopes))
     assert verdict(result) == expected, [(u.unit, c.name, c.shown, c.outcome) for u in result.units
                                          for c in u.conditions]
-    if expected == S:  # the two tasks' slopes differ: one item beside the two fronts
+    if expected == SUP:  # the two tasks' slopes differ: one item beside the two fronts
         assert [u.unit for u in result.units][-1] == "ccc vs ioi / mlp_out / ActivScalar"  # tasks sorted by name
 
 
 def test_c5_one_task_cannot_show_that_tasks_differ():
     result = c5.evaluate(c5_run(8, {"ioi": 1.8}))
-    assert verdict(result) == I and result.units[-1].conditions[0].why == "the run has one in-distribution task"
+    assert verdict(result) == INC and result.units[-1].conditions[0].why == "the run has one in-distribution task"
 
 
 # --- C6 ------------------------------------------------------------------------------------------------------------
@@ -192,20 +191,20 @@ def c6_run(templates: tuple[str, ...], per_template: int, dyn_kl: float, bias_kl
 
 
 @pytest.mark.parametrize("templates, per_template, dyn_kl, bias_kl, expected", [
-    (("a", "b", "c"), 100, 0.1, 0.3, S), (("a", "b", "c"), 100, 0.3, 0.1, N), (("a",), 33, 0.1, 0.3, I)])
+    (("a", "b", "c"), 100, 0.1, 0.3, SUP), (("a", "b", "c"), 100, 0.3, 0.1, NOT), (("a",), 33, 0.1, 0.3, INC)])
 def test_c6_known_truth(templates, per_template, dyn_kl, bias_kl, expected):
     result = c6.evaluate(c6_run(templates, per_template, dyn_kl, bias_kl))
     assert verdict(result) == expected, [(c.name, c.shown, c.outcome) for u in result.units for c in u.conditions]
-    if expected == I:
+    if expected == INC:
         assert "1 held-out template(s) of 33 test prompts" in result.units[0].conditions[0].shown
 
 
 # --- the engine --------------------------------------------------------------------------------------------------
 
 def test_a_claim_is_mixed_only_when_units_disagree_and_inconclusive_never_fails():
-    assert claim_outcome([S, S]) == S and claim_outcome([N, N]) == N
-    assert claim_outcome([S, N, I]) == Outcome.MIXED
-    assert claim_outcome([S, I]) == I and claim_outcome([N, I]) == I and claim_outcome([I]) == I
+    assert claim_outcome([SUP, SUP]) == SUP and claim_outcome([NOT, NOT]) == NOT
+    assert claim_outcome([SUP, NOT, INC]) == Outcome.MIXED
+    assert claim_outcome([SUP, INC]) == INC and claim_outcome([NOT, INC]) == INC and claim_outcome([INC]) == INC
 
 
 def test_a_run_with_two_models_is_judged_per_model():
@@ -217,6 +216,5 @@ def test_a_run_with_two_models_is_judged_per_model():
             seeds(t, u, test, rng, 1.0, kl)
     result = c1.evaluate(t.run())
     assert result.models() == ["m1", "m2"]
-    assert result.verdict("m1") == S and result.verdict("m2") == N
+    assert result.verdict("m1") == SUP and result.verdict("m2") == NOT
     assert [u.unit for u in result.units] == ["m1 / ioi / mlp_out", "m2 / ioi / mlp_out"]
-    assert isinstance(pd.DataFrame(), pd.DataFrame)
