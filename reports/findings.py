@@ -131,9 +131,21 @@ def _method(run: Run) -> list[str]:
         f"- Units whose model is near chance (units.base_accuracy < {fmt(NEAR_CHANCE)}, or their warnings say so) or "
         "whose selected trial never reaches min_flip on val (selected_by = 'fallback') are listed apart and kept "
         "out of C1 and C3.",
-        "- The replicates of this run are seeds on one fixed split (no folds): every interval is conditional on "
-        "that split, and the selected trial was chosen on the same val prompts it is then compared on beside "
-        "other trials.", ""]
+        _design(run), ""]
+
+
+def _design(run: Run) -> str:
+    """What the replicates are (trials.replicate_kind and fold where the run has them)."""
+    t = run.trials
+    kinds = sorted(str(k) for k in t.replicate_kind.dropna().unique()) if measured(t, "replicate_kind") else ["seed"]
+    folds = int(t.fold.nunique()) if measured(t, "fold") else 1
+    if folds > 1:
+        return (f"- The replicates of this run are {' and '.join(kinds)} replicates over {fmt(folds)} folds: the "
+                "prompt sets of different folds draw their clusters apart, so the intervals hold the split's "
+                "variance too.")
+    return (f"- The replicates of this run are {' and '.join(kinds)} replicates on one fixed split (no folds): every "
+            "interval is conditional on that split, and the selected trial was chosen on the same val prompts it is "
+            "then compared on beside other trials.")
 
 
 def _rule(min_flip: float) -> str:

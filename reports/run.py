@@ -120,7 +120,9 @@ class Run:
                 for q, a, b, i in zip(p.prompt, p.answer_a, p.answer_b, p["index"])]
         derived = [str(list(ents)[0]) if ents is not None and len(ents) else k for ents, k in zip(p.entities, keys)]
         cluster = p["cluster"].where(p["cluster"].notna(), derived) if measured(p, "cluster") else derived
-        template = p["template"] if "template" in p.columns else pd.Series([None] * len(p))
+        template = p["template"] if "template" in p.columns else pd.Series([None] * len(p), index=p.index)
+        if "template_example" in p.columns:  # predictions.template where it holds values, else the example's
+            template = template.where(template.notna(), p["template_example"])
         ld, after = p.ld_before.to_numpy(dtype=float), p.ld_after.to_numpy(dtype=float)
         frame = pd.DataFrame({
             "cluster": np.asarray(cluster, dtype=object), "template": np.asarray(template, dtype=object),
