@@ -61,7 +61,7 @@ class UnitVerdict:
     unit: str  # as the page names it
     conditions: list[Condition]
     notes: list[str] = field(default_factory=list)  # measured beside the rule, not in it
-    cells: dict[str, str] = field(default_factory=dict)  # extra columns of the claim's table
+    unjudged: list[Condition] = field(default_factory=list)  # measured, but the design is too weak to judge them
 
     @property
     def outcome(self) -> Outcome:

@@ -20,14 +20,17 @@ from matplotlib.figure import Figure  # noqa: E402
 from reports.engine import ClaimResult, Outcome  # noqa: E402
 
 COLORS = {Outcome.SUPPORTED: "tab:green", Outcome.NOT_SUPPORTED: "tab:red", Outcome.INCONCLUSIVE: "0.45"}
+UNJUDGED = "not judged"  # measured on a design too weak to judge (drawn hollow)
 MAX_PANELS = 4
 
 
 def forest_frame(result: ClaimResult) -> pd.DataFrame:
     """One row per condition that has a value to draw: unit, condition, value, lo, hi, threshold, outcome."""
     rows = [dict(unit=u.unit, condition=c.name, value=c.point[0], lo=c.point[1], hi=c.point[2],
-                 threshold=c.threshold, outcome=c.outcome)
-            for u in result.units for c in u.conditions if c.point is not None and not math.isnan(c.point[0])]
+                 threshold=c.threshold, outcome=outcome)
+            for u in result.units
+            for c, outcome in [(c, c.outcome) for c in u.conditions] + [(c, UNJUDGED) for c in u.unjudged]
+            if c.point is not None and not math.isnan(c.point[0])]
     return pd.DataFrame(rows, columns=["unit", "condition", "value", "lo", "hi", "threshold", "outcome"])
 
 
@@ -42,8 +45,9 @@ def _forest(ax: Axes, frame: pd.DataFrame, name: str) -> None:
     for row in frame.itertuples(index=False):
         y = len(units) - 1 - units.index(row.unit)
         lo, hi = (row.lo, row.hi) if not (math.isnan(row.lo) or math.isnan(row.hi)) else (row.value, row.value)
-        ax.errorbar([row.value], [y], xerr=[[row.value - lo], [hi - row.value]], fmt="o", capsize=3,
-                    color=COLORS.get(row.outcome, "0.45"))
+        color = COLORS.get(row.outcome, "0.6")
+        ax.errorbar([row.value], [y], xerr=[[row.value - lo], [hi - row.value]], fmt="o", capsize=3, color=color,
+                    mfc="white" if row.outcome == UNJUDGED else color)
     thresholds = sorted({float(t) for t in frame.threshold.dropna()})
     for t in thresholds:
         ax.axvline(t, color="k", ls="--", lw=0.8)
@@ -115,6 +119,6 @@ def draw(result: ClaimResult, path: Path) -> None:
     for ax, (drawer, frame) in zip(axes[0][len(names):], extra):
         drawer(ax, frame)
     if names:
-        fig.suptitle(f"{result.key}: every interval or bracket in a verdict, against its threshold (dashed); green "
-                     "supported, red not supported, grey inconclusive", fontsize=9)
+        fig.suptitle(f"{result.key}: intervals and brackets against their thresholds (dashed)\ngreen supported, red "
+                     "not supported, grey inconclusive, hollow measured but not judged", fontsize=8)
     _save(fig, path)

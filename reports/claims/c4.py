@@ -107,7 +107,7 @@ def evaluate(run: Run) -> ClaimResult:
             units.append(UnitVerdict(row.model, where, [Condition(
                 f"at least {fmt(MIN_BETAS)} betas in [-1, 1]", f">= {fmt(MIN_BETAS)}", Outcome.INCONCLUSIVE, None,
                 counted, f"only {counted}", f"at least {fmt(MIN_BETAS)} betas in [-1, 1] (analysis.betas)")],
-                [f"measured on the {counted}, not judged: {shown}"]))
+                [f"measured on the {counted}, not judged: {shown}"], unjudged=conditions))
         else:
             units.append(UnitVerdict(row.model, where, conditions, [counted]))
         beyond = frames[0][frames[0].beta > 1]

@@ -90,7 +90,8 @@ def unit(run: Run, group: pd.DataFrame) -> UnitVerdict:
             f">= {fmt(MIN_TEMPLATES)} templates of >= {fmt(MIN_PROMPTS)}",
             Outcome.INCONCLUSIVE, None, counted, f"only {counted}",
             f"at least {fmt(MIN_TEMPLATES)} held-out templates of at least {fmt(MIN_PROMPTS)} test prompts each "
-            "(the task's heldout_templates and n)")], [f"measured on the {counted}, not judged: {shown}"] + notes)
+            "(the task's heldout_templates and n)")], [f"measured on the {counted}, not judged: {shown}"] + notes,
+            unjudged=conditions)
     return UnitVerdict(dyn.model, where, conditions, [counted] + notes)
 
 
