@@ -43,7 +43,7 @@ findings: install
 	start=$$(date +%s) && $(BIN)/actscale run search_spaces/paper.yaml --out $(PAPER_RUN) --quiet && \
 	  echo $$(( $$(date +%s) - start )) > $(PAPER_RUN)/wall_s
 	rm -rf $(PAPER_RUN)/artifacts $(PAPER_RUN)/actscale.log $(PAPER_RUN)/optuna.journal $(PAPER_RUN)/coordinator.lock $(PAPER_RUN)/model_layers.json
-	$(BIN)/python -m storage.findings $(PAPER_RUN) --out docs/findings.md
+	$(BIN)/python -m reports.findings $(PAPER_RUN) --out docs/findings.md
 
 test: install
 	$(BIN)/python -m pytest -q -ra --durations=15

@@ -52,8 +52,8 @@ def register_report(sub) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from reports.report import FIGURE_KEYS, render
     from storage.query import check_run_dirs
-    from storage.report import FIGURE_KEYS, render
 
     dirs = check_run_dirs([Path(d) for d in args.run_dirs])
     out = Path(args.out) if args.out else dirs[0] / "report"

@@ -4,7 +4,8 @@ A unit's replicates (`trials.replicate_of` = the selected trial's id) re-train t
 hyper-parameters with other trial seeds. From their moved cells (`scalars.moved`) and
 effects (`scalars.effect`) this gives: how often each cell moved, the mean pairwise Jaccard
 overlap of the moved sets, the mean pairwise Spearman rank correlation of the cells'
-effects, and 95% intervals over seeds of the test metrics (Student t, as seeds are few).
+effects, and 95% intervals over seeds of the test metrics (Student t, as seeds are few;
+quantiles and ranks from scipy.stats). Data only: reports/ draws it, `actscale status` prints it.
 """
 from __future__ import annotations
 
@@ -15,19 +16,16 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import scipy.stats
 
 from storage.schema import Status
 
-# two-sided 95% Student t quantiles by degrees of freedom (1..30); 1.96 beyond
-_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
-         2.045, 2.042]
 CELL = ["layer", "position", "role", "head"]  # a cell; position is NULL for role columns (prompts of several shapes)
 
 
 def t_interval(values: np.ndarray, low: float = -math.inf, high: float = math.inf) -> tuple[float, float, float]:
-    """(mean, low, high): 95% Student-t interval of the mean, clipped to [low, high] (a rate's
-    interval stays within 0..1); low = high = mean for one value."""
+    """(mean, low, high): 95% Student-t interval of the mean (scipy.stats.t quantile), clipped to
+    [low, high] (a rate's interval stays within 0..1); low = high = mean for one value."""
     values = np.asarray(values, dtype=float)
     values = values[~np.isnan(values)]
     if len(values) == 0:
@@ -35,8 +33,7 @@ def t_interval(values: np.ndarray, low: float = -math.inf, high: float = math.in
     mean = float(values.mean())
     if len(values) == 1:
         return (mean, mean, mean)
-    df = len(values) - 1
-    half = (_T975[df - 1] if df <= len(_T975) else 1.96) * float(values.std(ddof=1)) / math.sqrt(len(values))
+    half = float(scipy.stats.t.ppf(0.975, len(values) - 1)) * float(scipy.stats.sem(values))
     return (mean, max(low, mean - half), min(high, mean + half))
 
 
@@ -46,10 +43,13 @@ def jaccard(a: set[Any], b: set[Any]) -> float:
 
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
-    rx, ry = pd.Series(x).rank().to_numpy(), pd.Series(y).rank().to_numpy()
-    if rx.std() == 0 or ry.std() == 0:
+    """Spearman's rank correlation (scipy.stats.spearmanr); NaN where either side is constant."""
+    a, b = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    keep = ~(np.isnan(a) | np.isnan(b))
+    a, b = a[keep], b[keep]
+    if len(a) < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
         return math.nan
-    return float(np.corrcoef(rx, ry)[0, 1])
+    return float(scipy.stats.spearmanr(a, b).statistic)
 
 
 @dataclass

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("orchestrator", "workers", "storage", "search_spaces")
+PACKAGES = ("orchestrator", "workers", "storage", "search_spaces", "reports")
 
 
 def _sources(*dirs: str) -> list[Path]:
@@ -25,10 +25,52 @@ def _imports(path: Path) -> set[str]:
 
 def test_layer_rules():
     allowed = {"workers": {"workers"}, "storage": {"storage"},
-               "search_spaces": {"search_spaces", "workers", "storage"}, "orchestrator": set(PACKAGES)}
+               "search_spaces": {"search_spaces", "workers", "storage"}, "reports": {"reports", "storage"},
+               "orchestrator": set(PACKAGES)}
     broken = [f"{p.relative_to(ROOT)} imports {sorted(_imports(p) - allowed[package])}"
               for package in PACKAGES for p in _sources(package) if _imports(p) - allowed[package]]
     assert not broken, broken
+
+
+def _module_imports(path: Path) -> set[str]:
+    """The modules of this project that a module imports, by dotted name (anywhere in it)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+    return {n for n in found if n.split(".")[0] in PACKAGES}
+
+
+def test_storage_and_reports_import_no_module_in_a_circle():
+    """reports/ draws what storage/ reads: no module of either imports another that imports it back."""
+    modules = {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
+               for p in _sources("storage", "reports")}
+    graph = {m: {n for n in _module_imports(p) if n in modules and n != m} for m, p in modules.items()}
+
+    def reaches(start: str, goal: str) -> bool:
+        seen, todo = set(), [start]
+        while todo:
+            m = todo.pop()
+            if m == goal:
+                return True
+            if m not in seen:
+                seen.add(m)
+                todo += graph[m]
+        return False
+    circles = sorted(f"{a} <-> {b}" for a in graph for b in graph[a] if reaches(b, a))
+    assert not circles, circles
+
+
+def test_the_table_layer_draws_nothing():
+    """storage/ reads and writes tables; figures are reports/'s: no storage module imports matplotlib."""
+    drawing = [str(p.relative_to(ROOT)) for p in _sources("storage")
+               if any(n == "matplotlib" or n.startswith("matplotlib.")
+                      for node in ast.walk(ast.parse(p.read_text()))
+                      for n in ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                                [node.module or ""] if isinstance(node, ast.ImportFrom) else []))]
+    assert not drawing, drawing
 
 
 def test_no_function_in_the_orchestrator_is_over_50_lines():

@@ -95,12 +95,9 @@ def _circles(package: str) -> list[list[str]]:
     return circles
 
 
-CIRCLE_FREE = ["workers", "workers/tasks", "search_spaces",
-               pytest.param("storage", marks=pytest.mark.xfail(strict=True, reason="removed by h-findings: "
-                                                                 "storage/report.py <-> curves.py move to reports/")),
+CIRCLE_FREE = ["workers", "workers/tasks", "search_spaces", "storage", "reports",
                pytest.param("orchestrator", marks=pytest.mark.xfail(strict=True, reason="removed by h-orch: "
                                                                       "coordinator <-> pool, progress"))]
-CIRCLE_FREE += [d for d in ("reports",) if (ROOT / d).is_dir()]
 
 
 @pytest.mark.parametrize("package", CIRCLE_FREE)

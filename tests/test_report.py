@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from orchestrator.cli import main
+from reports.report import heatmap_matrix, pareto_front, render, select_trials, task_variants
 from storage.query import load
-from storage.report import heatmap_matrix, pareto_front, render, select_trials, task_variants
 from storage.selection import select_rows
 from tests.sample_run import make_sample_run
 

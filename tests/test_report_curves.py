@@ -1,4 +1,4 @@
-"""The report's curves, strength sweep and transfer table (storage/curves.py), from one real tiny sweep."""
+"""The report's curves, strength sweep and transfer table (reports/curves.py), from one real tiny sweep."""
 from __future__ import annotations
 
 import shutil
@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 
 from orchestrator.coordinator import Coordinator
-from storage.curves import TIED, curve_frame, full_effect, k_reaching, reach_summary, strength_frame, transfer_table
+from reports.curves import TIED, curve_frame, full_effect, k_reaching, reach_summary, strength_frame, transfer_table
+from reports.report import render, select_trials
 from storage.query import load
-from storage.report import render, select_trials
 from storage.seeds import group_of
 from tests.sweeps import parsed, tiny_config
 

@@ -1,10 +1,11 @@
 """What a trial's cells do, from the `curves` table (workers/analysis.py), computed in one place
-for the report and for anyone quoting the numbers.
+for the pages (`actscale report`, docs/findings.md) and for anyone quoting the numbers: data only,
+drawn elsewhere.
 
 Decisions are made on val and numbers reported on test, as for the selection rule: the k that
 reaches a share of the full effect is found on val, and its test flip_rate is what is quoted.
 Intervals over seeds are over the selected trial and its replicates (Student t, seeds are few,
-storage/seeds.py); the table's own `_lo`/`_hi` columns are bootstrap intervals over prompts.
+storage.seeds); the table's own `_lo`/`_hi` columns are bootstrap intervals over prompts.
 Trial ids repeat across runs of the same unit: give these functions one run's rows
 (`curves[curves.run_id == run_id]`); they refuse rows of one trial id from several runs.
 """
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from reports.text import interval_text, prompt_interval_text
 from storage.seeds import group_of, t_interval
 from storage.selection import RATE_SLACK
 
@@ -139,8 +141,6 @@ def _other_options(task_options: str | None) -> dict[str, Any]:
 def _test_numbers(row: Any, trials: pd.DataFrame, predictions: pd.DataFrame) -> dict[str, Any]:
     """A selected trial's test flip_rate and kl_other with intervals over prompts and over seeds, as
     the report's method table gives them (the same helpers)."""
-    from storage.report import _interval, _prompt_interval  # storage.report imports this module
-
     run_trials = trials[trials.run_id == row.run_id]
     p = predictions[(predictions.run_id == row.run_id) & (predictions.trial_id == row.trial_id)].sort_values("index")
     small = len(p) < int(row.min_split)
@@ -149,10 +149,10 @@ def _test_numbers(row: Any, trials: pd.DataFrame, predictions: pd.DataFrame) -> 
     flip, kl = t_interval(seeds.test_flip_rate.to_numpy(), 0.0, 1.0), t_interval(seeds.test_kl_other.to_numpy(), 0.0)
     me = run_trials[run_trials.trial_id == row.trial_id].iloc[0]
     return dict(trial_id=row.trial_id, n_test=len(p), test_flip_rate=float(me.test_flip_rate),
-                flip_ci95=_prompt_interval(p.flipped.to_numpy(dtype=float), small),
-                test_kl_other=float(me.test_kl_other), kl_ci95=_prompt_interval(p.kl_other.to_numpy(dtype=float), small),
-                seeds=len(ids), flip_over_seeds=_interval(*flip) if len(ids) > 1 else "-",
-                kl_over_seeds=_interval(*kl) if len(ids) > 1 else "-")
+                flip_ci95=prompt_interval_text(p.flipped.to_numpy(dtype=float), small),
+                test_kl_other=float(me.test_kl_other), kl_ci95=prompt_interval_text(p.kl_other.to_numpy(dtype=float), small),
+                seeds=len(ids), flip_over_seeds=interval_text(*flip) if len(ids) > 1 else "-",
+                kl_over_seeds=interval_text(*kl) if len(ids) > 1 else "-")
 
 
 def transfer_table(selected: pd.DataFrame, units: pd.DataFrame, trials: pd.DataFrame, predictions: pd.DataFrame,
