@@ -1,0 +1,80 @@
+"""Parts of schema version 4 (before the model's identity columns) read as version 5, their new columns NULL:
+the committed runs in docs/data stay readable, alone or beside new parts, and compaction keeps their rows."""
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from storage.query import load, run_sql
+from storage.query_docs import SAMPLE_RUN
+from storage.schema import META_TABLE, META_VERSION, MODEL_IDENTITY, SCHEMA_VERSION, UNITS
+from storage.store import RunStore, check_part, part_files, read_table, table_dir
+
+V5_ONLY = set(MODEL_IDENTITY) | {"near_chance"}
+
+
+def _unit(unit_id: str, model: str, **extra) -> dict:
+    return dict(unit_id=unit_id, run_id="r", model=model, model_revision="x", n_layers=4, d_model=64, task="ioi",
+                task_options="{}", task_hash="h", site="mlp_out", layers=[0, 1, 2, 3], method="activscalar",
+                settings="{}", n_train=30, n_val=10, n_test=10, counts="{}", base_accuracy=0.55, mean_ld=0.1,
+                moved_measure="|alpha-1|", moved_threshold=0.1, min_split=20, warnings=[], value_identity=1.0, **extra)
+
+
+def _write_v4_part(run_dir, rows: list[dict]) -> None:
+    """A units part as actscale wrote it at schema version 4."""
+    schema = pa.schema([f for f in UNITS if f.name not in V5_ONLY]).with_metadata(
+        {META_TABLE: b"units", META_VERSION: b"4"})
+    directory = table_dir(run_dir, "units")
+    directory.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), directory / "part-00000000000000000001-1-000001.parquet")
+
+
+def test_a_version_4_part_reads_as_version_5_beside_a_new_one(tmp_path):
+    assert SCHEMA_VERSION == 5
+    run = tmp_path / "run"
+    _write_v4_part(run, [_unit("u-old", "tiny-gpt2")])
+    store = RunStore(run)
+    store.write_now("units", [_unit("u-new", "gemma3-270m", model_family="Gemma 3", model_type="gemma3_text",
+                                    model_checkpoint="base", train_dtype="bf16", eval_dtype="fp32", near_chance=False)])
+    assert all(check_part(p, "units") is None for p in part_files(run, "units"))
+    table = read_table(run, "units").table
+    assert table.schema.names == UNITS.names
+    rows = {r["unit_id"]: r for r in table.to_pylist()}
+    assert all(rows["u-old"][c] is None for c in V5_ONLY) and rows["u-old"]["base_accuracy"] == 0.55
+    assert rows["u-new"]["model_checkpoint"] == "base"
+    frame, problems = run_sql([run], "SELECT unit_id, model_family, near_chance FROM units ORDER BY unit_id")
+    assert not problems and frame.unit_id.tolist() == ["u-new", "u-old"]
+    assert frame.model_family.iloc[0] == "Gemma 3" and frame.model_family.isna().iloc[1]
+    models, _ = run_sql([run], "SELECT model, model_checkpoint, train_dtypes FROM models ORDER BY model")
+    assert models.model.tolist() == ["gemma3-270m", "tiny-gpt2"] and list(models.train_dtypes.iloc[0]) == ["bf16"]
+    competence, _ = run_sql([run], "SELECT model, near_chance FROM competence ORDER BY model")
+    assert competence.near_chance.tolist() == [False, True]  # the old part judged by the same threshold (0.55)
+    store.compact("units")  # a merged part of both versions, written as version 5
+    (merged,) = part_files(run, "units")
+    assert pq.read_schema(merged).metadata[META_VERSION] == b"5"
+    assert sorted(load(run, "units").unit_id) == ["u-new", "u-old"]
+
+
+def test_a_version_4_part_alone_still_has_every_column_in_sql(tmp_path):
+    run = tmp_path / "run"
+    _write_v4_part(run, [_unit("u-old", "tiny-gpt2")])
+    frame, problems = run_sql([run], "SELECT * FROM units")
+    assert not problems and list(frame.columns) == UNITS.names and frame.model_checkpoint.isna().all()
+
+
+def test_the_committed_sample_run_is_version_4_and_readable():
+    (part,) = part_files(SAMPLE_RUN, "units")
+    assert pq.read_schema(part).metadata[META_VERSION] == b"4"
+    assert len(load(SAMPLE_RUN, "units")) == 4
+
+
+@pytest.mark.parametrize("version", [b"3", b"6"])
+def test_other_versions_are_refused_by_name(tmp_path, version):
+    run = tmp_path / "run"
+    _write_v4_part(run, [_unit("u-old", "tiny-gpt2")])
+    (part,) = part_files(run, "units")
+    table = pq.read_table(part)
+    pq.write_table(table.replace_schema_metadata({META_TABLE: b"units", META_VERSION: version}), part)
+    assert f"schema version {version.decode()} is not supported (this actscale reads versions 4, 5" in check_part(
+        part, "units")
