@@ -25,8 +25,9 @@ from storage.store import VANISHED_RETRIES, read_table, valid_parts
 T = TypeVar("T")
 
 # One row per run and model: who the model is. Columns a version-4 part lacks are NULL.
-MODELS_SQL = (f"SELECT DISTINCT run_id, model, {', '.join(c for c in MODEL_IDENTITY if c != 'train_dtype')}, "
-              "model_revision, n_layers, d_model, list_sort(list(DISTINCT train_dtype) FILTER (WHERE train_dtype IS NOT NULL)) AS train_dtypes "
+MODELS_SQL = (f"SELECT run_id, model, {', '.join(c for c in MODEL_IDENTITY if c != 'train_dtype')}, "
+              "model_revision, n_layers, d_model, "
+              "list_sort(list(DISTINCT train_dtype) FILTER (WHERE train_dtype IS NOT NULL)) AS train_dtypes "
               "FROM units GROUP BY ALL")
 # One row per run, model and task (with its options): the share of prompts the model ranks answer a above b
 # before any intervention, and the mean logit difference, over the unit's prompts (every unit of a task has the
