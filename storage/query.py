@@ -175,3 +175,28 @@ def load(run_dirs: list[Path] | Path, table: str) -> pd.DataFrame:
     """One table as a pandas DataFrame (refused files are skipped; see read_table for them)."""
     dirs = check_run_dirs([run_dirs] if isinstance(run_dirs, (str, Path)) else list(run_dirs))
     return read_table(dirs, table).table.to_pandas()
+
+
+def model_lines(run_dirs: list[Path] | Path) -> list[str]:
+    """One line per model of the runs: who it is (the view `models`) and how well it does each task
+    before any intervention (the view `competence`), for `actscale status` and the report."""
+    models, _ = run_sql(run_dirs, "SELECT * EXCLUDE (run_id) FROM models ORDER BY model")
+    competence, _ = run_sql(run_dirs, "SELECT model, task, avg(base_accuracy) AS accuracy, avg(mean_ld) AS ld, "
+                                      "bool_or(near_chance) AS near FROM competence GROUP BY ALL ORDER BY model, task")
+    lines = []
+    for m in models.drop_duplicates(subset=[c for c in models.columns if c != "train_dtypes"]).itertuples():
+        tasks = ", ".join(f"{t.task} {t.accuracy:.2f} (mean LD {t.ld:.2f})" + (" (near chance: flagged, no basis for claims)"
+                                                                               if t.near else "")
+                          for t in competence[competence.model == m.model].itertuples())
+        size = f"{m.n_layers} layers, d_model {m.d_model}"
+        if m.model_family is None or m.model_family != m.model_family:
+            who = f"{size} (identity not recorded: these results predate schema 5)"
+        else:
+            source = f"{m.model_source}" + (f", sha256 {m.model_source_sha256[:12]}..." if m.model_source_sha256 else "")
+            dequantised = f"dequantised from {m.model_quantisation} " if m.model_quantisation else ""
+            trained = "/".join(m.train_dtypes) if m.train_dtypes is not None and len(m.train_dtypes) else "?"
+            licence = f"licence {m.model_licence}" + (f" ({m.model_licence_url})" if m.model_licence_url else "")
+            who = (f"{m.model_family} ({m.model_type}), {m.model_checkpoint} checkpoint, {dequantised}({source}), "
+                   f"trained in {trained}, evaluated in {m.eval_dtype}; {size}; {licence}")
+        lines.append(f"{m.model}: {who}." + (f" Base accuracy before any intervention: {tasks}." if tasks else ""))
+    return lines

@@ -78,3 +78,25 @@ def test_other_versions_are_refused_by_name(tmp_path, version):
     pq.write_table(table.replace_schema_metadata({META_TABLE: b"units", META_VERSION: version}), part)
     assert f"schema version {version.decode()} is not supported (this actscale reads versions 4, 5" in check_part(
         part, "units")
+
+
+def test_status_and_report_name_each_model(tmp_path):
+    from orchestrator.sweep_cmds import status_text
+    from storage.query import model_lines
+
+    run = tmp_path / "run"
+    _write_v4_part(run, [_unit("u-old", "tiny-gpt2")])
+    store = RunStore(run)
+    identity = dict(model_family="Gemma 3", model_type="gemma3_text", model_checkpoint="base",
+                    model_source="gemma-3-270m-q4_k_m.gguf", model_source_sha256="a5fd3b62230aa5ec6021",
+                    model_quantisation="Q4_K_M", train_dtype="bf16", eval_dtype="fp32",
+                    model_licence="Gemma Terms of Use", model_licence_url="https://ai.google.dev/gemma/terms")
+    store.write_now("units", [dict(_unit("u-new", "gemma3-270m", **identity, near_chance=False), base_accuracy=0.975)])
+    lines = model_lines(run)
+    assert lines[0] == ("gemma3-270m: Gemma 3 (gemma3_text), base checkpoint, dequantised from Q4_K_M "
+                        "(gemma-3-270m-q4_k_m.gguf, sha256 a5fd3b62230a...), trained in bf16, evaluated in fp32; "
+                        "4 layers, d_model 64; licence Gemma Terms of Use (https://ai.google.dev/gemma/terms). "
+                        "Base accuracy before any intervention: ioi 0.97 (mean LD 0.10).")
+    assert lines[1].startswith("tiny-gpt2: 4 layers, d_model 64 (identity not recorded")
+    assert "ioi 0.55 (mean LD 0.10) (near chance: flagged, no basis for claims)" in lines[1]
+    assert status_text(run, []).startswith(lines[0] + "\n" + lines[1] + "\n\nunit")
