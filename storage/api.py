@@ -109,7 +109,9 @@ class Runs:
                              f"{first.task_options}, site {first.site!r}, method {first.method!r}, layers "
                              f"{first.layer_set!r} ({sorted(set(doubled.trial_id))[:4]}): the runs opened hold it twice; "
                              "open one run per model")
-        wide = long.pivot(index=list(COMPARE_INDEX), columns="model", values=list(COMPARE_VALUES))
+        index = list(COMPARE_INDEX)  # one pivot per measure keeps each measure's dtype (numbers stay numbers)
+        wide = pd.concat({v: long.pivot(index=index, columns="model", values=v) for v in COMPARE_VALUES}, axis=1)
+        wide.columns.names = [None, "model"]
         wide.attrs["near_chance"] = [dict(model=m, task=t, site=s, method=meth) for m, t, s, meth in left_out]
         return wide
 

