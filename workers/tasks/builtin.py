@@ -30,7 +30,7 @@ IOI_DEFAULT_TEMPLATES = ["when", "after", "while"]
 
 # Countries with one-word names and their capitals. A model's tasks use those whose name and capital are
 # each one token for its tokenizer (after a space, as they stand in prompts and answers): 40 of these for
-# SmolLM2-135M, 86 for Gemma 3 270M. No capital is another country's name or a truncated name.
+# SmolLM2-135M, 81 for Gemma 3 270M. No capital is another country's name or a truncated name.
 CAPITALS = {
     "France": "Paris", "Italy": "Rome", "Germany": "Berlin", "Spain": "Madrid", "Japan": "Tokyo",
     "China": "Beijing", "Russia": "Moscow", "Egypt": "Cairo", "Greece": "Athens", "England": "London",
