@@ -39,7 +39,7 @@ EXAMPLES: list[tuple[str, str, str]] = [
      "model is near chance on the task are left out unless `include_near_chance=True` (both tiny random models "
      "here are), and listed in `.attrs['near_chance']`. `runs.models()` says who each model is, "
      "`runs.competence()` how well it does each task; the SQL is in docs/querying.md.",
-     "runs.compare_models(include_near_chance=True)['effect'].xs(('activscalar', 'S2'), level=('method', 'role'))"
+     "runs.compare_models(include_near_chance=True)['effect'].xs('S2', level='role')"
      ".round(3)"),
 ]
 
