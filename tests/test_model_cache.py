@@ -107,10 +107,12 @@ def test_a_cache_without_its_marker_or_of_another_source_is_rebuilt_with_a_log_l
     target = tmp_path / "cache" / "fake-model"
     ensure_cache(recipe, target)
     (target / MARKER).unlink()  # as a crash before the marker was written would leave it
+    killed = target.parent / ".fake-model.build-killed"  # and a build killed midway leaves its directory
+    (killed / "model").mkdir(parents=True)
     with caplog.at_level(logging.WARNING, logger="actscale.models"):
         ensure_cache(recipe, target)
     assert "is not usable (no completion marker COMPLETE" in caplog.text and "rebuilding it" in caplog.text
-    assert _builds(tmp_path) == 2 and marker_of(target)["sha256"] == recipe.sha256
+    assert _builds(tmp_path) == 2 and marker_of(target)["sha256"] == recipe.sha256 and not _leftovers(target.parent)
     marker = (target / MARKER).read_text().replace(recipe.sha256, "0" * 64)
     (target / MARKER).write_text(marker)  # an older cache, built from another source file
     caplog.clear()

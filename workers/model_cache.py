@@ -80,6 +80,8 @@ def ensure_cache(recipe: CacheRecipe, target: Path) -> Path:
         if problem != "missing":
             log.warning(f"the cache of model {recipe.name!r} at {target} is not usable ({problem}); rebuilding it")
             shutil.rmtree(target)
+        for leftover in target.parent.glob(f".{target.name}.build-*"):  # a killed build's (the lock is ours)
+            shutil.rmtree(leftover, ignore_errors=True)
         _build(recipe, target)
     return target
 
