@@ -100,3 +100,21 @@ def test_status_and_report_name_each_model(tmp_path):
     assert lines[1].startswith("tiny-gpt2: 4 layers, d_model 64 (identity not recorded")
     assert "ioi 0.55 (mean LD 0.10) (near chance: flagged, no basis for claims)" in lines[1]
     assert status_text(run, []).startswith(lines[0] + "\n" + lines[1] + "\n\nunit")
+
+
+def test_a_worker_writes_its_model_identity_into_the_units_row(tmp_path):
+    """The row of a real unit (tiny Gemma 3, prepared by a worker) carries who the model is, and fits the schema."""
+    from workers.actor import WorkerActor
+    from workers.tasks.base import TaskSpec
+    from workers.unit import TrainSettings, UnitSpec
+
+    worker = WorkerActor("tiny-gemma3")
+    spec = UnitSpec("tiny-gemma3", TaskSpec.make("ioi", {"n": 20}), "mlp_out", "all", "activscalar",
+                    TrainSettings(precision="fp32"))
+    row, _ = worker.unit_record("u-gemma", spec)
+    RunStore(tmp_path / "run").write_now("units", [dict(row, run_id="r")])
+    (stored,) = read_table(tmp_path / "run", "units").table.to_pylist()
+    assert {k: stored[k] for k in ("model_family", "model_type", "model_checkpoint", "train_dtype", "eval_dtype")} == {
+        "model_family": "Gemma 3", "model_type": "gemma3_text", "model_checkpoint": "random weights",
+        "train_dtype": "fp32", "eval_dtype": "fp32"}
+    assert stored["near_chance"] == (stored["base_accuracy"] < 0.6) and stored["model_quantisation"] is None

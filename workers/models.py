@@ -1,4 +1,4 @@
-"""Load causal language models once per worker: registry, embedded model, offline policy.
+"""Load causal language models once per worker: registry, the embedded models, offline policy.
 
 Every model is frozen and in eval mode. Placement goes through Accelerate: one device
 when the model fits, a device map across the worker's GPUs when it does not.
