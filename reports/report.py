@@ -34,7 +34,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from reports.curves import FRACTION, TIED, curve_frame, reach_summary, strength_frame, transfer_table  # noqa: E402
 from reports.text import interval_text, prompt_interval_text  # noqa: E402
 from storage.errors import StorageError  # noqa: E402
-from storage.query import load, run_min_flip, run_sql  # noqa: E402
+from storage.query import load, model_lines, run_min_flip, run_sql  # noqa: E402
 from storage.report import heatmap_matrix  # noqa: E402
 from storage.schema import Status  # noqa: E402
 from storage.seeds import SeedStats, seed_stats  # noqa: E402
@@ -626,8 +626,10 @@ def _html(run_dirs: list[Path], made: dict[str, list[Any]], comparison: pd.DataF
              "td,th{border:1px solid #ccc;padding:3px 6px}pre{background:#f6f6f6;padding:1em}"
              "div[id^=table-]{overflow-x:auto;max-width:100%}figcaption{max-width:680px}")
     runs = ", ".join(html.escape(str(d)) for d in run_dirs)
+    models = "".join(f"<li>{html.escape(line)}</li>" for line in model_lines(run_dirs))  # who each model is
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>actscale report</title><style>{style}</style>"
-            f"</head><body><h1>actscale report</h1><p>Runs: {runs}</p>{''.join(sections)}</body></html>\n")
+            f"</head><body><h1>actscale report</h1><p>Runs: {runs}</p><ul id='models'>{models}</ul>"
+            f"{''.join(sections)}</body></html>\n")
 
 
 def _markdown_table(frame: pd.DataFrame) -> list[str]:
@@ -637,7 +639,9 @@ def _markdown_table(frame: pd.DataFrame) -> list[str]:
 
 def _markdown(run_dirs: list[Path], made: dict[str, list[Any]], comparison: pd.DataFrame, transfer: pd.DataFrame,
               rule: str, warnings: list[tuple[str, str]]) -> str:
-    lines = ["# actscale report", "", f"Runs: {', '.join(map(str, run_dirs))}", "", rule[0].upper() + rule[1:] + ".",
+    lines = ["# actscale report", "", f"Runs: {', '.join(map(str, run_dirs))}", ""]
+    lines += [f"- {line}" for line in model_lines(run_dirs)] + [""]  # who each model is
+    lines += [rule[0].upper() + rule[1:] + ".",
              "", "| model | task | site | method | val flip_rate (n) | test flip_rate (95% CI, prompts; n) | "
              "test kl_other (95% CI) | sites moved / total | n_params | seeds | test flip_rate over seeds | "
              "moved Jaccard |",

@@ -32,6 +32,15 @@ EXAMPLES: list[tuple[str, str, str]] = [
      "correlation of the cells' effects, cells moved in all and in any seed, and the test metrics over seeds "
      "(mean, 95% Student-t interval). `.cell_frequency` has the share of seeds in which each cell moved.",
      f"runs.seeds('{EXAMPLE_TRIAL}').summary()"),
+    ("Models side by side",
+     "`runs.compare_models()`: one row per task (and options), site, method, layer set, role and relative depth "
+     "(0..1, in tenths); columns (measure, model), so `['effect']` puts each model's mean cell effect side by side, "
+     "and `['val_flip_rate']`, `['trial_id']`, `['base_accuracy']` its selected trial and competence. Units whose "
+     "model is near chance on the task are left out unless `include_near_chance=True` (both tiny random models "
+     "here are), and listed in `.attrs['near_chance']`. `runs.models()` says who each model is, "
+     "`runs.competence()` how well it does each task; the SQL is in docs/querying.md.",
+     "runs.compare_models(include_near_chance=True)['effect'].xs('S2', level='role')"
+     ".round(3)"),
 ]
 
 HEADER = """# Python API
@@ -46,7 +55,8 @@ runs = open_runs("docs/data/sample-run")           # or several: open_runs("runs
 tables are unioned) and an optional `min_flip` that overrides each run's
 `selection.min_flip`. The object it returns has every table as a pandas DataFrame, `sql()`
 over DuckDB, `selected()` by the project's one selection rule, `cells()` for one trial's
-grid and `seeds()` for its stability over replicates. `docs/querying.md` has more SQL.
+grid, `seeds()` for its stability over replicates, and `models()`, `competence()` and
+`compare_models()` for comparing models. `docs/querying.md` has more SQL.
 
 Each example below ran on `docs/data/sample-run` (two tiny random-weight models: the numbers
 show the tool, not the science); a test re-runs them and fails if this page and the code

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from storage.query import run_sql
+from storage.query import COMPARE_SQL, run_sql
 
 SAMPLE_RUN = Path(__file__).resolve().parents[1] / "docs" / "data" / "sample-run"
 # A real trial id of the sample run (tiny-gpt2's selected ActivScalar trial); a test checks it is there.
@@ -87,6 +87,33 @@ SELECT u.model, u.method, n.seeds,
        count(*) AS moved_in_any_seed
 FROM moved JOIN n USING (unit_id) JOIN units u USING (unit_id)
 GROUP BY ALL ORDER BY u.model, u.method"""),
+    ("Who the models are",
+     "Which checkpoint of which model, dequantised from what, trained and evaluated in which precision, under which "
+     "licence (the view `models`, from the units table). This sample run predates schema version 5, which added "
+     "these columns: they read as NULL here, as in any run written before them.",
+     """SELECT model, model_family, model_type, model_checkpoint, model_quantisation, train_dtypes, eval_dtype,
+       n_layers, d_model, model_licence
+FROM models ORDER BY model"""),
+    ("Base competence per model and task",
+     "How well does each model do each task before any intervention: the share of prompts where it ranks answer a "
+     "above b, and the mean logit difference (the view `competence`). `near_chance` (below 0.6) units are flagged "
+     "and no basis for claims; these tiny models have random weights, so they are at chance.",
+     """SELECT model, task, units, round(base_accuracy, 3) AS base_accuracy, round(mean_ld, 3) AS mean_ld,
+       near_chance
+FROM competence ORDER BY task, model"""),
+    ("Models side by side",
+     "The cross-model comparison that `runs.compare_models()` returns (docs/python-api.md), as SQL: per task, site, "
+     "method and layer set, each model's selected trial, its base competence, and its cells' mean effect by role on "
+     "a relative-depth axis 0..1. `compare_models()` leaves out units whose model is near chance (as both tiny models "
+     "here are); the SQL keeps them, with `near_chance` to filter on. Pivoted on the model, the effects of two roles "
+     "sit side by side:",
+     f"""WITH long AS (
+{COMPARE_SQL}
+)
+PIVOT (SELECT task, site, method, role, rel_depth, model, round(effect, 3) AS effect
+       FROM long WHERE method = 'activscalar' AND role IN ('S2', 'END'))
+ON model USING first(effect)
+ORDER BY role, rel_depth"""),
     ("Trials that failed or were interrupted",
      "Which trials failed (their own computation), and which were cut off by a crash and re-run?",
      """SELECT u.model, u.method, t.trial_number, t.status, t.error
@@ -108,7 +135,8 @@ Every result of a sweep is a Parquet table under `RUN_DIR/tables/<table>/part-*.
 directories at once (several = cross-model analysis); the tables appear as DuckDB views of
 the same names, plus the view `selected`: each unit's selected trial by the project's one
 selection rule (docs/architecture.md, Selection), with columns `selected_by`, `qualifies`
-and `min_flip` added.
+and `min_flip` added; the view `models` (who each run's models are) and the view
+`competence` (each model's base accuracy and mean LD per task, before any intervention).
 
 ```
 actscale query RUN_DIR [RUN_DIR...] "SQL"          # a table on the terminal

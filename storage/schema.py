@@ -1,7 +1,8 @@
 """Explicit Arrow schemas of the result tables (docs/architecture.md, Tables).
 
 Every part file carries `actscale.table` and `actscale.schema_version` in its Parquet
-metadata; readers accept SCHEMA_VERSION and refuse anything else by name.
+metadata; readers accept the versions in READABLE_VERSIONS (an older part's missing columns
+read as NULL) and refuse anything else by name.
 """
 from __future__ import annotations
 
@@ -9,10 +10,13 @@ from enum import StrEnum
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 4  # 2: sites_moved/sites_total, replicates, interrupted rows, cell effects, entities;
+SCHEMA_VERSION = 5  # 2: sites_moved/sites_total, replicates, interrupted rows, cell effects, entities;
 # 3: cells by role for prompts of several shapes (scalars.n_prompts, mean_position), units.min_split, warnings,
 # value_identity (what the report draws as a scale, without importing the method); 4: trials.precision,
-# trials.stop_reason and status pruned (early stopping and pruning)
+# trials.stop_reason and status pruned (early stopping and pruning); 5: the model's identity in units (MODEL_IDENTITY)
+# and units.near_chance
+READABLE_VERSIONS = (4, 5)  # a version-4 part reads as version 5 with the columns it lacks NULL
+NEAR_CHANCE = 0.6  # units.near_chance: base accuracy below this (chance is 0.5); workers/prepare.py warns by it
 META_TABLE = b"actscale.table"
 META_VERSION = b"actscale.schema_version"
 META_SUPERSEDES = b"actscale.supersedes"  # a compacted part: the names of the parts it holds
@@ -35,6 +39,14 @@ class Status(StrEnum):
 
 _ts = pa.timestamp("us", tz="UTC")
 
+# Who the model of a unit is (workers/names.py holds the facts of the built-in models), beside units.model,
+# model_revision, n_layers and d_model: the family, config.model_type, the checkpoint (base, instruct, random
+# weights), the file its weights were read from and its sha256, the quantisation they were dequantised from
+# (NULL: none), the precision the unit trained in (fp32 | bf16) and the one every metric is evaluated in, the
+# licence and where its terms are. NULL where unknown (a Hugging Face model says less), and in version-4 parts.
+MODEL_IDENTITY = ("model_family", "model_type", "model_checkpoint", "model_source", "model_source_sha256",
+                  "model_quantisation", "train_dtype", "eval_dtype", "model_licence", "model_licence_url")
+
 RUNS = pa.schema([
     ("run_id", pa.string()), ("created_at", _ts), ("config_yaml", pa.string()),
     ("package_version", pa.string()), ("git_revision", pa.string()), ("host", pa.string()),
@@ -48,7 +60,7 @@ UNITS = pa.schema([
     ("counts", pa.string()), ("base_accuracy", pa.float64()), ("mean_ld", pa.float64()),
     ("moved_measure", pa.string()), ("moved_threshold", pa.float64()),
     ("min_split", pa.int32()), ("warnings", pa.list_(pa.string())), ("value_identity", pa.float64()),
-])
+] + [(name, pa.string()) for name in MODEL_IDENTITY] + [("near_chance", pa.bool_())])
 
 TRIALS = pa.schema(
     [("trial_id", pa.string()), ("unit_id", pa.string()), ("run_id", pa.string()), ("trial_number", pa.int32()),

@@ -1,5 +1,7 @@
 """RunStore: atomic, batched Parquet part files per table, and readers that refuse bad files.
 
+Parts of an older schema version that READABLE_VERSIONS names are read as the current schema,
+the columns they lack NULL (pyarrow fills them when a part is read with the current schema).
 Layout: RUN_DIR/tables/<table>/part-<ns>-<pid>-<seq>.parquet. A part is written under a
 temporary name, fsynced, then renamed, so readers (and DuckDB globs over part-*.parquet)
 never see a torn file; leftovers of a crash are removed when a store is opened.
@@ -22,7 +24,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from storage.errors import StorageError
-from storage.schema import META_SUPERSEDES, META_TABLE, META_VERSION, SCHEMA_VERSION, SCHEMAS, schema_for
+from storage.schema import (
+    META_SUPERSEDES,
+    META_TABLE,
+    META_VERSION,
+    READABLE_VERSIONS,
+    SCHEMA_VERSION,
+    SCHEMAS,
+    schema_for,
+)
 
 TMP_PREFIX = ".tmp-"
 COMPACT_OVER = 50  # a table with more parts than this is compacted after a flush
@@ -60,9 +70,10 @@ def _refusal(path: Path, table: str, meta: dict[bytes, bytes]) -> str | None:
     if META_VERSION not in meta:
         return f"{path}: not an actscale part file (no {META_VERSION.decode()} metadata); move it out of {path.parent}"
     version = meta[META_VERSION].decode()
-    if version != str(SCHEMA_VERSION):
-        return (f"{path}: schema version {version} is not supported (this actscale reads version {SCHEMA_VERSION}); "
-                "upgrade actscale or move the file away")
+    if version not in {str(v) for v in READABLE_VERSIONS}:
+        readable = ", ".join(str(v) for v in READABLE_VERSIONS)
+        return (f"{path}: schema version {version} is not supported (this actscale reads versions {readable}, "
+                f"writes {SCHEMA_VERSION}); upgrade actscale or move the file away")
     if meta.get(META_TABLE, b"").decode() != table:
         return f"{path}: holds table {meta.get(META_TABLE, b'?').decode()!r}, not {table!r}"
     return None

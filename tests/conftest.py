@@ -18,7 +18,7 @@ warnings.filterwarnings("ignore", category=UserWarning)
 
 pytest_plugins = ["pytester"]
 
-TINY = ("tiny-gpt2", "tiny-neox", "tiny-llama")
+TINY = ("tiny-gpt2", "tiny-neox", "tiny-llama", "tiny-gemma3")
 
 
 @pytest.fixture(scope="session")

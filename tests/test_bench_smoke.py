@@ -23,3 +23,16 @@ def test_throughput_quick_prints_targets(tmp_path):
     pattern = re.compile(r"^TARGET [a-z0-9_]+: (\S+ \(target [^)]+\) (ok|short)|skipped \(.+\))$")
     assert all(pattern.match(t) for t in targets), targets
     assert (tmp_path / "results.json").exists()
+
+
+def test_models_quick_prints_step_ratios():
+    """bench/models.py: both embedded models' trainer steps side by side, fp32 and bf16, with the unembedding's share."""
+    result = subprocess.run([sys.executable, "bench/models.py", "--quick"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=1800)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    targets = [line for line in lines if line.startswith("TARGET ")]
+    assert [t.split(":")[0] for t in targets] == ["TARGET gemma_step_ratio_fp32", "TARGET gemma_step_ratio_bf16"]
+    assert all(re.match(r"^TARGET [a-z0-9_]+: \S+x \(target <= 1.5x\) (ok|short)$", t) for t in targets), targets
+    rows = [line for line in lines if re.match(r"^(smollm2-135m|gemma3-270m) ", line)]
+    assert len(rows) == 4 and all("unembedding at the last position" in row for row in rows)

@@ -132,10 +132,11 @@ def test_duplicates_are_dropped_before_splitting(tiny_models, tmp_path):
 
 def test_a_task_asked_for_more_distinct_prompts_than_it_has_says_so():
     with pytest.raises(UsageError, match=r"task 'city_country': n=200 asks for more distinct prompts than the task "
-                                         r"has \(28 = 28 cities x 1 template\(s\)\)"):
+                                         r"has \(112 = 112 cities x 1 template\(s\)\)"):
         load_examples(TaskSpec.make("city_country", {"n": 200}), 0)
-    with pytest.raises(UsageError, match=r"task 'ccc': n=900 asks for more distinct prompts than the task has \(812"):
-        load_examples(TaskSpec.make("ccc", {"n": 900}), 0)
+    with pytest.raises(UsageError, match=r"task 'ccc': n=20000 asks for more distinct prompts than the task has "
+                                         r"\(12432 \(country, other country\) pairs of 112 countries"):
+        load_examples(TaskSpec.make("ccc", {"n": 20000}), 0)
     assert len({e.prompt for e in load_examples(TaskSpec.make("ccc", {"n": 300}), 0)}) == 300
 
 
@@ -143,3 +144,48 @@ def test_jsonl_entities_must_be_strings(tmp_path):
     bad = json.dumps(dict(prompt="Rome is in", answer_a=" Italy", answer_b=" France", template="x", entities="Italy"))
     with pytest.raises(UsageError, match="line 1: field 'entities' must be a list of non-empty strings"):
         load_jsonl(_write(tmp_path, [bad]))
+
+
+class _Vocabulary:
+    """A tokenizer that knows a few words as single tokens and splits every other word in two."""
+
+    def __init__(self, words: set[str]):
+        self.words = words
+
+    def __call__(self, text: str, add_special_tokens: bool = True) -> dict:
+        ids = []
+        for word in text.split():
+            ids += [hash(word) % 1000] if word in self.words else [1, 2]
+        return {"input_ids": ids}
+
+
+def test_builtin_tasks_use_only_entities_that_are_single_tokens_for_the_tokenizer():
+    from workers.tasks.builtin import CAPITALS, NAMES, OBJECTS, PLACES
+
+    countries = ["France", "Italy", "Spain", "Japan", "Kenya"]
+    known = set(countries) | {CAPITALS[c] for c in countries} | set(NAMES[:4]) | set(PLACES) | set(OBJECTS)
+    known.discard("Tokyo")  # Japan's capital is two tokens: Japan is out
+    tokenizer = _Vocabulary(known)
+    for task in ("ccc", "city_country"):
+        examples = load_examples(TaskSpec.make(task), 0, tokenizer)
+        used = {entity for e in examples for entity in e.entities}
+        assert used == {"France", "Italy", "Spain", "Kenya"}, task
+        assert all(len(tokenizer(e.answer_a)["input_ids"]) == 1 == len(tokenizer(e.answer_b)["input_ids"])
+                   for e in examples)
+    assert len(load_examples(TaskSpec.make("ccc"), 0, tokenizer)) == 4 * 3  # every pair: fewer than the default n
+    ioi = load_examples(TaskSpec.make("ioi", {"n": 10}), 0, tokenizer)
+    assert {n for e in ioi for n in e.entities[0].split("+")} <= set(NAMES[:4]) and len(ioi) == 30
+    # without a tokenizer: the task as defined (what the coordinator hashes), every country
+    assert {c for e in load_examples(TaskSpec.make("city_country"), 0) for c in e.entities} == set(CAPITALS)
+    with pytest.raises(UsageError, match=r"task 'ccc': only 1 countries \(name and capital\) are single tokens"):
+        load_examples(TaskSpec.make("ccc"), 0, _Vocabulary({"France", "Paris"}))
+
+
+def test_a_unit_hashes_its_task_as_the_coordinator_does(tiny_models):
+    """The stored task_hash is taken without a tokenizer, so a resume can check it without a model."""
+    from workers.tasks.base import examples_hash
+
+    spec = UnitSpec("tiny-llama", TaskSpec.make("ccc", {"n": 40}), "mlp_out", "all", "activscalar", TrainSettings())
+    unit = prepare_unit(tiny_models["tiny-llama"], spec)
+    assert unit.task_hash == examples_hash(load_examples(spec.task, spec.settings.seed))
+    assert unit.counts["dropped_not_single_token_answer"] == 0

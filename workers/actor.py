@@ -14,8 +14,8 @@ import torch
 
 from workers.analysis import analyze_trial
 from workers.models import load_model
-from workers.names import import_plugins, method_info, moved_rule
-from workers.prepare import PreparedUnit, prepare_unit
+from workers.names import EVAL_DTYPE, import_plugins, method_info, moved_rule
+from workers.prepare import NEAR_CHANCE, PreparedUnit, prepare_unit
 from workers.results import TrialResult
 from workers.trainer import train_trials
 from workers.unit import Hyper, UnitSpec
@@ -59,7 +59,9 @@ class WorkerActor:
                    n_train=len(unit.splits["train"]), n_val=len(unit.splits["val"]), n_test=len(unit.splits["test"]),
                    counts=json.dumps(unit.counts), base_accuracy=unit.base_accuracy, mean_ld=unit.mean_ld,
                    moved_measure=measure, moved_threshold=threshold, min_split=spec.settings.min_split,
-                   warnings=unit.warnings, value_identity=method_info(spec.method).identity)
+                   warnings=unit.warnings, value_identity=method_info(spec.method).identity,
+                   **self.loaded.identity, train_dtype=unit.precision, eval_dtype=EVAL_DTYPE,
+                   near_chance=unit.base_accuracy < NEAR_CHANCE)
         examples = []
         for split, data in unit.splits.items():
             lds = data.ld.tolist()

@@ -68,12 +68,20 @@ def start_at_layer(loaded: LoadedModel, first_layer: int, hidden: torch.Tensor):
     def cached(index: int, h: torch.Tensor) -> torch.Tensor:
         return hidden.to(device=loaded.device, dtype=h.dtype)
 
+    # a model that picks each layer's attention kind by its index in the list (Gemma 3: sliding-window or
+    # global layers, each with its own mask and rotary table) sees the kinds of the layers that remain
+    config = loaded.model.config
+    layer_types = getattr(config, "layer_types", None)
     with hooked([entry], cached):
         setattr(parent, attr, torch.nn.ModuleList(list(layers)[first_layer:]))
+        if layer_types is not None:
+            config.layer_types = list(layer_types)[first_layer:]
         try:
             yield
         finally:
             setattr(parent, attr, layers)
+            if layer_types is not None:
+                config.layer_types = layer_types
 
 
 def logits_and_states(loaded: LoadedModel, ids: torch.Tensor, lengths: torch.Tensor, chunk: int,

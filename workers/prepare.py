@@ -133,7 +133,7 @@ def prepare_unit(loaded: LoadedModel, spec: UnitSpec) -> PreparedUnit:
     method = method_class(spec.method)
     layers = resolve_layers(loaded.model, list(spec.layers) if not isinstance(spec.layers, str) else spec.layers)
     settings = spec.settings
-    raw = load_examples(spec.task, settings.seed)
+    raw = load_examples(spec.task, settings.seed, loaded.tokenizer)  # entities single tokens for this tokenizer
     counts: dict[str, int] = {"total": len(raw)}
     distinct, counts["dropped_duplicate_prompt"] = drop_duplicates(raw)
     tokenized, multi = tokenize_examples([raw[i] for i in distinct], loaded.tokenizer)
@@ -200,5 +200,6 @@ def prepare_unit(loaded: LoadedModel, spec: UnitSpec) -> PreparedUnit:
         for data in (splits["train"], check):
             if data is not None:
                 _as_trained(data, trains_on, settings.eval_batch, cache_layer)
-    return PreparedUnit(spec, layers, n_positions, splits, counts, examples_hash(raw), precision, base_accuracy,
+    task_hash = examples_hash(load_examples(spec.task, settings.seed))  # as the coordinator hashes it: no tokenizer
+    return PreparedUnit(spec, layers, n_positions, splits, counts, task_hash, precision, base_accuracy,
                         mean_ld, check)

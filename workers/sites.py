@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from workers.errors import UsageError
-from workers.names import ARCHITECTURES, FAMILIES, SITE_KINDS, SITES, SiteKind, check_site  # noqa: F401 - re-exported
+from workers.names import ARCHITECTURES, FAMILIES, SITE_KINDS, SiteKind, check_site  # noqa: F401 - re-exported
+from workers.names import SITES as SITES  # re-exported explicitly (mypy --strict)
 
 
 @dataclass(frozen=True)

@@ -72,10 +72,12 @@ def load_jsonl(path: Path) -> list[Example]:
     return examples
 
 
-def load_examples(spec: TaskSpec, seed: int) -> list[Example]:
-    """All examples of a task, before any tokenizer-dependent filtering."""
+def load_examples(spec: TaskSpec, seed: int, tokenizer=None) -> list[Example]:
+    """A task's examples. Given a model's tokenizer, a built-in task uses only entities whose words are
+    single tokens for it (so its n prompts are all usable); without one, the task as defined, which is
+    what its data hash (`examples_hash`) is taken of, so a changed task is noticed without a model."""
     if spec.name in BUILTIN_TASKS:
-        return BUILTIN_TASKS[spec.name][0](spec.options_dict, seed)
+        return BUILTIN_TASKS[spec.name][0](spec.options_dict, seed, tokenizer)
     if spec.name.endswith(".jsonl") or Path(spec.name).exists():
         if spec.options:
             raise UsageError(f"task file {spec.name} takes no options, got {spec.options_dict}")

@@ -28,7 +28,38 @@ IOI_TEMPLATES = {
 }
 IOI_DEFAULT_TEMPLATES = ["when", "after", "while"]
 
+# Countries with one-word names and their capitals. A model's tasks use those whose name and capital are
+# each one token for its tokenizer (after a space, as they stand in prompts and answers): 40 of these for
+# SmolLM2-135M, 81 for Gemma 3 270M. No capital is another country's name or a truncated name.
 CAPITALS = {
+    "France": "Paris", "Italy": "Rome", "Germany": "Berlin", "Spain": "Madrid", "Japan": "Tokyo",
+    "China": "Beijing", "Russia": "Moscow", "Egypt": "Cairo", "Greece": "Athens", "England": "London",
+    "Ireland": "Dublin", "Austria": "Vienna", "Poland": "Warsaw", "Canada": "Ottawa", "Peru": "Lima",
+    "Cuba": "Havana", "Kenya": "Nairobi", "Norway": "Oslo", "Sweden": "Stockholm", "Portugal": "Lisbon",
+    "Turkey": "Ankara", "India": "Delhi", "Iran": "Tehran", "Thailand": "Bangkok", "Hungary": "Budapest",
+    "Denmark": "Copenhagen", "Finland": "Helsinki", "Belgium": "Brussels", "Chile": "Santiago",
+    "Colombia": "Bogota", "Venezuela": "Caracas", "Ecuador": "Quito", "Uruguay": "Montevideo",
+    "Paraguay": "Asuncion", "Brazil": "Brasilia", "Australia": "Canberra", "Indonesia": "Jakarta",
+    "Philippines": "Manila", "Vietnam": "Hanoi", "Korea": "Seoul", "Pakistan": "Islamabad", "Afghanistan": "Kabul",
+    "Iraq": "Baghdad", "Syria": "Damascus", "Lebanon": "Beirut", "Jordan": "Amman", "Qatar": "Doha",
+    "Oman": "Muscat", "Yemen": "Sanaa", "Nigeria": "Abuja", "Ghana": "Accra", "Senegal": "Dakar",
+    "Morocco": "Rabat", "Algeria": "Algiers", "Tunisia": "Tunis", "Libya": "Tripoli", "Sudan": "Khartoum",
+    "Uganda": "Kampala", "Tanzania": "Dodoma", "Zimbabwe": "Harare", "Zambia": "Lusaka", "Angola": "Luanda",
+    "Mali": "Bamako", "Niger": "Niamey", "Somalia": "Mogadishu", "Rwanda": "Kigali", "Scotland": "Edinburgh",
+    "Wales": "Cardiff", "Netherlands": "Amsterdam", "Switzerland": "Bern", "Slovakia": "Bratislava",
+    "Romania": "Bucharest", "Bulgaria": "Sofia", "Serbia": "Belgrade", "Croatia": "Zagreb",
+    "Slovenia": "Ljubljana", "Albania": "Tirana", "Ukraine": "Kyiv", "Belarus": "Minsk", "Lithuania": "Vilnius",
+    "Latvia": "Riga", "Estonia": "Tallinn", "Iceland": "Reykjavik", "Georgia": "Tbilisi", "Armenia": "Yerevan",
+    "Azerbaijan": "Baku", "Kazakhstan": "Astana", "Uzbekistan": "Tashkent", "Mongolia": "Ulaanbaatar",
+    "Nepal": "Kathmandu", "Bangladesh": "Dhaka", "Laos": "Vientiane", "Taiwan": "Taipei", "Jamaica": "Kingston",
+    "Nicaragua": "Managua", "Honduras": "Tegucigalpa", "Cyprus": "Nicosia", "Malta": "Valletta",
+    "Moldova": "Chisinau", "Bahrain": "Manama", "Fiji": "Suva", "Namibia": "Windhoek", "Botswana": "Gaborone",
+    "Mozambique": "Maputo", "Malawi": "Lilongwe", "Cameroon": "Yaounde", "Gabon": "Libreville",
+    "Liberia": "Monrovia", "Guinea": "Conakry", "Eritrea": "Asmara", "Bhutan": "Thimphu", "Bahamas": "Nassau",
+}
+# The tiny test tokenizer is trained on the task texts of this first, smaller list (workers/tiny_tokenizer.py):
+# kept as it was, so the tiny models' vocabulary, and every tiny result, stays the same.
+TINY_CORPUS_CAPITALS = {
     "France": "Paris", "Italy": "Rome", "Germany": "Berlin", "Spain": "Madrid", "Japan": "Tokyo",
     "China": "Beijing", "Russia": "Moscow", "Egypt": "Cairo", "Greece": "Athens", "England": "London",
     "Ireland": "Dublin", "Austria": "Vienna", "Poland": "Warsaw", "Canada": "Ottawa", "Peru": "Lima",
@@ -63,8 +94,28 @@ def _too_many(task: str, n: int, available: int, detail: str) -> UsageError:
                       "lower n (prompts are never repeated: a repeat could land in two splits)")
 
 
-def ioi(options: dict, seed: int) -> list[Example]:
-    """Distinct prompts; the entity is the unordered name pair, so no pair is in two splits."""
+def single_tokens(words: list[str], tokenizer) -> list[str]:
+    """The words that are one token after a space, as they stand in the prompts and answers, for
+    this tokenizer (all of them without one: the task as defined, e.g. to hash its data)."""
+    if tokenizer is None:
+        return list(words)
+    return [w for w in words if len(tokenizer(" " + w, add_special_tokens=False)["input_ids"]) == 1]
+
+
+def usable_countries(capitals: dict[str, str], tokenizer) -> list[str]:
+    """Countries whose name and capital are each one token for this tokenizer, sorted."""
+    single = set(single_tokens(sorted(set(capitals) | set(capitals.values())), tokenizer))
+    return [c for c in sorted(capitals) if c in single and capitals[c] in single]
+
+
+def _too_few(task: str, what: str, have: int, need: int, tokenizer) -> UsageError:
+    return UsageError(f"task {task!r}: only {have} {what} are single tokens for this model's tokenizer "
+                      f"({type(tokenizer).__name__}); the task needs at least {need}")
+
+
+def ioi(options: dict, seed: int, tokenizer=None) -> list[Example]:
+    """Distinct prompts; the entity is the unordered name pair, so no pair is in two splits. With a
+    tokenizer, only names, places and objects that are one token for it are used."""
     _check_options("ioi", options, {"n": "examples per template, default 120",
                                     "templates": f"list of {sorted(IOI_TEMPLATES)}",
                                     "heldout_templates": "templates used only for the test split"})
@@ -74,7 +125,10 @@ def ioi(options: dict, seed: int) -> list[Example]:
     for t in templates + heldout:
         if t not in IOI_TEMPLATES:
             raise UsageError(f"task 'ioi': unknown template {t!r}; accepted: {sorted(IOI_TEMPLATES)}")
-    available = len(NAMES) * (len(NAMES) - 1) * len(PLACES) * len(OBJECTS)
+    names, places, objects = (single_tokens(words, tokenizer) for words in (NAMES, PLACES, OBJECTS))
+    if len(names) < 2 or not places or not objects:
+        raise _too_few("ioi", "names, places or objects", min(len(names), len(places), len(objects)), 2, tokenizer)
+    available = len(names) * (len(names) - 1) * len(places) * len(objects)
     if n > available // 4:
         raise _too_many("ioi", n, available, "per template; n may be at most a quarter of that")
     rng = random.Random(seed)
@@ -83,8 +137,8 @@ def ioi(options: dict, seed: int) -> list[Example]:
         template = IOI_TEMPLATES[template_id]
         seen: set[str] = set()
         while len(seen) < n:
-            io, s = rng.sample(NAMES, 2)
-            fills = {"IO": io, "S1": s, "S2": s, "PLACE": rng.choice(PLACES), "OBJECT": rng.choice(OBJECTS)}
+            io, s = rng.sample(names, 2)
+            fills = {"IO": io, "S1": s, "S2": s, "PLACE": rng.choice(places), "OBJECT": rng.choice(objects)}
             prompt = template.format(**fills)
             if prompt in seen:
                 continue
@@ -94,21 +148,30 @@ def ioi(options: dict, seed: int) -> list[Example]:
     return out
 
 
-def ccc(options: dict, seed: int) -> list[Example]:
-    """Distinct (country, context city) pairs; both countries are entities, so neither is in two splits."""
-    pairs = [(c, o) for c in sorted(CAPITALS) for o in sorted(CAPITALS) if c != o]
-    _check_options("ccc", options, {"n": f"examples, default all {len(pairs)} (country, other country) pairs",
+CCC_DEFAULT_N = 800
+
+
+def ccc(options: dict, seed: int, tokenizer=None, capitals: dict[str, str] | None = None) -> list[Example]:
+    """Distinct (country, context city) pairs; both countries are entities, so neither is in two splits.
+    With a tokenizer, only countries whose name and capital are one token for it."""
+    capitals = capitals or CAPITALS
+    countries = usable_countries(capitals, tokenizer)
+    pairs = [(c, o) for c in countries for o in countries if c != o]
+    _check_options("ccc", options, {"n": f"examples, default {CCC_DEFAULT_N} (or all (country, other country) "
+                                          "pairs if fewer)",
                                     "answer": "'context' (the city in the prompt) or 'memory' (the true capital)"})
-    n = _n("ccc", options, len(pairs))
+    if len(countries) < 4:
+        raise _too_few("ccc", "countries (name and capital)", len(countries), 4, tokenizer)
+    n = _n("ccc", options, min(CCC_DEFAULT_N, len(pairs)))
     if n > len(pairs):
-        raise _too_many("ccc", n, len(pairs), "(country, other country) pairs")
+        raise _too_many("ccc", n, len(pairs), f"(country, other country) pairs of {len(countries)} countries")
     answer = options.get("answer", "context")
     if answer not in ("context", "memory"):
         raise UsageError(f"task 'ccc': option answer={answer!r}; accepted: 'context' or 'memory'")
     rng = random.Random(seed)
     out = []
     for country, other in rng.sample(pairs, n):
-        city, capital = CAPITALS[other], CAPITALS[country]
+        city, capital = capitals[other], capitals[country]
         prompt = CCC_TEMPLATE.format(COUNTRY=country, CITY=city, COUNTRY_Q=country)
         a, b = (city, capital) if answer == "context" else (capital, city)
         out.append(Example(prompt=prompt, answer_a=" " + a, answer_b=" " + b, template=CCC_TEMPLATE,
@@ -116,15 +179,20 @@ def ccc(options: dict, seed: int) -> list[Example]:
     return out
 
 
-def city_country(options: dict, seed: int) -> list[Example]:
-    """One prompt per (city, template); the entity is the country, so no city is in two splits."""
-    countries = [c for c in sorted(CAPITALS) if CAPITALS[c] != c]
+def city_country(options: dict, seed: int, tokenizer=None, capitals: dict[str, str] | None = None) -> list[Example]:
+    """One prompt per (city, template); the entity is the country, so no city is in two splits. With a
+    tokenizer, only countries whose name and capital are one token for it (a template that opens with
+    the city, like is_in, may still split it: a city without a space before it is another token)."""
+    capitals = capitals or CAPITALS
+    countries = [c for c in usable_countries(capitals, tokenizer) if capitals[c] != c]
     _check_options("city_country", options, {"n": "examples, default all (one per city and template)",
                                              "templates": f"list of {sorted(CITY_TEMPLATES)}, default [is_in]"})
     templates = list(options.get("templates", ["is_in"]))
     for t in templates:
         if t not in CITY_TEMPLATES:
             raise UsageError(f"task 'city_country': unknown template {t!r}; accepted: {sorted(CITY_TEMPLATES)}")
+    if len(countries) < 4:
+        raise _too_few("city_country", "countries (name and capital)", len(countries), 4, tokenizer)
     cells = [(c, t) for c in countries for t in templates]
     n = _n("city_country", options, len(cells))
     if n > len(cells):
@@ -134,7 +202,7 @@ def city_country(options: dict, seed: int) -> list[Example]:
     for country, t in rng.sample(cells, n):
         other = rng.choice([c for c in countries if c != country])
         template = CITY_TEMPLATES[t]
-        out.append(Example(prompt=template.format(CITY=CAPITALS[country]), answer_a=" " + country,
+        out.append(Example(prompt=template.format(CITY=capitals[country]), answer_a=" " + country,
                            answer_b=" " + other, template=template, entities=(country,)))
     return out
 
@@ -148,11 +216,13 @@ BUILTIN_TASKS = {
 
 
 def vocabulary_corpus() -> list[str]:
-    """Texts that make every built-in task's words single tokens for the tiny tokenizer."""
-    texts = []
-    for fn, _ in BUILTIN_TASKS.values():
-        opts = {"templates": sorted(IOI_TEMPLATES)} if fn is ioi else {}
-        texts += [e.prompt + e.answer_a + e.answer_b for e in fn(opts, 0)]
-    words = NAMES + PLACES + OBJECTS + list(CAPITALS) + list(CAPITALS.values())
+    """Texts that make every built-in task's words single tokens for the tiny tokenizer (from the first
+    country list, TINY_CORPUS_CAPITALS, so that the tiny vocabulary stays what it was)."""
+    old = TINY_CORPUS_CAPITALS
+    n_pairs = len(old) * (len(old) - 1)
+    texts = [e.prompt + e.answer_a + e.answer_b for e in ioi({"templates": sorted(IOI_TEMPLATES)}, 0)]
+    texts += [e.prompt + e.answer_a + e.answer_b for e in ccc({"n": n_pairs}, 0, capitals=old)]
+    texts += [e.prompt + e.answer_a + e.answer_b for e in city_country({}, 0, capitals=old)]
+    words = NAMES + PLACES + OBJECTS + list(old) + list(old.values())
     texts += [" ".join(" " + w for w in words)] * 50
     return texts
