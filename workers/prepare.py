@@ -52,6 +52,18 @@ class SplitData:
                          self.logits[:n], prefix, own)
 
     @property
+    def has_counterfactual(self) -> torch.Tensor:
+        """[N] bool: the prompts whose counterfactual (same template, answer b) has their token length."""
+        return torch.tensor([e.counterfactual_ids is not None for e in self.examples], dtype=torch.bool)
+
+    def counterfactual_ids(self, pad_id: int) -> torch.Tensor:
+        """[N, T] the counterfactual prompts' ids, padded like `ids`; a prompt without one keeps its own ids
+        (select with `has_counterfactual`)."""
+        rows = [e.counterfactual_ids if e.counterfactual_ids is not None else e.input_ids for e in self.examples]
+        ids, _ = pad_batch(rows, pad_id)
+        return ids[:, : self.ids.shape[1]]
+
+    @property
     def reference_logits(self) -> torch.Tensor:
         """[N, V] what training compares against: the training model's unintervened logits."""
         return self.own_logits if self.own_logits is not None else self.logits

@@ -56,7 +56,7 @@ def load_jsonl(path: Path) -> list[Example]:
         missing = [f for f in REQUIRED_FIELDS if f not in record]
         if missing:
             raise UsageError(f"task file {path} line {number}: missing field(s) {missing}; each line needs "
-                             f"{list(REQUIRED_FIELDS)} (optional: heldout, entities)")
+                             f"{list(REQUIRED_FIELDS)} (optional: heldout, entities, counterfactual)")
         bad = [f for f in REQUIRED_FIELDS if not isinstance(record[f], str) or not record[f]]
         if bad:
             raise UsageError(f"task file {path} line {number}: field(s) {bad} must be non-empty strings")
@@ -64,9 +64,14 @@ def load_jsonl(path: Path) -> list[Example]:
         if not isinstance(entities, list) or not all(isinstance(x, str) and x for x in entities):
             raise UsageError(f"task file {path} line {number}: field 'entities' must be a list of non-empty strings "
                              f"(what the prompt is about; no entity is put in two splits), got {entities!r}")
+        counterfactual = record.get("counterfactual")
+        if counterfactual is not None and (not isinstance(counterfactual, str) or not counterfactual):
+            raise UsageError(f"task file {path} line {number}: field 'counterfactual' must be a non-empty string (a "
+                             "prompt of the same template whose expected answer is answer_b), got "
+                             f"{counterfactual!r}")
         examples.append(Example(prompt=record["prompt"], answer_a=record["answer_a"], answer_b=record["answer_b"],
                                 template=record["template"], heldout=bool(record.get("heldout", False)),
-                                entities=tuple(entities)))
+                                entities=tuple(entities), counterfactual=counterfactual))
     if not examples:
         raise UsageError(f"task file {path} holds no examples")
     return examples
@@ -86,8 +91,12 @@ def load_examples(spec: TaskSpec, seed: int, tokenizer=None) -> list[Example]:
 
 
 def examples_hash(examples: list[Example]) -> str:
-    """Content hash of a task's data, so that a changed task file is noticed."""
+    """Content hash of a task's data, so that a changed task file is noticed. A counterfactual prompt is
+    hashed only where a task has one, so the hashes of tasks stored before counterfactuals existed hold."""
     h = hashlib.sha256()
     for e in examples:
-        h.update(json.dumps(asdict(e), sort_keys=True).encode())
+        fields = asdict(e)
+        if fields["counterfactual"] is None:
+            del fields["counterfactual"]
+        h.update(json.dumps(fields, sort_keys=True).encode())
     return h.hexdigest()[:16]

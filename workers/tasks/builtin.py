@@ -25,7 +25,18 @@ IOI_TEMPLATES = {
     "then": "Then {IO} and {S1} went to the {PLACE}, and {S2} gave a {OBJECT} to",
     "long": "When {IO} and {S1} went to the {PLACE} together, {S2} gave a {OBJECT} to",
     "longer": "Later that day, when {IO} and {S1} went together to the {PLACE}, {S2} decided to give a {OBJECT} to",
+    # BABA: the subject named first, so that position is not role (Wang et al. 2022 use both orders)
+    "when_baba": "When {S1} and {IO} went to the {PLACE}, {S2} gave a {OBJECT} to",
+    "after_baba": "After {S1} and {IO} went to the {PLACE}, {S2} gave a {OBJECT} to",
+    "while_baba": "While {S1} and {IO} were at the {PLACE}, {S2} gave a {OBJECT} to",
+    "longer_baba": "Later that day, when {S1} and {IO} went together to the {PLACE}, {S2} decided to give a {OBJECT} "
+                   "to",
+    # another verb frame (and length): the object handed over, the recipient last
+    "handed": "Afterwards, {IO} and {S1} were at the {PLACE}, and {S2} handed the {OBJECT} over to",
 }
+# The templates the tiny test tokenizer was trained on (vocabulary_corpus): kept as they were, so the tiny
+# vocabulary, and every tiny result, stays the same when templates are added.
+TINY_CORPUS_IOI_TEMPLATES = ["after", "long", "longer", "then", "when", "while"]
 IOI_DEFAULT_TEMPLATES = ["when", "after", "while"]
 
 # Countries with one-word names and their capitals. A model's tasks use those whose name and capital are
@@ -118,8 +129,13 @@ def ioi(options: dict, seed: int, tokenizer=None) -> list[Example]:
     tokenizer, only names, places and objects that are one token for it are used."""
     _check_options("ioi", options, {"n": "examples per template, default 120",
                                     "templates": f"list of {sorted(IOI_TEMPLATES)}",
-                                    "heldout_templates": "templates used only for the test split"})
+                                    "heldout_templates": "templates used only for the test split",
+                                    "counterfactual": "'swap' (default: S2 named as the IO, so the answer is "
+                                                      "the other name) or 'abc' (S2 a third name)"})
     n = _n("ioi", options, 120)
+    counterfactual = options.get("counterfactual", "swap")
+    if counterfactual not in ("swap", "abc"):
+        raise UsageError(f"task 'ioi': option counterfactual={counterfactual!r}; accepted: 'swap' or 'abc'")
     templates = list(options.get("templates", IOI_DEFAULT_TEMPLATES))
     heldout = list(options.get("heldout_templates", []))
     for t in templates + heldout:
@@ -144,8 +160,20 @@ def ioi(options: dict, seed: int, tokenizer=None) -> list[Example]:
                 continue
             seen.add(prompt)
             out.append(Example(prompt=prompt, answer_a=" " + io, answer_b=" " + s, template=template,
-                               heldout=template_id in heldout, entities=("+".join(sorted((io, s))),)))
+                               heldout=template_id in heldout, entities=("+".join(sorted((io, s))),),
+                               counterfactual=template.format(**_ioi_counterfactual(fills, counterfactual, names,
+                                                                                   prompt))))
     return out
+
+
+def _ioi_counterfactual(fills: dict[str, str], kind: str, names: list[str], prompt: str) -> dict[str, str]:
+    """The fills of an IOI prompt's counterfactual: 'swap' names the IO as S2 (the answer becomes the other
+    name, answer b); 'abc' names a third name as S2 (no name is repeated: neither answer), chosen from the
+    prompt itself so that no random draw of the task changes."""
+    if kind == "swap":
+        return dict(fills, S2=fills["IO"])
+    others = [n for n in names if n not in (fills["IO"], fills["S1"])]
+    return dict(fills, S2=others[sum(map(ord, prompt)) % len(others)])
 
 
 CCC_DEFAULT_N = 800
@@ -174,8 +202,11 @@ def ccc(options: dict, seed: int, tokenizer=None, capitals: dict[str, str] | Non
         city, capital = capitals[other], capitals[country]
         prompt = CCC_TEMPLATE.format(COUNTRY=country, CITY=city, COUNTRY_Q=country)
         a, b = (city, capital) if answer == "context" else (capital, city)
+        # the counterfactual's context agrees with answer b: the true capital, or (memory) the other country
+        counterfactual = (CCC_TEMPLATE.format(COUNTRY=country, CITY=capital, COUNTRY_Q=country) if answer == "context"
+                          else CCC_TEMPLATE.format(COUNTRY=other, CITY=city, COUNTRY_Q=other))
         out.append(Example(prompt=prompt, answer_a=" " + a, answer_b=" " + b, template=CCC_TEMPLATE,
-                           entities=(country, other)))
+                           entities=(country, other), counterfactual=counterfactual))
     return out
 
 
@@ -203,7 +234,8 @@ def city_country(options: dict, seed: int, tokenizer=None, capitals: dict[str, s
         other = rng.choice([c for c in countries if c != country])
         template = CITY_TEMPLATES[t]
         out.append(Example(prompt=template.format(CITY=capitals[country]), answer_a=" " + country,
-                           answer_b=" " + other, template=template, entities=(country,)))
+                           answer_b=" " + other, template=template, entities=(country,),
+                           counterfactual=template.format(CITY=capitals[other])))
     return out
 
 
@@ -220,7 +252,7 @@ def vocabulary_corpus() -> list[str]:
     country list, TINY_CORPUS_CAPITALS, so that the tiny vocabulary stays what it was)."""
     old = TINY_CORPUS_CAPITALS
     n_pairs = len(old) * (len(old) - 1)
-    texts = [e.prompt + e.answer_a + e.answer_b for e in ioi({"templates": sorted(IOI_TEMPLATES)}, 0)]
+    texts = [e.prompt + e.answer_a + e.answer_b for e in ioi({"templates": TINY_CORPUS_IOI_TEMPLATES}, 0)]
     texts += [e.prompt + e.answer_a + e.answer_b for e in ccc({"n": n_pairs}, 0, capitals=old)]
     texts += [e.prompt + e.answer_a + e.answer_b for e in city_country({}, 0, capitals=old)]
     words = NAMES + PLACES + OBJECTS + list(old) + list(old.values())

@@ -15,6 +15,11 @@ class Example:
     heldout: bool = False  # only for the test split (e.g. a held-out template)
     # What the prompt is about (names, countries): no entity is in two splits. Empty: the prompt itself.
     entities: tuple[str, ...] = ()
+    # A prompt of the same template, the same length in tokens, whose expected answer is answer_b: the
+    # swap the objective asks for, made by changing only the tokens that decide the answer (IOI: S2 named
+    # as the IO; ccc: the context made to agree with the asked-for answer b). Difference-in-means steering
+    # and activation patching read it; None: the task has none.
+    counterfactual: str | None = None
 
     @property
     def split_keys(self) -> tuple[str, ...]:

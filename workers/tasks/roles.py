@@ -23,6 +23,9 @@ class TokenizedExample:
     roles: list[str]
     answer_a_id: int
     answer_b_id: int
+    # the counterfactual prompt's token ids (Example.counterfactual), kept only where it has the prompt's
+    # length, so that position i of one is position i of the other; None: no counterfactual, or another length
+    counterfactual_ids: list[int] | None = None
 
     @property
     def length(self) -> int:
@@ -85,5 +88,10 @@ def tokenize_examples(examples: list[Example], tokenizer) -> tuple[list[Tokenize
             continue
         enc = tokenizer(e.prompt, return_offsets_mapping=True)
         offsets = [tuple(o) for o in enc["offset_mapping"]]
-        kept.append(TokenizedExample(e, list(enc["input_ids"]), token_roles(e.prompt, e.template, offsets), a[0], b[0]))
+        ids = list(enc["input_ids"])
+        counterfactual = None
+        if e.counterfactual is not None:
+            counterfactual = list(tokenizer(e.counterfactual)["input_ids"])
+            counterfactual = counterfactual if len(counterfactual) == len(ids) else None
+        kept.append(TokenizedExample(e, ids, token_roles(e.prompt, e.template, offsets), a[0], b[0], counterfactual))
     return kept, dropped
