@@ -52,7 +52,7 @@ def test_other_length_names_the_lengths_per_template_and_the_three_remedies(tiny
     assert unit.counts["dropped_other_length"] == 40 and unit.n_positions == lengths[0]
     warning = drop_warning(unit)
     assert warning.startswith("dropped 40 of 120 prompts (33%; warned above 10%)"), warning
-    assert f"(1) 40 other length: 'activscalar' has one parameter per position" in warning
+    assert "(1) 40 other length: 'activscalar' has one parameter per position" in warning
     assert f"{TEMPLATES[2]!r}: {lengths[2]} tokens (40)" in warning and f"{TEMPLATES[0]!r}: {lengths[0]} tokens (40)" in warning
     # what would keep them: one length per unit, a method for any length, the file split by template
     assert "prompts of one length per unit" in warning and "a method for any length (dynscalar" in warning
