@@ -1,7 +1,10 @@
 """Steering with a stored trial, from a run directory: `steer(model, RUN_DIR, trial_id=..., beta=...)`.
 
 `load_trial` reads the trial's unit, cells and learned tensors from the run (the tables and
-RUN_DIR/artifacts/); workers/steer.py applies them to a model (`apply_trial`).
+RUN_DIR/artifacts/); workers/steer.py applies them to a model (`apply_trial`), and
+`next_token_effect(model, tokenizer, prompt, trial, beta, answers=..., top=...)` measures what the
+trial does to a prompt's next token (top tokens, two answers' probabilities and LD, without and
+with), the numbers `actscale steer` prints.
 """
 from __future__ import annotations
 
@@ -13,7 +16,9 @@ from typing import Any
 from torch import nn
 
 from workers.errors import UsageError
-from workers.steer import StoredTrial, apply_trial
+from workers.steer import NextTokenEffect, StoredTrial, apply_trial, next_token_effect
+
+__all__ = ["NextTokenEffect", "StoredTrial", "load_trial", "next_token_effect", "steer"]
 
 
 def load_trial(run_dir: Path | str, trial_id: str | None = None, unit_id: str | None = None) -> StoredTrial:
