@@ -19,8 +19,8 @@ def register(sub) -> None:
                                      "unit keeps per split, and why the others are dropped (no sweep is started)")
     p.add_argument("task", nargs="?", help="a built-in task or a .jsonl file (needs --model)")
     p.add_argument("--model", help="built-in name (see `actscale models`), local dir or cached hub id")
-    p.add_argument("--method", default="activscalar", help="the unit's method (position-tied ones keep one token "
-                                                           "length; default activscalar)")
+    p.add_argument("--method", help="the unit's method (a position-tied one keeps one token length; default: the "
+                                    "first built-in method, ActivScalar)")
     p.add_argument("--site", default="mlp_out", help="the unit's site (default mlp_out)")
     p.add_argument("--task-option", action="append", default=[], metavar="KEY=VALUE",
                    help="task option, value parsed as YAML (e.g. n=40)")
@@ -57,7 +57,7 @@ def list_tasks() -> int:
 def prepare_task(args: argparse.Namespace):
     """The task prepared for the model exactly as a unit of a sweep would prepare it."""
     from orchestrator.train_cmd import parse_task_options
-    from workers.interventions import check_method, import_plugins
+    from workers.interventions import check_method, import_plugins, method_names
     from workers.models import load_model
     from workers.prepare import prepare_unit
     from workers.sites import check_site
@@ -66,9 +66,10 @@ def prepare_task(args: argparse.Namespace):
 
     import_plugins(args.plugin)
     check_site(args.site)
-    check_method(args.method)
+    method = args.method or method_names()[0]
+    check_method(method)
     spec = UnitSpec(args.model, TaskSpec.make(args.task, parse_task_options(args.task_option)), args.site, "all",
-                    args.method, TrainSettings(seed=args.seed, filter=args.filter))
+                    method, TrainSettings(seed=args.seed, filter=args.filter))
     return prepare_unit(load_model(args.model, allow_pickle=args.allow_pickle), spec)
 
 
