@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import TYPE_CHECKING
 
 from workers.errors import UsageError
+
+if TYPE_CHECKING:
+    from workers.steer import NextTokenEffect
 
 
 def register(sub) -> None:
@@ -30,7 +34,7 @@ def register(sub) -> None:
 
 def steer_prompt(run_dir: str, prompt: str, beta: float = 1.0, trial_id: str | None = None,
                  unit_id: str | None = None, max_new_tokens: int = 12, allow_pickle: bool = False,
-                 answers: list[str] | None = None, top: int = 5):
+                 answers: list[str] | None = None, top: int = 5) -> NextTokenEffect:
     """Without and with the trial: the continuation, the top next tokens and the answers'
     probabilities and LD (workers.steer.NextTokenEffect)."""
     from orchestrator.steering import load_trial
@@ -45,35 +49,13 @@ def steer_prompt(run_dir: str, prompt: str, beta: float = 1.0, trial_id: str | N
                              max_new_tokens=max_new_tokens)
 
 
-def _p(q: float) -> str:
-    return f"{q:.3f}" if q >= 0.001 else f"{q:.1e}"
-
-
-def effect_lines(effect) -> list[str]:
-    """The effect as a table: a row per measure, a column without and one with the trial."""
-    from orchestrator.status_view import Column, table
-
-    rows = [("continues", repr(effect.continuation_without), repr(effect.continuation_with))]
-    if effect.answers is not None:
-        for n, answer in enumerate(effect.answers):
-            rows.append((f"p({answer!r})", _p(effect.p_without[n]), _p(effect.p_with[n])))
-        rows.append(("LD = z_A - z_B", f"{effect.ld_without:+.2f}", f"{effect.ld_with:+.2f}"))
-    for n, (without, with_) in enumerate(zip(effect.top_without, effect.top_with), start=1):
-        rows.append((f"top {n}", f"{without[0]!r} {_p(without[1])}", f"{with_[0]!r} {_p(with_[1])}"))
-    columns = [Column("", "label", limit=80), Column("without", "without", limit=80),
-               Column(f"with (beta {effect.beta:g})", "with", limit=80)]
-    return table(columns, [dict(zip(("label", "without", "with"), row)) for row in rows])
-
-
 def run(args: argparse.Namespace) -> int:
     effect = steer_prompt(args.run_dir, args.prompt, args.beta, args.trial, args.unit, args.max_new_tokens,
                           args.allow_pickle, args.answers, args.top)
     if args.json:
         print(json.dumps(effect.to_dict()))
         return 0
-    print(f"trial   {effect.trial}, beta {effect.beta:g}")
-    print(f"prompt  {effect.prompt!r}")
-    print("\n".join(effect_lines(effect)))
+    print(effect)
     if effect.answers is None:
         print("(the prompt is not one of the task's: --answers A B shows two answers' probabilities and their "
               "logit difference)")

@@ -196,3 +196,14 @@ def test_steer_command_on_a_prompt_of_ones_own_prints_probabilities(run, capsys)
     assert report["answers"] is None and len(report["top_without"]) == 5 and report["continuation_with"] is not None
     assert main([*argv, "--answers", " Mary", " Zebedee"]) == 2
     assert "answer ' Zebedee' is 7 tokens" in capsys.readouterr().err
+
+
+def test_the_python_api_pages_steering_example_prints_what_the_page_shows(capsys, monkeypatch):
+    """docs/python-api.md's steering example (storage/api_docs.py) run on the committed sample run."""
+    from pathlib import Path
+
+    from storage.api_docs import STEERING_CODE, STEERING_OUTPUT
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # the example names docs/data/sample-run
+    exec(STEERING_CODE, {})  # noqa: S102 - the page's own example
+    assert capsys.readouterr().out.rstrip("\n") == STEERING_OUTPUT

@@ -172,6 +172,27 @@ class NextTokenEffect:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def lines(self) -> list[str]:
+        """A row per measure, a column without and one with the trial: what `actscale steer` prints."""
+        rows = [("", "without", f"with (beta {self.beta:g})")]
+        if self.continuation_without is not None:
+            rows.append(("continues", repr(self.continuation_without), repr(self.continuation_with)))
+        if self.answers is not None and self.p_without and self.p_with:
+            rows += [(f"p({answer!r})", _p(self.p_without[n]), _p(self.p_with[n])) for n, answer in enumerate(self.answers)]
+            rows.append(("LD = z_A - z_B", f"{self.ld_without:+.3f}", f"{self.ld_with:+.3f}"))
+        rows += [(f"top {n}", f"{without!r} {_p(p)}", f"{with_!r} {_p(q)}")
+                 for n, ((without, p), (with_, q)) in enumerate(zip(self.top_without, self.top_with), start=1)]
+        widths = [max(len(row[i]) for row in rows) for i in range(2)]
+        return [f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c}".rstrip() for a, b, c in rows]
+
+    def __str__(self) -> str:
+        return "\n".join([f"trial   {self.trial}, beta {self.beta:g}", f"prompt  {self.prompt!r}", *self.lines()])
+
+
+def _p(q: float) -> str:
+    """A probability to 3 decimals, or 2 significant digits below 0.001 (not a bare 0.000)."""
+    return f"{q:.3f}" if q >= 0.001 else f"{q:.1e}"
+
 
 def answer_ids(tokenizer, answers: Sequence[str]) -> tuple[int, int]:
     """The token ids of two answers, each one token for this tokenizer (else a clear refusal)."""
