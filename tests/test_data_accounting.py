@@ -9,11 +9,12 @@ import random
 import pytest
 
 from orchestrator.cli import main
-from workers.prepare import DROP_WARN_SHARE, prepare_unit
+from workers.prepare import prepare_unit
 from workers.tasks.base import TaskSpec
 from workers.unit import TrainSettings, UnitSpec
 
 NAMES = ["Mary", "John", "Tom", "James", "Anna", "David", "Sarah", "Michael", "Paul", "Laura", "Peter", "Kate"]
+WARN_SHARE = 0.1  # workers.prepare.DROP_WARN_SHARE: more than this share dropped is warned about
 # the task: three templates, the third a token longer than the others for the tiny tokenizer
 TEMPLATES = ["When {IO} and {S1} went to the store, {S2} gave a drink to",
              "After {IO} and {S1} went to the store, {S2} gave a drink to",
@@ -87,7 +88,7 @@ def test_prompts_the_model_gets_wrong_point_to_filter_none(tiny_models, tmp_path
     path = write_task(tmp_path / "ioi.jsonl", ioi_rows(60, templates=TEMPLATES[:1]))
     unit = prepared(tiny_models, path, filter="model_prefers_a")
     dropped = unit.counts["dropped_model_prefers_b"]
-    assert dropped > DROP_WARN_SHARE * 60  # a random model prefers b on about half
+    assert dropped > WARN_SHARE * 60  # a random model prefers b on about half
     warning = drop_warning(unit)
     assert f"{dropped} model prefers b: the model ranks answer b above a" in warning
     assert f"base accuracy {unit.base_accuracy:.0%}" in warning and "train: {filter: none}" in warning
@@ -101,7 +102,7 @@ def test_prompts_whose_entities_straddle_splits_point_to_fewer_entities(tiny_mod
         row["entities"] = [io, s] if n % 2 else [io]
     unit = prepared(tiny_models, write_task(tmp_path / "entities.jsonl", rows))
     dropped = unit.counts["dropped_entity_across_splits"]
-    assert dropped > DROP_WARN_SHARE * 60
+    assert dropped > WARN_SHARE * 60
     warning = drop_warning(unit)
     assert f"{dropped} entity across splits: prompts whose entities landed in different splits" in warning
     assert "fewer entities per prompt" in warning
