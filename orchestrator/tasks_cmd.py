@@ -100,14 +100,15 @@ def accounting_text(unit) -> str:
              f"{spec.settings.filter}, seed {spec.settings.seed})",
              f"prompts: {counts['total']}, kept " + ", ".join(f"{name} {len(d)}" for name, d in unit.splits.items())
              + f"; base accuracy {unit.base_accuracy:.0%} (the model ranks answer a above b)", "", "dropped:"]
+    warnings = unit.warnings
+    warned = any(w.startswith("dropped ") for w in warnings)  # the drop warning below gives the hints
     for key, value in counts.items():
         if key.startswith("dropped_"):
             reason = key.removeprefix("dropped_")
             lines.append(f"  {reason.replace('_', ' '):<25}{value:>6}")
-            if value and reason in unit.drop_hints:
+            if value and reason in unit.drop_hints and not warned:
                 lines += _wrapped(unit.drop_hints[reason], "      ")
     lines += ["", "kept per template:", *_template_rows(unit)]
-    warnings = unit.warnings
     lines += ["", "warnings a sweep would log for this unit (units.warnings):" if warnings else "warnings: none"]
     for warning in warnings:
         lines += _wrapped(warning, "  - ")

@@ -127,6 +127,12 @@ def test_tasks_command_prints_the_accounting_before_a_sweep(tmp_path, capsys):
     assert main(["tasks", str(path), "--model", "tiny-gpt2", "--method", "dynscalar", "--filter", "none"]) == 0
     out = capsys.readouterr().out
     assert "other length" not in out and "(any token length" in out
+    # below the warned share: the counts, each with what was dropped and what would keep it, and no drop warning
+    rows = ioi_rows(40, templates=TEMPLATES[:1])
+    few = write_task(tmp_path / "few.jsonl", rows + rows[:4])
+    assert main(["tasks", str(few), "--model", "tiny-gpt2", "--filter", "none"]) == 0
+    out = capsys.readouterr().out
+    assert "  duplicate prompt              4" in out and "remove the repeats" in out and "- dropped " not in out
     assert main(["tasks", str(path)]) == 2
     assert "give --model MODEL" in capsys.readouterr().err
     assert main(["tasks", "--model", "tiny-gpt2"]) == 2
