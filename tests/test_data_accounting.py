@@ -132,7 +132,7 @@ def test_tasks_command_prints_the_accounting_before_a_sweep(tmp_path, capsys):
     few = write_task(tmp_path / "few.jsonl", rows + rows[:4])
     assert main(["tasks", str(few), "--model", "tiny-gpt2", "--filter", "none"]) == 0
     out = capsys.readouterr().out
-    assert "  duplicate prompt              4" in out and "remove the repeats" in out and "- dropped " not in out
+    assert "  duplicate prompt              4" in out and "a prompt repeated in the task is kept once" in out and "- dropped " not in out
     assert main(["tasks", str(path)]) == 2
     assert "give --model MODEL" in capsys.readouterr().err
     assert main(["tasks", "--model", "tiny-gpt2"]) == 2
