@@ -8,17 +8,18 @@ with), the numbers `actscale steer` prints.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
 from workers.errors import UsageError
-from workers.steer import NextTokenEffect, StoredTrial, apply_trial, next_token_effect
+from workers.steer import StoredTrial, apply_trial
 
-__all__ = ["NextTokenEffect", "StoredTrial", "load_trial", "next_token_effect", "steer"]
+if TYPE_CHECKING:
+    from workers.steer import NextTokenEffect
 
 
 def load_trial(run_dir: Path | str, trial_id: str | None = None, unit_id: str | None = None) -> StoredTrial:
@@ -75,3 +76,13 @@ def steer(model: nn.Module, run_dir: Path | str, *, trial_id: str | None = None,
     block: alpha' = 1 + beta(alpha - 1), v' = beta v; the hooks are always removed."""
     with apply_trial(model, load_trial(run_dir, trial_id, unit_id), beta, roles) as trial:
         yield trial
+
+
+def next_token_effect(model: nn.Module, tokenizer, prompt: str, trial: StoredTrial, beta: float = 1.0, *,
+                      answers: Sequence[str] | None = None, top: int = 5, max_new_tokens: int = 0) -> NextTokenEffect:
+    """What `trial` (from `load_trial`) does to `prompt`'s next token, without and with it at strength
+    `beta`: the top next tokens and their probabilities, two answers' p and LD = z_A - z_B
+    (workers.steer.next_token_effect, the numbers `actscale steer` prints; call it outside a `steer` block)."""
+    from workers.steer import next_token_effect as effect
+
+    return effect(model, tokenizer, prompt, trial, beta, answers=answers, top=top, max_new_tokens=max_new_tokens)

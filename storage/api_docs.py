@@ -63,7 +63,7 @@ trial = load_trial("docs/data/sample-run", trial_id="u-14d046a0cc9b-t00001")  # 
 effect = next_token_effect(loaded.model, loaded.tokenizer, "When Anna and Tom went to the park, Tom gave a book to",
                            trial, beta=2.0, answers=[" Anna", " Tom"], top=3)
 print(effect)"""
-STEERING_OUTPUT = """trial   u-14d046a0cc9b-t00001 (tiny-gpt2 / ioi / mlp_out / layers 0-3 / activscalar), beta 2
+STEERING_OUTPUT = """trial   u-14d046a0cc9b-t00001 (tiny-gpt2 / ioi / mlp_out / layers 0,1,2,3 / activscalar), beta 2
 prompt  'When Anna and Tom went to the park, Tom gave a book to'
                 without              with (beta 2)
 p(' Anna')      0.002                0.002

@@ -53,19 +53,8 @@ class StoredTrial:
 
     def describe(self) -> str:
         u = self.unit
-        layers = _layer_ranges([int(x) for x in u["layers"]])
+        layers = ",".join(str(int(x)) for x in u["layers"])
         return f"{self.trial_id} ({u['model']} / {u['task']} / {u['site']} / layers {layers} / {u['method']})"
-
-
-def _layer_ranges(layers: list[int]) -> str:
-    """0,1,2,3,7 -> '0-3,7': a whole model's layers read as one range."""
-    runs: list[list[int]] = []
-    for layer in layers:
-        if runs and layer == runs[-1][-1] + 1:
-            runs[-1].append(layer)
-        else:
-            runs.append([layer])
-    return ",".join(f"{r[0]}-{r[-1]}" if len(r) > 2 else ",".join(map(str, r)) for r in runs)
 
 
 def check_model(model: nn.Module, trial: StoredTrial) -> None:
