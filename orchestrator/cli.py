@@ -10,7 +10,6 @@ import warnings
 
 from storage.errors import StorageError
 from workers.errors import DriverError, UsageError
-from workers.tasks.base import task_names
 
 # Before torch loads (nothing above imports it: tests/test_import_map.py): its OpenMP threads sleep
 # instead of spinning while they wait, so a trial trained in this process (`actscale train`) is not
@@ -22,7 +21,7 @@ COMMAND_MODULES = {"train": "orchestrator.train_cmd", "run": "orchestrator.sweep
                    "resume": "orchestrator.sweep_cmds", "analyze": "orchestrator.sweep_cmds",
                    "status": "orchestrator.sweep_cmds",
                    "query": "orchestrator.storage_cmds", "report": "orchestrator.storage_cmds",
-                   "steer": "orchestrator.steer_cmd"}
+                   "steer": "orchestrator.steer_cmd", "tasks": "orchestrator.tasks_cmd"}
 
 
 # shown as one line with exit status 2: bad input, unreadable results, a sweep's driver that cannot go on
@@ -39,20 +38,12 @@ def cmd_models(args) -> int:
     return 0
 
 
-def cmd_tasks(args) -> int:
-    for name, doc in task_names().items():
-        print(f"{name:<14} {doc}")
-    print("\nOr a .jsonl file: one {\"prompt\", \"answer_a\", \"answer_b\", \"template\"} object per line.")
-    return 0
-
-
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser; with `command`, only that command's module is imported (a fast start)."""
     parser = argparse.ArgumentParser(prog="actscale", description="Activation scaling sweeps on language models.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("models", help="list built-in models").set_defaults(func=cmd_models)
-    sub.add_parser("tasks", help="list built-in tasks").set_defaults(func=cmd_tasks)
     modules = [COMMAND_MODULES[command]] if command in COMMAND_MODULES else list(dict.fromkeys(COMMAND_MODULES.values()))
     for name in modules:
         __import__(name, fromlist=["register"]).register(sub)

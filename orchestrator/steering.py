@@ -1,11 +1,14 @@
 """Steering with a stored trial, from a run directory: `steer(model, RUN_DIR, trial_id=..., beta=...)`.
 
 `load_trial` reads the trial's unit, cells and learned tensors from the run (the tables and
-RUN_DIR/artifacts/); workers/steer.py applies them to a model (`apply_trial`).
+RUN_DIR/artifacts/); workers/steer.py applies them to a model (`apply_trial`), and
+`next_token_effect(model, tokenizer, prompt, trial, beta, answers=..., top=...)` measures what the
+trial does to a prompt's next token (top tokens, two answers' probabilities and LD, without and
+with), the numbers `actscale steer` prints.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,6 +18,8 @@ from workers.stored_trial import StoredTrial
 
 if TYPE_CHECKING:
     from torch import nn
+
+    from workers.steer import NextTokenEffect
 
 
 def load_trial(run_dir: Path | str, trial_id: str | None = None, unit_id: str | None = None) -> StoredTrial:
@@ -73,3 +78,13 @@ def steer(model: nn.Module, run_dir: Path | str, *, trial_id: str | None = None,
 
     with apply_trial(model, load_trial(run_dir, trial_id, unit_id), beta, roles) as trial:
         yield trial
+
+
+def next_token_effect(model: nn.Module, tokenizer, prompt: str, trial: StoredTrial, beta: float = 1.0, *,
+                      answers: Sequence[str] | None = None, top: int = 5, max_new_tokens: int = 0) -> NextTokenEffect:
+    """What `trial` (from `load_trial`) does to `prompt`'s next token, without and with it at strength
+    `beta`: the top next tokens and their probabilities, two answers' p and LD = z_A - z_B
+    (workers.steer.next_token_effect, the numbers `actscale steer` prints; call it outside a `steer` block)."""
+    from workers.steer import next_token_effect as effect
+
+    return effect(model, tokenizer, prompt, trial, beta, answers=answers, top=top, max_new_tokens=max_new_tokens)

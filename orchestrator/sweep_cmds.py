@@ -5,6 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
+from orchestrator.status_view import status_text
 from search_spaces.stored import search_sizes
 from storage.schema import Status
 from workers.errors import UsageError
@@ -143,12 +144,6 @@ def unit_status(run_dir: Path) -> list[dict]:
     return rows
 
 
-def _fmt(value, spec: str = ".3f") -> str:
-    if value is None or value != value:
-        return "-"
-    return format(value, spec)
-
-
 def cmd_status(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     if args.watch is not None:
@@ -163,42 +158,6 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     print(status_text(run_dir, rows))
     return 0
-
-
-def status_text(run_dir: Path, rows: list[dict]) -> str:
-    from storage.query import model_lines, run_min_flip
-    from storage.selection import describe_rule
-
-    lines = model_lines(run_dir)  # who each model is, and its base accuracy per task
-    lines += [""] if lines else []
-    lines += [f"{'unit':<16}{'model':<14}{'task':<13}{'site':<11}{'method':<12}{'done':>5}{'pruned':>7}{'reps':>5}"
-             f"{'failed':>7}{'interr.':>8}{'pending':>8}  {'selected':<22}{'n_val':>6}{'val_flip':>9}{'n_test':>7}"
-             f"{'test_flip':>10}"
-             f"{'val_kl':>8}{'test_kl':>8}{'sites moved':>13}{'n_params':>10}{'seed J':>8}"]
-    for r in rows:
-        sites = "-" if r["selected_trial"] is None else f"{int(r['sites_moved'])}/{int(r['sites_total'])}"
-        selected = "-" if r["selected_trial"] is None else r["selected_trial"][-6:] + (
-            " (fallback)" if r["selected_by"] == "fallback" else "")
-        n_params = "-" if r["n_params"] is None or r["n_params"] != r["n_params"] else f"{int(r['n_params'])}"
-        val_star, test_star = ("*" if r[f"n_{split}"] < r["min_split"] else "" for split in ("val", "test"))
-        lines.append(f"{r['unit_id']:<16}{r['model']:<14}{r['task']:<13}{r['site']:<11}{r['method']:<12}{r['done']:>5}"
-                     f"{r['pruned']:>7}{r['replicates']:>5}{r['failed']:>7}{r['interrupted']:>8}{r['pending']:>8}  "
-                     f"{selected:<22}"
-                     f"{r['n_val']:>6}{_fmt(r['val_flip_rate']) + val_star:>9}{r['n_test']:>7}"
-                     f"{_fmt(r['test_flip_rate']) + test_star:>10}{_fmt(r['val_kl_other']) + val_star:>8}"
-                     f"{_fmt(r['test_kl_other']) + test_star:>8}{sites:>13}{n_params:>10}"
-                     f"{_fmt(r['seed_jaccard'], '.2f'):>8}")
-    rule = describe_rule(run_min_flip(run_dir)[1])
-    lines.append(f"\n{rule[0].upper() + rule[1:]}.\nsites moved: cells (layer, column[, head]) whose effect is above "
-                 "the method's threshold (units.moved_measure, units.moved_threshold); seed J: mean pairwise Jaccard "
-                 "overlap of the moved cells of the selected trial and its replicates; (fallback): no trial reached "
-                 "min_flip; n_val, n_test: the prompts behind each rate; *: fewer than the unit's min_split prompts, "
-                 "noise-prone.")
-    warned = [(r, w) for r in rows for w in r["warnings"]]
-    if warned:
-        lines.append("\nwarnings:")
-        lines += [f"  {r['unit_id']} ({r['model']}/{r['task']}/{r['site']}/{r['method']}): {w}" for r, w in warned]
-    return "\n".join(lines)
 
 
 def watch_status(run_dir: Path, every_s: float) -> int:

@@ -63,6 +63,42 @@ show the tool, not the science); a test re-runs them and fails if this page and 
 disagree (`ACTSCALE_WRITE_DOCS=1` rewrites it).
 """
 
+# Steering needs a model, which storage never imports: this example is written here and
+# tests/test_steer.py runs STEERING_CODE and checks that it prints STEERING_OUTPUT.
+STEERING_CODE = """from orchestrator.steering import load_trial, next_token_effect
+from workers.models import load_model
+
+loaded = load_model("tiny-gpt2")  # or a model and tokenizer of your own, of the trial's depth and width
+trial = load_trial("docs/data/sample-run", trial_id="u-14d046a0cc9b-t00001")  # or unit_id=...: its selected trial
+effect = next_token_effect(loaded.model, loaded.tokenizer, "When Anna and Tom went to the park, Tom gave a book to",
+                           trial, beta=2.0, answers=[" Anna", " Tom"], top=3)
+print(effect)"""
+STEERING_OUTPUT = """trial   u-14d046a0cc9b-t00001 (tiny-gpt2 / ioi / mlp_out / layers 0,1,2,3 / activscalar), beta 2
+prompt  'When Anna and Tom went to the park, Tom gave a book to'
+                without              with (beta 2)
+p(' Anna')      0.002                0.002
+p(' Tom')       3.0e-04              1.6e-04
+LD = z_A - z_B  +1.724               +2.418
+top 1           'cow' 0.051          'cow' 0.024
+top 2           ' Copenhagen' 0.018  '�' 0.021
+top 3           'Brussels' 0.016     's' 0.012"""
+STEERING = f"""## {len(EXAMPLES) + 1}. What a trial does to a prompt of your own
+
+`next_token_effect` (orchestrator.steering; `actscale steer` prints the same) applies a stored trial to a
+model at strength beta and returns a `NextTokenEffect`: the top next tokens without and with it, with
+their probabilities, and for two answers (given, or the task's own for a prompt of the task) p(A), p(B)
+and LD = z_A - z_B on each side. It applies the trial itself (call it outside a `with steer(...)` block);
+one forward per side, or one `generate` per side with `max_new_tokens=N`, which adds the continuations.
+
+```python
+{STEERING_CODE}
+```
+
+```
+{STEERING_OUTPUT}
+```
+"""
+
 
 def _shown(value: object) -> str:
     if isinstance(value, (pd.DataFrame, pd.Series)):
@@ -77,4 +113,5 @@ def render_page(run_dir: Path = SAMPLE_RUN) -> str:
     for number, (title, why, code) in enumerate(EXAMPLES, start=1):
         value = eval(code, {"runs": runs})  # noqa: S307 - the page's own examples
         parts.append(f"## {number}. {title}\n\n{why}\n\n```python\n{code}\n```\n\n```\n{_shown(value)}\n```\n")
+    parts.append(STEERING)
     return "\n".join(parts)

@@ -13,7 +13,8 @@ PROBE = "import sys; from orchestrator.cli import main; code = main({argv!r}); p
 
 
 @pytest.mark.parametrize("argv", [["query", str(SAMPLE_RUN), "SELECT count(*) FROM trials"], ["status", str(SAMPLE_RUN)],
-                                  ["status", str(SAMPLE_RUN), "--json"], ["report", str(SAMPLE_RUN), "--out", "{out}"]])
+                                  ["status", str(SAMPLE_RUN), "--json"], ["report", str(SAMPLE_RUN), "--out", "{out}"],
+                                  ["tasks"]])
 def test_file_commands_never_import_torch(argv, tmp_path):
     argv = [a.replace("{out}", str(tmp_path / "report")) for a in argv]
     done = subprocess.run([sys.executable, "-c", PROBE.format(argv=argv)], capture_output=True, text=True, timeout=300)

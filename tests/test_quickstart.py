@@ -64,11 +64,24 @@ def test_quickstart_completes_and_its_selected_activscalar_trial_flips_ioi(tmp_p
                              f"AND e.split = 'test' AND e.index = p.index WHERE p.trial_id = '{activ.trial_id}' "
                              "AND p.flipped ORDER BY p.ld_after LIMIT 1")[0].prompt.iloc[0]  # the clearest flip
     for beta in (1.0, 0.0):
-        report = steer_prompt(str(run), flipped, beta=beta, trial_id=activ.trial_id, max_new_tokens=3)
-        print(beta, report)
-        (a, (a_before, a_after)), (b, (b_before, b_after)) = report["answers"].items()
-        assert a_before > b_before  # the model's own answer is a
+        effect = steer_prompt(str(run), flipped, beta=beta, trial_id=activ.trial_id, max_new_tokens=3)
+        print(beta, effect)
+        (a_before, b_before), (a_after, b_after) = effect.p_without, effect.p_with
+        assert a_before > b_before and effect.ld_without > 0  # the model's own answer is a
+        assert len(effect.top_without) == len(effect.top_with) == 5
         if beta == 1.0:
-            assert b_after > a_after, report  # swapped
+            assert b_after > a_after and effect.ld_with < 0, effect  # swapped
         else:
-            assert (a_after, b_after) == (a_before, b_before) and report["steered"] == report["without"]
+            assert (effect.p_with, effect.ld_with, effect.top_with, effect.continuation_with) == \
+                (effect.p_without, effect.ld_without, effect.top_without, effect.continuation_without)
+
+    # ... and on a prompt of one's own (the trained template, other words), with two answers given
+    own = "When Anna and Peter went to the store, Peter gave a drink to"
+    capsys.readouterr()
+    assert main(["steer", str(run), "--trial", activ.trial_id, "--prompt", own, "--answers", " Anna", " Peter"]) == 0
+    out = capsys.readouterr().out
+    print(out)
+    lines = out.splitlines()
+    for label in ("continues", "p(' Anna')", "p(' Peter')", "LD = z_A - z_B", "top 1", "top 5"):
+        assert any(line.startswith(label + " ") for line in lines), (label, out)
+    assert "no answer probabilities" not in out and "with (beta 1)" in out

@@ -3,6 +3,8 @@ beta = 1 reproduces the trial's stored test predictions, beta = 0 is the model i
 always come off, and what cannot be applied is refused with a message naming why."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
@@ -113,3 +115,95 @@ def test_steer_command_prints_both_continuations_and_the_answers(run, capsys):
     assert "3 units have a selected trial" in capsys.readouterr().err
     assert main(["steer", str(run), "--unit", unit.unit_id, "--prompt", "Mary went to the park"]) == 2
     assert "tied to positions" in capsys.readouterr().err
+
+
+def test_next_token_effect_matches_the_stored_trial_and_the_model(run, tiny_models):
+    """On a task prompt: the task's answers, LD without = the stored ld_before, LD with = the stored
+    ld_after, the top tokens are the softmax's largest; at beta = 0 both sides are the model."""
+    from workers.steer import next_token_effect
+
+    loaded = tiny_models["tiny-gpt2"]
+    chosen = open_runs(run).selected().query("method == 'activscalar'").iloc[0]
+    trial = load_trial(run, chosen.trial_id)
+    example = _test_split(run, chosen.unit_id).iloc[0]
+    stored = open_runs(run).predictions.query(f"trial_id == '{chosen.trial_id}' and index == {example['index']}")
+    effect = next_token_effect(loaded.model, loaded.tokenizer, example.prompt, trial, 1.0, top=4)
+    assert effect.answers == (example.answer_a, example.answer_b)
+    assert effect.ld_without == pytest.approx(example.ld_before, abs=1e-4)
+    assert effect.ld_with == pytest.approx(stored.ld_after.item(), abs=1e-4)
+    with torch.no_grad():
+        probs = loaded.model(torch.tensor([loaded.tokenizer(example.prompt)["input_ids"]])).logits[0, -1].softmax(-1)
+    best = probs.topk(4)
+    assert [t for t, _ in effect.top_without] == [loaded.tokenizer.decode([i]) for i in best.indices.tolist()]
+    assert [p for _, p in effect.top_without] == pytest.approx(best.values.tolist(), abs=1e-6)
+    a, b = (loaded.tokenizer(x, add_special_tokens=False)["input_ids"][0] for x in effect.answers)
+    assert effect.p_without == pytest.approx((probs[a].item(), probs[b].item()), abs=1e-6)
+    still = next_token_effect(loaded.model, loaded.tokenizer, example.prompt, trial, 0.0, top=4)
+    assert still.top_with == still.top_without and still.ld_with == pytest.approx(still.ld_without, abs=1e-5)
+
+
+def test_a_prompt_of_ones_own_shows_top_tokens_and_the_given_answers(run, tiny_models):
+    from workers.steer import next_token_effect
+
+    loaded = tiny_models["tiny-gpt2"]
+    dyn = load_trial(run, open_runs(run).selected().query("method == 'dynscalar'").trial_id.iloc[0])
+    prompt = "Mary went to the park with John, and John gave a ball to"
+    assert prompt not in dyn.examples
+    effect = next_token_effect(loaded.model, loaded.tokenizer, prompt, dyn, 3.0, answers=[" Mary", " John"], top=3,
+                               max_new_tokens=2)
+    assert effect.answers == (" Mary", " John") and len(effect.top_with) == len(effect.top_without) == 3
+    assert effect.ld_without != pytest.approx(effect.ld_with)  # a strong DynScalar moves it
+    assert effect.continuation_with is not None and 0 < sum(p for _, p in effect.top_with) <= 1
+    bare = next_token_effect(loaded.model, loaded.tokenizer, prompt, dyn, 3.0, top=2)
+    assert bare.answers is None and bare.p_with is None and bare.ld_with is None and len(bare.top_with) == 2
+    with pytest.raises(UsageError, match=r"answer ' Zebedee' is 7 tokens"):
+        next_token_effect(loaded.model, loaded.tokenizer, prompt, dyn, answers=[" Zebedee", " John"])
+    with pytest.raises(UsageError, match="outside a `with steer"), steer(loaded.model, run, trial_id=dyn.trial_id):
+        next_token_effect(loaded.model, loaded.tokenizer, prompt, dyn)
+
+
+def test_one_forward_or_generate_per_side(run, tiny_models):
+    """The probabilities come from the continuation's own first step: no extra forward."""
+    from workers.steer import next_token_effect
+
+    loaded = tiny_models["tiny-gpt2"]
+    dyn = load_trial(run, open_runs(run).selected().query("method == 'dynscalar'").trial_id.iloc[0])
+    calls = []
+    handle = loaded.model.register_forward_pre_hook(lambda module, args: calls.append(1))
+    try:
+        next_token_effect(loaded.model, loaded.tokenizer, "Mary went to the park", dyn, max_new_tokens=3)
+        assert len(calls) == 2 * 3  # three generated tokens a side
+        calls.clear()
+        next_token_effect(loaded.model, loaded.tokenizer, "Mary went to the park", dyn)
+        assert len(calls) == 2
+    finally:
+        handle.remove()
+
+
+def test_steer_command_on_a_prompt_of_ones_own_prints_probabilities(run, capsys):
+    unit = open_runs(run).selected().query("method == 'dynscalar'").iloc[0]
+    prompt = "Mary went to the park with John, and John gave a ball to"
+    argv = ["steer", str(run), "--unit", unit.unit_id, "--prompt", prompt, "--max-new-tokens", "2"]
+    assert main([*argv, "--answers", " Mary", " John", "--top", "3", "--beta", "2"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert "with (beta 2)" in out and "no answer probabilities" not in out
+    for label in ("continues", "p(' Mary')", "p(' John')", "LD = z_A - z_B", "top 1", "top 3"):
+        assert any(line.startswith(label + " ") for line in lines), (label, out)
+    assert not any(line.startswith("top 4") for line in lines)
+    assert main([*argv, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["answers"] is None and len(report["top_without"]) == 5 and report["continuation_with"] is not None
+    assert main([*argv, "--answers", " Mary", " Zebedee"]) == 2
+    assert "answer ' Zebedee' is 7 tokens" in capsys.readouterr().err
+
+
+def test_the_python_api_pages_steering_example_prints_what_the_page_shows(capsys, monkeypatch):
+    """docs/python-api.md's steering example (storage/api_docs.py) run on the committed sample run."""
+    from pathlib import Path
+
+    from storage.api_docs import STEERING_CODE, STEERING_OUTPUT
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # the example names docs/data/sample-run
+    exec(STEERING_CODE, {})  # noqa: S102 - the page's own example
+    assert capsys.readouterr().out.rstrip("\n") == STEERING_OUTPUT

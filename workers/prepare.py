@@ -7,7 +7,9 @@ prompts whose entities landed in different splits (workers/splits.py).
 
 A unit whose splits end up smaller than `min_split` prompts, or whose model prefers answer a
 barely more often than chance, carries warnings (`PreparedUnit.warnings`, stored in the units
-table and printed): rates over a handful of prompts are noise.
+table and printed): rates over a handful of prompts are noise. So does a unit that drops more
+than DROP_WARN_SHARE of its task's prompts, with the count per reason and what would keep them
+(`PreparedUnit.drop_hints`): a user's task should never lose a template without a word.
 """
 from __future__ import annotations
 
@@ -25,12 +27,14 @@ from workers.objective import logit_diff
 from workers.precision import evaluation_model, resolve_precision, training_model
 from workers.sites import check_site, resolve_layers
 from workers.splits import assign_splits, drop_duplicates
-from workers.tasks.base import examples_hash, load_examples
+from workers.tasks.base import Example, examples_hash, load_examples
 from workers.tasks.roles import TokenizedExample, tokenize_examples
 from workers.unit import UnitSpec
 
 SPLITS = ("train", "val", "test")
 NEAR_CHANCE = 0.6  # a base accuracy below this (chance: 0.5) is warned about
+DROP_WARN_SHARE = 0.1  # a unit dropping more than this share of its task's prompts warns, per reason
+SHOWN = 6  # at most this many answers or templates are named in a warning
 
 
 @dataclass
@@ -90,6 +94,8 @@ class PreparedUnit:
     # the early-stopping checks' val slice as the training model sees it (its own logits and prefix where it
     # differs from the fp32 model); None: no checks
     check: SplitData | None = None
+    # per drop reason (the counts' key without "dropped_"): what was dropped and what would keep it
+    drop_hints: dict[str, str] = field(default_factory=dict)
 
     @property
     def first_layer(self) -> int:
@@ -116,15 +122,70 @@ class PreparedUnit:
                        f"{self.counts.get('total', '?')} prompts; {self._dropped()}); rates on a small val or test split "
                        "are marked and get no interval; use a larger task (task option n, or more lines in the JSONL "
                        "file)")
+        dropped = self._drop_warning()
+        if dropped:
+            out.append(dropped)
         if self.base_accuracy < NEAR_CHANCE:
             out.append(f"the model ranks answer a above b on {self.base_accuracy:.0%} of {self.counts.get('total', '?')} "
                        f"prompts, near chance (50%; warned below {NEAR_CHANCE:.0%}): it barely does this task, so what "
                        f"moves its answer says little about how it does it; check the task or use a larger model")
         return out
 
+    def _drop_warning(self) -> str | None:
+        """The counts per drop reason with what would keep those prompts, when more than DROP_WARN_SHARE dropped."""
+        total = self.counts.get("total", 0)
+        n_dropped = sum(v for k, v in self.counts.items() if k.startswith("dropped_"))
+        if not total or n_dropped <= DROP_WARN_SHARE * total:
+            return None
+        kept = ", ".join(f"{name} {len(data)}" for name, data in self.splits.items())
+        return (f"dropped {n_dropped} of {total} prompts ({n_dropped / total:.0%}; warned above {DROP_WARN_SHARE:.0%}), "
+                f"kept {kept}: {drop_reasons(self.counts, self.drop_hints)}")
+
     def _dropped(self) -> str:
         drops = {k.removeprefix("dropped_"): v for k, v in self.counts.items() if k.startswith("dropped_") and v}
         return "dropped: " + (", ".join(f"{v} {k.replace('_', ' ')}" for k, v in drops.items()) or "none")
+
+
+def drop_reasons(counts: dict[str, int], hints: dict[str, str]) -> str:
+    """Each drop reason with its count and, where known, what was dropped and what would keep it."""
+    drops = {k.removeprefix("dropped_"): v for k, v in counts.items() if k.startswith("dropped_") and v}
+    return " ".join(f"({n}) {v} {k.replace('_', ' ')}" + (f": {hints[k]}." if k in hints else ".")
+                    for n, (k, v) in enumerate(drops.items(), start=1)) or "none."
+
+
+def _listed(items: list[str]) -> str:
+    return ", ".join(items[:SHOWN]) + (f" and {len(items) - SHOWN} more" if len(items) > SHOWN else "")
+
+
+def _short(text: str, width: int = 72) -> str:
+    return repr(text if len(text) <= width else text[: width - 1] + "…")
+
+
+def _answer_hint(multi: list[Example], tokenizer, model: str) -> str:
+    """Which answers are not one token for this tokenizer (or are the same token as the other answer)."""
+    found: dict[str, str] = {}
+    for e in multi:
+        a, b = (tokenizer(x, add_special_tokens=False)["input_ids"] for x in (e.answer_a, e.answer_b))
+        for text, ids in ((e.answer_a, a), (e.answer_b, b)):
+            if len(ids) != 1:
+                found.setdefault(repr(text), f"{len(ids)} tokens")
+        if a == b and len(a) == 1:
+            found.setdefault(f"{e.answer_a!r} and {e.answer_b!r}", "the same token")
+    return (f"{_listed([f'{k} ({v})' for k, v in found.items()])}; use answers that are one token for {model!r}'s "
+            "tokenizer (often with a leading space)")
+
+
+def _length_hint(tokenized: list[TokenizedExample], n_positions: int, method: str) -> str:
+    """The token lengths per template, and the three ways to keep prompts of another length."""
+    by_template: dict[str, Counter[int]] = {}
+    for e in tokenized:
+        by_template.setdefault(e.example.template, Counter())[e.length] += 1
+    lengths = [f"{_short(t)}: " + ", ".join(f"{n} tokens ({c})" for n, c in sorted(counts.items()))
+               for t, counts in by_template.items()]
+    return (f"{method!r} has one parameter per position, so a unit keeps one token length, the most common: "
+            f"{n_positions}; lengths by template: {_listed(lengths)}; to keep them: prompts of one length per unit "
+            f"(reword the other templates), a method for any length ({', '.join(any_length_methods())}), or the file "
+            "split by template into one task per length")
 
 
 def _split_data(loaded: LoadedModel, examples: list[TokenizedExample], logits: torch.Tensor) -> SplitData:
@@ -150,6 +211,13 @@ def prepare_unit(loaded: LoadedModel, spec: UnitSpec) -> PreparedUnit:
     distinct, counts["dropped_duplicate_prompt"] = drop_duplicates(raw)
     tokenized, multi = tokenize_examples([raw[i] for i in distinct], loaded.tokenizer)
     counts["dropped_not_single_token_answer"] = len(multi)
+    hints = {"duplicate_prompt": "a prompt repeated in the task is kept once, so that no prompt is in two splits; "
+                                 "remove the repeats",
+             "entity_across_splits": "prompts whose entities landed in different splits (no entity is in two "
+                                     "splits); to keep them: fewer entities per prompt (a JSONL task's field "
+                                     "'entities'; a built-in task's are fixed: ask for more prompts, option n)"}
+    if multi:
+        hints["not_single_token_answer"] = _answer_hint(multi, loaded.tokenizer, spec.model)
     if not tokenized:
         example = multi[0]
         raise UsageError(f"task {spec.task.name!r}: no example has single-token answers for model {spec.model!r} "
@@ -173,6 +241,7 @@ def prepare_unit(loaded: LoadedModel, spec: UnitSpec) -> PreparedUnit:
                 f"task/template set of one length")
         kept = [e for e in tokenized if e.length == n_positions]
         counts["dropped_other_length"] = len(tokenized) - len(kept)
+        hints["other_length"] = _length_hint(tokenized, n_positions, spec.method)
         tokenized = kept
     all_ids, all_lengths = pad_batch([e.input_ids for e in tokenized], loaded.tokenizer.pad_token_id)
     cache_layer = layers[0] if settings.prefix_cache and layers[0] > 0 else None
@@ -191,6 +260,9 @@ def prepare_unit(loaded: LoadedModel, spec: UnitSpec) -> PreparedUnit:
     else:
         raise UsageError(f"filter={settings.filter!r}; accepted: 'model_prefers_a' or 'none'")
     counts["dropped_model_prefers_b"] = keep.count(False)
+    hints["model_prefers_b"] = (f"the model ranks answer b above a on these before any training (base accuracy "
+                                f"{base_accuracy:.0%}); to keep them: train: {{filter: none}} in the sweep "
+                                "(actscale train --filter none), or a task the model does")
     indices = [i for i, k in enumerate(keep) if k]
     parts, counts["dropped_entity_across_splits"] = assign_splits([e.example for e in tokenized], indices,
                                                                   settings.split, settings.seed)
@@ -198,7 +270,8 @@ def prepare_unit(loaded: LoadedModel, spec: UnitSpec) -> PreparedUnit:
         counts[f"kept_{name}"] = len(idx)
         if not idx:
             raise UsageError(f"unit {spec.describe()}: no {name} examples left after filtering ({counts}); "
-                             "use more examples (task option n), filter: none, or another model")
+                             f"dropped: {drop_reasons(counts, hints)} Use more examples (task option n), "
+                             "filter: none, or another model")
     splits = {name: _split_data(loaded, [tokenized[i] for i in idx], logits[idx]) for name, idx in parts.items()}
     if states is not None:
         for name, data in splits.items():
@@ -214,4 +287,4 @@ def prepare_unit(loaded: LoadedModel, spec: UnitSpec) -> PreparedUnit:
                 _as_trained(data, trains_on, settings.eval_batch, cache_layer)
     task_hash = examples_hash(load_examples(spec.task, settings.seed))  # as the coordinator hashes it: no tokenizer
     return PreparedUnit(spec, layers, n_positions, splits, counts, task_hash, precision, base_accuracy,
-                        mean_ld, check)
+                        mean_ld, check, hints)

@@ -9,11 +9,17 @@ A position-tied method (ActivScalar, SteerVec: one parameter per position) appli
 a prompt of the trained length whose tokens hold the trained roles, position by position
 (`check_roles`); its hooks change the prompt's positions only, never generated tokens. A
 method for any length (DynScalar) applies to every token, generated ones included.
+
+`next_token_effect` shows what a trial does to one prompt, any prompt: the top next tokens
+without and with it, with their probabilities, and two answers' probabilities and logit
+difference (`actscale steer` prints it).
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+import weakref
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
@@ -107,5 +113,119 @@ def apply_trial(model: nn.Module, trial: StoredTrial, beta: float = 1.0,
         raise UsageError(f"method {trial.method!r} is tied to positions but its class does not say how many "
                          "(define the n_positions property)")
     fn = _position_tied_fn(intervention, n, trial.trial_id) if n is not None else _any_length_fn(intervention)
-    with hooked(refs, fn):
-        yield trial
+    _STEERED[model] = _STEERED.get(model, 0) + 1
+    try:
+        with hooked(refs, fn):
+            yield trial
+    finally:
+        _STEERED[model] -= 1
+
+
+# models inside an `apply_trial` block (how many blocks deep): next_token_effect applies the trial itself
+_STEERED: weakref.WeakKeyDictionary[nn.Module, int] = weakref.WeakKeyDictionary()
+
+
+@dataclass
+class NextTokenEffect:
+    """What a trial does to one prompt's next token: without it (the model itself) and with it at
+    strength beta. Probabilities are the softmax of the last position's logits; LD = z_A - z_B."""
+
+    trial: str  # the trial, described
+    prompt: str
+    beta: float
+    top_without: list[tuple[str, float]]  # the most probable next tokens (decoded) and their probabilities
+    top_with: list[tuple[str, float]]
+    answers: tuple[str, str] | None = None  # (A, B): given, or the task's own answers for a prompt of the task
+    p_without: tuple[float, float] | None = None  # (p(A), p(B))
+    p_with: tuple[float, float] | None = None
+    ld_without: float | None = None  # z_A - z_B
+    ld_with: float | None = None
+    continuation_without: str | None = None  # greedy continuations (max_new_tokens > 0)
+    continuation_with: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def lines(self) -> list[str]:
+        """A row per measure, a column without and one with the trial: what `actscale steer` prints."""
+        rows = [("", "without", f"with (beta {self.beta:g})")]
+        if self.continuation_without is not None:
+            rows.append(("continues", repr(self.continuation_without), repr(self.continuation_with)))
+        if self.answers is not None and self.p_without and self.p_with:
+            rows += [(f"p({answer!r})", _p(self.p_without[n]), _p(self.p_with[n])) for n, answer in enumerate(self.answers)]
+            rows.append(("LD = z_A - z_B", f"{self.ld_without:+.3f}", f"{self.ld_with:+.3f}"))
+        rows += [(f"top {n}", f"{without!r} {_p(p)}", f"{with_!r} {_p(q)}")
+                 for n, ((without, p), (with_, q)) in enumerate(zip(self.top_without, self.top_with), start=1)]
+        widths = [max(len(row[i]) for row in rows) for i in range(2)]
+        return [f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c}".rstrip() for a, b, c in rows]
+
+    def __str__(self) -> str:
+        return "\n".join([f"trial   {self.trial}, beta {self.beta:g}", f"prompt  {self.prompt!r}", *self.lines()])
+
+
+def _p(q: float) -> str:
+    """A probability to 3 decimals, or 2 significant digits below 0.001 (not a bare 0.000)."""
+    return f"{q:.3f}" if q >= 0.001 else f"{q:.1e}"
+
+
+def answer_ids(tokenizer, answers: Sequence[str]) -> tuple[int, int]:
+    """The token ids of two answers, each one token for this tokenizer (else a clear refusal)."""
+    if len(answers) != 2 or not all(isinstance(a, str) and a for a in answers):
+        raise UsageError(f"answers={answers!r}: give two answers, A and B, each a non-empty string")
+    ids = []
+    for answer in answers:
+        tokens = tokenizer(answer, add_special_tokens=False)["input_ids"]
+        if len(tokens) != 1:
+            pieces = [tokenizer.decode([t]) for t in tokens]
+            raise UsageError(f"answer {answer!r} is {len(tokens)} tokens for this tokenizer ({pieces}); give answers "
+                             "that are one token each (often with a leading space, e.g. ' Paris')")
+        ids.append(tokens[0])
+    return ids[0], ids[1]
+
+
+def _next_logits(model: nn.Module, tokenizer, ids: torch.Tensor, max_new_tokens: int) -> tuple[torch.Tensor, str | None]:
+    """The last position's logits ([V], fp32) and, with max_new_tokens, the greedy continuation: one
+    generate call, whose first step's logits are the prompt's (no extra forward)."""
+    device = next(model.parameters()).device
+    ids = ids.to(device)  # [1, T]
+    with torch.no_grad():
+        if max_new_tokens <= 0:
+            return model(ids).logits[0, -1].float().cpu(), None
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False,
+                             pad_token_id=pad, return_dict_in_generate=True, output_logits=True)
+    text = tokenizer.decode(out.sequences[0, ids.shape[1]:], skip_special_tokens=True)
+    return out.logits[0][0].float().cpu(), text
+
+
+def next_token_effect(model: nn.Module, tokenizer, prompt: str, trial: StoredTrial, beta: float = 1.0, *,
+                      answers: Sequence[str] | None = None, top: int = 5, max_new_tokens: int = 0) -> NextTokenEffect:
+    """The top `top` next tokens of `prompt` without and with `trial` at strength `beta`, with their
+    probabilities; for two answers (given, or the task's own for a prompt of the task) p(A), p(B) and
+    LD = z_A - z_B on each side; with `max_new_tokens`, the greedy continuations too. It applies the
+    trial itself: call it outside a `steer`/`apply_trial` block. One forward (or generate) per side."""
+    if _STEERED.get(model, 0):
+        raise UsageError("next_token_effect applies the trial itself and needs the model unsteered: call it outside "
+                         "a `with steer(...)` or `with apply_trial(...)` block")
+    if top < 0:
+        raise UsageError(f"top={top}: the number of most probable tokens to show must be 0 or more")
+    example = trial.examples.get(prompt)
+    if answers is None and example is not None:
+        answers = (str(example["answer_a"]), str(example["answer_b"]))
+    a_b = answer_ids(tokenizer, answers) if answers is not None else None
+    roles = prompt_roles(trial, tokenizer, prompt)
+    ids = tokenizer(prompt, return_tensors="pt")["input_ids"]  # [1, T]
+    z_without, continuation_without = _next_logits(model, tokenizer, ids, max_new_tokens)  # [V]
+    with apply_trial(model, trial, beta, roles):
+        z_with, continuation_with = _next_logits(model, tokenizer, ids, max_new_tokens)  # [V]
+    sides = []
+    for z in (z_without, z_with):
+        p = z.softmax(-1)  # [V]
+        best = p.topk(min(top, p.numel()))
+        top_tokens = [(tokenizer.decode([i]), float(q)) for q, i in zip(best.values.tolist(), best.indices.tolist())]
+        pair = (float(p[a_b[0]]), float(p[a_b[1]])) if a_b else None
+        sides.append((top_tokens, pair, float(z[a_b[0]] - z[a_b[1]]) if a_b else None))
+    (top_without, p_without, ld_without), (top_with, p_with, ld_with) = sides
+    return NextTokenEffect(trial.describe(), prompt, beta, top_without, top_with,
+                           (answers[0], answers[1]) if answers is not None else None,
+                           p_without, p_with, ld_without, ld_with, continuation_without, continuation_with)
