@@ -57,10 +57,9 @@ def list_tasks() -> int:
 def prepare_task(args: argparse.Namespace):
     """The task prepared for the model exactly as a unit of a sweep would prepare it."""
     from orchestrator.train_cmd import parse_task_options
-    from workers.interventions import check_method, import_plugins, method_names
     from workers.models import load_model
+    from workers.names import check_method, check_site, import_plugins, method_names
     from workers.prepare import prepare_unit
-    from workers.sites import check_site
     from workers.tasks.base import TaskSpec
     from workers.unit import TrainSettings, UnitSpec
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import duckdb
 import pandas as pd
@@ -177,6 +177,14 @@ def load(run_dirs: list[Path] | Path, table: str) -> pd.DataFrame:
     return read_table(dirs, table).table.to_pandas()
 
 
+def _competence(t: Any) -> str:
+    """A task's base accuracy and mean LD for a model line (NULL where a unit row lacks them)."""
+    if pd.isna(t.accuracy) or pd.isna(t.ld):
+        return f"{t.task} (base accuracy not recorded)"
+    near = " (near chance: flagged, no basis for claims)" if pd.notna(t.near) and bool(t.near) else ""
+    return f"{t.task} {t.accuracy:.2f} (mean LD {t.ld:.2f}){near}"
+
+
 def model_lines(run_dirs: list[Path] | Path) -> list[str]:
     """One line per model of the runs: who it is (the view `models`) and how well it does each task
     before any intervention (the view `competence`), for `actscale status` and the report."""
@@ -185,9 +193,7 @@ def model_lines(run_dirs: list[Path] | Path) -> list[str]:
                                       "bool_or(near_chance) AS near FROM competence GROUP BY ALL ORDER BY model, task")
     lines = []
     for m in models.drop_duplicates(subset=[c for c in models.columns if c != "train_dtypes"]).itertuples():
-        tasks = ", ".join(f"{t.task} {t.accuracy:.2f} (mean LD {t.ld:.2f})" + (" (near chance: flagged, no basis for claims)"
-                                                                               if t.near else "")
-                          for t in competence[competence.model == m.model].itertuples())
+        tasks = ", ".join(_competence(t) for t in competence[competence.model == m.model].itertuples())
         size = f"{m.n_layers} layers, d_model {m.d_model}"
         if m.model_family is None or m.model_family != m.model_family:
             who = f"{size} (identity not recorded: these results predate schema 5)"

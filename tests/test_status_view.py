@@ -19,7 +19,8 @@ def _status_lines(run, capsys, monkeypatch, columns: str) -> list[str]:
     capsys.readouterr()
     assert main(["status", str(run)]) == 0
     out = capsys.readouterr().out
-    return out.split("\n\n")[0].splitlines()  # the table: a header and a line per unit
+    # the table: a header and a line per unit (after the lines saying who each model is)
+    return next(block for block in out.split("\n\n") if block.startswith("unit")).splitlines()
 
 
 def test_a_long_task_path_and_model_name_keep_their_columns(tmp_path, capsys, monkeypatch):
