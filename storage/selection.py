@@ -1,7 +1,7 @@
 """The one selection rule, defined here once as SQL, decided on val only.
 
-For each unit (of each run): among its complete *search* trials (replicates excluded) whose
-val flip_rate is at least `min_flip` (sweep YAML `selection.min_flip`, default 0.9), the one
+For each unit (of each run): among its complete *search* trials (replicates, convergence pilots and
+masked controls excluded) whose val flip_rate is at least `min_flip` (sweep YAML `selection.min_flip`, default 0.9), the one
 with the fewest `sites_moved`, then the lowest val kl_other; if none qualifies, the one with
 the highest val flip_rate, then the lowest val kl_other, flagged `selected_by = 'fallback'`.
 Ties end on trial_id. Test metrics never enter the choice.
@@ -44,7 +44,8 @@ def selected_sql(trials: str = "trials", min_flip: str = str(DEFAULT_MIN_FLIP)) 
        CASE WHEN bool_or({q}) OVER (PARTITION BY t.run_id, t.unit_id) THEN 'min_flip' ELSE 'fallback' END
            AS selected_by
 FROM {trials} t
-WHERE t.status = '{Status.COMPLETE}' AND t.replicate_of IS NULL
+WHERE t.status = '{Status.COMPLETE}' AND t.replicate_of IS NULL AND t.control_of IS NULL
+      AND NOT coalesce(t.pilot, false)
 QUALIFY row_number() OVER (PARTITION BY t.run_id, t.unit_id
                            ORDER BY {q} DESC,
                                     CASE WHEN {q} THEN t.sites_moved ELSE 0 END,

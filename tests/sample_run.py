@@ -38,7 +38,7 @@ def trial_row(rng: random.Random, unit_id: str, run_id: str, number: int, status
                tokens_per_s=round(rng.uniform(1e3, 5e3), 1), worker_node="127.0.0.1",
                started_at=T0 + dt.timedelta(seconds=10 * number), ended_at=T0 + dt.timedelta(seconds=10 * number + 3))
     for split in SPLITS_REPORTED:
-        for metric in METRICS:
+        for metric in METRICS[:6]:  # the metrics of the first schema: the random draws (and every number) stay
             row[f"{split}_{metric}"] = None if status != "complete" else round(rng.uniform(0, 1), 4)
     assert set(HYPER_PARAMS) <= set(row)
     return row
@@ -112,5 +112,22 @@ def make_sample_run(run_dir: Path, run_id: str = "run-sample", trials_per_unit: 
                                                      kl_other_lo=0.1 * flip, kl_other_hi=0.1 * flip)
                                                 for kind, k, beta in points for split in ("val", "test")
                                                 for flip in [1.0 if k == n_cells or beta == 1.0 else 0.0]])
+                        _checks_and_patching(store, run_id, unit_id, trial["trial_id"], model, layers, n_layers)
     store.flush()
     return Path(run_dir)
+
+
+def _checks_and_patching(store: RunStore, run_id: str, unit_id: str, trial_id: str, model: str, layers: list[int],
+                         n_layers: int) -> None:
+    """A few rows of the tables added with schema 6 (training checks, patching), from their own generator so
+    that every value drawn above stays as it was."""
+    rng = random.Random(trial_id)
+    store.append("checks", [dict(run_id=run_id, unit_id=unit_id, trial_id=trial_id, kind="pilot", step=step,
+                                 loss=round(1 / step, 4), flip_rate=round(rng.uniform(0, 1), 4),
+                                 kl_other=round(rng.uniform(0, 0.5), 4), l1=round(rng.uniform(0, 5), 4), sites_moved=3)
+                            for step in (10, 20, 30)])
+    store.append("patching", [dict(run_id=run_id, unit_id=unit_id, model=model, task="ioi", site="mlp_out", layer=layer,
+                                   rel_depth=layer / (n_layers - 1), position=pos, role=role, head=None, kind="activation",
+                                   split="test", effect=(e := round(rng.uniform(0, 1), 4)), effect_lo=e, effect_hi=e,
+                                   n_prompts=3)
+                              for layer in layers for pos, role in enumerate(ROLES)])

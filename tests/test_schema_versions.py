@@ -11,7 +11,7 @@ from storage.query_docs import SAMPLE_RUN
 from storage.schema import META_TABLE, META_VERSION, MODEL_IDENTITY, SCHEMA_VERSION, UNITS
 from storage.store import RunStore, check_part, part_files, read_table, table_dir
 
-V5_ONLY = set(MODEL_IDENTITY) | {"near_chance"}
+V5_ONLY = set(MODEL_IDENTITY) | {"near_chance", "n_folds"}  # the units columns a version-4 part lacks
 
 
 def _unit(unit_id: str, model: str, **extra) -> dict:
@@ -30,8 +30,8 @@ def _write_v4_part(run_dir, rows: list[dict]) -> None:
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), directory / "part-00000000000000000001-1-000001.parquet")
 
 
-def test_a_version_4_part_reads_as_version_5_beside_a_new_one(tmp_path):
-    assert SCHEMA_VERSION == 5
+def test_a_version_4_part_reads_as_the_current_version_beside_a_new_one(tmp_path):
+    assert SCHEMA_VERSION == 6
     run = tmp_path / "run"
     _write_v4_part(run, [_unit("u-old", "tiny-gpt2")])
     store = RunStore(run)
@@ -50,9 +50,9 @@ def test_a_version_4_part_reads_as_version_5_beside_a_new_one(tmp_path):
     assert models.model.tolist() == ["gemma3-270m", "tiny-gpt2"] and list(models.train_dtypes.iloc[0]) == ["bf16"]
     competence, _ = run_sql([run], "SELECT model, near_chance FROM competence ORDER BY model")
     assert competence.near_chance.tolist() == [False, True]  # the old part judged by the same threshold (0.55)
-    store.compact("units")  # a merged part of both versions, written as version 5
+    store.compact("units")  # a merged part of both versions, written as the current version
     (merged,) = part_files(run, "units")
-    assert pq.read_schema(merged).metadata[META_VERSION] == b"5"
+    assert pq.read_schema(merged).metadata[META_VERSION] == b"6"
     assert sorted(load(run, "units").unit_id) == ["u-new", "u-old"]
 
 
@@ -69,14 +69,14 @@ def test_the_committed_sample_run_is_version_4_and_readable():
     assert len(load(SAMPLE_RUN, "units")) == 4
 
 
-@pytest.mark.parametrize("version", [b"3", b"6"])
+@pytest.mark.parametrize("version", [b"3", b"7"])
 def test_other_versions_are_refused_by_name(tmp_path, version):
     run = tmp_path / "run"
     _write_v4_part(run, [_unit("u-old", "tiny-gpt2")])
     (part,) = part_files(run, "units")
     table = pq.read_table(part)
     pq.write_table(table.replace_schema_metadata({META_TABLE: b"units", META_VERSION: version}), part)
-    assert f"schema version {version.decode()} is not supported (this actscale reads versions 4, 5" in check_part(
+    assert f"schema version {version.decode()} is not supported (this actscale reads versions 4, 5, 6" in check_part(
         part, "units")
 
 

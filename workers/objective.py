@@ -45,6 +45,13 @@ def flipped(ld_after: torch.Tensor, ld_before: torch.Tensor) -> torch.Tensor:
     return (ld_after > 0) != (ld_before > 0)
 
 
+def normalised_shift(ld_after: torch.Tensor, ld_before: torch.Tensor) -> torch.Tensor:
+    """(LD - LD') / (2 LD) per prompt: 1 when the intervention swaps the preference exactly (LD' = -LD, the
+    objective's target), 0 when it changes nothing; unlike the flip it does not saturate at the sign change.
+    A prompt with LD = 0 has no preference to swap: NaN there."""
+    return (ld_before - ld_after) / (2 * ld_before)
+
+
 def mass_shift_per_prompt(logits_before, logits_after, a_ids, b_ids) -> torch.Tensor:
     def mass(logits):
         p = torch.softmax(logits, dim=-1)

@@ -11,7 +11,7 @@ from typing import Any
 
 from workers.unit import Hyper
 
-METRIC_NAMES = ("flip_rate", "ld_before", "ld_after", "kl_other", "mass_shift", "l1")
+METRIC_NAMES = ("flip_rate", "ld_before", "ld_after", "kl_other", "mass_shift", "l1", "ld_shift", "top1_b")
 
 
 @dataclass

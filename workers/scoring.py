@@ -15,7 +15,7 @@ import torch
 from workers.forward import attention_mask, last_token_logits, start_at_layer
 from workers.interventions import Acting, CellRecorder, ForwardContext, Installed, installed
 from workers.models import LoadedModel
-from workers.objective import flipped, kl_other_per_prompt, logit_diff, mass_shift_per_prompt
+from workers.objective import flipped, kl_other_per_prompt, logit_diff, mass_shift_per_prompt, normalised_shift
 from workers.prepare import SplitData
 from workers.sites import SiteRef, hooked
 
@@ -60,7 +60,7 @@ def score(loaded: LoadedModel, acting: Acting, refs: list[SiteRef], split: Split
     chunk = len(split) if batch_rows is None else max(1, batch_rows // k)
     reference = split.reference_logits if own else split.logits  # [N, V]
     ld_before = logit_diff(reference, split.a_ids, split.b_ids)  # [N]
-    ld_after, kl, mass, terms, l1 = [], [], [], [], torch.zeros(k)
+    ld_after, kl, mass, top1_b, terms, l1 = [], [], [], [], [], torch.zeros(k)
     with torch.no_grad(), installed(acting, refs) as hooks:
         for i in range(0, len(split), chunk):
             sl = slice(i, i + chunk)
@@ -78,6 +78,7 @@ def score(loaded: LoadedModel, acting: Acting, refs: list[SiteRef], split: Split
             ld_after.append(logit_diff(after, a, b))
             kl.append(kl_other_per_prompt(before, after, a, b))
             mass.append(mass_shift_per_prompt(before, after, a, b))
+            top1_b.append(after.argmax(-1) == b)  # [K, n]
             term = acting.minimality(ctx).detach()  # [K]
             terms.append(term)
             l1 += term.cpu() * n / len(split)
@@ -90,6 +91,8 @@ def score(loaded: LoadedModel, acting: Acting, refs: list[SiteRef], split: Split
         "kl_other": kl_t.mean(1),
         "mass_shift": torch.cat(mass, dim=1).mean(1),
         "l1": l1,
+        "ld_shift": normalised_shift(ld_after_t, ld_before[None]).nanmean(1),  # a prompt with LD = 0: no shift to take
+        "top1_b": torch.cat(top1_b, dim=1).float().mean(1),
     }
     return Scores(metrics, ld_after_t, kl_t, ld_before, terms)
 
