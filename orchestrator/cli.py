@@ -12,7 +12,7 @@ import warnings
 # shares a core (bench/loaded.py; the same speed on an idle machine).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from workers.errors import UsageError  # noqa: E402
+from workers.errors import DriverError, UsageError  # noqa: E402
 
 # each command's module, imported only for that command: `query`, `status` and `report` never load torch
 COMMAND_MODULES = {"train": "orchestrator.train_cmd", "run": "orchestrator.sweep_cmds",
@@ -23,7 +23,7 @@ COMMAND_MODULES = {"train": "orchestrator.train_cmd", "run": "orchestrator.sweep
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [UsageError]
+    errors: list[type[BaseException]] = [UsageError, DriverError]
     try:
         from storage.errors import StorageError
         errors.append(StorageError)

@@ -61,9 +61,10 @@ class Coordinator:
         self.store: RunStore | None = None
         self.studies: Studies | None = None
         self.controller: Controller | None = None
+        self.deadline: Deadline | None = None
 
     def run(self) -> Summary:
-        start = time.monotonic()
+        start = self.started = time.monotonic()
         self.run_dir.path.mkdir(parents=True, exist_ok=True)
         lock = RunLock(self.run_dir)
         setup_logging(self.run_dir, self.quiet)
@@ -79,7 +80,7 @@ class Coordinator:
                 if not ray.is_initialized():
                     started_ray = True
                     ray.init(**ray_init_kwargs(self.address))
-                stopped = self._dispatch(studies, start)
+                stopped = self._dispatch(studies)
             studies.sync()
             record_config(self.run_dir, self.config, self.store, self.run_id)  # an edited sweep is stored once run
             self.store.compact_all()  # one part per table: queries over a finished run stay quick
@@ -115,6 +116,9 @@ class Coordinator:
         for row in stored:
             if (state := self.units.get(row["unit_id"])) is not None:
                 state.count(row)
+        if self.stop_after is not None:  # how long trial batches took before: what fits in the time left
+            self.deadline = Deadline(self.stop_after, started=self.started)
+            self.deadline.learn_from_rows(stored, {p.unit_id: p.spec.model for p in planned})
         for row in store.read("curves").table.select(["unit_id", "trial_id"]).to_pylist():
             if (state := self.units.get(row["unit_id"])) is not None:
                 state.analysed.add(row["trial_id"])
@@ -129,15 +133,15 @@ class Coordinator:
         assert self.store is not None
         return Recorder(self.run_dir, self.run_id, self.store, studies, self.config.search)
 
-    def _dispatch(self, studies: Studies, start: float) -> bool:
-        """The dispatch loop over a pool of actors; returns whether it stopped at the --stop-after limit."""
-        deadline = Deadline(self.stop_after, started=start) if self.stop_after is not None else None
+    def _dispatch(self, studies: Studies) -> bool:
+        """The dispatch loop over a pool of actors; returns whether it stopped at the --stop-after limit with
+        work left."""
         units = list(self.units.values())
         self.controller = Controller(units, self.config, studies, self._recorder(studies), self._new_actor,
-                                     self.run_dir, deadline)
+                                     self.run_dir, self.deadline)
         progress = Progress(self.controller.by_model, live=not self.quiet and sys.stderr.isatty())
         self.controller.run(progress)
-        return self.controller.stopping
+        return self.controller.stopping and any(s.left().phase not in (Phase.DONE, Phase.GAVE_UP) for s in units)
 
     @property
     def model_loads(self) -> int:

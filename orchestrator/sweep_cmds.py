@@ -5,7 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
-from storage.run_dir import RunDir
+from storage.run_dir import LOG, RunDir
 from storage.schema import Status
 from workers.errors import UsageError
 
@@ -18,7 +18,7 @@ def register(sub) -> None:
     p.add_argument("sweep", nargs="?", help="a sweep YAML file or a built-in sweep name (quickstart, tiny)")
     p.add_argument("--out", help="run directory (default runs/<sweep name>)")
     p.add_argument("--address", help="Ray cluster address to join (default: an embedded local Ray)")
-    p.add_argument("--quiet", action="store_true", help="log to the run directory's actscale.log only")
+    p.add_argument("--quiet", action="store_true", help=f"log to RUN_DIR/{LOG} only")
     p.add_argument("--stop-after", metavar="DURATION", help=STOP_AFTER_HELP + " (overrides the sweep's stop_after)")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("resume", help="resume a run from its stored config")

@@ -171,8 +171,10 @@ class Work:
             return f"unit {self.unit.unit_id} to be prepared"
         if self.phase is Phase.ANALYSE:
             return f"analysis of {', '.join(self.trial_ids)}"
-        numbers = ", ".join(str(a.number) for a in self.asked)
-        return f"{'replicate' if self.phase is Phase.REPLICATES else 'trial'}(s) {numbers} of unit {self.unit.unit_id}"
+        kind = "replicate" if self.phase is Phase.REPLICATES else "trial"
+        if not self.asked:  # decided, not asked yet
+            return f"{self.count} {kind}(s) of unit {self.unit.unit_id}"
+        return f"{kind}(s) {', '.join(str(a.number) for a in self.asked)} of unit {self.unit.unit_id}"
 
 
 class UnitState:

@@ -189,8 +189,8 @@ class Resources(_Strict):
 class SweepConfig(_Strict):
     name: str = Field("sweep", description="the sweep's name (default run directory: runs/NAME)")
     stop_after: str | None = Field(None, description="stop cleanly before this much wall-clock time has passed "
-                                   "(40s, 90m, 2h; `actscale run --stop-after` overrides it); running the same "
-                                   "command again resumes. Not part of any unit's id")
+                                   "(40s, 90m, 2h; `actscale run --stop-after` overrides it), with exit status 3; "
+                                   "running the same command again resumes. Not part of any unit's id")
     # before every field that names a method: the plugins register theirs when imported
     plugins: list[str] | None = Field(None, description="Python modules to import on the coordinator and every "
                                       "worker before anything else: each registers methods of its own "
