@@ -253,7 +253,7 @@ def watch_status(run_dir: Path, every_s: float) -> int:
             try:
                 rows = unit_status(run_dir)
                 text, pending = status_text(run_dir, rows), sum(r["pending"] for r in rows)
-            except (StorageError, UsageError) as exc:  # not started yet: no tables or no sweep.yaml
+            except (StorageError, UsageError) as exc:  # not started yet: no tables or no stored sweep
                 text = f"waiting for {run_dir} ({str(exc).splitlines()[0]})"
             if not running and pending is not None:
                 text += f"\n\nno coordinator is running on {run_dir}: " + (

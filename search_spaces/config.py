@@ -15,7 +15,7 @@ from search_spaces.duration import parse_duration
 from storage.selection import DEFAULT_MIN_FLIP
 from workers.errors import UsageError
 from workers.interventions import STRENGTHS, import_plugins, method_names
-from workers.sites import SITES
+from workers.names import SITES
 from workers.unit import TrainSettings
 
 V = TypeVar("V", bound=Iterable[str])
