@@ -32,7 +32,7 @@ from orchestrator.recorder import Recorder
 from orchestrator.startup import check_task_data, record_config, setup_logging
 from orchestrator.studies import Studies, open_studies
 from orchestrator.summary import Summary, summarize
-from orchestrator.units import Phase, UnitState, refresh_selections, targets_of
+from orchestrator.units import Asked, Phase, UnitState, refresh_selections, targets_of
 from search_spaces.config import SweepConfig
 from search_spaces.duration import parse_duration
 from storage.run_dir import RunDir
@@ -64,7 +64,7 @@ class Coordinator:
         self.deadline: Deadline | None = None
 
     def run(self) -> Summary:
-        start = self.started = time.monotonic()
+        self.started = time.monotonic()
         self.run_dir.path.mkdir(parents=True, exist_ok=True)
         lock = RunLock(self.run_dir)
         setup_logging(self.run_dir, self.quiet)
@@ -74,18 +74,14 @@ class Coordinator:
         try:
             self.run_id = self.run_dir.start_run()
             self.store = RunStore(self.run_dir.path, flush_rows=100, flush_seconds=2.0)
-            studies = self.studies = self._open_units(self.store)
+            studies = self._open_units(self.store)
             stopped = False
             if any(s.has_work() for s in self.units.values()):
                 if not ray.is_initialized():
                     started_ray = True
                     ray.init(**ray_init_kwargs(self.address))
                 stopped = self._dispatch(studies)
-            studies.sync()
-            record_config(self.run_dir, self.config, self.store, self.run_id)  # an edited sweep is stored once run
-            self.store.compact_all()  # one part per table: queries over a finished run stay quick
-            return summarize(self.run_dir, list(self.units.values()), self.model_loads, time.monotonic() - start,
-                             self.config.selection.min_flip, stopped)
+            return self._finish(studies, stopped)
         finally:
             try:
                 if self.studies is not None:
@@ -105,40 +101,51 @@ class Coordinator:
         described = check_task_data(planned, store)
         if self.run_dir.stored_sweep_text() is None:  # first run: `resume` needs it even after an early crash
             record_config(self.run_dir, self.config, store, self.run_id)
-        studies = open_studies(self.run_dir, planned, self.config.search, store)
+        studies = self.studies = open_studies(self.run_dir, planned, self.config.search, store)
+        self.recorder = Recorder(self.run_dir, self.run_id, store, studies, self.config.search)
         targets = targets_of(self.config)
         self.units = {p.unit_id: UnitState(p, targets, p.unit_id in described,
                                            lambda tid: self.run_dir.artifact(tid).exists()) for p in planned}
-        recorder = self._recorder(studies)
-        stored = studies.reconcile(lambda unit_id, asked: recorder.unfinished_row(
-            self.units[unit_id], asked, Status.INTERRUPTED,
-            "interrupted: the coordinator stopped before the result was stored; re-run"))
-        for row in stored:
-            if (state := self.units.get(row["unit_id"])) is not None:
-                state.count(row)
-        if self.stop_after is not None:  # how long trial batches took before: what fits in the time left
-            self.deadline = Deadline(self.stop_after, started=self.started)
-            self.deadline.learn_from_rows(stored, {p.unit_id: p.spec.model for p in planned})
-        for row in store.read("curves").table.select(["unit_id", "trial_id"]).to_pylist():
-            if (state := self.units.get(row["unit_id"])) is not None:
-                state.analysed.add(row["trial_id"])
-        refresh_selections(self.units.values())
+        self._count_stored(studies.reconcile(self._interrupted_by_a_crash), store)
         left = [s.left() for s in self.units.values()]
         search, replicates = (sum(x.steps[phase].left for x in left) for phase in (Phase.SEARCH, Phase.REPLICATES))
         log.info(f"run {self.run_id} in {self.run_dir}: {len(self.units)} unit(s), {search} search trial(s) to run"
                  + (f", {replicates} replicate(s)" if replicates else ""))
         return studies
 
-    def _recorder(self, studies: Studies) -> Recorder:
+    def _interrupted_by_a_crash(self, unit_id: str, asked: Asked) -> dict:
+        return self.recorder.unfinished_row(self.units[unit_id], asked, Status.INTERRUPTED,
+                                            "interrupted: the coordinator stopped before the result was stored; re-run")
+
+    def _count_stored(self, trials: list[dict], store: RunStore) -> None:
+        """Each unit's counts from its stored trials and curves rows; with a limit, how long its batches took."""
+        for row in trials:
+            if (state := self.units.get(row["unit_id"])) is not None:
+                state.count(row)
+        for row in store.read("curves").table.select(["unit_id", "trial_id"]).to_pylist():
+            if (state := self.units.get(row["unit_id"])) is not None:
+                state.analysed.add(row["trial_id"])
+        refresh_selections(self.units.values())
+        if self.stop_after is not None:  # batches of earlier runs: what fits in the time left
+            self.deadline = Deadline(self.stop_after, started=self.started)
+            self.deadline.learn_from_rows(trials, {u: s.planned.spec.model for u, s in self.units.items()})
+
+    def _finish(self, studies: Studies, stopped: bool) -> Summary:
+        """Every row durable and told, the sweep stored, one part per table (queries over a finished run stay
+        quick), and the summary."""
         assert self.store is not None
-        return Recorder(self.run_dir, self.run_id, self.store, studies, self.config.search)
+        studies.sync()
+        record_config(self.run_dir, self.config, self.store, self.run_id)  # an edited sweep is stored once it ran
+        self.store.compact_all()
+        return summarize(self.run_dir, list(self.units.values()), self.model_loads, time.monotonic() - self.started,
+                         self.config.selection.min_flip, stopped)
 
     def _dispatch(self, studies: Studies) -> bool:
         """The dispatch loop over a pool of actors; returns whether it stopped at the --stop-after limit with
         work left."""
         units = list(self.units.values())
-        self.controller = Controller(units, self.config, studies, self._recorder(studies), self._new_actor,
-                                     self.run_dir, self.deadline)
+        self.controller = Controller(units, self.config, studies, self.recorder, self._new_actor, self.run_dir,
+                                     self.deadline)
         progress = Progress(self.controller.by_model, live=not self.quiet and sys.stderr.isatty())
         self.controller.run(progress)
         return self.controller.stopping and any(s.left().phase not in (Phase.DONE, Phase.GAVE_UP) for s in units)
