@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 ACTSCALE = str(Path(sys.executable).with_name("actscale"))
 
+from storage.run_dir import RunDir  # noqa: E402
 from workers.names import method_names  # noqa: E402
 
 
@@ -82,7 +83,7 @@ def main() -> None:
         status = min(timed([ACTSCALE, "status", str(run)]) for _ in range(3))
         query = min(timed([ACTSCALE, "query", str(run), "SELECT count(*) FROM scalars"]) for _ in range(3))
         parts = {t.name: len(list(t.glob("part-*.parquet"))) for t in (run / "tables").iterdir()}
-        journal_mb = (run / "optuna.journal").stat().st_size / 1e6
+        journal_mb = RunDir(run).journal.stat().st_size / 1e6
         print(f"b. resume of the finished sweep: {resume:.2f} s; c. status {status:.2f} s, query {query:.2f} s "
               f"(best of 3); d. parts per table {parts}; journal {journal_mb:.1f} MB")
         results = [target("coordinator_cost_growth_1k_to_10k", per_large / per_small, 1.2, "x"),

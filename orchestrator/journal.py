@@ -8,11 +8,13 @@ Reconciliation with Parquet then settles any trial it left RUNNING.
 from __future__ import annotations
 
 import os
-from pathlib import Path
+
+from storage.run_dir import RunDir
 
 
-def repair_journal(path: Path) -> int:
-    """Cut a torn last line off the journal; returns the number of bytes removed."""
+def repair_journal(run_dir: RunDir) -> int:
+    """Cut a torn last line off the run's journal; returns the number of bytes removed."""
+    path = run_dir.journal
     if not path.exists() or path.stat().st_size == 0:
         return 0
     with open(path, "rb+") as fh:

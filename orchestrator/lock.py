@@ -8,8 +8,8 @@ import json
 import os
 import socket
 import time
-from pathlib import Path
 
+from storage.run_dir import RunDir
 from workers.errors import UsageError
 
 
@@ -24,8 +24,8 @@ def _alive(pid: int) -> bool:
 
 
 class RunLock:
-    def __init__(self, run_dir: Path):
-        self.path = Path(run_dir) / "coordinator.lock"
+    def __init__(self, run_dir: RunDir):
+        self.path = RunDir(run_dir).lock_file
         self.held = False
 
     def acquire(self, say=print) -> None:
@@ -60,10 +60,10 @@ class RunLock:
             self.held = False
 
 
-def held_by_a_live_coordinator(run_dir: Path) -> bool:
+def held_by_a_live_coordinator(run_dir: RunDir) -> bool:
     """Whether a coordinator holds the run directory: a lock file whose process is alive (a lock of a
     dead process on this host is stale; one from another host is taken at its word)."""
-    path = Path(run_dir) / "coordinator.lock"
+    path = RunDir(run_dir).lock_file
     try:
         other = json.loads(path.read_text() or "{}")
     except FileNotFoundError:

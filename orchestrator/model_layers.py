@@ -12,9 +12,8 @@ import hashlib
 import json
 from pathlib import Path
 
-from storage.store import write_durably
-
-LAYERS_FILE = "model_layers.json"
+from storage.durable import write_durably
+from storage.run_dir import RunDir
 
 
 def _stamp(name: str) -> str | None:
@@ -26,9 +25,9 @@ def _stamp(name: str) -> str | None:
     return "name:" + name
 
 
-def layer_counts(models: list[str], run_dir: Path, allow_pickle: bool) -> dict[str, int]:
+def layer_counts(models: list[str], run_dir: RunDir, allow_pickle: bool) -> dict[str, int]:
     """{model: number of decoder layers}; only models not remembered (or changed) are loaded."""
-    path = Path(run_dir) / LAYERS_FILE
+    path = run_dir.model_layers
     try:
         known = json.loads(path.read_text())
     except (OSError, ValueError):

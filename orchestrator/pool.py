@@ -7,64 +7,33 @@ actor is replaced by a fresh one.
 """
 from __future__ import annotations
 
-import enum
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any
 
 import ray
 
-if TYPE_CHECKING:
-    from orchestrator.coordinator import UnitState
+from orchestrator.units import Work
 
 log = logging.getLogger("actscale")
 
 
-class Asked(NamedTuple):
-    """One trial handed to a worker: its Optuna number, parameters, and the trial it replicates."""
-
-    number: int
-    params: dict
-    replicate_of: str | None = None
-
-
-class PendingKind(enum.Enum):
-    READY = "a worker starting"  # the actor's info(): it is up once this answers
-    DESCRIBE = "a unit being prepared"  # unit_record(): the unit's row and examples
-    TRIALS = "trials"  # run_trials(): a batch of search trials or of replicates
-    ANALYZE = "trials being analyzed"  # analyze(): curves and strength rows of stored trials
-
-
 @dataclass
 class Pending:
-    """One piece of work in flight on an actor."""
+    """One piece of work in flight on an actor; no work: the actor starting (its info())."""
 
-    kind: PendingKind
     model: str
     actor: Any
-    state: UnitState | None = None  # DESCRIBE and TRIALS
-    asked: list[Asked] = field(default_factory=list)  # TRIALS
-    analyzing: list[str] = field(default_factory=list)  # ANALYZE: the trial ids
+    work: Work | None = None
     since: float = field(default_factory=time.monotonic)
-
-    @property
-    def replicates(self) -> bool:
-        return bool(self.asked) and self.asked[0].replicate_of is not None
 
     def describe(self) -> str:
         age = f"{time.monotonic() - self.since:.0f}s"
-        if self.kind is PendingKind.READY:
+        if self.work is None:
             return f"a worker for {self.model} to start ({age})"
-        assert self.state is not None
-        if self.kind is PendingKind.DESCRIBE:
-            return f"unit {self.state.unit_id} to be prepared on a {self.model} worker ({age})"
-        if self.kind is PendingKind.ANALYZE:
-            return f"analysis of {', '.join(self.analyzing)} on a {self.model} worker ({age})"
-        numbers = ", ".join(str(a.number) for a in self.asked)
-        kind = "replicate" if self.replicates else "trial"
-        return f"{kind}(s) {numbers} of unit {self.state.unit_id} on a {self.model} worker ({age})"
+        return f"{self.work.describe()} on a {self.model} worker ({age})"
 
 
 class ActorPool:
@@ -84,7 +53,7 @@ class ActorPool:
         """Start an actor; it gets work only once it is up (its info() answered)."""
         actor = self.new_actor(model)
         self.actors[model].append(actor)
-        self.in_flight[actor.info.remote()] = Pending(PendingKind.READY, model, actor)
+        self.in_flight[actor.info.remote()] = Pending(model, actor)
         log.info(f"starting a worker for {model}")
 
     def start_models(self, has_work: Callable[[str], bool]) -> None:
@@ -99,10 +68,10 @@ class ActorPool:
 
     def busy(self, model: str) -> bool:
         """Whether any actor of the model is doing work (starting up does not count)."""
-        return any(p.model == model and p.kind is not PendingKind.READY for p in self.in_flight.values())
+        return any(p.model == model and p.work is not None for p in self.in_flight.values())
 
     def working(self) -> bool:
-        return any(p.kind is not PendingKind.READY for p in self.in_flight.values())
+        return any(p.work is not None for p in self.in_flight.values())
 
     def submit(self, ref: Any, pending: Pending) -> None:
         self.in_flight[ref] = pending
@@ -116,7 +85,7 @@ class ActorPool:
         for actor in self.actors.pop(model, []):
             ray.kill(actor)
         self.idle[:] = [(m, a) for m, a in self.idle if m != model]
-        for ref in [r for r, p in self.in_flight.items() if p.kind is PendingKind.READY and p.model == model]:
+        for ref in [r for r, p in self.in_flight.items() if p.work is None and p.model == model]:
             self.in_flight.pop(ref)
 
     def replace(self, pending: Pending) -> None:
@@ -125,6 +94,16 @@ class ActorPool:
         if actors is not None and pending.actor in actors:
             actors.remove(pending.actor)
             self.launch(pending.model)
+
+    def abandon(self, ref: Any) -> Pending:
+        """Take a piece of work out of flight and stop its actor (it would go on computing)."""
+        pending = self.in_flight.pop(ref)
+        ray.kill(pending.actor)
+        actors = self.actors.get(pending.model, [])
+        if pending.actor in actors:
+            actors.remove(pending.actor)
+        self.idle[:] = [(m, a) for m, a in self.idle if a is not pending.actor]
+        return pending
 
     def wait(self, timeout: float) -> list[tuple[Any, Pending]]:
         """At most one finished piece of work, taken out of the in-flight set."""

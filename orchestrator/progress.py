@@ -10,13 +10,12 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from orchestrator.coordinator import UnitState
+from orchestrator.units import UnitState, refresh_selections
 
 log = logging.getLogger("actscale")
 LOG_EVERY_S = 30.0  # without a terminal: at most one progress line per model this often
@@ -58,11 +57,10 @@ def describe_best(rows: list[tuple[str, dict[str, Any]]]) -> str:
 
 
 class Progress:
-    def __init__(self, by_model: dict[str, list[UnitState]], per_unit: int,
-                 selected: Callable[[UnitState], dict | None], live: bool = False):
+    """Per model: trials finished, and of the total what the units say is left (UnitState.left)."""
+
+    def __init__(self, by_model: dict[str, list[UnitState]], live: bool = False):
         self.by_model = by_model
-        self.per_unit = per_unit  # trials a unit runs: search trials plus replicates
-        self.selected = selected  # the unit's selected trial so far (the one rule), or None
         self.live = live
         self.started = self.last = time.monotonic()
         self.done_at_start = {m: sum(s.finished for s in states) for m, states in by_model.items()}
@@ -71,10 +69,12 @@ class Progress:
 
     def snapshot(self, model: str) -> ModelProgress:
         states = self.by_model[model]
+        refresh_selections(states)
         done = sum(s.finished for s in states)
+        left = sum(s.left().trials for s in states)
         rate = (done - self.done_at_start[model]) / max(1e-9, time.monotonic() - self.started)
-        chosen = [(s.planned.spec.method, row) for s in states if (row := self.selected(s)) is not None]
-        return ModelProgress(model, done, self.per_unit * len(states), sum(s.failed for s in states),
+        chosen = [(s.planned.spec.method, row) for s in states if (row := s.selected) is not None]
+        return ModelProgress(model, done, done + left, sum(s.failed for s in states),
                              sum(s.interrupted for s in states), rate, describe_best(chosen))
 
     @contextmanager

@@ -29,7 +29,7 @@ def load_trial(run_dir: Path | str, trial_id: str | None = None, unit_id: str | 
 
     from storage.errors import StorageError
     from storage.query import with_connection
-    from storage.store import artifact_path
+    from storage.run_dir import RunDir
 
     run_dir = Path(run_dir)
     try:
@@ -37,7 +37,7 @@ def load_trial(run_dir: Path | str, trial_id: str | None = None, unit_id: str | 
                                                                                              unit_id))
     except duckdb.Error as exc:
         raise StorageError(f"{run_dir}: could not read the trial: {str(exc).splitlines()[0]}") from exc
-    path = artifact_path(run_dir, trial_id)
+    path = RunDir(run_dir).artifact(trial_id)
     if not path.is_file():
         raise UsageError(f"{path} is missing: the trial's learned tensors are needed to apply it (runs made before "
                          "every method stored them cannot be steered)")

@@ -6,9 +6,12 @@ import json
 from pathlib import Path
 
 from orchestrator.status_view import status_text
-from search_spaces.stored import search_sizes
+from storage.run_dir import LOG, RunDir
 from storage.schema import Status
 from workers.errors import UsageError
+
+STOP_AFTER_HELP = ("stop cleanly before DURATION (40s, 90m, 2h) has passed, e.g. a few minutes below a batch job's "
+                   "wall-clock limit: exit status 3, and running the same command again resumes")
 
 
 def register(sub) -> None:
@@ -16,12 +19,14 @@ def register(sub) -> None:
     p.add_argument("sweep", nargs="?", help="a sweep YAML file or a built-in sweep name (quickstart, tiny)")
     p.add_argument("--out", help="run directory (default runs/<sweep name>)")
     p.add_argument("--address", help="Ray cluster address to join (default: an embedded local Ray)")
-    p.add_argument("--quiet", action="store_true", help="log to RUN_DIR/actscale.log only")
+    p.add_argument("--quiet", action="store_true", help=f"log to RUN_DIR/{LOG} only")
+    p.add_argument("--stop-after", metavar="DURATION", help=STOP_AFTER_HELP + " (overrides the sweep's stop_after)")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("resume", help="resume a run from its stored config")
     p.add_argument("run_dir")
     p.add_argument("--address")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--stop-after", metavar="DURATION", help=STOP_AFTER_HELP)
     p.set_defaults(func=cmd_resume)
     p = sub.add_parser("analyze", help="curves and strength sweep (table curves) of each unit's selected trial and "
                                        "its replicates, for a run made without them; also finishes what is left")
@@ -41,13 +46,32 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_status)
 
 
-def _run(config, run_dir: Path, address: str | None, quiet: bool) -> int:
-    from orchestrator.coordinator import Coordinator
+def _stop_after(args: argparse.Namespace) -> float | None:
+    """--stop-after in seconds (None: the sweep's own stop_after, if any)."""
+    from search_spaces.duration import parse_duration
 
-    summary = Coordinator(config, run_dir, address=address, quiet=quiet).run()
+    text = getattr(args, "stop_after", None)
+    if text is None:
+        return None
+    try:
+        return parse_duration(text, "--stop-after")
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _run(config, run_dir: Path, args: argparse.Namespace) -> int:
+    from orchestrator.coordinator import Coordinator
+    from orchestrator.deadline import STOPPED_AT_LIMIT
+
+    stop_after = _stop_after(args)
+    summary = Coordinator(config, run_dir, address=args.address, quiet=args.quiet, stop_after=stop_after).run()
     print(f"results: {run_dir}/tables  ({summary.completed} completed, {summary.pruned} pruned, {summary.failed} failed, "
           f"{summary.interrupted} interrupted and re-run, {summary.analyzed} analyzed; "
           f"model loads: {summary.model_loads}, {summary.wall_s:.0f}s)")
+    if summary.stopped_at_limit:
+        print(f"stopped at its --stop-after limit with {summary.trials_left} trial(s) left (exit status "
+              f"{STOPPED_AT_LIMIT}); running the same command again resumes the sweep")
+        return STOPPED_AT_LIMIT
     return 0
 
 
@@ -57,28 +81,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     path = resolve_sweep(args.sweep)
     config = load_config(path)
     run_dir = Path(args.out) if args.out else Path("runs") / config.name
-    return _run(config, run_dir, args.address, args.quiet)
-
-
-def _stored_config(run_dir: Path):
-    from search_spaces.config import load_config
-
-    stored = run_dir / "sweep.yaml"
-    if not stored.is_file():
-        raise UsageError(f"{run_dir} holds no sweep.yaml: not an actscale run directory (or never started)")
-    return load_config(stored)
+    return _run(config, run_dir, args)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
-    return _run(_stored_config(run_dir), run_dir, args.address, args.quiet)
+    return _run(RunDir(run_dir).sweep(), run_dir, args)
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     """A resume with the analysis on: trials already analyzed are not analyzed again (new betas
     apply to trials not analyzed yet; to redo all, remove RUN_DIR/tables/curves)."""
     run_dir = Path(args.run_dir)
-    config = _stored_config(run_dir)
+    config = RunDir(run_dir).sweep()
     from search_spaces.config import Analysis
 
     try:
@@ -86,7 +101,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                                                 **({"betas": args.betas} if args.betas else {})))
     except ValueError as exc:
         raise UsageError(f"--betas: {exc}") from None
-    return _run(config.model_copy(update={"analysis": analysis}), run_dir, args.address, args.quiet)
+    return _run(config.model_copy(update={"analysis": analysis}), run_dir, args)
 
 
 STATUS_SQL = f"""
@@ -112,29 +127,39 @@ SEED_GROUP = "SELECT s.trial_id AS selected_trial, t.* FROM selected s JOIN tria
              "ON t.trial_id = s.trial_id OR t.replicate_of = s.trial_id"
 
 
+# per unit, the selected trial and its complete replicates that have no curves rows yet
+UNANALYSED_SQL = f"""
+SELECT s.unit_id, list(t.trial_id ORDER BY t.trial_id) AS unanalysed
+FROM selected s JOIN trials t ON t.trial_id = s.trial_id OR (t.replicate_of = s.trial_id AND t.status = '{Status.COMPLETE}')
+WHERE t.trial_id NOT IN (SELECT trial_id FROM curves)
+GROUP BY s.unit_id"""
+
+
 def unit_status(run_dir: Path) -> list[dict]:
-    """Per unit: trial counts, and the selected trial's val and test values (never a maximum over test)."""
+    """Per unit: trial counts, what is left (the coordinator's own rule: orchestrator/units.py), and the
+    selected trial's val and test values (never a maximum over test)."""
     from storage.query import with_connection
     from storage.seeds import seed_stats
 
-    stored = run_dir / "sweep.yaml"
-    if not stored.is_file():
-        raise UsageError(f"{run_dir} holds no sweep.yaml: not an actscale run directory")
-    n_trials, replicates = search_sizes(stored)
+    run = RunDir(run_dir)
+    sweep = run.sweep()  # the stored sweep, validated: n_trials and replicates with the schema's defaults
+
     def read(con):
         rows = con.execute(STATUS_SQL).df().to_dict("records")
         groups = con.execute(SEED_GROUP).df()
         cells = con.execute(f"SELECT c.* FROM scalars c JOIN ({SEED_GROUP}) g USING (run_id, trial_id)").df() \
             if any(r["replicates"] for r in rows) else None
-        return rows, groups, cells
+        unanalysed = {r[0]: list(r[1]) for r in con.execute(UNANALYSED_SQL).fetchall()}
+        return rows, groups, cells, unanalysed
 
-    rows, groups, cells = with_connection([run_dir], read)  # again if a compaction finished meanwhile
+    rows, groups, cells, unanalysed = with_connection([run_dir], read)  # again if a compaction finished meanwhile
     for r in rows:
         for key, value in r.items():  # a unit with no selected trial yet: NULLs, whatever pandas made of them
             if isinstance(value, float) and value != value:
                 r[key] = None
         r["warnings"] = [str(w) for w in r["warnings"]] if r["warnings"] is not None else []
-        r["pending"] = max(0, n_trials - int(r["done"]) - int(r["pruned"])) + max(0, replicates - 1 - int(r["replicates"]))
+        left = _left(run, sweep, r, unanalysed.get(r["unit_id"], []))
+        r["pending"], r["phase"] = left.trials, left.phase.value
         r["seed_jaccard"] = None
         if r["replicates"]:  # so the cells were read
             group = groups[groups.selected_trial == r["selected_trial"]].drop(columns="selected_trial")
@@ -142,6 +167,16 @@ def unit_status(run_dir: Path) -> list[dict]:
             jaccard = seed_stats(r["selected_trial"], group, mine).jaccard
             r["seed_jaccard"] = None if jaccard != jaccard else jaccard  # NaN (no moved cell anywhere): null
     return rows
+
+
+def _left(run: RunDir, sweep, row: dict, unanalysed: list[str]):
+    """What is left of a described unit, by the pure rule the coordinator schedules with."""
+    from orchestrator.units import Tally, targets_of, unit_left
+
+    tally = Tally(described=True, search_finished=int(row["done"]) + int(row["pruned"]), selected=row["selected_trial"],
+                  replicates_done=int(row["replicates"]), to_analyse=tuple(unanalysed),
+                  analysis_stopped=not all(run.artifact(tid).exists() for tid in unanalysed))
+    return unit_left(targets_of(sweep), tally)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -179,7 +214,7 @@ def watch_status(run_dir: Path, every_s: float) -> int:
             try:
                 rows = unit_status(run_dir)
                 text, pending = status_text(run_dir, rows), sum(r["pending"] for r in rows)
-            except (StorageError, UsageError) as exc:  # not started yet: no tables or no sweep.yaml
+            except (StorageError, UsageError) as exc:  # not started yet: no tables or no stored sweep
                 text = f"waiting for {run_dir} ({str(exc).splitlines()[0]})"
             if not running and pending is not None:
                 text += f"\n\nno coordinator is running on {run_dir}: " + (

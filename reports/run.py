@@ -26,6 +26,7 @@ from reports.stats import Arm
 from storage.api import open_runs
 from storage.errors import StorageError
 from storage.query import load
+from storage.run_dir import RunDir
 from storage.schema import SCHEMAS, Status
 from storage.seeds import group_of
 from storage.selection import select_per_unit
@@ -149,18 +150,11 @@ class Run:
 
 
 def _wall(run_dir: Path, trials: pd.DataFrame) -> tuple[float, str]:
-    """The run's wall time: a `wall_s` value in RUN_DIR (run.json, or a file named wall_s), else the span of the
+    """The run's wall time: as the run directory records it (RunDir.recorded_wall), else the span of the
     trials table."""
-    try:
-        stored = json.loads((run_dir / "run.json").read_text()).get("wall_s")
-        if stored is not None:
-            return float(stored), "the `wall_s` value in the run directory's run.json"
-    except (OSError, ValueError, AttributeError):
-        pass
-    try:
-        return float((run_dir / "wall_s").read_text().strip()), "the run directory's file `wall_s`"
-    except (OSError, ValueError):
-        pass
+    recorded = RunDir(run_dir).recorded_wall()
+    if recorded is not None:
+        return recorded, "the wall time recorded in the run directory (`make findings` measures it)"
     timed = trials.dropna(subset=["started_at", "ended_at"])
     if timed.empty:
         return math.nan, "the trials table (no timed trial)"
@@ -215,14 +209,9 @@ def load_run(run_dir: Path, shown: Any = str) -> Run:
     runs_table = runs.runs.sort_values("created_at")
     if runs_table.empty:
         raise StorageError(f"{run_dir} has no runs row: is it a finished run?")
-    try:
-        run_id = str(json.loads((run_dir / "run.json").read_text())["run_id"])
-    except (OSError, ValueError, KeyError):
-        run_id = str(runs_table.run_id.iloc[-1])
-    try:
-        config = yaml.safe_load((run_dir / "sweep.yaml").read_text()) or {}
-    except OSError:
-        config = yaml.safe_load(str(runs_table.config_yaml.iloc[-1])) or {}
+    stored = RunDir(run_dir)
+    run_id = stored.run_id() or str(runs_table.run_id.iloc[-1])
+    config = yaml.safe_load(stored.stored_sweep_text() or str(runs_table.config_yaml.iloc[-1])) or {}
     tables = {name: runs.table(name) for name in ("units", "trials", "predictions", "examples", "curves", "scalars")}
     tables["patching"] = _patching(run_dir)
     wall = _wall(run_dir, tables["trials"])

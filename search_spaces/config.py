@@ -11,7 +11,7 @@ from typing import Any, Literal, Self, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from search_spaces.stored import N_TRIALS, REPLICATES
+from search_spaces.duration import parse_duration
 from storage.selection import DEFAULT_MIN_FLIP
 from workers.errors import UsageError
 from workers.names import SITES, STRENGTHS, import_plugins, method_names
@@ -89,14 +89,14 @@ class Search(_Strict):
     objective: Literal["pareto", "scalar"] = Field(
         "pareto", description="pareto: maximise val flip_rate, minimise val kl_other and val l1; scalar: maximise "
         "val flip_rate - val kl_other - sites_moved / sites_total")
-    n_trials: int = Field(N_TRIALS, gt=0, description="search trials per unit")
+    n_trials: int = Field(8, gt=0, description="search trials per unit")
     batch: int = Field(4, gt=0, description="trials of a unit trained together in one batched forward")
     seed: int = Field(0, description="the sampler's seed")
     space: Space = Field(Space(), description="the hyper-parameters searched, for every method")
     method_space: dict[str, SpaceOverride] = Field(default_factory=dict, description="per method name, ranges that "
                                                    "replace those of search.space")
     grid_points: int = Field(3, ge=2, description="points per range with sampler: grid")
-    replicates: int = Field(REPLICATES, ge=1, le=100, description="after a unit's search, its selected trial's "
+    replicates: int = Field(1, ge=1, le=100, description="after a unit's search, its selected trial's "
                             "hyper-parameters are trained again replicates - 1 times with other trial seeds")
     replicate_data: bool = Field(False, description="replicates also train on a bootstrap resample of the train "
                                  "split (the stronger test of stability)")
@@ -187,6 +187,9 @@ class Resources(_Strict):
 
 class SweepConfig(_Strict):
     name: str = Field("sweep", description="the sweep's name (default run directory: runs/NAME)")
+    stop_after: str | None = Field(None, description="stop cleanly before this much wall-clock time has passed "
+                                   "(40s, 90m, 2h; `actscale run --stop-after` overrides it), with exit status 3; "
+                                   "running the same command again resumes. Not part of any unit's id")
     # before every field that names a method: the plugins register theirs when imported
     plugins: list[str] | None = Field(None, description="Python modules to import on the coordinator and every "
                                       "worker before anything else: each registers methods of its own "
@@ -214,6 +217,14 @@ class SweepConfig(_Strict):
         duplicates = sorted({x for x in v if v.count(x) > 1})
         if duplicates:
             raise ValueError(f"{duplicates} listed more than once")
+        return v
+
+    @field_validator("stop_after", mode="before")
+    @classmethod
+    def _stop_after(cls, v: Any) -> Any:
+        if v is not None:
+            parse_duration(str(v), "stop_after")
+            return str(v)
         return v
 
     @field_validator("plugins")

@@ -63,8 +63,10 @@ class _GridSampler(optuna.samplers.GridSampler):
         return None
 
 
-def make_sampler(search: Search, dists: dict[str, BaseDistribution]) -> optuna.samplers.BaseSampler:
-    seed = search.seed
+def make_sampler(search: Search, dists: dict[str, BaseDistribution],
+                 seed: int | None = None) -> optuna.samplers.BaseSampler:
+    """The sweep's sampler, seeded with `seed` (a unit's own seed: orchestrator/studies.py), else search.seed."""
+    seed = search.seed if seed is None else seed
     if search.sampler == "nsga2":
         return optuna.samplers.NSGAIISampler(population_size=max(4, search.batch), seed=seed)
     if search.sampler == "tpe":

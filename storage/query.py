@@ -18,6 +18,7 @@ import duckdb
 import pandas as pd
 
 from storage.errors import StorageError
+from storage.run_dir import RunDir
 from storage.schema import MODEL_IDENTITY, NEAR_CHANCE, SCHEMAS, schema_for
 from storage.selection import DEFAULT_MIN_FLIP, selected_sql
 from storage.store import VANISHED_RETRIES, read_table, valid_parts
@@ -70,15 +71,14 @@ def check_run_dirs(run_dirs: list[Path]) -> list[Path]:
 
 
 def run_min_flip(run_dir: Path) -> tuple[str | None, float]:
-    """(run_id, selection.min_flip) of a run directory, from run.json and sweep.yaml (defaults if absent)."""
-    import json
-
+    """(run_id, selection.min_flip) of a run directory, from its record and stored sweep (defaults if absent)."""
     import yaml
 
     run_id, min_flip = None, DEFAULT_MIN_FLIP
+    run = RunDir(run_dir)
     try:
-        run_id = json.loads((run_dir / "run.json").read_text())["run_id"]
-        stored = yaml.safe_load((run_dir / "sweep.yaml").read_text()) or {}
+        run_id = run.run_id()
+        stored = yaml.safe_load(run.sweep_file.read_text()) or {}
         min_flip = float((stored.get("selection") or {}).get("min_flip", DEFAULT_MIN_FLIP))
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         pass

@@ -23,7 +23,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from storage.durable import TMP_PREFIX, fsync_dir, replace_durably
 from storage.errors import StorageError
+from storage.run_dir import RunDir
 from storage.schema import (
     META_SUPERSEDES,
     META_TABLE,
@@ -34,17 +36,11 @@ from storage.schema import (
     schema_for,
 )
 
-TMP_PREFIX = ".tmp-"
 COMPACT_OVER = 50  # a table with more parts than this is compacted after a flush
 
 
 def table_dir(run_dir: Path, table: str) -> Path:
-    return Path(run_dir) / "tables" / table
-
-
-def artifact_path(run_dir: Path, trial_id: str) -> Path:
-    """A trial's learned tensors (its method's `artifact_tensors`), enough to rebuild it."""
-    return Path(run_dir) / "artifacts" / f"{trial_id}.safetensors"
+    return RunDir(run_dir).table(table)
 
 
 def part_files(run_dir: Path, table: str) -> list[Path]:
@@ -137,31 +133,6 @@ def read_table(run_dirs: list[Path] | Path, table: str) -> ReadResult:
     raise StorageError(f"parts of table {table!r} kept vanishing while they were read ({VANISHED_RETRIES} tries)")
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def replace_durably(tmp: Path, final: Path) -> None:
-    """Rename a fully written temporary file over `final`, fsyncing the file first and the
-    directory after, so that a crash leaves the old file or the new one, never a torn one."""
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, final)
-    _fsync_dir(Path(final).parent)
-
-
-def write_durably(path: Path, text: str) -> None:
-    """Write a small text file (run.json, sweep.yaml) atomically and durably."""
-    path = Path(path)
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}")
-    tmp.write_text(text)
-    replace_durably(tmp, path)
-
-
 class RunStore:
     """The only writer of a run directory's tables (one per process)."""
 
@@ -245,7 +216,7 @@ class RunStore:
             raise StorageError(f"could not write a {table!r} part in {directory} ({exc.strerror or exc}); "
                                "the rows are kept in memory: free space and flush again, or run the same "
                                "command again later to resume") from exc
-        _fsync_dir(directory)
+        fsync_dir(directory)
         self._parts_written[table] += 1
         return final
 
@@ -284,7 +255,7 @@ class RunStore:
                                    "nothing was lost: its parts are as they were") from exc
             for path in files:
                 path.unlink(missing_ok=True)
-            _fsync_dir(directory)
+            fsync_dir(directory)
             self._parts_written[table] = 1
             return final
 

@@ -12,6 +12,7 @@ from optuna.trial import TrialState
 
 from search_spaces.config import parse_config
 from storage.query import run_sql
+from storage.run_dir import RunDir
 from storage.store import read_table
 from workers.analysis import k_grid
 
@@ -66,7 +67,7 @@ def check_run(run_dir: Path, n_trials: int, n_units: int, replicates: int = 1) -
             assert (r["lambda_faith"], r["lambda_min"], r["lr"]) == (chosen["lambda_faith"], chosen["lambda_min"],
                                                                      chosen["lr"])
             assert r["seed"] != chosen["seed"]
-    storage = JournalStorage(JournalFileBackend(str(run_dir / "optuna.journal")))
+    storage = JournalStorage(JournalFileBackend(str(RunDir(run_dir).journal)))
     by_id = {r["trial_id"]: r for r in complete}
     for unit_id in per_unit:
         study = optuna.load_study(study_name=unit_id, storage=storage)
@@ -87,16 +88,16 @@ def check_run(run_dir: Path, n_trials: int, n_units: int, replicates: int = 1) -
 def check_curves(run_dir: Path, selected_ids: list[str], complete: list[dict]) -> None:
     """With analysis on (the default), the selected trial and every replicate of it have exactly one
     full set of curves rows, and no other trial has any."""
-    config = yaml.safe_load((run_dir / "sweep.yaml").read_text())
-    analysis = config.get("analysis", {})
+    run = RunDir(run_dir)
+    analysis = run.sweep().analysis  # the stored sweep with the schema's defaults
     rows = read_table(run_dir, "curves").table.to_pylist()
-    betas = analysis.get("betas", [-1.0, -0.5, 0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0])
-    if not analysis.get("enabled", True) or not (analysis.get("curves", True) or betas):
+    betas = analysis.betas
+    if not analysis.enabled or not (analysis.curves or betas):
         assert not rows
         return
     wanted = set(selected_ids) | {r["trial_id"] for r in complete if r["replicate_of"] in set(selected_ids)}
     # a method without artifact_tensors stores nothing to rebuild its trials from: never analyzed
-    wanted = {tid for tid in wanted if (run_dir / "artifacts" / f"{tid}.safetensors").exists()}
+    wanted = {tid for tid in wanted if run.artifact(tid).exists()}
     analyzed = {r["trial_id"] for r in rows}
     # a trial selected before the search was extended keeps its rows; every other one is a complete trial
     assert wanted <= analyzed and analyzed - wanted <= {r["trial_id"] for r in complete}, (wanted, analyzed)
@@ -105,5 +106,5 @@ def check_curves(run_dir: Path, selected_ids: list[str], complete: list[dict]) -
     for tid in wanted:
         mine = [r for r in rows if r["trial_id"] == tid]
         n_cells = mine[0]["n_cells"]
-        n_k = len(k_grid(n_cells, analysis.get("k_step", 2))) if analysis.get("curves", True) else 0
+        n_k = len(k_grid(n_cells, analysis.k_step)) if analysis.curves else 0
         assert len(mine) == 2 * (2 * n_k + len(betas)), (tid, len(mine))

@@ -142,9 +142,9 @@ def test_a_worker_error_writes_failed_rows_that_status_sees(tmp_path, own_ray):
 
 @pytest.mark.slow
 def test_a_long_wait_is_logged_with_what_it_waits_for(tmp_path, monkeypatch):
-    from orchestrator import coordinator
+    from orchestrator import controller
 
-    monkeypatch.setattr(coordinator, "STILL_WAITING_S", 0.3)
+    monkeypatch.setattr(controller, "STILL_WAITING_S", 0.3)
     config = parsed(tiny_config(search={"n_trials": 2, "batch": 2}, train={"steps": 150, "batch_size": 8}))
     Coordinator(config, tmp_path, quiet=True).run()
     log = (tmp_path / "actscale.log").read_text()

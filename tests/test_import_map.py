@@ -95,9 +95,7 @@ def _circles(package: str) -> list[list[str]]:
     return circles
 
 
-CIRCLE_FREE = ["workers", "workers/tasks", "search_spaces", "storage", "reports",
-               pytest.param("orchestrator", marks=pytest.mark.xfail(strict=True, reason="removed by h-orch: "
-                                                                      "coordinator <-> pool, progress"))]
+CIRCLE_FREE = ["workers", "workers/tasks", "search_spaces", "storage", "reports", "orchestrator"]
 
 
 @pytest.mark.parametrize("package", CIRCLE_FREE)

@@ -42,6 +42,10 @@ FAULTS = [
     ("torn-journal", "the Optuna journal's last line torn by a crash",
      "the fragment is cut off with a warning and the run resumes to exactly n_trials per unit",
      "tests/faults/test_faults.py::test_torn_journal_line_is_repaired"),
+    ("stop-after", "the --stop-after limit reached with trials in flight that would not end in time",
+     "the run stops with them recorded as interrupted (the limit named), re-queued and failed in Optuna as after a "
+     "crash; the next run trains their parameters again and ends with exactly n_trials per unit",
+     "tests/test_stop_after.py::test_trials_in_flight_that_would_overrun_the_limit_are_interrupted_and_run_again"),
     ("stale-lock", "a lock file left by a dead coordinator",
      "taken over with a message; a live coordinator's lock is refused",
      "tests/faults/test_faults.py::test_stale_lock_is_taken_over_and_live_lock_refused"),
@@ -54,6 +58,7 @@ BAD_INPUTS = [
     ("wrong-type", "a wrong type (search.n_trials: many)", "search.n_trials: Input should be a valid integer"),
     ("empty-list", "an empty list (models: [])", "models: List should have at least 1 item"),
     ("n-trials-zero", "search.n_trials: 0", "search.n_trials: Input should be greater than 0"),
+    ("bad-duration", "stop_after: 5 minutes", "stop_after: stop_after '5 minutes' is not a duration; accepted"),
     ("layers-out-of-range", "layers: [[0, 9]] for a 4-layer model", "layer(s) [9] out of range for model 'tiny-gpt2'"),
     ("same-model-twice", "models: [tiny-gpt2, tiny-gpt2]", "['tiny-gpt2'] listed more than once"),
     ("task-bad-json", "a task file line that is not JSON", "line 2: not valid JSON"),

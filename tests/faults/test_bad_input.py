@@ -62,6 +62,7 @@ def _sweep_for(case: str, tmp_path: Path) -> str:
         "wrong-type": lambda: {"search": {"n_trials": "many"}},
         "empty-list": lambda: {"models": []},
         "n-trials-zero": lambda: {"search": {"n_trials": 0}},
+        "bad-duration": lambda: {"stop_after": "5 minutes"},
         "layers-out-of-range": lambda: {"layers": [[0, 9]]},
         "same-model-twice": lambda: {"models": ["tiny-gpt2", "tiny-gpt2"]},
         "task-bad-json": lambda: {"tasks": [_task_file(tmp_path, [good, '{"prompt": "x",'])]},

@@ -21,7 +21,8 @@ HEADER = """# Reliability
   sources are deleted only then, so a crash at any moment loses and doubles no row. A raw
   DuckDB glob over `part-*.parquet` can see both for that moment: read through actscale.
 - Parquet is the source of truth. A finished trial goes to Parquet first and is told to
-  Optuna only once its part file is durable. On start the coordinator reconciles: a trial
+  Optuna only once its part file is durable (the rule is kept in one module,
+  `orchestrator/studies.py`). On start the coordinator reconciles: a trial
   recorded in Parquet but RUNNING in Optuna is told its stored values; a RUNNING trial with
   no result gets an `interrupted` row, is failed in Optuna and, for a search trial, its
   parameters are re-enqueued. After any sequence of crashes and resumes, each unit has
@@ -31,6 +32,9 @@ HEADER = """# Reliability
   and re-run; `failed` trials failed in their own computation (NaN, out of memory, a worker
   error), each with its error in the trials table. Summary, `status` and log count both.
 - Resume = run the same command again, or `actscale resume RUN_DIR`.
+- `--stop-after DURATION` (or `stop_after:` in the sweep) ends a run cleanly before a wall-clock
+  limit, with exit status 3: work that will not end in time is cut off and its trials are recorded
+  as interrupted and re-queued, exactly as after a crash; running the same command again resumes.
 - A worker that dies costs only its in-flight trials, which run again on a new worker. A
   trial that fails (NaN, out of memory, error) is recorded with its error; the sweep goes on.
 - Safe by default: `trust_remote_code` off, safetensors weights only (`--allow-pickle` /

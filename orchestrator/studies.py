@@ -1,0 +1,223 @@
+"""Every unit's Optuna study: opened (journal repaired), reconciled with Parquet, asked for search
+trials and fixed-parameter replicates, and told how trials ended. The only module that talks to Optuna.
+
+THE DURABILITY RULE. Parquet is the source of truth, and Optuna is told how a trial ended only once
+that trial's rows are durable in Parquet. Whatever ends a trial goes through `Studies.record` (its
+rows appended to the store, its outcome queued); queued outcomes are told only after the store has
+flushed them (`sync`: flush, then tell; `sync_if_due`: tell after a flush the store decided on). An
+interrupted search trial is re-queued (its parameters enqueued again) before it is failed in Optuna,
+so a crash in between loses nothing. On start, `reconcile` settles the trials an earlier coordinator
+left RUNNING: one with stored rows is told their values; one without gets an `interrupted` row and
+is failed and re-queued like any interrupted trial. So after any sequence of crashes and resumes
+each unit has exactly its n_trials finished search trials and its replicates, no trial id twice.
+
+Each unit's sampler has its own seed, hashed from the sweep's `search.seed` and the unit id
+(`unit_seed`): units of one method get different draws, the same unit in another run the same ones.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.distributions import BaseDistribution
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import FrozenTrial, Trial, TrialState
+
+from orchestrator.journal import repair_journal
+from orchestrator.plan import PlannedUnit
+from orchestrator.records import trial_id
+from orchestrator.units import Asked, Phase, Work
+from search_spaces.config import Search
+from search_spaces.spaces import directions, distributions, grid_size, make_sampler, objective_values
+from storage.run_dir import RunDir
+from storage.schema import Status
+from storage.store import RunStore
+from workers.errors import UsageError
+from workers.results import TrialResult
+
+log = logging.getLogger("actscale")
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+REPLICATE_ATTR = "replicate_of"  # the user attribute that marks a replicate and names the trial it re-trains
+
+
+def unit_seed(unit_id: str, seed: int) -> int:
+    """A unit's sampler seed: a stable hash of the sweep's seed and the unit id (below 2**32, as numpy needs)."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{unit_id}".encode()).digest()[:4], "big")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a trial ended, as Optuna is told: COMPLETE with values, PRUNED, or FAIL (failed or interrupted;
+    an interrupted trial carries what re-queues it)."""
+
+    state: TrialState
+    values: list[float] | None = None
+    requeue: tuple[dict[str, Any], str | None] | None = None  # (parameters, replicate_of) of an interrupted trial
+
+    @classmethod
+    def failed(cls) -> Outcome:
+        return cls(TrialState.FAIL)
+
+    @classmethod
+    def interrupted(cls, params: dict[str, Any], replicate_of: str | None) -> Outcome:
+        return cls(TrialState.FAIL, requeue=(params, replicate_of))
+
+    @classmethod
+    def of_result(cls, result: TrialResult, search: Search) -> Outcome:
+        if not result.ok:
+            return cls.failed()
+        if result.pruned:
+            return cls(TrialState.PRUNED)
+        return cls(TrialState.COMPLETE, objective_values(search, result.metrics, result.sites_moved, result.sites_total))
+
+    @classmethod
+    def of_row(cls, row: dict[str, Any], params: dict[str, Any], search: Search) -> Outcome:
+        """From a stored trials row (`params`: the trial's, to re-queue it if it was interrupted)."""
+        if row["status"] == Status.COMPLETE:
+            metrics = {"val": {m: row[f"val_{m}"] for m in ("flip_rate", "kl_other", "l1")}}
+            return cls(TrialState.COMPLETE, objective_values(search, metrics, row["sites_moved"], row["sites_total"]))
+        if row["status"] == Status.PRUNED:
+            return cls(TrialState.PRUNED)
+        if row["status"] == Status.INTERRUPTED:
+            return cls.interrupted(params, row["replicate_of"])
+        return cls.failed()
+
+
+class UnitStudy:
+    """One unit's study and its search space."""
+
+    def __init__(self, study: optuna.Study, dists: dict[str, BaseDistribution], search: Search):
+        self.study = study
+        self.dists = dists
+        self.search = search
+
+    def trial_params(self, trial: Trial | FrozenTrial, replicate_of: str | None) -> dict[str, Any]:
+        """What a worker trains: the searched values, the trial seed, and for a replicate its data
+        resampling and that it is never pruned (the one place these are decided)."""
+        params = dict(trial.params, seed=trial.number)
+        if replicate_of is not None:
+            params["resample_train"] = self.search.replicate_data
+            params["prunable"] = False
+        return params
+
+    def _ask(self, replicate_of: str | None) -> Trial:
+        """Ask for a trial; a stale waiting trial of the other kind (left by a crash) is discarded (failed
+        unrun: it has no rows) so that search trials and replicates never mix."""
+        while True:
+            trial = self.study.ask(self.dists)
+            if trial.user_attrs.get(REPLICATE_ATTR) == replicate_of:
+                return trial
+            self.study.tell(trial.number, state=TrialState.FAIL)
+
+    def ask_search(self, k: int) -> list[Asked]:
+        return [Asked(t.number, self.trial_params(t, None)) for t in (self._ask(None) for _ in range(k))]
+
+    def ask_replicates(self, k: int, selected: dict[str, Any]) -> list[Asked]:
+        """The selected trial's hyper-parameters again as new trials (so new trial seeds), each enqueued
+        with the `replicate_of` attribute in one journal record, then asked at once."""
+        params = {name: selected[name] for name in self.dists}
+        asked = []
+        for _ in range(k):
+            self.study.enqueue_trial(params, user_attrs={REPLICATE_ATTR: selected["trial_id"]})
+            trial = self._ask(selected["trial_id"])
+            asked.append(Asked(trial.number, self.trial_params(trial, selected["trial_id"]), selected["trial_id"]))
+        return asked
+
+    def running(self) -> list[FrozenTrial]:
+        return self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+
+    def tell(self, number: int, outcome: Outcome) -> None:
+        if outcome.requeue is not None:  # re-queue first: a crash in between loses nothing
+            params, replicate_of = outcome.requeue
+            if replicate_of is None and set(params) >= set(self.dists):  # a replicate is simply asked again
+                self.study.enqueue_trial({k: params[k] for k in self.dists})
+        if outcome.state is TrialState.COMPLETE:
+            self.study.tell(number, outcome.values, skip_if_finished=True)
+        else:
+            self.study.tell(number, state=outcome.state, skip_if_finished=True)
+
+
+class Studies:
+    """Every unit's study, told only what the store holds durably (the rule above)."""
+
+    def __init__(self, store: RunStore, studies: dict[str, UnitStudy]):
+        self.store = store
+        self.units = studies
+        self.queued: list[tuple[str, int, Outcome]] = []
+
+    def ask(self, work: Work) -> list[Asked]:
+        """The trials of a SEARCH or REPLICATES piece of work. Replicates are asked only once the search
+        rows behind their selection are durable."""
+        study = self.units[work.unit.unit_id]
+        if work.phase is Phase.SEARCH:
+            return study.ask_search(work.count)
+        self.sync()
+        selected = work.unit.selected
+        assert selected is not None and selected["trial_id"] == work.replicate_of
+        return study.ask_replicates(work.count, selected)
+
+    def record(self, unit_id: str, number: int, outcome: Outcome, rows: dict[str, list[dict]] | None = None) -> None:
+        """A trial's end: its rows (in writing order) to the store now, its outcome to Optuna once they are durable."""
+        for table, table_rows in (rows or {}).items():
+            self.store.append(table, table_rows)
+        self.queued.append((unit_id, number, outcome))
+
+    def sync(self) -> None:
+        """Make every row durable, then tell Optuna what they say."""
+        self.store.flush()
+        self._tell_queued()
+
+    def sync_if_due(self) -> None:
+        if self.store.flush_if_due():
+            self._tell_queued()
+
+    def _tell_queued(self) -> None:
+        for unit_id, number, outcome in self.queued:
+            self.units[unit_id].tell(number, outcome)
+        self.queued = []
+
+    def reconcile(self, interrupted_row: Callable[[str, Asked], dict]) -> list[dict]:
+        """Settle the trials an earlier coordinator left RUNNING; returns every stored trials row."""
+        stored = {r["trial_id"]: r for r in self.store.read("trials").table.to_pylist()}
+        settled = 0
+        for unit_id, study in self.units.items():
+            for t in study.running():
+                row = stored.get(trial_id(unit_id, t.number))
+                rows = None
+                if row is None:
+                    replicate_of = t.user_attrs.get(REPLICATE_ATTR)
+                    row = interrupted_row(unit_id, Asked(t.number, study.trial_params(t, replicate_of), replicate_of))
+                    stored[row["trial_id"]] = row
+                    rows = {"trials": [row]}
+                self.record(unit_id, t.number, Outcome.of_row(row, t.params, study.search), rows)
+                settled += 1
+        self.sync()
+        if settled:
+            log.info(f"reconciled {settled} trial(s) left running by an earlier coordinator")
+        return list(stored.values())
+
+
+def open_studies(run_dir: RunDir, planned: list[PlannedUnit], search: Search, store: RunStore) -> Studies:
+    """Each unit's study in the run's journal (a torn last line, left by a crash, cut off first)."""
+    removed = repair_journal(run_dir)
+    if removed:
+        log.warning(f"removed a torn last line ({removed} bytes) from {run_dir.journal}, left by a crash")
+    dists = {p.unit_id: distributions(search, p.spec.method) for p in planned}
+    if search.sampler == "grid":  # checked before any study is created
+        size = min((grid_size(search, d) for d in dists.values()), default=search.n_trials)
+        if size < search.n_trials:
+            raise UsageError(f"search.n_trials={search.n_trials} but the grid has only {size} points; raise "
+                             "search.grid_points or lower n_trials")
+    storage = JournalStorage(JournalFileBackend(str(run_dir.journal)))
+    studies = {}
+    for p in planned:
+        study = optuna.create_study(storage=storage, study_name=p.unit_id, load_if_exists=True,
+                                    directions=directions(search),
+                                    sampler=make_sampler(search, dists[p.unit_id], unit_seed(p.unit_id, search.seed)))
+        studies[p.unit_id] = UnitStudy(study, dists[p.unit_id], search)
+    return Studies(store, studies)

@@ -1,0 +1,308 @@
+"""A unit's state machine: its phase, the work it needs next, and how much is left.
+
+A unit is in the first phase, in this order, that has anything left:
+
+    DESCRIBE ──► SEARCH ──► REPLICATES ──► ANALYSE ──► DONE
+        └───────────┴────────────┴─────────────┴──────► GAVE_UP  (too many failed trials in this run)
+
+- DESCRIBE: the unit prepared on a worker (its units and examples rows);
+- SEARCH: `search.n_trials` search trials from its Optuna study (complete and pruned ones count);
+- REPLICATES: the selected trial's hyper-parameters trained `search.replicates - 1` more times;
+- ANALYSE: the curves and strength of the selected trial and its replicates (`analysis:`).
+
+What a unit has is counted from its stored rows (`UnitState.count`) plus the work in flight, and
+`unit_left(targets, tally)` turns that into the one answer to "how much is left": the phase, and
+per phase what is unfinished and what is still to hand out. The scheduler (`next_work`), the
+progress display and `actscale status` (from the stored rows alone) all use it. It is pure: no
+Ray, no Optuna, no torch. A new phase (masked retraining controls after the replicates, a per-unit
+activation-patching phase) is one Phase member, one step function in STEPS, and the code that
+runs its work in orchestrator/controller.py.
+"""
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from storage.schema import Status
+
+if TYPE_CHECKING:
+    from orchestrator.plan import PlannedUnit
+    from search_spaces.config import SweepConfig
+
+log = logging.getLogger("actscale")
+ANALYSIS_TRIES = 2  # a unit's analysis that failed this often is given up (logged; its trials stay)
+
+
+class Phase(enum.Enum):
+    DESCRIBE = "describe"
+    SEARCH = "search"
+    REPLICATES = "replicates"
+    ANALYSE = "analyse"
+    DONE = "done"
+    GAVE_UP = "gave up"
+
+
+TRIAL_PHASES = (Phase.SEARCH, Phase.REPLICATES)  # phases whose work is a batch of trials
+
+
+class Asked(NamedTuple):
+    """One trial handed to a worker: its Optuna number, parameters, and the trial it replicates."""
+
+    number: int
+    params: dict
+    replicate_of: str | None = None
+
+
+@dataclass(frozen=True)
+class Targets:
+    """What every unit of a sweep must reach (from the sweep's config)."""
+
+    n_trials: int
+    replicates: int = 1  # the selected trial and replicates - 1 retrainings of it
+    analysis: bool = False
+    give_up_after: int = 3  # failed trials after which a unit is given up, in one run
+    min_flip: float = 0.9  # the selection rule's threshold
+
+
+def targets_of(config: SweepConfig) -> Targets:
+    analysis = config.analysis
+    return Targets(config.search.n_trials, config.search.replicates,
+                   analysis.enabled and bool(analysis.curves or analysis.betas),
+                   max(3, 2 * config.search.n_trials), config.selection.min_flip)
+
+
+@dataclass(frozen=True)
+class Tally:
+    """What a unit has: counted from its stored rows, plus the work in flight."""
+
+    described: bool = True
+    search_finished: int = 0  # complete and pruned search trials
+    selected: str | None = None  # the selected trial's id (storage/selection.py)
+    replicates_done: int = 0  # complete replicates of the selected trial
+    to_analyse: tuple[str, ...] = ()  # the selected trial and those replicates, without curves rows yet
+    analysis_stopped: bool = False  # failed ANALYSIS_TRIES times, or a trial has no stored tensors
+    gave_up: bool = False
+    in_flight: Mapping[Phase, int] = field(default_factory=dict)  # trials handed out; 1 for a describe or analysis
+
+
+@dataclass(frozen=True)
+class Step:
+    left: int  # unfinished, in flight included
+    hand_out: int  # not handed out yet
+
+
+def _describe(targets: Targets, tally: Tally) -> Step:
+    left = 0 if tally.described else 1
+    return Step(left, left - tally.in_flight.get(Phase.DESCRIBE, 0))
+
+
+def _search(targets: Targets, tally: Tally) -> Step:
+    left = max(0, targets.n_trials - tally.search_finished)
+    return Step(left, max(0, left - tally.in_flight.get(Phase.SEARCH, 0)))
+
+
+def _replicates(targets: Targets, tally: Tally) -> Step:
+    """Replicates of the selected trial; none for a unit whose finished search selected nothing."""
+    search_over = tally.search_finished >= targets.n_trials
+    left = 0 if tally.selected is None and search_over else max(0, targets.replicates - 1 - tally.replicates_done)
+    return Step(left, max(0, left - tally.in_flight.get(Phase.REPLICATES, 0)))
+
+
+def _analyse(targets: Targets, tally: Tally) -> Step:
+    """One analysis of every trial still to analyse; never two at once."""
+    wanted = targets.analysis and tally.selected is not None and not tally.analysis_stopped
+    left = len(tally.to_analyse) if wanted else 0
+    return Step(left, 0 if tally.in_flight.get(Phase.ANALYSE, 0) else left)
+
+
+STEPS: dict[Phase, Callable[[Targets, Tally], Step]] = {
+    Phase.DESCRIBE: _describe, Phase.SEARCH: _search, Phase.REPLICATES: _replicates, Phase.ANALYSE: _analyse}
+
+
+@dataclass(frozen=True)
+class Left:
+    """How much is left of a unit: its phase, and per phase what is unfinished and what to hand out."""
+
+    phase: Phase
+    steps: dict[Phase, Step]
+
+    @property
+    def trials(self) -> int:
+        """Search trials and replicates not finished yet (in flight included)."""
+        return sum(self.steps[p].left for p in TRIAL_PHASES)
+
+    @property
+    def hand_out(self) -> int:
+        """What the current phase can hand out now (trials; 1 for a describe or an analysis)."""
+        step = self.steps.get(self.phase)
+        return step.hand_out if step is not None else 0
+
+
+def unit_left(targets: Targets, tally: Tally) -> Left:
+    """The one answer to "how much is left" (pure): a unit is in the first phase with anything left."""
+    if tally.gave_up:
+        return Left(Phase.GAVE_UP, {p: Step(0, 0) for p in STEPS})
+    steps = {phase: step(targets, tally) for phase, step in STEPS.items()}
+    phase = next((p for p, s in steps.items() if s.left > 0), Phase.DONE)
+    return Left(phase, steps)
+
+
+@dataclass
+class Work:
+    """A piece of a unit's work for one worker, decided by the unit (`UnitState.next_work`)."""
+
+    phase: Phase
+    unit: UnitState
+    count: int = 1  # trials to ask (search trials, replicates)
+    replicate_of: str | None = None  # REPLICATES: the selected trial
+    trial_ids: list[str] = field(default_factory=list)  # ANALYSE: the trials analysed
+    asked: list[Asked] = field(default_factory=list)  # trial phases: the trials, once asked from Optuna
+
+    @property
+    def size(self) -> int:
+        """What it holds of its phase while in flight (see Tally.in_flight)."""
+        return self.count if self.phase in TRIAL_PHASES else 1
+
+    def describe(self) -> str:
+        if self.phase is Phase.DESCRIBE:
+            return f"unit {self.unit.unit_id} to be prepared"
+        if self.phase is Phase.ANALYSE:
+            return f"analysis of {', '.join(self.trial_ids)}"
+        kind = "replicate" if self.phase is Phase.REPLICATES else "trial"
+        if not self.asked:  # decided, not asked yet
+            return f"{self.count} {kind}(s) of unit {self.unit.unit_id}"
+        return f"{kind}(s) {', '.join(str(a.number) for a in self.asked)} of unit {self.unit.unit_id}"
+
+
+class UnitState:
+    """One unit's counts (from its stored rows, then its results) and its work in flight."""
+
+    def __init__(self, planned: PlannedUnit, targets: Targets, described: bool = False,
+                 has_artifact: Callable[[str], bool] = lambda trial_id: True):
+        self.planned = planned
+        self.targets = targets
+        self.described = described
+        self.has_artifact = has_artifact  # whether a trial's tensors are stored (it can be analysed)
+        self.search_rows: list[dict[str, Any]] = []  # complete search trials (for the selection)
+        self.replicate_ids: dict[str, list[str]] = {}  # selected trial id -> complete replicates' ids
+        self.analysed: set[str] = set()  # trial ids with rows in the curves table
+        self.failed = self.interrupted = self.pruned = 0  # trials (failed: also describes that failed)
+        self.analysis_failures = 0
+        self.gave_up = False
+        self.in_flight: dict[Phase, int] = {}
+        self._selection: tuple[int, dict[str, Any] | None] | None = None  # (search rows, selected row)
+
+    @property
+    def unit_id(self) -> str:
+        return self.planned.unit_id
+
+    @property
+    def finished(self) -> int:
+        """Trials that need no more work: completed search trials and replicates, and pruned ones."""
+        return len(self.search_rows) + sum(map(len, self.replicate_ids.values())) + self.pruned
+
+    # ------------------------------------------------------------ the selection
+    def selection_stale(self) -> bool:
+        return self._selection is None or self._selection[0] != len(self.search_rows)
+
+    def set_selection(self, row: dict[str, Any] | None) -> None:
+        self._selection = (len(self.search_rows), row)
+
+    @property
+    def selected(self) -> dict[str, Any] | None:
+        """The selected search trial's row (cached until the search rows change)."""
+        if self.selection_stale():
+            refresh_selections([self])
+        assert self._selection is not None
+        return self._selection[1]
+
+    # ------------------------------------------------------------ how much is left, and what next
+    def tally(self) -> Tally:
+        selected = self.selected
+        chosen = selected["trial_id"] if selected is not None else None
+        replicates = self.replicate_ids.get(chosen, []) if chosen is not None else []
+        to_analyse = tuple(t for t in ([chosen] if chosen else []) + replicates if t not in self.analysed)
+        return Tally(self.described, len(self.search_rows) + self.pruned, chosen, len(replicates), to_analyse,
+                     self.analysis_failures >= ANALYSIS_TRIES, self.gave_up, dict(self.in_flight))
+
+    def left(self) -> Left:
+        return unit_left(self.targets, self.tally())
+
+    @property
+    def phase(self) -> Phase:
+        return self.left().phase
+
+    def next_work(self, batch: int) -> Work | None:
+        """The next piece of work to hand out, or None (all of the phase is in flight, or done).
+        Deciding starts nothing: `start` does, once the work is handed out."""
+        left = self.left()
+        if left.hand_out <= 0:
+            return None
+        if left.phase is Phase.ANALYSE:
+            return self._analysis_work()
+        if left.phase in TRIAL_PHASES:
+            selected = self.selected if left.phase is Phase.REPLICATES else None
+            return Work(left.phase, self, min(batch, left.hand_out), selected["trial_id"] if selected else None)
+        return Work(left.phase, self)
+
+    def _analysis_work(self) -> Work | None:
+        """The trials to analyse, from their stored tensors; a trial without them stops the unit's analysis."""
+        todo = list(self.tally().to_analyse)
+        missing = [tid for tid in todo if not self.has_artifact(tid)]
+        if missing:  # e.g. a method without artifact_tensors: nothing to rebuild the trial from
+            self.analysis_failures = ANALYSIS_TRIES
+            log.warning(f"unit {self.unit_id}: not analyzed, trial(s) {', '.join(missing)} have no stored tensors "
+                        f"(a method without artifact_tensors/from_artifact stores none)")
+            return None
+        return Work(Phase.ANALYSE, self, trial_ids=todo)
+
+    def has_work(self) -> bool:
+        """Whether there is work to hand out now (work in flight does not count)."""
+        return self.next_work(1) is not None
+
+    def start(self, work: Work) -> None:
+        self.in_flight[work.phase] = self.in_flight.get(work.phase, 0) + work.size
+
+    def release(self, work: Work) -> None:
+        self.in_flight[work.phase] -= work.size
+
+    # ------------------------------------------------------------ results
+    def count(self, row: dict[str, Any]) -> None:
+        """Count one stored trials row."""
+        if row["status"] == Status.COMPLETE:
+            if row["replicate_of"] is None:
+                self.search_rows.append(row)
+            else:
+                self.replicate_ids.setdefault(row["replicate_of"], []).append(row["trial_id"])
+        elif row["status"] == Status.FAILED:
+            self.failed += 1
+        elif row["status"] == Status.INTERRUPTED:
+            self.interrupted += 1
+        elif row["status"] == Status.PRUNED and row["replicate_of"] is None:
+            self.pruned += 1
+
+    def failure(self) -> None:
+        """A failed trial or describe: too many in this run, and the unit is given up (a resume tries again)."""
+        if self.failed >= self.targets.give_up_after and not self.gave_up:
+            self.gave_up = True
+            log.error(f"unit {self.unit_id} ({self.planned.spec.describe()}): {self.failed} failed trials; "
+                      "giving up on it")
+
+
+def refresh_selections(states: Iterable[UnitState]) -> None:
+    """Refresh the cached selection of every unit whose search rows changed, in one query."""
+    from storage.selection import select_per_unit
+
+    stale = [s for s in states if s.selection_stale()]
+    if not stale:
+        return
+    by_threshold: dict[float, list[UnitState]] = {}
+    for s in stale:
+        by_threshold.setdefault(s.targets.min_flip, []).append(s)
+    for min_flip, group in by_threshold.items():
+        chosen = select_per_unit([r for s in group for r in s.search_rows], min_flip)
+        for s in group:
+            s.set_selection(chosen.get(s.unit_id))

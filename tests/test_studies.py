@@ -1,0 +1,68 @@
+"""The Optuna side (orchestrator/studies.py) on a real journal, without Ray: each unit's own sampler
+seed, and the rule that Optuna hears of a trial only once its rows are durable."""
+from __future__ import annotations
+
+from optuna.trial import TrialState
+
+from orchestrator.plan import plan_units
+from orchestrator.studies import Outcome, open_studies, unit_seed
+from orchestrator.units import Asked
+from storage.run_dir import RunDir
+from storage.store import RunStore, read_table
+from tests.sweeps import parsed, tiny_config
+
+SWEEP = parsed(tiny_config(layers=[[0], [1]], search={"sampler": "random", "n_trials": 4, "batch": 2, "seed": 7}))
+
+
+def _open(path):
+    planned = plan_units(SWEEP, lambda model: 2)
+    store = RunStore(path)
+    return planned, open_studies(RunDir(path), planned, SWEEP.search, store)
+
+
+def _first_draws(path) -> dict[str, dict]:
+    planned, studies = _open(path)
+    return {p.unit_id: studies.units[p.unit_id].ask_search(1)[0].params for p in planned}
+
+
+def test_each_unit_has_its_own_draws_and_the_same_ones_in_another_run(tmp_path):
+    first = _first_draws(tmp_path / "a")
+    again = _first_draws(tmp_path / "b")
+    (one, two) = first
+    assert first[one]["lr"] != first[two]["lr"]  # two units of one method, one sweep: different draws
+    assert first == again  # the same units, the same seed, another run: the same draws
+    assert unit_seed(one, 7) != unit_seed(two, 7) and unit_seed(one, 7) != unit_seed(one, 8)
+    assert 0 <= unit_seed(one, 7) < 2 ** 32
+
+
+def test_optuna_is_told_only_once_the_rows_are_durable(tmp_path):
+    planned, studies = _open(tmp_path)
+    unit_id = planned[0].unit_id
+    study = studies.units[unit_id]
+    (asked,) = study.ask_search(1)
+    row = dict(trial_id=f"{unit_id}-t{asked.number:05d}", unit_id=unit_id, run_id="r", trial_number=asked.number,
+               status="failed", error="x")
+    studies.record(unit_id, asked.number, Outcome.failed(), {"trials": [row]})
+    assert study.running()[0].number == asked.number  # buffered rows: Optuna not told yet
+    assert read_table(tmp_path, "trials").table.num_rows == 0
+    studies.sync()
+    assert read_table(tmp_path, "trials").table.num_rows == 1 and not study.running()
+
+
+def test_reconcile_records_a_trial_left_running_as_interrupted_and_requeues_it(tmp_path):
+    planned, studies = _open(tmp_path)
+    unit_id = planned[0].unit_id
+    (asked,) = studies.units[unit_id].ask_search(1)  # then the coordinator "crashes"
+    _, reopened = _open(tmp_path)
+
+    def interrupted_row(uid: str, a: Asked) -> dict:
+        return dict(trial_id=f"{uid}-t{a.number:05d}", unit_id=uid, run_id="r", trial_number=a.number,
+                    status="interrupted", error="crash", replicate_of=a.replicate_of)
+    rows = reopened.reconcile(interrupted_row)
+    assert [r["status"] for r in rows] == ["interrupted"]
+    study = reopened.units[unit_id].study
+    assert study.trials[asked.number].state is TrialState.FAIL
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert [t.system_attrs["fixed_params"] for t in waiting] == [{k: asked.params[k] for k in reopened.units[unit_id].dists}]
+    again = reopened.reconcile(interrupted_row)  # nothing left running: nothing more to settle
+    assert [(r["trial_id"], r["status"]) for r in again] == [(r["trial_id"], r["status"]) for r in rows]

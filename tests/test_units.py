@@ -1,0 +1,103 @@
+"""A unit's state machine (orchestrator/units.py): its phase, its next work and what is left, as the
+scheduler, the progress display and `status` see them; no Ray, no Optuna."""
+from __future__ import annotations
+
+from orchestrator.plan import PlannedUnit
+from orchestrator.units import Phase, Tally, Targets, UnitState, Work, unit_left
+from storage.schema import Status
+from workers.tasks.base import TaskSpec
+from workers.unit import TrainSettings, UnitSpec
+
+TARGETS = Targets(n_trials=4, replicates=3, analysis=True, give_up_after=8, min_flip=0.5)
+
+
+def _unit(unit_id: str = "u-000000000001", **kwargs) -> UnitState:
+    spec = UnitSpec("tiny-gpt2", TaskSpec.make("ioi"), "mlp_out", "all", "activscalar", TrainSettings())
+    return UnitState(PlannedUnit(unit_id, spec), kwargs.pop("targets", TARGETS), **kwargs)
+
+
+def _row(unit: UnitState, number: int, status: str = Status.COMPLETE, replicate_of: str | None = None,
+         flip: float = 0.8, moved: int = 3) -> dict:
+    return dict(trial_id=f"{unit.unit_id}-t{number:05d}", unit_id=unit.unit_id, run_id="r", trial_number=number,
+                status=status, replicate_of=replicate_of, val_flip_rate=flip, val_kl_other=0.1, sites_moved=moved,
+                sites_total=10)
+
+
+def _finish(unit: UnitState, work: Work, rows: list[dict]) -> None:
+    unit.release(work)
+    for row in rows:
+        unit.count(row)
+
+
+def test_a_unit_walks_its_phases_in_order():
+    unit = _unit()
+    assert unit.phase is Phase.DESCRIBE
+    work = unit.next_work(batch=2)
+    assert work is not None and work.phase is Phase.DESCRIBE
+    unit.start(work)
+    assert unit.next_work(batch=2) is None and unit.phase is Phase.DESCRIBE  # in flight: nothing more to hand out
+    unit.release(work)
+    unit.described = True
+    numbers = iter(range(100))
+    while unit.phase is Phase.SEARCH:
+        work = unit.next_work(batch=3)
+        assert work is not None and work.count == min(3, unit.left().steps[Phase.SEARCH].hand_out)
+        unit.start(work)
+        _finish(unit, work, [_row(unit, next(numbers), flip=0.6 + 0.01 * i) for i in range(work.count)])
+    assert len(unit.search_rows) == 4 and unit.phase is Phase.REPLICATES
+    selected = unit.selected["trial_id"]
+    work = unit.next_work(batch=5)
+    assert work.count == 2 and work.replicate_of == selected  # replicates - 1, of the selected trial
+    unit.start(work)
+    assert unit.left().trials == 2 and unit.next_work(batch=5) is None
+    _finish(unit, work, [_row(unit, next(numbers), replicate_of=selected) for _ in range(2)])
+    assert unit.phase is Phase.ANALYSE
+    work = unit.next_work(batch=5)
+    assert work.trial_ids[0] == selected and len(work.trial_ids) == 3
+    unit.start(work)
+    assert unit.next_work(batch=5) is None  # one analysis at a time
+    unit.release(work)
+    unit.analysed.update(work.trial_ids)
+    assert unit.phase is Phase.DONE and unit.left().trials == 0 and not unit.has_work()
+
+
+def test_pruned_search_trials_count_and_a_search_that_selects_nothing_has_no_replicates():
+    unit = _unit(described=True)
+    for number in range(4):
+        unit.count(_row(unit, number, status=Status.PRUNED))
+    left = unit.left()
+    assert left.phase is Phase.DONE and left.trials == 0  # nothing selected: no replicates, no analysis
+
+
+def test_a_unit_is_given_up_after_too_many_failures_and_then_has_nothing_left():
+    unit = _unit(described=True, targets=Targets(n_trials=4, replicates=1, give_up_after=3))
+    for number in range(3):
+        unit.count(_row(unit, number, status=Status.FAILED))
+        unit.failure()
+    assert unit.gave_up and unit.phase is Phase.GAVE_UP and unit.left().trials == 0 and unit.next_work(4) is None
+
+
+def test_a_trial_without_stored_tensors_stops_the_units_analysis():
+    unit = _unit(described=True, targets=Targets(n_trials=1, analysis=True), has_artifact=lambda tid: False)
+    unit.count(_row(unit, 0))
+    assert unit.phase is Phase.ANALYSE
+    assert unit.next_work(4) is None and unit.phase is Phase.DONE
+
+
+def test_status_gets_the_same_answer_from_stored_counts():
+    """`status` has only the stored rows: the pure function gives the pending trials and the phase."""
+    fresh = unit_left(TARGETS, Tally())
+    assert fresh.phase is Phase.SEARCH and fresh.trials == 4 + 2  # search trials and replicates to come
+    mid = unit_left(TARGETS, Tally(search_finished=4, selected="t1", replicates_done=1, to_analyse=("t1", "t2")))
+    assert mid.phase is Phase.REPLICATES and mid.trials == 1
+    analysing = unit_left(TARGETS, Tally(search_finished=4, selected="t1", replicates_done=2, to_analyse=("t1",)))
+    assert analysing.phase is Phase.ANALYSE and analysing.trials == 0
+    assert unit_left(TARGETS, Tally(search_finished=4, selected="t1", replicates_done=2)).phase is Phase.DONE
+    extended = unit_left(Targets(n_trials=6, replicates=3), Tally(search_finished=4, selected="t1", replicates_done=2))
+    assert extended.phase is Phase.SEARCH and extended.trials == 2  # a longer search: its replicates stay done
+
+
+def test_work_in_flight_is_left_but_not_handed_out_again():
+    tally = Tally(search_finished=1, in_flight={Phase.SEARCH: 2})
+    left = unit_left(TARGETS, tally)
+    assert left.phase is Phase.SEARCH and left.steps[Phase.SEARCH].left == 3 and left.hand_out == 1
