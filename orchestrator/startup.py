@@ -12,7 +12,7 @@ from search_spaces.config import SweepConfig
 from storage.run_dir import RunDir
 from storage.store import RunStore
 from workers.errors import UsageError
-from workers.tasks.base import examples_hash, load_examples
+from workers.tasks.base import task_hash
 
 log = logging.getLogger("actscale")
 
@@ -64,7 +64,7 @@ def check_task_data(planned: list[PlannedUnit], store: RunStore) -> set[str]:
     for p in planned:
         key = (p.spec.task, p.spec.settings.seed)
         if key not in hashes:
-            hashes[key] = examples_hash(load_examples(*key))
+            hashes[key] = task_hash(*key)
         current = hashes[key]
         if p.unit_id in stored_hash and current != stored_hash[p.unit_id]:
             raise UsageError(

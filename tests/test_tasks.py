@@ -183,9 +183,9 @@ def test_builtin_tasks_use_only_entities_that_are_single_tokens_for_the_tokenize
 
 def test_a_unit_hashes_its_task_as_the_coordinator_does(tiny_models):
     """The stored task_hash is taken without a tokenizer, so a resume can check it without a model."""
-    from workers.tasks.base import examples_hash
+    from workers.tasks.base import task_hash
 
     spec = UnitSpec("tiny-llama", TaskSpec.make("ccc", {"n": 40}), "mlp_out", "all", "activscalar", TrainSettings())
     unit = prepare_unit(tiny_models["tiny-llama"], spec)
-    assert unit.task_hash == examples_hash(load_examples(spec.task, spec.settings.seed))
+    assert unit.task_hash == task_hash(spec.task, spec.settings.seed)
     assert unit.counts["dropped_not_single_token_answer"] == 0

@@ -27,7 +27,7 @@ from workers.objective import logit_diff
 from workers.precision import evaluation_model, resolve_precision, training_model
 from workers.sites import check_site, resolve_layers
 from workers.splits import assign_splits, drop_duplicates
-from workers.tasks.base import Example, examples_hash, load_examples
+from workers.tasks.base import Example, load_examples, task_hash
 from workers.tasks.roles import TokenizedExample, tokenize_examples
 from workers.unit import UnitSpec
 
@@ -285,6 +285,6 @@ def prepare_unit(loaded: LoadedModel, spec: UnitSpec) -> PreparedUnit:
         for data in (splits["train"], check):
             if data is not None:
                 _as_trained(data, trains_on, settings.eval_batch, cache_layer)
-    task_hash = examples_hash(load_examples(spec.task, settings.seed))  # as the coordinator hashes it: no tokenizer
-    return PreparedUnit(spec, layers, n_positions, splits, counts, task_hash, precision, base_accuracy,
+    unit_hash = task_hash(spec.task, settings.seed)  # as the coordinator hashes it: no tokenizer
+    return PreparedUnit(spec, layers, n_positions, splits, counts, unit_hash, precision, base_accuracy,
                         mean_ld, check, hints)

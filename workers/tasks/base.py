@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from workers.errors import UsageError
 from workers.tasks.builtin import BUILTIN_TASKS
 from workers.tasks.example import Example
 
-__all__ = ["Example", "TaskSpec", "examples_hash", "load_examples", "load_jsonl", "task_names"]
+__all__ = ["Example", "TaskSpec", "examples_hash", "load_examples", "load_jsonl", "task_hash", "task_names"]
 
 REQUIRED_FIELDS = ("prompt", "answer_a", "answer_b", "template")
 
@@ -88,6 +88,16 @@ def load_examples(spec: TaskSpec, seed: int, tokenizer=None) -> list[Example]:
             raise UsageError(f"task file {spec.name} takes no options, got {spec.options_dict}")
         return load_jsonl(Path(spec.name))
     raise UsageError(f"unknown task {spec.name!r}; accepted: {sorted(BUILTIN_TASKS)} or a path to a .jsonl file")
+
+
+def task_hash(spec: TaskSpec, seed: int) -> str:
+    """The data hash of a task as stored in units.task_hash: of its examples without a tokenizer. A built-in
+    task's counterfactual prompts are left out: its code derives them from each prompt (a change there is a
+    change of code, not of data, and must not make stored runs unresumable); a JSONL file's are its data."""
+    examples = load_examples(spec, seed)
+    if spec.name in BUILTIN_TASKS:
+        examples = [replace(e, counterfactual=None) for e in examples]
+    return examples_hash(examples)
 
 
 def examples_hash(examples: list[Example]) -> str:
