@@ -33,6 +33,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 
 from reports.curves import FRACTION, TIED, curve_frame, reach_summary, strength_frame, transfer_table  # noqa: E402
 from reports.text import interval_text, prompt_interval_text  # noqa: E402
+from reports.where import draw_where, where_matrix  # noqa: E402
 from storage.errors import StorageError  # noqa: E402
 from storage.query import load, model_lines, run_min_flip, run_sql  # noqa: E402
 from storage.report import heatmap_matrix  # noqa: E402
@@ -214,15 +215,13 @@ def render(run_dirs: list[Path], out: Path, trial_id: str | None = None) -> dict
             continue
         group = group.sort_values(["model", "run_id"])
         title = group.task_title.iloc[0]
-        fig, axes = plt.subplots(1, len(group), figsize=(5 * len(group), 4), squeeze=False)
-        for ax, row in zip(axes[0], group.itertuples()):
-            matrix, layers, labels, axis = heatmap_matrix(_shown(_of(scalars, row), scaled))
-            _draw_heatmap(ax, matrix, [f"{layer / max(1, row.n_layers - 1):.2f}" for layer in layers], labels, axis,
-                          scaled, _line_label(row, group, "model"))
-            ax.set_ylabel("relative depth l/(L-1)")
-        fig.suptitle(f"{title} / {site} / {method}: models side by side", fontsize=10)
+        # one relative-depth x role grid per model (reports/where.py): never paired by absolute layer index
+        maps: dict[str, pd.DataFrame] = {}
+        for row in group.itertuples():
+            maps.setdefault(_line_label(row, group, "model"), where_matrix(_of(scalars, row)))
         name = f"across-{_slug(task_file, site, method)}.png"
-        _save(fig, figures_dir / name)
+        draw_where(maps, f"{title} / {site} / {method}: where each model acts (relative depth x role)",
+                   figures_dir / name, "mean |alpha - 1|" if scaled else f"mean effect ({group.moved_measure.iloc[0]})")
         made["across"].append(dict(file=f"figures/{name}", task=title, site=site, method=method))
         if scaled:
             fig, ax = plt.subplots(figsize=(6, 4))
