@@ -1,7 +1,7 @@
 """The embedded models side by side: a trainer step of Gemma 3 270M against SmolLM2-135M, in fp32 and bf16.
 
 Equal work for both: the same IOI unit (40 prompts per template, three templates), site mlp_out at every
-layer, ActivScalar with K = 1 trial, a batch of 32, actscale's own trainer (`_train_group`), logits at
+layer, ActivScalar with K = 1 trial, a batch of 32, actscale's own trainer (`train_group`), logits at
 the last position only. Also measured, in the training precision: the unembedding alone (the LM head's
 forward and backward at the last position, [B, d] x [d, V]; Gemma's vocabulary is 262,144 words to
 SmolLM2's 49,152), and what it would cost at every position instead ([B x T, d] x [d, V]).
@@ -57,7 +57,7 @@ def step_timer(loaded: LoadedModel, precision: str) -> tuple[Callable[[int], Non
 
     def run(steps: int) -> None:
         hyper = Hyper(lr=0.05, lambda_faith=1.0, lambda_min=0.01, steps=steps, batch_size=BATCH, seed=0)
-        trainer._train_group(trains_on, unit, [hyper], refs, [trainer.TrialResult(hyper)])
+        trainer.train_group(trains_on, unit, [hyper], refs, [trainer.TrialResult(hyper)])
     return run, dict(tokens=unit.n_positions, precision=unit.precision, trains_on=trains_on)
 
 

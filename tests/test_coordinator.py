@@ -31,7 +31,7 @@ def test_sweep_2_models_2_tasks_2_methods(tmp_path):
     trial_ids = set(load(tmp_path, "trials").query("status == 'complete'").trial_id)
     assert {f.stem for f in (tmp_path / "artifacts").glob("*.safetensors")} == trial_ids  # every trial rebuildable
     assert all(r["pending"] == 0 and r["done"] == 4 for r in unit_status(tmp_path))
-    assert all(len(part_files(tmp_path, table)) == 1 for table in SCHEMAS)  # a finished run is compacted
+    assert all(len(part_files(tmp_path, table)) == 1 for table in SCHEMAS if table not in ("checks", "patching"))  # compacted (this sweep writes no checks or patching rows)
 
 
 def test_one_model_one_worker_loads_the_model_once(tmp_path):
