@@ -28,10 +28,11 @@ sys.path.insert(0, str(ROOT))
 ACTSCALE = str(Path(sys.executable).with_name("actscale"))
 
 from storage.query import run_sql  # noqa: E402
+from workers.interventions import ActivScalar  # noqa: E402
 
 SWEEP = {
     "name": "plan-accuracy", "models": ["smollm2-135m"], "tasks": ["ioi"], "sites": ["mlp_out", "attn_out"],
-    "layers": "all", "methods": ["activscalar"],
+    "layers": "all", "methods": [ActivScalar.method],
     "search": {"sampler": "random", "n_trials": 4, "batch": 2, "replicates": 3},
     "train": {"steps": 30, "batch_size": 32}, "analysis": {"k_step": 4},
     "resources": {"workers_per_model": 1, "cpus_per_worker": 2},

@@ -47,6 +47,7 @@ ACTSCALE = str(Path(sys.executable).with_name("actscale"))
 from storage.query import run_sql  # noqa: E402
 from storage.report import bootstrap_ci  # noqa: E402
 from storage.seeds import t_interval  # noqa: E402
+from workers.interventions import ActivScalar  # noqa: E402
 
 STOPPING = {"patience": 2, "check_every": 5, "check_prompts": 32, "prune": True, "prune_margin": 0.3}
 
@@ -127,7 +128,7 @@ def quickstart_case(args: argparse.Namespace) -> dict:
 
 WIDE = {
     "name": "pruning-wide", "models": ["smollm2-135m"], "tasks": ["ioi"], "sites": ["mlp_out", "attn_out"],
-    "layers": "all", "methods": ["activscalar"],
+    "layers": "all", "methods": [ActivScalar.method],
     "search": {"sampler": "random", "n_trials": 16, "batch": 8, "seed": 0},  # the schema's default (wide) ranges
     "train": {"steps": 60, "batch_size": 32}, "selection": {"min_flip": 0.9}, "analysis": {"enabled": False},
     "resources": {"workers_per_model": 1, "cpus_per_worker": 2},
