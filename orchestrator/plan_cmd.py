@@ -136,13 +136,21 @@ def walls(config: SweepConfig, plans: dict[str, ModelPlan], costs: list[UnitCost
     return out
 
 
+LABELS = {Phase.ANALYSE: "analysis"}  # a phase's name in the plan's columns (else its Phase value)
+
+
 def unit_row(c: UnitCost) -> dict[str, Any]:
+    """A unit's line: per phase its trials (a phase that trains) or its points and prompt forwards (one that
+    scores: the analyses, and any such phase a sweep adds), then trial-steps and seconds in all."""
     row: dict[str, Any] = {"unit_id": c.unit.unit_id, "unit": c.unit.spec.describe()}
     for phase, pieces in c.phases.items():
-        if phase not in (Phase.DESCRIBE, Phase.ANALYSE) and pieces:
-            row[f"{phase.value}_trials"] = sum(p.trials for p in pieces)
-    row.update(trial_steps=c.total("trial_steps"), analysis_points=c.total("points", Phase.ANALYSE),
-               analysis_forwards=c.total("prompt_forwards", Phase.ANALYSE), seconds=c.total("seconds"))
+        label = LABELS.get(phase, phase.value)
+        if any(p.points for p in pieces):
+            row[f"{label}_points"] = c.total("points", phase)
+            row[f"{label}_forwards"] = c.total("prompt_forwards", phase)
+        elif any(p.trials for p in pieces):
+            row[f"{label}_trials"] = c.total("trials", phase)
+    row.update(trial_steps=c.total("trial_steps"), seconds=c.total("seconds"))
     return row
 
 
