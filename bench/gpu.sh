@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Benchmark parts (a) per-layer sweep, (b) FLOP/s against matmul, (b2) a training step in bf16
 # autocast against fp32, (d) trials/s for K=1,4,16, in bf16 autocast on a CUDA GPU, then the
-# pruning benchmark (bench/pruning.py) with one GPU per worker; within about 14 minutes.
+# pruning benchmark's wide case (bench/pruning.py: ASHA) with one GPU
+# per worker; within about 14 minutes.
 # Figures go to the directory $1.
 #   bench/gpu.sh OUT_DIR
 # Needs only this repository: it builds .venv if missing (a CUDA torch from the package

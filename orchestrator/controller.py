@@ -25,6 +25,7 @@ from orchestrator.deadline import Deadline
 from orchestrator.pool import ActorPool, Pending
 from orchestrator.progress import Progress
 from orchestrator.recorder import Recorder
+from orchestrator.rungs import rungs_for
 from orchestrator.studies import Studies
 from orchestrator.units import Phase, UnitState, Work
 from search_spaces.config import SweepConfig
@@ -134,7 +135,8 @@ class Controller:
             ref = self._launch_analysis(work, actor)
         else:
             work.asked = self.studies.ask(work)
-            ref = actor.run_trials.remote(state.unit_id, spec, [(a.number, a.params) for a in work.asked])
+            rungs = rungs_for(self.config, state) if work.phase is Phase.SEARCH else None  # ASHA, with what is known now
+            ref = actor.run_trials.remote(state.unit_id, spec, [(a.number, a.params) for a in work.asked], rungs)
         self.pool.submit(ref, Pending(model, actor, work))
 
     def _launch_analysis(self, work: Work, actor: Any) -> Any:

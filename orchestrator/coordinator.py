@@ -29,6 +29,7 @@ from orchestrator.model_layers import layer_counts
 from orchestrator.plan import plan_units
 from orchestrator.progress import Progress
 from orchestrator.recorder import Recorder
+from orchestrator.rungs import count_stored_rungs
 from orchestrator.startup import check_task_data, record_config, setup_logging
 from orchestrator.studies import Studies, open_studies
 from orchestrator.summary import Summary, summarize
@@ -125,6 +126,8 @@ class Coordinator:
         for row in store.read("curves").table.select(["unit_id", "trial_id"]).to_pylist():
             if (state := self.units.get(row["unit_id"])) is not None:
                 state.analysed.add(row["trial_id"])
+        if self.config.search.pruner is not None:  # ASHA's history of each unit
+            count_stored_rungs(self.units, trials, store.read("checks").table.to_pylist())
         refresh_selections(self.units.values())
         if self.stop_after is not None:  # batches of earlier runs: what fits in the time left
             self.deadline = Deadline(self.stop_after, started=self.started)

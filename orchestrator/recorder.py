@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from orchestrator.records import trial_id, trial_rows, unfinished_row
+from orchestrator.rungs import is_search_trial
 from orchestrator.studies import Outcome, Studies
 from orchestrator.units import Asked, Phase, UnitState, Work
 from search_spaces.config import Search
@@ -51,6 +52,8 @@ class Recorder:
                 self.run_dir.write_artifact(trial_id(state.unit_id, result.number), result.tensors)
             self.studies.record(state.unit_id, result.number, Outcome.of_result(result, self.search), rows)
             state.count(rows["trials"][0])
+            if is_search_trial(rows["trials"][0]):
+                state.count_rungs(result.number, result.checks)
             if not result.ok:
                 log.warning(f"unit {state.unit_id} trial {result.number} failed: {result.error}")
                 state.failure()

@@ -28,7 +28,7 @@ def status_of(result: TrialResult) -> Status:
 
 def trial_rows(run_id: str, unit_id: str, spec: UnitSpec, result: TrialResult,
                replicate_of: str | None = None) -> dict[str, list[dict]]:
-    """Rows of the trials, scalars and predictions tables for one worker result."""
+    """Rows of the trials, scalars, predictions and checks tables for one worker result."""
     tid = trial_id(unit_id, result.number)
     hyper = result.hyper.resolved(spec.settings)
     row = dict(trial_id=tid, unit_id=unit_id, run_id=run_id, trial_number=result.number,
@@ -46,5 +46,6 @@ def trial_rows(run_id: str, unit_id: str, spec: UnitSpec, result: TrialResult,
     scalars = [dict(trial_id=tid, unit_id=unit_id, run_id=run_id, model=spec.model, task=spec.task.name, site=spec.site,
                     method=spec.method, rel_depth=s["layer"] / depth, **s) for s in result.scalars]
     predictions = [dict(trial_id=tid, unit_id=unit_id, run_id=run_id, **p) for p in result.predictions]
-    # in writing order: a trial's row goes after its cells and predictions (see RunStore.flush)
-    return {"scalars": scalars, "predictions": predictions, "trials": [row]}
+    checks = [dict(trial_id=tid, unit_id=unit_id, run_id=run_id, **c) for c in result.checks]
+    # in writing order: a trial's row goes after its cells, predictions and checks (see RunStore.flush)
+    return {"scalars": scalars, "predictions": predictions, "checks": checks, "trials": [row]}

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from storage.schema import Status
+from workers.asha import RungEntry
 
 if TYPE_CHECKING:
     from orchestrator.plan import PlannedUnit
@@ -193,6 +194,7 @@ class UnitState:
         self.analysis_failures = 0
         self.gave_up = False
         self.in_flight: dict[Phase, int] = {}
+        self.rungs: dict[int, list[RungEntry]] = {}  # ASHA: rung step -> the search trials judged there (finished ones)
         self._selection: tuple[int, dict[str, Any] | None] | None = None  # (search rows, selected row)
 
     @property
@@ -283,6 +285,13 @@ class UnitState:
             self.interrupted += 1
         elif row["status"] == Status.PRUNED and row["replicate_of"] is None:
             self.pruned += 1
+
+    def count_rungs(self, number: int, checks: Iterable[dict[str, Any]]) -> None:
+        """A finished search trial's rung checks (ASHA's history of the unit, sent with its next search work)."""
+        for c in checks:
+            if c["kind"] == "rung":
+                entry = RungEntry(number, c["flip_rate"], c["kl_other"], c["sites_moved"])
+                self.rungs.setdefault(c["step"], []).append(entry)
 
     def failure(self) -> None:
         """A failed trial or describe: too many in this run, and the unit is given up (a resume tries again)."""

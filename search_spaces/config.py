@@ -84,6 +84,20 @@ class SpaceOverride(_Strict):
     batch_size: list[int] | None = Field(None, description="replaces search.space.batch_size for this method")
 
 
+class Pruner(_Strict):
+    """ASHA over training steps inside each unit's search (workers/asha.py: the rule)."""
+
+    kind: Literal["asha"] = Field(description="asha: asynchronous successive halving; at rungs min_steps, "
+                                  "min_steps*eta, min_steps*eta^2, ... steps a search trial goes on only if its "
+                                  "val-slice score (ordered as the selection rule orders trials) is among the best "
+                                  "1/eta of the unit's search trials at that rung so far; else it is pruned there "
+                                  "(stored as pruned, counted in n_trials, never selected). Replicates are never "
+                                  "pruned; the slice is train.check_prompts val prompts")
+    min_steps: int = Field(gt=0, description="the first rung, in training steps (below the trials' steps)")
+    eta: int = Field(3, ge=2, description="the reduction factor: about 1/eta of the trials at a rung go on to the "
+                     "next, eta times as many steps on")
+
+
 class Search(_Strict):
     sampler: Literal["nsga2", "tpe", "random", "grid"] = Field("nsga2", description="Optuna sampler of each unit's study")
     objective: Literal["pareto", "scalar"] = Field(
@@ -100,6 +114,8 @@ class Search(_Strict):
                             "hyper-parameters are trained again replicates - 1 times with other trial seeds")
     replicate_data: bool = Field(False, description="replicates also train on a bootstrap resample of the train "
                                  "split (the stronger test of stability)")
+    pruner: Pruner | None = Field(None, description="prune search trials at rungs of training steps (absent: none; "
+                                  "train.prune is the other, batch-local rule)")
 
     @field_validator("method_space")
     @classmethod
@@ -263,6 +279,18 @@ class SweepConfig(_Strict):
                     if extra or not chosen:
                         raise ValueError(f"tasks[{i}].{key} = {chosen}: each must be one of the sweep's {key} "
                                          f"({', '.join(allowed)}), and at least one")
+        return self
+
+    @model_validator(mode="after")
+    def _pruner_rungs(self) -> Self:
+        pruner = self.search.pruner
+        if pruner is None:
+            return self
+        ranges = [self.search.space.steps] + [o.steps for o in self.search.method_space.values()]
+        most = max([self.train.steps] + [r.high for r in ranges if r is not None])
+        if pruner.min_steps >= most:
+            raise ValueError(f"search.pruner.min_steps = {pruner.min_steps} is not below the trials' steps ({most}): "
+                             "no rung would come before a trial ends; lower min_steps")
         return self
 
     def task_entries(self) -> list[TaskEntry]:

@@ -108,3 +108,26 @@ def check_curves(run_dir: Path, selected_ids: list[str], complete: list[dict]) -
         n_cells = mine[0]["n_cells"]
         n_k = len(k_grid(n_cells, analysis.k_step)) if analysis.curves else 0
         assert len(mine) == 2 * (2 * n_k + len(betas)), (tid, len(mine))
+
+
+def check_rungs(run_dir: Path, min_steps: int, eta: int) -> None:
+    """ASHA's checks: each finished search trial has one 'rung' check at each rung it reached (below its
+    steps), a pruned one stopped exactly at its last rung and says why, replicates have none."""
+    from workers.asha import rung_steps
+
+    trials = [r for r in read_table(run_dir, "trials").table.to_pylist() if r["status"] in ("complete", "pruned")]
+    checks = [c for c in read_table(run_dir, "checks").table.to_pylist() if c["kind"] == "rung"]
+    keys = Counter((c["trial_id"], c["step"]) for c in checks)
+    assert all(n == 1 for n in keys.values()), "a rung check twice"
+    steps_of: dict[str, list[int]] = {}
+    for c in checks:
+        steps_of.setdefault(c["trial_id"], []).append(c["step"])
+    for r in trials:
+        mine = sorted(steps_of.get(r["trial_id"], []))
+        if r["replicate_of"] is not None:
+            assert not mine, ("a replicate was judged at a rung", r["trial_id"])
+            continue
+        assert mine == [s for s in rung_steps(min_steps, eta, r["steps"]) if s <= r["steps_done"]], (r, mine)
+        if r["status"] == "pruned":
+            assert mine and r["steps_done"] == mine[-1], r
+            assert r["stop_reason"].startswith(f"pruned by asha at rung {mine[-1]}"), r["stop_reason"]

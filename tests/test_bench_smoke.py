@@ -1,6 +1,7 @@
-"""Smoke run of the benchmark's --quick mode: it runs and ends with one TARGET line per target."""
+"""Smoke runs of the benchmarks' --quick modes: each runs and ends with one TARGET line per target."""
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -36,3 +37,29 @@ def test_models_quick_prints_step_ratios():
     assert all(re.match(r"^TARGET [a-z0-9_]+: \S+x \(target <= 1.5x\) (ok|short)$", t) for t in targets), targets
     rows = [line for line in lines if re.match(r"^(smollm2-135m|gemma3-270m) ", line)]
     assert len(rows) == 4 and all("unembedding at the last position" in row for row in rows)
+
+
+def test_pruning_wide_quick_prints_its_targets(tmp_path):
+    """bench/pruning.py's wide case on a tiny model: the unpruned search with replicates beside the ASHA search."""
+    out = tmp_path / "pruning.json"
+    result = subprocess.run([sys.executable, "bench/pruning.py", "--quick", "--out", str(out)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=1800)
+    assert result.returncode == 0, result.stderr[-3000:]
+    targets = [line for line in result.stdout.splitlines() if line.startswith("TARGET ")]
+    assert [t.split(":")[0] for t in targets] == ["TARGET pruning_steps", "TARGET pruning_quality"]
+    assert re.match(r"^TARGET pruning_steps: [0-9.]+ \(target <= 0.40\) (ok|short)$", targets[0]), targets
+    assert re.match(r"^TARGET pruning_quality: (within|outside) .* \(target within\) (ok|short)$", targets[1]), targets
+    figures = json.loads(out.read_text())
+    assert 0 < figures["ratio"] < 1 and set(figures["units"]) == {"mlp_out", "attn_out"}
+    assert all(s["trials"] == 16 for s in figures["steps_asha"].values())
+
+
+def test_plan_accuracy_quick_prints_its_target():
+    result = subprocess.run([sys.executable, "bench/plan_accuracy.py", "--quick"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=1800)
+    assert result.returncode == 0, result.stderr[-3000:]
+    targets = [line for line in result.stdout.splitlines() if line.startswith("TARGET ")]
+    assert len(targets) == 1 and re.match(
+        r"^TARGET plan_accuracy: predicted/measured = [0-9.]+ \(target within \+-35%\) (ok|short)$", targets[0])
+    counts = [line for line in result.stdout.splitlines() if ": plan " in line]
+    assert len(counts) == 4 and all(line.split("plan ")[1].split(",")[0] == line.split("run ")[1] for line in counts)

@@ -13,6 +13,7 @@ import socket
 import torch
 
 from workers.analysis import analyze_trial
+from workers.asha import Rungs
 from workers.models import load_model
 from workers.names import EVAL_DTYPE, import_plugins, method_info, moved_rule
 from workers.prepare import NEAR_CHANCE, PreparedUnit, prepare_unit
@@ -71,10 +72,12 @@ class WorkerActor:
                          for i, e in enumerate(data.examples)]
         return row, examples
 
-    def run_trials(self, unit_id: str, spec: UnitSpec, trials: list[tuple[int, dict]]) -> list[TrialResult]:
+    def run_trials(self, unit_id: str, spec: UnitSpec, trials: list[tuple[int, dict]],
+                   rungs: Rungs | None = None) -> list[TrialResult]:
+        """Train a batch of a unit's trials; `rungs`: ASHA over the search trials' steps (workers/asha.py)."""
         unit = self._unit(unit_id, spec)
         started = _now()
-        results = train_trials(self.loaded, unit, [Hyper(**params) for _, params in trials])
+        results = train_trials(self.loaded, unit, [Hyper(**params) for _, params in trials], rungs)
         ended = _now()
         for (number, _), result in zip(trials, results):
             result.number, result.started_at, result.ended_at = number, started, ended

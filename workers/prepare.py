@@ -288,3 +288,17 @@ def prepare_unit(loaded: LoadedModel, spec: UnitSpec) -> PreparedUnit:
     unit_hash = task_hash(spec.task, settings.seed)  # as the coordinator hashes it: no tokenizer
     return PreparedUnit(spec, layers, n_positions, splits, counts, unit_hash, precision, base_accuracy,
                         mean_ld, check, hints)
+
+
+def check_slice(loaded: LoadedModel, unit: PreparedUnit) -> SplitData:
+    """The val check slice as the training model sees it: the unit's own (built by prepare_unit when
+    patience or pruning is on), else built now, the same way (ASHA's rungs, which the sweep's search
+    asks for, not the unit's settings)."""
+    if unit.check is not None:
+        return unit.check
+    settings = unit.spec.settings
+    data = unit.splits["val"].head(min(settings.check_prompts, len(unit.splits["val"])))
+    trains_on = training_model(loaded, unit.precision)
+    if trains_on is not evaluation_model(loaded):
+        _as_trained(data, trains_on, settings.eval_batch, unit.first_layer or None)
+    return data

@@ -33,6 +33,9 @@ class TrialResult:
     # per test prompt: index, ld_before, ld_after, kl_other, flipped (columns of the predictions table)
     predictions: list[dict[str, Any]] = field(default_factory=list)
     tensors: dict[str, Any] = field(default_factory=dict)  # artifact name -> array (torch in the trainer, numpy once sent)
+    # per check of its training on the val check slice: kind ('rung': ASHA), step, loss, flip_rate, kl_other, l1,
+    # sites_moved (columns of the checks table)
+    checks: list[dict[str, Any]] = field(default_factory=list)
     # set by the actor
     number: int = -1  # the Optuna trial number
     started_at: dt.datetime | None = None

@@ -14,19 +14,28 @@ faithfulness term and count precision noise near LD = 0 as flips):
   on, it flips no slice prompt at all while another trial does. Pruned trials are scored where
   they stopped, stored as `pruned`, told to Optuna as pruned and never selected.
 
+- ASHA (`search.pruner`, search trials only): at each rung (workers/asha.py, the rule), `RungJudge`
+  scores the live search trials on the same slice (flip_rate, kl_other and the cells moved, as the
+  selection rule orders trials), records a 'rung' check for each, and prunes the ones the rule does
+  not keep, against the unit's earlier trials at that rung (the history sent with the work) and the
+  batch itself.
+
 Decisions use val only; test stays for reporting. A stopped trial leaves the batched forward
 (`Intervention.keep_trials`), so its compute is saved.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from workers.interventions import Intervention
+from workers.asha import RungEntry, Rungs
+from workers.interventions import CellRecorder, CellStats, Intervention
 from workers.models import LoadedModel
 from workers.objective import objective_from
-from workers.prepare import PreparedUnit
+from workers.prepare import PreparedUnit, SplitData
 from workers.results import TrialResult
-from workers.scoring import score
+from workers.scoring import Scores, score
 from workers.sites import SiteRef
 from workers.unit import Hyper
 
@@ -92,10 +101,82 @@ class TrialStopper:
     def slice_scores(self, intervention: Intervention, live: list[int]) -> tuple[list[float], list[float]]:
         """Per live trial: its objective and flip_rate on the val slice."""
         scores = score(self.trains_on, intervention, self.refs, self.data, first_layer=self.unit.first_layer, own=True)
-        k = len(live)
-        lam_f = torch.tensor([self.hypers[i].lambda_faith for i in live])
-        lam_m = torch.tensor([self.hypers[i].lambda_min for i in live])
-        (minimality,) = scores.minimality  # one forward
-        loss, _ = objective_from(scores.ld_before[None].expand(k, -1), scores.ld_after, scores.kl_other,
-                                 minimality.cpu(), lam_f, lam_m)
-        return loss.tolist(), scores.metrics["flip_rate"].tolist()
+        return slice_loss(scores, [self.hypers[i] for i in live]), scores.metrics["flip_rate"].tolist()
+
+
+def slice_loss(scores: Scores, hypers: list[Hyper]) -> list[float]:
+    """Each trial's own objective on a slice scored in one forward (its hyper-parameters in `hypers`)."""
+    lam_f = torch.tensor([h.lambda_faith for h in hypers])
+    lam_m = torch.tensor([h.lambda_min for h in hypers])
+    (minimality,) = scores.minimality  # one forward
+    loss, _ = objective_from(scores.ld_before[None].expand(len(hypers), -1), scores.ld_after, scores.kl_other,
+                             minimality.cpu(), lam_f, lam_m)
+    return loss.tolist()
+
+
+@dataclass
+class RungSetup:
+    """What ASHA's rung checks of a unit need beyond the batch: the rule and the unit's history, the val
+    check slice as the training model sees it, each slice token's cell column ([n, T]) and the number of
+    columns (for a method whose cells are recorded on val), and the mean |h| per cell on train (for a
+    method whose effect is relative to it)."""
+
+    rungs: Rungs
+    data: SplitData
+    token_columns: torch.Tensor  # [n, T]
+    n_columns: int
+    norms: torch.Tensor | None = None
+
+
+class RungJudge:
+    """ASHA's rungs for the search trials of one batch: at a rung step, the live search trials are scored
+    on the check slice, each gets a 'rung' check (its row in the checks table), and those the rule
+    (workers/asha.py) does not keep are pruned there. Replicates (not prunable) are not judged."""
+
+    def __init__(self, setup: RungSetup, unit: PreparedUnit, hypers: list[Hyper], outcomes: list[TrialResult],
+                 trains_on: LoadedModel, refs: list[SiteRef]):
+        self.setup, self.unit, self.hypers, self.outcomes = setup, unit, hypers, outcomes
+        self.trains_on, self.refs = trains_on, refs  # the training model and its sites
+
+    def due(self, step: int) -> bool:
+        return step > 0 and self.setup.rungs.is_rung(step)
+
+    def check(self, intervention: Intervention, live: list[int], step: int) -> list[int]:
+        """The trials of `live` (the intervention's trials now) that go on past rung `step`."""
+        searched = [(j, i) for j, i in enumerate(live) if self.hypers[i].prunable]
+        if not searched:
+            return live
+        entries = self.measure(intervention, live, searched, step)
+        rungs = self.setup.rungs
+        kept = rungs.kept(step, entries)
+        n = len({e.number for e in rungs.history.get(step, ())} | {e.number for e in entries})
+        pruned = set()
+        for (_, i), entry, keep in zip(searched, entries, kept):
+            if not keep:
+                self.outcomes[i].pruned = True
+                self.outcomes[i].stop_reason = (
+                    f"pruned by asha at rung {step}: val-slice flip_rate {entry.flip_rate:.2f}, "
+                    f"{entry.sites_moved} sites moved, kl_other {entry.kl_other:.3f} not among the best "
+                    f"{max(1, n // rungs.eta)} of the {n} search trial(s) at this rung (eta {rungs.eta})")
+                pruned.add(i)
+        return [i for i in live if i not in pruned]
+
+    def measure(self, intervention: Intervention, live: list[int], searched: list[tuple[int, int]],
+                step: int) -> list[RungEntry]:
+        """Score the live trials on the slice (one forward); record a rung check for each searched one."""
+        setup = self.setup
+        recorder = CellRecorder(setup.n_columns) if intervention.records_cells else None
+        scores = score(self.trains_on, intervention, self.refs, setup.data, first_layer=self.unit.first_layer,
+                       own=True, token_columns=setup.token_columns if recorder is not None else None,
+                       recorder=recorder)
+        loss = slice_loss(scores, [self.hypers[i] for i in live])
+        stats = CellStats(setup.norms, recorder)
+        threshold = intervention.moved_threshold(self.unit.spec.settings)
+        entries = []
+        for j, i in searched:
+            moved = int((intervention.cells(j, stats)[1] > threshold).sum())
+            metrics = {name: float(scores.metrics[name][j]) for name in ("flip_rate", "kl_other", "l1")}
+            self.outcomes[i].checks.append(dict(kind="rung", step=step, loss=loss[j], sites_moved=moved, **metrics))
+            number = self.hypers[i].seed  # a search trial's seed is its Optuna number (orchestrator/studies.py)
+            entries.append(RungEntry(number, metrics["flip_rate"], metrics["kl_other"], moved))
+        return entries

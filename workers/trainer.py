@@ -11,16 +11,17 @@ import time
 
 import torch
 
+from workers.asha import Rungs
 from workers.columns import CellColumn
 from workers.interventions import CellRecorder, CellStats, Intervention, build_intervention, installed, method_class
 from workers.models import LoadedModel
 from workers.objective import flipped, objective
 from workers.precision import evaluation_model, training_model
-from workers.prepare import PreparedUnit
+from workers.prepare import PreparedUnit, check_slice
 from workers.results import METRIC_NAMES, TrialResult
 from workers.scoring import intervened_logits, score, site_norms
 from workers.sites import SiteRef, resolve_site
-from workers.stopping import TrialStopper
+from workers.stopping import RungJudge, RungSetup, TrialStopper
 from workers.unit import Hyper
 
 
@@ -47,11 +48,11 @@ class TrainBatches:
 
 
 def train_group(loaded: LoadedModel, unit: PreparedUnit, hypers: list[Hyper], refs: list[SiteRef],
-                outcomes: list[TrialResult]) -> tuple[Intervention, int]:
+                outcomes: list[TrialResult], rungs: RungSetup | None = None) -> tuple[Intervention, int]:
     """Train trials that share a batch size together; fills steps/status of `outcomes`.
-    A trial that ends (its steps done, a non-finite loss, early stopping, pruning) leaves the
-    batched forward. Returns the trained intervention (all trials back in) and the number of
-    real tokens it processed."""
+    A trial that ends (its steps done, a non-finite loss, early stopping, pruning, an ASHA rung)
+    leaves the batched forward. Returns the trained intervention (all trials back in) and the number
+    of real tokens it processed."""
     k = len(hypers)
     train = unit.splits["train"]
     intervention = build_intervention(unit.spec.method, refs, k, unit.n_positions).to(loaded.device)
@@ -62,6 +63,7 @@ def train_group(loaded: LoadedModel, unit: PreparedUnit, hypers: list[Hyper], re
     lam_f = torch.tensor([h.lambda_faith for h in hypers], device=loaded.device)
     lam_m = torch.tensor([h.lambda_min for h in hypers], device=loaded.device)
     stopper = TrialStopper(unit, hypers, steps, outcomes, loaded, refs) if TrialStopper.wanted(unit) else None
+    judge = RungJudge(rungs, unit, hypers, outcomes, loaded, refs) if rungs is not None else None
 
     live = list(range(k))
     tokens = 0
@@ -70,6 +72,9 @@ def train_group(loaded: LoadedModel, unit: PreparedUnit, hypers: list[Hyper], re
         if stopper is not None and live and stopper.due(step):
             intervention.keep_trials(live)
             live = stopper.check(intervention, live, step)
+        if judge is not None and live and judge.due(step):
+            intervention.keep_trials(live)
+            live = judge.check(intervention, live, step)
         if not live:
             break
         intervention.keep_trials(live)
@@ -118,8 +123,10 @@ def _cell_rows(unit: PreparedUnit, columns: list[CellColumn], values: torch.Tens
     return rows
 
 
-def train_trials(loaded: LoadedModel, unit: PreparedUnit, hypers: list[Hyper]) -> list[TrialResult]:
-    """Train and score trials of one unit; trials with equal batch sizes share one batched forward."""
+def train_trials(loaded: LoadedModel, unit: PreparedUnit, hypers: list[Hyper],
+                 rungs: Rungs | None = None) -> list[TrialResult]:
+    """Train and score trials of one unit; trials with equal batch sizes share one batched forward.
+    `rungs`: ASHA over the search trials' steps (workers/asha.py), with the unit's history so far."""
     outcomes: list[TrialResult] = [TrialResult(h) for h in hypers]
     groups: dict[int, list[int]] = {}
     for i, h in enumerate(hypers):
@@ -134,11 +141,16 @@ def train_trials(loaded: LoadedModel, unit: PreparedUnit, hypers: list[Hyper]) -
     trains_on = training_model(loaded, unit.precision)  # a bf16 copy, autocast, or the model itself
     train_refs = refs if trains_on.model is loaded.model else resolve_site(trains_on.model, unit.spec.site,
                                                                             unit.layers)
+    rung_setup = None
+    if rungs is not None and any(h.prunable for h in hypers):
+        data = check_slice(loaded, unit)
+        rung_setup = RungSetup(rungs, data, column_ids[:len(data)], len(columns), norms)
     for members in groups.values():
         start = time.perf_counter()
         group = [outcomes[i] for i in members]
         try:
-            intervention, tokens = train_group(trains_on, unit, [hypers[i] for i in members], train_refs, group)
+            intervention, tokens = train_group(trains_on, unit, [hypers[i] for i in members], train_refs, group,
+                                               rung_setup)
             recorder = CellRecorder(len(columns)) if intervention.records_cells else None  # its cells, on val
             evals = {split: score(loaded, intervention, refs, unit.splits[split], first_layer=unit.first_layer,
                                   batch_rows=settings.eval_batch,
