@@ -179,3 +179,43 @@ def test_one_split_trials_carry_clusters_and_no_fold(tiny_models):
     assert [p["cluster"] for p in result.predictions] == [e.example.entities[0] for e in test]  # the asked country
     assert {p["template"] for p in result.predictions} == {e.example.template for e in test}
     assert 0 <= result.metrics["test"]["top1_b"] <= 1 and result.n_test == len(test)
+
+
+def test_abba_and_baba_templates_mix_in_one_fixed_length_unit(tiny_models):
+    """An ABBA template and its BABA twin have one token length: a fixed-length unit keeps both, and a position
+    column is labelled by the roles it holds in either."""
+    spec = UnitSpec("tiny-llama", TaskSpec.make("ioi", {"n": 20, "templates": ["when", "when_baba", "after",
+                                                                                "after_baba"]}),
+                    "mlp_out", "all", "activscalar", TrainSettings(filter="none", folds=3))
+    unit = prepare_unit(tiny_models["tiny-llama"], spec)
+    assert unit.counts["dropped_other_length"] == 0 and unit.counts["pooled_test"] == 80
+    roles = [c.role for c in unit.cell_columns("val")[0]]
+    assert {"IO|S1", "S1|IO"} <= set(roles) and "S2" in roles
+
+
+@pytest.mark.slow
+def test_folds_on_the_embedded_model_test_every_country_and_enough_ioi_prompts(embedded_model):
+    """SmolLM2-135M: ccc with K = 5 tests all 40 countries (8 a fold) where the single split tests 10, on three
+    times its test prompts, keeping about as many prompts per fold; ioi's pooled test passes 100 prompts at
+    n = 40 per template; city_country's default template keeps every city at one token length."""
+    def unit(task: str, options: dict, folds: int):
+        spec = UnitSpec("smollm2-135m", TaskSpec.make(task, options), "mlp_out", "all", "activscalar",
+                        TrainSettings(folds=folds))
+        return prepare_unit(embedded_model, spec)
+
+    def countries(u, rows) -> set[str]:
+        return {k for i in rows for k in u.pool.examples[i].example.entities}
+
+    single, folded = unit("ccc", {}, 1), unit("ccc", {}, 5)
+    single_kept = sum(map(len, single.splits.values()))
+    single_test = {k for e in single.splits["test"].examples for k in e.example.entities}
+    assert len(single_test) == 10 and len(single.splits["test"]) == 39 and single_kept == 242  # measured
+    per_fold = [countries(folded, f["test"]) for f in folded.folds]
+    assert [len(c) for c in per_fold] == [8] * 5 and len(set().union(*per_fold)) == 40
+    assert folded.counts["pooled_test"] >= 3 * len(single.splits["test"])
+    assert all(sum(map(len, f.values())) >= 0.9 * single_kept for f in folded.folds)
+    assert len(folded.pool) >= 2.5 * single_kept  # prompts some fold uses
+    ioi = unit("ioi", {"n": 40}, 5)
+    assert ioi.counts["pooled_test"] == 120 >= 100
+    city = unit("city_country", {}, 1)
+    assert city.counts["dropped_other_length"] == 0 and city.counts["total"] == 40
