@@ -119,6 +119,18 @@ def test_fold_replicates_test_every_entity_once_with_the_selected_configuration(
     n_test = trials.set_index("trial_id").n_test
     for tid, rows in curves[curves.split == "test"].groupby("trial_id"):  # each analysed on its own fold's test
         assert (rows.n_prompts == n_test[tid]).all(), tid
+    # the findings' reading: each trial's test prompts joined to their examples by pool index, clustered by
+    # predictions.cluster, and each fold a prompt set of its own in the two-level bootstrap
+    from reports.run import load_run
+    run = load_run(tmp_path)
+    (seeds,) = run.selected.seeds
+    assert len(seeds) == 3
+    for tid in seeds:
+        frame = run.prompts(tid)
+        assert len(frame) == n_test[tid] and not frame.index.str.contains("#").any()  # every prompt found
+        assert frame.cluster.nunique() == trials.set_index("trial_id").n_test_clusters[tid]
+    arm, clusters = run.arm("selected", seeds)
+    assert len(set(arm.prompt_sets)) == 3 and len(clusters) == 3
 
 
 @pytest.mark.slow
