@@ -219,3 +219,14 @@ def test_folds_on_the_embedded_model_test_every_country_and_enough_ioi_prompts(e
     assert ioi.counts["pooled_test"] == 120 >= 100
     city = unit("city_country", {}, 1)
     assert city.counts["dropped_other_length"] == 0 and city.counts["total"] == 40
+
+
+def test_rows_of_trials_gathered_from_splits_of_other_widths_line_up():
+    """A batch gathers each trial's rows from its fold's train split, whose padded width may be narrower than the
+    batch's longest prompt: narrower rows are right-padded (ids with the pad id, prefix states with zeros)."""
+    from workers.trainer import _gathered
+
+    ids = _gathered([torch.ones(2, 3, dtype=torch.long), torch.full((1, 5), 7)], width=4, pad=0)
+    assert ids.tolist() == [[1, 1, 1, 0], [1, 1, 1, 0], [7, 7, 7, 7]]
+    states = _gathered([torch.ones(1, 2, 3), torch.ones(1, 4, 3)], width=4)  # [B, T, d]
+    assert states.shape == (2, 4, 3) and states[0, 2:].abs().sum() == 0 and states[1].sum() == 12

@@ -326,10 +326,10 @@ def _require(unit: PreparedUnit, parts: dict[str, list[int]], fold: int | None) 
     """Every split of a fold holds prompts, else a usage error with the counts and what would keep more."""
     for name, idx in parts.items():
         if not idx:
-            where = f" in fold {fold} of {unit.n_folds}" if fold is not None else ""
+            where, folds = (f" in fold {fold} of {unit.n_folds}", " fewer train.folds,") if fold is not None else ("", "")
             raise UsageError(f"unit {unit.spec.describe()}: no {name} examples left after filtering{where} "
                              f"({unit.counts}); dropped: {drop_reasons(unit.counts, unit.drop_hints)} Use more examples "
-                             "(task option n), filter: none, fewer train.folds, or another model")
+                             f"(task option n), filter: none,{folds} or another model")
 
 
 def _wants_check(settings: TrainSettings) -> bool:
