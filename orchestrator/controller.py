@@ -145,8 +145,9 @@ class Controller:
         self.studies.sync()  # the trials analysed are durable before any of their curves can be
         log.info(f"analyzing {len(work.trial_ids)} trial(s) of unit {work.unit.unit_id}: curves and strength")
         trials = [(tid, self.run_dir.read_artifact(tid)) for tid in work.trial_ids]
+        folds = {tid: work.unit.trial_folds.get(tid) for tid in work.trial_ids}  # each on its own fold's val/test
         return actor.analyze.remote(work.unit.unit_id, work.unit.planned.spec, trials, list(analysis.betas),
-                                    analysis.curves, analysis.k_step)
+                                    analysis.curves, analysis.k_step, folds)
 
     def retire_finished(self) -> None:
         for model in list(self.pool.actors):

@@ -10,12 +10,25 @@ def trial_id(unit_id: str, number: int) -> str:
     return f"{unit_id}-t{number:05d}"
 
 
+def fold_of(hyper: Hyper, settings: TrainSettings) -> int | None:
+    """trials.fold: the fold a trial trains on (search trials: fold 0), NULL with one split."""
+    return (hyper.fold or 0) if settings.folds > 1 else None
+
+
+def replicate_kind(hyper: Hyper, replicate_of: str | None) -> str | None:
+    """trials.replicate_kind: what a replicate varies besides the batch order (NULL: not a replicate)."""
+    if replicate_of is None:
+        return None
+    return "fold" if hyper.fold is not None else "bootstrap" if hyper.resample_train else "seed"
+
+
 def unfinished_row(run_id: str, unit_id: str, number: int, params: dict, settings: TrainSettings, status: Status,
                    error: str, replicate_of: str | None) -> dict:
     """A trials row for a trial with no result: interrupted (re-run elsewhere) or failed as a batch."""
     hyper = Hyper(**params).resolved(settings)
     row = dict(trial_id=trial_id(unit_id, number), unit_id=unit_id, run_id=run_id, trial_number=number,
-               status=status, error=error, resample_train=hyper.resample_train, replicate_of=replicate_of)
+               status=status, error=error, resample_train=hyper.resample_train, replicate_of=replicate_of,
+               fold=fold_of(hyper, settings), replicate_kind=replicate_kind(hyper, replicate_of))
     row.update({name: getattr(hyper, name) for name in HYPER_PARAMS})
     return row
 
@@ -37,7 +50,9 @@ def trial_rows(run_id: str, unit_id: str, spec: UnitSpec, result: TrialResult,
                stop_reason=result.stop_reason, precision=result.precision or None,
                wall_s=result.wall_s, tokens_per_s=result.tokens_per_s, worker_node=result.node,
                started_at=result.started_at, ended_at=result.ended_at, resample_train=hyper.resample_train,
-               replicate_of=replicate_of)
+               replicate_of=replicate_of, fold=fold_of(hyper, spec.settings),
+               replicate_kind=replicate_kind(hyper, replicate_of), n_test=result.n_test or None,
+               n_test_clusters=result.n_test_clusters or None)
     row.update({name: getattr(hyper, name) for name in HYPER_PARAMS})
     for split in SPLITS_REPORTED:
         for metric in METRICS:

@@ -43,6 +43,7 @@ from workers.results import TrialResult
 log = logging.getLogger("actscale")
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 REPLICATE_ATTR = "replicate_of"  # the user attribute that marks a replicate and names the trial it re-trains
+FOLD_ATTR = "fold"  # a replicate's fold (search.replicate_data: folds), kept with the trial so a resume re-runs it there
 
 
 def unit_seed(unit_id: str, seed: int) -> int:
@@ -98,33 +99,39 @@ class UnitStudy:
 
     def trial_params(self, trial: Trial | FrozenTrial, replicate_of: str | None) -> dict[str, Any]:
         """What a worker trains: the searched values, the trial seed, and for a replicate its data
-        resampling and that it is never pruned (the one place these are decided)."""
+        resampling or fold and that it is never pruned (the one place these are decided)."""
         params = dict(trial.params, seed=trial.number)
         if replicate_of is not None:
-            params["resample_train"] = self.search.replicate_data
+            params["resample_train"] = self.search.replicate_data == "bootstrap"
             params["prunable"] = False
+            if trial.user_attrs.get(FOLD_ATTR) is not None:
+                params["fold"] = trial.user_attrs[FOLD_ATTR]
         return params
 
-    def _ask(self, replicate_of: str | None) -> Trial:
-        """Ask for a trial; a stale waiting trial of the other kind (left by a crash) is discarded (failed
-        unrun: it has no rows) so that search trials and replicates never mix."""
+    def _ask(self, replicate_of: str | None, fold: int | None = None) -> Trial:
+        """Ask for a trial; a stale waiting trial of another kind or fold (left by a crash) is discarded (failed
+        unrun: it has no rows) so that search trials and replicates never mix, nor replicates' folds."""
         while True:
             trial = self.study.ask(self.dists)
-            if trial.user_attrs.get(REPLICATE_ATTR) == replicate_of:
+            if trial.user_attrs.get(REPLICATE_ATTR) == replicate_of and trial.user_attrs.get(FOLD_ATTR) == fold:
                 return trial
             self.study.tell(trial.number, state=TrialState.FAIL)
 
     def ask_search(self, k: int) -> list[Asked]:
         return [Asked(t.number, self.trial_params(t, None)) for t in (self._ask(None) for _ in range(k))]
 
-    def ask_replicates(self, k: int, selected: dict[str, Any]) -> list[Asked]:
-        """The selected trial's hyper-parameters again as new trials (so new trial seeds), each enqueued
-        with the `replicate_of` attribute in one journal record, then asked at once."""
+    def ask_replicates(self, selected: dict[str, Any], folds: list[int | None]) -> list[Asked]:
+        """The selected trial's hyper-parameters again as new trials (so new trial seeds), one per entry of
+        `folds` (None: no fold of its own), each enqueued with the `replicate_of` attribute (and its fold) in
+        one journal record, then asked at once."""
         params = {name: selected[name] for name in self.dists}
         asked = []
-        for _ in range(k):
-            self.study.enqueue_trial(params, user_attrs={REPLICATE_ATTR: selected["trial_id"]})
-            trial = self._ask(selected["trial_id"])
+        for fold in folds:
+            attrs: dict[str, Any] = {REPLICATE_ATTR: selected["trial_id"]}
+            if fold is not None:
+                attrs[FOLD_ATTR] = fold
+            self.study.enqueue_trial(params, user_attrs=attrs)
+            trial = self._ask(selected["trial_id"], fold)
             asked.append(Asked(trial.number, self.trial_params(trial, selected["trial_id"]), selected["trial_id"]))
         return asked
 
@@ -159,7 +166,7 @@ class Studies:
         self.sync()
         selected = work.unit.selected
         assert selected is not None and selected["trial_id"] == work.replicate_of
-        return study.ask_replicates(work.count, selected)
+        return study.ask_replicates(selected, work.unit.take_replicate_folds(work.count))
 
     def record(self, unit_id: str, number: int, outcome: Outcome, rows: dict[str, list[dict]] | None = None) -> None:
         """A trial's end: its rows (in writing order) to the store now, its outcome to Optuna once they are durable."""

@@ -7,7 +7,8 @@ A unit is in the first phase, in this order, that has anything left:
 
 - DESCRIBE: the unit prepared on a worker (its units and examples rows);
 - SEARCH: `search.n_trials` search trials from its Optuna study (complete and pruned ones count);
-- REPLICATES: the selected trial's hyper-parameters trained `search.replicates - 1` more times;
+- REPLICATES: the selected trial's hyper-parameters trained `search.replicates - 1` more times (with
+  `search.replicate_data: folds`, replicate r on fold r mod K: `replicate_folds`);
 - ANALYSE: the curves and strength of the selected trial and its replicates (`analysis:`).
 
 What a unit has is counted from its stored rows (`UnitState.count`) plus the work in flight, and
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import enum
 import logging
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -66,13 +68,30 @@ class Targets:
     analysis: bool = False
     give_up_after: int = 3  # failed trials after which a unit is given up, in one run
     min_flip: float = 0.9  # the selection rule's threshold
+    replicate_folds: int = 0  # K: replicate r trains on fold r mod K (search.replicate_data: folds); 0: no folds
 
 
 def targets_of(config: SweepConfig) -> Targets:
     analysis = config.analysis
     return Targets(config.search.n_trials, config.search.replicates,
                    analysis.enabled and bool(analysis.curves or analysis.betas),
-                   max(3, 2 * config.search.n_trials), config.selection.min_flip)
+                   max(3, 2 * config.search.n_trials), config.selection.min_flip,
+                   config.train.folds if config.search.replicate_data == "folds" else 0)
+
+
+def replicate_folds(replicates: int, n_folds: int, done: Iterable[int | None],
+                    in_flight: Iterable[int | None] = ()) -> list[int]:
+    """The folds of the replicates still to hand out (pure): replicate r = 1..replicates-1 trains on fold
+    r mod n_folds, and each complete replicate on a fold, or one in flight there, counts one of them off."""
+    taken = Counter(done) + Counter(in_flight)
+    left = []
+    for r in range(1, replicates):
+        fold = r % n_folds
+        if taken[fold] > 0:
+            taken[fold] -= 1
+        else:
+            left.append(fold)
+    return left
 
 
 @dataclass(frozen=True)
@@ -189,6 +208,8 @@ class UnitState:
         self.has_artifact = has_artifact  # whether a trial's tensors are stored (it can be analysed)
         self.search_rows: list[dict[str, Any]] = []  # complete search trials (for the selection)
         self.replicate_ids: dict[str, list[str]] = {}  # selected trial id -> complete replicates' ids
+        self.trial_folds: dict[str, int] = {}  # complete trials' folds (trials.fold), where set
+        self.folds_in_flight: list[int] = []  # the folds of replicates handed out (search.replicate_data: folds)
         self.analysed: set[str] = set()  # trial ids with rows in the curves table
         self.failed = self.interrupted = self.pruned = 0  # trials (failed: also describes that failed)
         self.analysis_failures = 0
@@ -227,8 +248,24 @@ class UnitState:
         chosen = selected["trial_id"] if selected is not None else None
         replicates = self.replicate_ids.get(chosen, []) if chosen is not None else []
         to_analyse = tuple(t for t in ([chosen] if chosen else []) + replicates if t not in self.analysed)
-        return Tally(self.described, len(self.search_rows) + self.pruned, chosen, len(replicates), to_analyse,
+        done = len(replicates)
+        if self.targets.replicate_folds:  # with folds, a replicate counts where its fold is still wanted
+            folds = [self.trial_folds.get(t) for t in replicates]
+            done = self.targets.replicates - 1 - len(replicate_folds(self.targets.replicates,
+                                                                     self.targets.replicate_folds, folds))
+        return Tally(self.described, len(self.search_rows) + self.pruned, chosen, done, to_analyse,
                      self.analysis_failures >= ANALYSIS_TRIES, self.gave_up, dict(self.in_flight))
+
+    def take_replicate_folds(self, k: int) -> list[int | None]:
+        """The folds of the next k replicates, marked in flight until their work is released (None each: the
+        replicates vary no fold)."""
+        if not self.targets.replicate_folds:
+            return [None] * k
+        chosen = self.selected["trial_id"] if self.selected is not None else None
+        done = [self.trial_folds.get(t) for t in self.replicate_ids.get(chosen, [])] if chosen is not None else []
+        folds = replicate_folds(self.targets.replicates, self.targets.replicate_folds, done, self.folds_in_flight)[:k]
+        self.folds_in_flight += folds
+        return list(folds)
 
     def left(self) -> Left:
         return unit_left(self.targets, self.tally())
@@ -270,11 +307,16 @@ class UnitState:
 
     def release(self, work: Work) -> None:
         self.in_flight[work.phase] -= work.size
+        for asked in work.asked:
+            if asked.replicate_of is not None and asked.params.get("fold") in self.folds_in_flight:
+                self.folds_in_flight.remove(asked.params["fold"])
 
     # ------------------------------------------------------------ results
     def count(self, row: dict[str, Any]) -> None:
         """Count one stored trials row."""
         if row["status"] == Status.COMPLETE:
+            if row.get("fold") is not None:
+                self.trial_folds[row["trial_id"]] = row["fold"]
             if row["replicate_of"] is None:
                 self.search_rows.append(row)
             else:

@@ -5,7 +5,8 @@ Columns planned but not in every run (units.model_family, trials.mask, predictio
 `patching` table, ...) are optional: an absent column, or one that is NULL throughout, reads as
 "not measured". Until predictions carry a `cluster`, a prompt's cluster is derived from the
 examples table: the first entity of the test example (the country a capital prompt asks about,
-the name pair of an IOI prompt), joined on unit_id and index.
+the name pair of an IOI prompt), joined on unit_id and index (with cross-fitted folds, `index` is a
+prompt's place in the unit's pool and the examples joined are those with a `test_fold`).
 """
 from __future__ import annotations
 
@@ -114,8 +115,11 @@ class Run:
             return pd.DataFrame(columns=["cluster", "template", FLIP, KL, LD, LD_AFTER, SHIFT, MIRROR, LD_GAP])
         unit_id = str(p.unit_id.iloc[0])
         e = self.examples
-        e = e[(e.unit_id == unit_id) & (e.split == "test")][["index", "prompt", "answer_a", "answer_b", "template",
-                                                             "entities"]]
+        e = e[e.unit_id == unit_id]
+        # with folds a prediction's index is the prompt's place in the unit's pool, and the examples tested in some
+        # fold are those with a test_fold; with one split it is the place in the test split
+        e = e[e.test_fold.notna()] if measured(e, "test_fold") else e[e.split == "test"]
+        e = e[["index", "prompt", "answer_a", "answer_b", "template", "entities"]]
         p = p.merge(e, on="index", how="left", suffixes=("", "_example"))
         keys = [f"{q}\x1f{a}\x1f{b}" if isinstance(q, str) else f"{unit_id}#{i}"
                 for q, a, b, i in zip(p.prompt, p.answer_a, p.answer_b, p["index"])]

@@ -112,10 +112,18 @@ class Search(_Strict):
     grid_points: int = Field(3, ge=2, description="points per range with sampler: grid")
     replicates: int = Field(1, ge=1, le=100, description="after a unit's search, its selected trial's "
                             "hyper-parameters are trained again replicates - 1 times with other trial seeds")
-    replicate_data: bool = Field(False, description="replicates also train on a bootstrap resample of the train "
-                                 "split (the stronger test of stability)")
+    replicate_data: Literal["none", "bootstrap", "folds"] = Field(
+        "none", description="what replicates vary besides the trial seed (batch order): none (labelled 'seed'); "
+        "bootstrap: each trains on a bootstrap resample of the train split; folds (needs train.folds K >= 2): "
+        "replicate r trains and is tested on fold r mod K, so with replicates = K every entity is tested once by "
+        "the selected configuration. The old booleans are read as true: bootstrap, false: none")
     pruner: Pruner | None = Field(None, description="prune search trials at rungs of training steps (absent: none; "
                                   "train.prune is the other, batch-local rule)")
+
+    @field_validator("replicate_data", mode="before")
+    @classmethod
+    def _replicate_data(cls, v: Any) -> Any:
+        return {True: "bootstrap", False: "none"}.get(v, v) if isinstance(v, bool) else v
 
     @field_validator("method_space")
     @classmethod
@@ -156,6 +164,12 @@ class Train(_Strict):
                         "never selected; replicates are never pruned")
     prune_margin: float = Field(_TRAIN.prune_margin, gt=0, le=1, description="how far below the batch's best "
                                 "val-slice flip_rate a trial is pruned")
+    folds: int = Field(_TRAIN.folds, ge=1, le=50, description="cross-fitted folds: 1 is one train/val/test split; "
+                       "K >= 2 cuts the task's entities into K groups with the data seed, and fold f tests on the "
+                       "examples all of whose entities are in group f and trains/validates on those with none there "
+                       "(train vs val by split's first two fractions; an example straddling is dropped for that fold "
+                       "only). The search runs on fold 0; search.replicate_data: folds trains replicates on the "
+                       "others. Part of the unit's id only when not 1")
 
     @field_validator("split")
     @classmethod
@@ -291,6 +305,14 @@ class SweepConfig(_Strict):
         if pruner.min_steps >= most:
             raise ValueError(f"search.pruner.min_steps = {pruner.min_steps} is not below the trials' steps ({most}): "
                              "no rung would come before a trial ends; lower min_steps")
+        return self
+
+    @model_validator(mode="after")
+    def _replicate_folds(self) -> Self:
+        if self.search.replicate_data == "folds" and self.train.folds < 2:
+            raise ValueError(f"search.replicate_data: folds needs train.folds >= 2 (got train.folds: {self.train.folds}); "
+                             "set train.folds: K (replicates: K tests every entity once), or replicate_data: none or "
+                             "bootstrap")
         return self
 
     def task_entries(self) -> list[TaskEntry]:

@@ -82,7 +82,42 @@ def check_run(run_dir: Path, n_trials: int, n_units: int, replicates: int = 1) -
             assert abs(t.values[2] - row["val_l1"]) < 1e-9
             assert t.params["lr"] == row["lr"]
     check_curves(run_dir, selected.trial_id.tolist(), complete)
+    check_folds(run_dir, dict(zip(selected.unit_id, selected.trial_id)), complete, replicates)
     return per_unit
+
+
+def check_folds(run_dir: Path, selected: dict[str, str], complete: list[dict], replicates: int) -> None:
+    """With cross-fitted folds: each complete trial's test predictions are exactly its fold's test prompts; fold
+    replicates of a selected trial take folds 1..R-1 mod K once each, so with R = K the selected trial and its
+    replicates test every prompt some fold tests exactly once (hence every testable entity once)."""
+    units = {r["unit_id"]: r for r in read_table(run_dir, "units").table.to_pylist()}
+    examples = read_table(run_dir, "examples").table.to_pylist()
+    predictions = read_table(run_dir, "predictions").table.to_pylist()
+    tested: dict[str, list[int]] = {}
+    for p in predictions:
+        tested.setdefault(p["trial_id"], []).append(p["index"])
+    for unit_id, unit in units.items():
+        k = unit["n_folds"] or 1
+        mine = [r for r in complete if r["unit_id"] == unit_id]
+        if k == 1:
+            assert all(r["fold"] is None for r in mine), unit_id
+            continue
+        by_fold: dict[int, list[int]] = {}
+        for e in examples:
+            if e["unit_id"] == unit_id and e["test_fold"] is not None:
+                by_fold.setdefault(e["test_fold"], []).append(e["index"])
+        for r in mine:
+            assert sorted(tested[r["trial_id"]]) == sorted(by_fold[r["fold"]]), (r["trial_id"], r["fold"])
+            assert r["n_test"] == len(by_fold[r["fold"]]) and r["n_test_clusters"] >= 1
+        reps = [r for r in mine if r["replicate_of"] == selected.get(unit_id)]
+        if not reps or reps[0]["replicate_kind"] != "fold":
+            continue
+        assert all(r["replicate_kind"] == "fold" for r in reps)
+        assert sorted(r["fold"] for r in reps) == sorted(i % k for i in range(1, replicates)), unit_id
+        if replicates == k:
+            pooled = [i for r in reps + [next(r for r in mine if r["trial_id"] == selected[unit_id])]
+                      for i in tested[r["trial_id"]]]
+            assert sorted(pooled) == sorted(i for rows in by_fold.values() for i in rows), "not every prompt once"
 
 
 def check_curves(run_dir: Path, selected_ids: list[str], complete: list[dict]) -> None:

@@ -134,9 +134,10 @@ def test_table_columns_match_the_worker_contract():
     from workers.unit import Hyper
 
     assert METRICS == METRIC_NAMES
-    # resample_train has its column; prunable is False exactly for replicates (replicate_of says so)
-    assert set(HYPER_PARAMS) | {"resample_train", "prunable"} == {f.name for f in fields(Hyper)}
+    # resample_train and fold have their columns; prunable is False exactly for replicates (replicate_of says so)
+    assert set(HYPER_PARAMS) | {"resample_train", "prunable", "fold"} == {f.name for f in fields(Hyper)}
     columns = set(TRIALS.names)
+    assert {"resample_train", "fold", "replicate_kind", "n_test", "n_test_clusters"} <= columns
     assert {f"{split}_{m}" for split in ("val", "test") for m in METRIC_NAMES} <= columns
-    measured = {"n_params", "sites_moved", "sites_total", "wall_s", "tokens_per_s"}
+    measured = {"n_params", "sites_moved", "sites_total", "wall_s", "tokens_per_s", "n_test", "n_test_clusters"}
     assert measured <= columns and measured <= {f.name for f in fields(TrialResult)}

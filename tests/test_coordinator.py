@@ -86,12 +86,51 @@ def test_replicates_retrain_the_selected_trial_with_other_seeds(tmp_path):
     trials = load(tmp_path, "trials")
     reps = trials[trials.replicate_of.notna()]
     assert reps.resample_train.all() and not trials[trials.replicate_of.isna()].resample_train.any()
+    assert (reps.replicate_kind == "bootstrap").all() and trials.fold.isna().all()  # `true` reads as bootstrap
     assert {s["selected_by"] for s in summary.selected} <= {"min_flip", "fallback"}
     again = Coordinator(config, tmp_path, quiet=True).run()  # nothing left: no replicate runs twice
     assert again.model_loads == 0 and len(load(tmp_path, "trials")) == len(trials)
     rows = unit_status(tmp_path)
     assert all(r["replicates"] == 2 and r["pending"] == 0 for r in rows)
     assert all(r["seed_jaccard"] is None or 0 <= r["seed_jaccard"] <= 1 for r in rows)
+
+
+@pytest.mark.slow
+def test_fold_replicates_test_every_entity_once_with_the_selected_configuration(tmp_path):
+    """train.folds: 3 and replicate_data: folds, replicates: 3: the search runs on fold 0, replicate r on fold r,
+    so the selected trial and its replicates test every entity exactly once (tests/sweeps.py check_folds)."""
+    config = parsed(tiny_config(tasks=[{"name": "ioi", "options": {"n": 20}}], selection={"min_flip": 0.5},
+                                search={"n_trials": 2, "batch": 2, "replicates": 3, "replicate_data": "folds"},
+                                train={"folds": 3, "filter": "none", "patience": 2, "check_every": 1}))
+    summary = Coordinator(config, tmp_path, quiet=True).run()
+    assert summary.failed == 0 and summary.interrupted == 0
+    check_run(tmp_path, n_trials=2, n_units=1, replicates=3)
+    trials = load(tmp_path, "trials")
+    search, reps = trials[trials.replicate_of.isna()], trials[trials.replicate_of.notna()]
+    assert (search.fold == 0).all() and search.replicate_kind.isna().all()
+    assert sorted(reps.fold) == [1, 2] and (reps.replicate_kind == "fold").all() and not reps.resample_train.any()
+    units = load(tmp_path, "units")
+    assert units.n_folds.tolist() == [3] and "fold2_test" in units.counts[0]
+    examples = load(tmp_path, "examples")
+    assert sorted(examples.test_fold.dropna().unique()) == [0, 1, 2]
+    tested = examples[examples.test_fold.notna()]
+    assert tested.groupby(tested.entities.map(tuple)).test_fold.nunique().eq(1).all()  # an entity: one fold
+    curves = load(tmp_path, "curves")
+    n_test = trials.set_index("trial_id").n_test
+    for tid, rows in curves[curves.split == "test"].groupby("trial_id"):  # each analysed on its own fold's test
+        assert (rows.n_prompts == n_test[tid]).all(), tid
+    # the findings' reading: each trial's test prompts joined to their examples by pool index, clustered by
+    # predictions.cluster, and each fold a prompt set of its own in the two-level bootstrap
+    from reports.run import load_run
+    run = load_run(tmp_path)
+    (seeds,) = run.selected.seeds
+    assert len(seeds) == 3
+    for tid in seeds:
+        frame = run.prompts(tid)
+        assert len(frame) == n_test[tid] and not frame.index.str.contains("#").any()  # every prompt found
+        assert frame.cluster.nunique() == trials.set_index("trial_id").n_test_clusters[tid]
+    arm, clusters = run.arm("selected", seeds)
+    assert len(set(arm.prompt_sets)) == 3 and len(clusters) == 3
 
 
 @pytest.mark.slow

@@ -66,3 +66,25 @@ def test_reconcile_records_a_trial_left_running_as_interrupted_and_requeues_it(t
     assert [t.system_attrs["fixed_params"] for t in waiting] == [{k: asked.params[k] for k in reopened.units[unit_id].dists}]
     again = reopened.reconcile(interrupted_row)  # nothing left running: nothing more to settle
     assert [(r["trial_id"], r["status"]) for r in again] == [(r["trial_id"], r["status"]) for r in rows]
+
+
+def test_fold_replicates_keep_their_fold_through_a_crash(tmp_path):
+    """A replicate's fold lives in its Optuna trial's user attributes: the interrupted row a resume writes carries
+    it, and a stale waiting replicate of another fold is never handed out for this one."""
+    planned, studies = _open(tmp_path)
+    unit_id = planned[0].unit_id
+    study = studies.units[unit_id]
+    (searched,) = study.ask_search(1)
+    selected = dict(searched.params, trial_id=f"{unit_id}-t{searched.number:05d}")
+    asked = study.ask_replicates(selected, [2, 3])
+    assert [a.params["fold"] for a in asked] == [2, 3] and all(not a.params["resample_train"] for a in asked)
+    assert all(a.replicate_of == selected["trial_id"] and a.params["prunable"] is False for a in asked)
+    study.study.enqueue_trial({k: selected[k] for k in study.dists},
+                              user_attrs={"replicate_of": selected["trial_id"], "fold": 1})  # stale: never asked
+    (again,) = study.ask_replicates(selected, [2])
+    assert again.params["fold"] == 2
+    _, reopened = _open(tmp_path)
+    rows = reopened.reconcile(lambda uid, a: dict(trial_id=f"{uid}-t{a.number:05d}", unit_id=uid, run_id="r",
+                                                  trial_number=a.number, status="interrupted", error="crash",
+                                                  replicate_of=a.replicate_of, fold=a.params.get("fold")))
+    assert sorted(r["fold"] for r in rows if r["replicate_of"]) == [2, 2, 3]

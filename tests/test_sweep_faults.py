@@ -81,6 +81,43 @@ def test_coordinator_sigkilled_while_analyzing_leaves_every_curve_exactly_once(t
     assert "analyzed" in (tmp_path / "out.log").read_text()
 
 
+def _replicate_count(run_dir) -> int:
+    try:
+        rows = read_table(run_dir, "trials").table.select(["status", "replicate_of"]).to_pylist()
+    except Exception:  # noqa: BLE001 - directory not there yet
+        return 0
+    return sum(r["status"] == "complete" and r["replicate_of"] is not None for r in rows)
+
+
+def test_fold_replicates_exactly_once_after_sigkills_while_replicating(tmp_path):
+    """train.folds: 4, replicate_data: folds, replicates: 4, one trial at a time: kills land while the fold
+    replicates train; after the resume each fold 1..3 has exactly one replicate and the selected trial and its
+    replicates test every prompt some fold tests exactly once (tests/sweeps.py check_folds)."""
+    cfg = write_config(tmp_path / "sweep.yaml", tiny_config(
+        tasks=[{"name": "ioi", "options": {"n": 20}}], analysis={"enabled": False},
+        search={"n_trials": 2, "batch": 1, "replicates": 4, "replicate_data": "folds"},
+        train={"steps": 60, "batch_size": 8, "folds": 4, "filter": "none"}))
+    run = tmp_path / "run"
+    rng = random.Random(3)
+    for attempt in range(3):
+        before = _replicate_count(run)
+        command = ["run", str(cfg), "--out", str(run), "--quiet"]
+        proc = start_coordinator(command, tmp_path / "out.log")
+        # a replicate finished (so the next is in flight), or, the first time, the search's end is near
+        assert wait_for(lambda: _replicate_count(run) > before or _complete_count(run) >= 2  # noqa: B023
+                        and attempt == 0 or proc.poll() is not None, timeout=900)  # noqa: B023
+        time.sleep(rng.uniform(0.2, 1.5))
+        kill_session(proc)
+    proc = start_coordinator(["resume", str(run), "--quiet"], tmp_path / "out.log")
+    assert proc.wait(timeout=1500) == 0, (tmp_path / "out.log").read_text()[-3000:]
+    check_run(run, n_trials=2, n_units=1, replicates=4)  # with check_folds: each fold's replicate exactly once
+    rows = read_table(run, "trials").table.to_pylist()
+    assert not [r for r in rows if r["status"] == "failed"]
+    assert all(r["fold"] is not None for r in rows if r["replicate_of"] is not None)  # interrupted ones too
+    interrupted = [r for r in rows if r["status"] == "interrupted" and r["replicate_of"] is not None]
+    assert interrupted, "no kill landed on a replicate"  # ... and each was re-run on its fold (check_folds)
+
+
 def test_worker_process_killed_mid_trial(tmp_path):
     cfg = write_config(tmp_path / "sweep.yaml", tiny_config(search={"n_trials": 6, "batch": 2},
                                                             train={"steps": 150, "batch_size": 8}))

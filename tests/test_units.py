@@ -3,7 +3,7 @@ scheduler, the progress display and `status` see them; no Ray, no Optuna."""
 from __future__ import annotations
 
 from orchestrator.plan import PlannedUnit
-from orchestrator.units import Phase, Tally, Targets, UnitState, Work, unit_left
+from orchestrator.units import Asked, Phase, Tally, Targets, UnitState, Work, unit_left
 from storage.schema import Status
 from workers.tasks.base import TaskSpec
 from workers.unit import TrainSettings, UnitSpec
@@ -101,3 +101,37 @@ def test_work_in_flight_is_left_but_not_handed_out_again():
     tally = Tally(search_finished=1, in_flight={Phase.SEARCH: 2})
     left = unit_left(TARGETS, tally)
     assert left.phase is Phase.SEARCH and left.steps[Phase.SEARCH].left == 3 and left.hand_out == 1
+
+
+def test_fold_replicates_take_each_wanted_fold_once():
+    from orchestrator.units import replicate_folds
+
+    assert replicate_folds(5, 5, []) == [1, 2, 3, 4]  # R = K: every fold but the search's 0
+    assert replicate_folds(7, 3, []) == [1, 2, 0, 1, 2, 0]  # R > K: round the folds again, fold 0 too
+    assert replicate_folds(5, 5, [2], [4]) == [1, 3]  # done and in flight count off
+    assert replicate_folds(3, 5, [None, 1]) == [2]  # a seed replicate (no fold) counts for no fold
+
+
+def test_a_unit_hands_out_fold_replicates_by_fold_and_asks_again_the_fold_cut_off():
+    targets = Targets(n_trials=2, replicates=4, give_up_after=8, min_flip=0.5, replicate_folds=4)
+    unit = _unit(described=True, targets=targets)
+    for number in range(2):
+        unit.count(dict(_row(unit, number, flip=0.6 + 0.1 * number), fold=0))
+    selected = unit.selected["trial_id"]
+    work = unit.next_work(batch=2)
+    unit.start(work)
+    folds = unit.take_replicate_folds(work.count)
+    assert work.phase is Phase.REPLICATES and folds == [1, 2]
+    work.asked = [Asked(10 + i, {"fold": f}, selected) for i, f in enumerate(folds)]
+    rest = unit.next_work(batch=2)
+    unit.start(rest)
+    assert unit.take_replicate_folds(rest.count) == [3]  # the folds in flight are not asked twice
+    rest.asked = [Asked(12, {"fold": 3}, selected)]
+    # fold 1 completes; fold 2 is cut off (interrupted); fold 3 completes
+    _finish(unit, work, [dict(_row(unit, 10, replicate_of=selected), fold=1),
+                         dict(_row(unit, 11, Status.INTERRUPTED, replicate_of=selected), fold=2)])
+    _finish(unit, rest, [dict(_row(unit, 12, replicate_of=selected), fold=3)])
+    assert unit.tally().replicates_done == 2 and unit.phase is Phase.REPLICATES
+    again = unit.next_work(batch=2)
+    unit.start(again)
+    assert again.count == 1 and unit.take_replicate_folds(again.count) == [2]  # the fold cut off, again

@@ -62,15 +62,8 @@ class WorkerActor:
                    moved_measure=measure, moved_threshold=threshold, min_split=spec.settings.min_split,
                    warnings=unit.warnings, value_identity=method_info(spec.method).identity,
                    **self.loaded.identity, train_dtype=unit.precision, eval_dtype=EVAL_DTYPE,
-                   near_chance=unit.base_accuracy < NEAR_CHANCE)
-        examples = []
-        for split, data in unit.splits.items():
-            lds = data.ld.tolist()
-            examples += [dict(unit_id=unit_id, split=split, index=i, prompt=e.example.prompt,
-                              answer_a=e.example.answer_a, answer_b=e.example.answer_b, template=e.example.template,
-                              roles=e.roles, ld_before=lds[i], entities=list(e.example.split_keys))
-                         for i, e in enumerate(data.examples)]
-        return row, examples
+                   near_chance=unit.base_accuracy < NEAR_CHANCE, n_folds=unit.n_folds)
+        return row, _example_rows(unit_id, unit)
 
     def run_trials(self, unit_id: str, spec: UnitSpec, trials: list[tuple[int, dict]],
                    rungs: Rungs | None = None) -> list[TrialResult]:
@@ -86,12 +79,30 @@ class WorkerActor:
         return results
 
     def analyze(self, unit_id: str, spec: UnitSpec, trials: list[tuple[str, dict]], betas: list[float],
-                curves: bool, k_step: int = 2) -> dict[str, list[dict]]:
-        """Curves and strength rows (workers/analysis.py) of stored trials: trial id -> rows."""
+                curves: bool, k_step: int = 2, folds: dict[str, int | None] | None = None) -> dict[str, list[dict]]:
+        """Curves and strength rows (workers/analysis.py) of stored trials: trial id -> rows. Each trial is
+        measured on its own fold's val and test (`folds`: trial id -> fold; absent: fold 0, or the one split)."""
         unit = self._unit(unit_id, spec)
-        return {tid: analyze_trial(self.loaded, unit, {k: torch.as_tensor(v) for k, v in tensors.items()},
-                                   tuple(betas), curves, k_step)
+        return {tid: analyze_trial(self.loaded, unit.for_fold((folds or {}).get(tid)),
+                                   {k: torch.as_tensor(v) for k, v in tensors.items()}, tuple(betas), curves, k_step)
                 for tid, tensors in trials}
+
+
+def _example_rows(unit_id: str, unit: PreparedUnit) -> list[dict]:
+    """The examples rows: per split, each prompt at its place in the split (one split); with folds, every prompt of
+    the pool at its place there, with its fold-0 split (NULL: fold 0 drops it) and the fold that tests it."""
+    if unit.pool is None:
+        placed = [(split, i, e, ld, None) for split, data in unit.splits.items()
+                  for i, (e, ld) in enumerate(zip(data.examples, data.ld.tolist()))]
+    else:
+        split_of = {i: split for split, rows in unit.folds[0].items() for i in rows}
+        tested_in = {i: f for f, parts in enumerate(unit.folds) for i in parts["test"]}
+        placed = [(split_of.get(i), i, e, ld, tested_in.get(i))
+                  for i, (e, ld) in enumerate(zip(unit.pool.examples, unit.pool.ld.tolist()))]
+    return [dict(unit_id=unit_id, split=split, index=i, prompt=e.example.prompt, answer_a=e.example.answer_a,
+                 answer_b=e.example.answer_b, template=e.example.template, roles=e.roles, ld_before=ld,
+                 entities=list(e.example.split_keys), test_fold=fold)
+            for split, i, e, ld, fold in placed]
 
 
 def _node_address() -> str:

@@ -14,7 +14,8 @@ than DROP_WARN_SHARE of its task's prompts, with the count per reason and what w
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -26,10 +27,10 @@ from workers.models import LoadedModel
 from workers.objective import logit_diff
 from workers.precision import evaluation_model, resolve_precision, training_model
 from workers.sites import check_site, resolve_layers
-from workers.splits import assign_splits, drop_duplicates
+from workers.splits import assign_folds, assign_splits, drop_duplicates
 from workers.tasks.base import Example, load_examples, task_hash
 from workers.tasks.roles import TokenizedExample, tokenize_examples
-from workers.unit import UnitSpec
+from workers.unit import TrainSettings, UnitSpec
 
 SPLITS = ("train", "val", "test")
 NEAR_CHANCE = 0.6  # a base accuracy below this (chance: 0.5) is warned about
@@ -85,7 +86,7 @@ class PreparedUnit:
     spec: UnitSpec
     layers: list[int]
     n_positions: int | None  # the one token length (fixed-length methods), else None
-    splits: dict[str, SplitData]
+    splits: dict[str, SplitData]  # train, val, test: the single split's, or (folds) those of fold `fold`
     counts: dict[str, int] = field(default_factory=dict)
     task_hash: str = ""
     precision: str = "fp32"  # the training forwards' precision, resolved on this worker
@@ -96,6 +97,41 @@ class PreparedUnit:
     check: SplitData | None = None
     # per drop reason (the counts' key without "dropped_"): what was dropped and what would keep it
     drop_hints: dict[str, str] = field(default_factory=dict)
+    # Cross-fitted folds (settings.folds >= 2): `pool` holds every prompt of some fold once with its fp32 logits and
+    # prefix cache (computed once), `trained_pool` the training model's own logits and prefix where it differs
+    # (bf16); `folds` are each fold's splits as indices into the pool, `fold` the fold `splits` hold. With one
+    # split `folds` is empty and the pools are None.
+    folds: list[dict[str, list[int]]] = field(default_factory=list)
+    fold: int | None = None
+    pool: SplitData | None = None
+    trained_pool: SplitData | None = None
+
+    @property
+    def n_folds(self) -> int:
+        return self.spec.settings.folds
+
+    def for_fold(self, fold: int | None) -> PreparedUnit:
+        """The unit as fold `fold` sees it: its splits and check slice, indexed out of the pool on each call (a
+        worker keeps one pool per unit, not a copy per fold). None: the search's fold (0), or the single split."""
+        wanted = 0 if fold is None else fold
+        if self.pool is None:
+            if wanted != 0:
+                raise UsageError(f"unit {self.spec.describe()}: fold {fold} asked, but the unit has one split "
+                                 "(train.folds: 1)")
+            return self
+        if not 0 <= wanted < len(self.folds):
+            raise UsageError(f"unit {self.spec.describe()}: fold {fold} asked; it has folds 0..{len(self.folds) - 1}")
+        if wanted == self.fold:
+            return self
+        splits, check = _fold_splits(self.pool, self.trained_pool, self.folds[wanted], self.spec.settings)
+        return replace(self, splits=splits, check=check, fold=wanted)
+
+    def row_index(self, split: str) -> list[int]:
+        """Each prompt of a split by its index as the examples and predictions tables store it: its place in the
+        split (one split), or in the unit's pool (folds)."""
+        if self.pool is None or self.fold is None:
+            return list(range(len(self.splits[split])))
+        return list(self.folds[self.fold][split])
 
     @property
     def first_layer(self) -> int:
@@ -188,12 +224,6 @@ def _length_hint(tokenized: list[TokenizedExample], n_positions: int, method: st
             "split by template into one task per length")
 
 
-def _split_data(loaded: LoadedModel, examples: list[TokenizedExample], logits: torch.Tensor) -> SplitData:
-    ids, lengths = pad_batch([e.input_ids for e in examples], loaded.tokenizer.pad_token_id)
-    return SplitData(examples, ids, lengths, torch.tensor([e.answer_a_id for e in examples]),
-                     torch.tensor([e.answer_b_id for e in examples]), logits)
-
-
 def _as_trained(data: SplitData, trains_on: LoadedModel, chunk: int, cache_layer: int | None) -> None:
     """Give `data` the training model's own unintervened logits and prefix (it differs from the
     fp32 model: bf16), so that an untrained intervention is exact against them."""
@@ -264,30 +294,105 @@ def prepare_unit(loaded: LoadedModel, spec: UnitSpec) -> PreparedUnit:
                                 f"{base_accuracy:.0%}); to keep them: train: {{filter: none}} in the sweep "
                                 "(actscale train --filter none), or a task the model does")
     indices = [i for i, k in enumerate(keep) if k]
-    parts, counts["dropped_entity_across_splits"] = assign_splits([e.example for e in tokenized], indices,
-                                                                  settings.split, settings.seed)
-    for name, idx in parts.items():
-        counts[f"kept_{name}"] = len(idx)
-        if not idx:
-            raise UsageError(f"unit {spec.describe()}: no {name} examples left after filtering ({counts}); "
-                             f"dropped: {drop_reasons(counts, hints)} Use more examples (task option n), "
-                             "filter: none, or another model")
-    splits = {name: _split_data(loaded, [tokenized[i] for i in idx], logits[idx]) for name, idx in parts.items()}
-    if states is not None:
-        for name, data in splits.items():
-            data.prefix = states[parts[name]][:, : data.ids.shape[1]]
+    tokens = SplitData(tokenized, all_ids, all_lengths, a_ids, b_ids, logits, states)  # every prompt tokenized
     precision = resolve_precision(settings.precision, loaded)
     trains_on = training_model(loaded, precision)
-    check = None
-    if settings.patience > 0 or settings.prune:
-        check = splits["val"].head(min(settings.check_prompts, len(splits["val"])))
-    if trains_on is not evaluates_on:  # the objective's reference logits and the prefix from the model that trains
-        for data in (splits["train"], check):
-            if data is not None:
-                _as_trained(data, trains_on, settings.eval_batch, cache_layer)
+
+    def as_trained(data: SplitData) -> None:  # the objective's reference logits and prefix from the model that trains
+        if trains_on is not evaluates_on:
+            _as_trained(data, trains_on, settings.eval_batch, cache_layer)
     unit_hash = task_hash(spec.task, settings.seed)  # as the coordinator hashes it: no tokenizer
-    return PreparedUnit(spec, layers, n_positions, splits, counts, unit_hash, precision, base_accuracy,
-                        mean_ld, check, hints)
+    unit = PreparedUnit(spec, layers, n_positions, {}, counts, unit_hash, precision, base_accuracy, mean_ld, None, hints)
+    if settings.folds == 1:
+        _single_split(unit, tokens, indices, as_trained)
+    else:
+        _cross_fitted(unit, tokens, indices, as_trained, trains_on is not evaluates_on)
+    return unit
+
+
+def _rows(source: SplitData, rows: list[int], trained: SplitData | None = None) -> SplitData:
+    """The prompts `rows` of `source` (padded to their own longest); with `trained`, the training model's own
+    logits and prefix from it (the train split and the check slice under bf16)."""
+    idx = torch.tensor(rows, dtype=torch.long)
+    width = int(source.lengths[idx].max())
+    states = (trained if trained is not None else source).prefix
+    return SplitData([source.examples[i] for i in rows], source.ids[idx][:, :width], source.lengths[idx],
+                     source.a_ids[idx], source.b_ids[idx], source.logits[idx],
+                     states[idx][:, :width] if states is not None else None,
+                     trained.own_logits[idx] if trained is not None else None)
+
+
+def _require(unit: PreparedUnit, parts: dict[str, list[int]], fold: int | None) -> None:
+    """Every split of a fold holds prompts, else a usage error with the counts and what would keep more."""
+    for name, idx in parts.items():
+        if not idx:
+            where, folds = (f" in fold {fold} of {unit.n_folds}", " fewer train.folds,") if fold is not None else ("", "")
+            raise UsageError(f"unit {unit.spec.describe()}: no {name} examples left after filtering{where} "
+                             f"({unit.counts}); dropped: {drop_reasons(unit.counts, unit.drop_hints)} Use more examples "
+                             f"(task option n), filter: none,{folds} or another model")
+
+
+def _wants_check(settings: TrainSettings) -> bool:
+    return settings.patience > 0 or settings.prune
+
+
+def _single_split(unit: PreparedUnit, tokens: SplitData, indices: list[int],
+                  as_trained: Callable[[SplitData], None]) -> None:
+    """The one train/val/test split (train.folds: 1), as the unit's splits."""
+    settings = unit.spec.settings
+    parts, unit.counts["dropped_entity_across_splits"] = assign_splits([e.example for e in tokens.examples], indices,
+                                                                       settings.split, settings.seed)
+    for name, idx in parts.items():
+        unit.counts[f"kept_{name}"] = len(idx)
+    _require(unit, parts, None)
+    unit.splits = {name: _rows(tokens, idx) for name, idx in parts.items()}
+    if _wants_check(settings):
+        unit.check = unit.splits["val"].head(min(settings.check_prompts, len(unit.splits["val"])))
+    for data in (unit.splits["train"], unit.check):
+        if data is not None:
+            as_trained(data)
+
+
+def _cross_fitted(unit: PreparedUnit, tokens: SplitData, indices: list[int], as_trained: Callable[[SplitData], None],
+                  differs: bool) -> None:
+    """K folds (workers/splits.py assign_folds) over one pool of the prompts some fold uses; the unit's splits
+    are fold 0's, where the search runs. Counts per fold: fold{f}_train, _val, _test, _dropped."""
+    settings, counts = unit.spec.settings, unit.counts
+    folds = assign_folds([e.example for e in tokens.examples], indices, settings.folds, settings.split, settings.seed)
+    used = sorted({i for fold in folds for idx in fold.parts.values() for i in idx})
+    at = {i: n for n, i in enumerate(used)}
+    unit.folds = [{name: [at[i] for i in idx] for name, idx in fold.parts.items()} for fold in folds]
+    counts["dropped_entity_across_splits"] = folds[0].dropped  # the search's fold; the others below
+    counts.update({f"kept_{name}": len(idx) for name, idx in unit.folds[0].items()})
+    for f, fold in enumerate(folds):
+        counts.update({f"fold{f}_{name}": len(idx) for name, idx in fold.parts.items()})
+        counts[f"fold{f}_dropped"] = fold.dropped
+    counts["pooled_test"] = sum(len(parts["test"]) for parts in unit.folds)
+    counts["in_no_fold"] = len(indices) - len(used)
+    unit.drop_hints["entity_across_splits"] = (
+        f"prompts whose entities landed in different splits of fold 0 (the search's fold; per fold: "
+        f"{', '.join(str(fold.dropped) for fold in folds)}); each is dropped only in the folds it straddles, "
+        f"{counts['in_no_fold']} in every fold; to keep more: fewer entities per prompt, or more prompts (option n)")
+    for f, parts in enumerate(unit.folds):
+        _require(unit, parts, f)
+    unit.pool = _rows(tokens, used)
+    if differs:
+        pool = unit.pool
+        unit.trained_pool = SplitData(pool.examples, pool.ids, pool.lengths, pool.a_ids, pool.b_ids, pool.logits)
+        as_trained(unit.trained_pool)
+    unit.fold = 0
+    unit.splits, unit.check = _fold_splits(unit.pool, unit.trained_pool, unit.folds[0], settings)
+
+
+def _fold_splits(pool: SplitData, trained: SplitData | None, parts: dict[str, list[int]],
+                 settings: TrainSettings) -> tuple[dict[str, SplitData], SplitData | None]:
+    """A fold's splits and check slice (its val's first prompts), indexed out of the pool; the train split and the
+    check slice as the training model sees them."""
+    splits = {name: _rows(pool, idx, trained if name == "train" else None) for name, idx in parts.items()}
+    check = None
+    if _wants_check(settings):
+        check = _rows(pool, parts["val"][: settings.check_prompts], trained)
+    return splits, check
 
 
 def check_slice(loaded: LoadedModel, unit: PreparedUnit) -> SplitData:
@@ -297,6 +402,8 @@ def check_slice(loaded: LoadedModel, unit: PreparedUnit) -> SplitData:
     if unit.check is not None:
         return unit.check
     settings = unit.spec.settings
+    if unit.pool is not None and unit.fold is not None:
+        return _rows(unit.pool, unit.folds[unit.fold]["val"][: settings.check_prompts], unit.trained_pool)
     data = unit.splits["val"].head(min(settings.check_prompts, len(unit.splits["val"])))
     trains_on = training_model(loaded, unit.precision)
     if trains_on is not evaluation_model(loaded):

@@ -30,7 +30,12 @@ class TrialResult:
     tokens_per_s: float = 0.0
     # per cell: layer, position, role, head, n_prompts, mean_position, value, effect, moved (scalars columns)
     scalars: list[dict[str, Any]] = field(default_factory=list)
-    # per test prompt: index, ld_before, ld_after, kl_other, flipped (columns of the predictions table)
+    # the cross-fitted fold it trained and was tested on (None: one split); its test prompts and their distinct
+    # grouping keys (Example.cluster)
+    fold: int | None = None
+    n_test: int = 0
+    n_test_clusters: int = 0
+    # per test prompt: index, ld_before, ld_after, kl_other, flipped, cluster, template, fold (predictions columns)
     predictions: list[dict[str, Any]] = field(default_factory=list)
     tensors: dict[str, Any] = field(default_factory=dict)  # artifact name -> array (torch in the trainer, numpy once sent)
     # per check of its training on the val check slice: kind ('rung': ASHA), step, loss, flip_rate, kl_other, l1,

@@ -34,6 +34,12 @@ def intervened_logits(loaded: LoadedModel, hooks: Installed, ids: torch.Tensor, 
             return last_token_logits(loaded, ids, lengths), ctx
 
 
+def is_top1(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Whether `ids` ([...]) is the top-1 token of the whole vocabulary under `logits` ([..., V]): `top1_b` is its
+    share over prompts with ids = answer b (a tie counts for the lowest token id, as argmax breaks it)."""
+    return logits.argmax(-1) == ids
+
+
 @dataclass
 class Scores:
     """What K trials do on a split of N prompts."""
@@ -78,7 +84,7 @@ def score(loaded: LoadedModel, acting: Acting, refs: list[SiteRef], split: Split
             ld_after.append(logit_diff(after, a, b))
             kl.append(kl_other_per_prompt(before, after, a, b))
             mass.append(mass_shift_per_prompt(before, after, a, b))
-            top1_b.append(after.argmax(-1) == b)  # [K, n]
+            top1_b.append(is_top1(after, b))  # [K, n]
             term = acting.minimality(ctx).detach()  # [K]
             terms.append(term)
             l1 += term.cpu() * n / len(split)

@@ -47,47 +47,91 @@ class TrainBatches:
         return out
 
 
+def fold_views(unit: PreparedUnit, hypers: list[Hyper]) -> dict[int, PreparedUnit]:
+    """The unit as each trial's fold sees it, by fold (one view per fold; the single split: the unit itself)."""
+    return {h.fold or 0: unit.for_fold(h.fold) for h in hypers}
+
+
+def _by_fold(hypers: list[Hyper]) -> dict[int, list[int]]:
+    """The trials (their places in `hypers`) of each fold."""
+    out: dict[int, list[int]] = {}
+    for j, h in enumerate(hypers):
+        out.setdefault(h.fold or 0, []).append(j)
+    return out
+
+
+def _checked(stoppers: dict[int, TrialStopper], intervention: Intervention, hypers: list[Hyper], live: list[int],
+             step: int) -> list[int]:
+    """The live trials that keep training after a check: each fold's trials checked on its own check slice."""
+    kept = []
+    for fold, members in _by_fold([hypers[i] for i in live]).items():
+        trials = [live[j] for j in members]
+        if fold not in stoppers:
+            kept += trials
+            continue
+        intervention.keep_trials(trials)
+        kept += stoppers[fold].check(intervention, trials, step)
+    return sorted(kept)
+
+
+def _gathered(parts: list[torch.Tensor], width: int | None = None, pad: float = 0) -> torch.Tensor:
+    """Rows gathered per trial, cut (or right-padded with `pad`) to `width` columns, then stacked into one batch."""
+    if width is not None:
+        parts = [p[:, :width] if p.shape[1] >= width else
+                 torch.nn.functional.pad(p, (0, 0) * (p.dim() - 2) + (0, width - p.shape[1]), value=pad)
+                 for p in parts]
+    return torch.cat(parts)
+
+
 def train_group(loaded: LoadedModel, unit: PreparedUnit, hypers: list[Hyper], refs: list[SiteRef],
-                outcomes: list[TrialResult], rungs: RungSetup | None = None) -> tuple[Intervention, int]:
+                outcomes: list[TrialResult], rungs: RungSetup | None = None,
+                views: dict[int, PreparedUnit] | None = None) -> tuple[Intervention, int]:
     """Train trials that share a batch size together; fills steps/status of `outcomes`.
-    A trial that ends (its steps done, a non-finite loss, early stopping, pruning, an ASHA rung)
-    leaves the batched forward. Returns the trained intervention (all trials back in) and the number
-    of real tokens it processed."""
+    Each trial draws its batches from its own fold's train split (`Hyper.fold`, `views`), so trials of
+    different folds share one batched forward. A trial that ends (its steps done, a non-finite loss, early
+    stopping, pruning, an ASHA rung) leaves the batched forward. Returns the trained intervention (all
+    trials back in) and the number of real tokens it processed."""
     k = len(hypers)
-    train = unit.splits["train"]
+    views = views or fold_views(unit, hypers)
+    trains = [views[h.fold or 0].splits["train"] for h in hypers]  # each trial's train split
+    pad_id = loaded.tokenizer.pad_token_id
     intervention = build_intervention(unit.spec.method, refs, k, unit.n_positions).to(loaded.device)
     optimizers = [torch.optim.Adam(intervention.trial_parameters(i), lr=h.lr) for i, h in enumerate(hypers)]
     steps = [h.steps or unit.spec.settings.steps for h in hypers]
     batch = hypers[0].batch_size or unit.spec.settings.batch_size
-    batches = [TrainBatches(len(train), batch, h.seed, h.resample_train) for h in hypers]
+    batches = [TrainBatches(len(train), batch, h.seed, h.resample_train) for h, train in zip(hypers, trains)]
     lam_f = torch.tensor([h.lambda_faith for h in hypers], device=loaded.device)
     lam_m = torch.tensor([h.lambda_min for h in hypers], device=loaded.device)
-    stopper = TrialStopper(unit, hypers, steps, outcomes, loaded, refs) if TrialStopper.wanted(unit) else None
-    judge = RungJudge(rungs, unit, hypers, outcomes, loaded, refs) if rungs is not None else None
+    # early stopping and pruning per fold, each on its fold's check slice (search trials: all in fold 0)
+    stoppers = {fold: TrialStopper(view, hypers, steps, outcomes, loaded, refs) for fold, view in views.items()
+                if TrialStopper.wanted(view)}
+    judge = RungJudge(rungs, unit, hypers, outcomes, loaded, refs) if rungs is not None else None  # search: fold 0
 
     live = list(range(k))
     tokens = 0
     for step in range(max(steps)):
         live = [i for i in live if step < steps[i]]
-        if stopper is not None and live and stopper.due(step):
-            intervention.keep_trials(live)
-            live = stopper.check(intervention, live, step)
+        if stoppers and live and next(iter(stoppers.values())).due(step):
+            live = _checked(stoppers, intervention, hypers, live, step)
         if judge is not None and live and judge.due(step):
             intervention.keep_trials(live)
             live = judge.check(intervention, live, step)
         if not live:
             break
         intervention.keep_trials(live)
-        idx = torch.stack([batches[i].next() for i in live])  # [K', B]
-        flat = idx.flatten()
-        lengths = train.lengths[flat]
-        ids = train.ids[flat][:, : int(lengths.max())]
-        prefix = train.prefix[flat] if train.prefix is not None else None
+        idx = [batches[i].next() for i in live]  # K' x [B], into each trial's train split
+        lengths = torch.cat([trains[i].lengths[r] for i, r in zip(live, idx)])
+        width = int(lengths.max())
+        ids = _gathered([trains[i].ids[r] for i, r in zip(live, idx)], width, pad_id)
+        prefix = None
+        if trains[0].prefix is not None:
+            prefix = _gathered([trains[i].prefix[r] for i, r in zip(live, idx)], width)
         with installed(intervention, refs) as hooks:
             logits, ctx = intervened_logits(loaded, hooks, ids, lengths, unit.first_layer, prefix)
-        logits = logits.reshape(len(live), idx.shape[1], -1)  # [K', B, V]
-        before = train.reference_logits[idx].to(loaded.device)
-        a, b = train.a_ids[idx].to(loaded.device), train.b_ids[idx].to(loaded.device)
+        logits = logits.reshape(len(live), len(idx[0]), -1)  # [K', B, V]
+        before = torch.stack([trains[i].reference_logits[r] for i, r in zip(live, idx)]).to(loaded.device)
+        a = torch.stack([trains[i].a_ids[r] for i, r in zip(live, idx)]).to(loaded.device)  # [K', B]
+        b = torch.stack([trains[i].b_ids[r] for i, r in zip(live, idx)]).to(loaded.device)  # [K', B]
         loss, _ = objective(before, logits, a, b, intervention.minimality(ctx), lam_f[live], lam_m[live])
         finite = [math.isfinite(float(x)) for x in loss.detach()]
         for j, i in enumerate(live):
@@ -123,10 +167,45 @@ def _cell_rows(unit: PreparedUnit, columns: list[CellColumn], values: torch.Tens
     return rows
 
 
+def _evaluate(loaded: LoadedModel, view: PreparedUnit, intervention: Intervention, refs: list[SiteRef],
+              norms: torch.Tensor | None, outcomes: list[TrialResult]) -> None:
+    """Score the intervention's trials (all of one fold) on their fold's val and test, and read their cells on
+    val: fills each outcome's metrics, cells and test predictions."""
+    settings = view.spec.settings
+    columns, column_ids = view.cell_columns("val")  # the cells' columns, and each val token's column [N, T]
+    recorder = CellRecorder(len(columns)) if intervention.records_cells else None  # its cells, on val
+    evals = {split: score(loaded, intervention, refs, view.splits[split], first_layer=view.first_layer,
+                          batch_rows=settings.eval_batch, token_columns=column_ids if split == "val" else None,
+                          recorder=recorder if split == "val" else None)
+             for split in ("test", "val")}
+    stats = CellStats(norms, recorder)
+    cells = [intervention.cells(j, stats) for j in range(len(outcomes))]  # (values, effects) per trial
+    threshold = intervention.moved_threshold(settings)
+    test = view.splits["test"]
+    index, ld_before = view.row_index("test"), test.ld
+    clusters = [e.example.cluster for e in test.examples]
+    templates = [e.example.template for e in test.examples]
+    for j, o in enumerate(outcomes):
+        o.metrics = {split: {name: float(evals[split].metrics[name][j]) for name in METRIC_NAMES}
+                     for split in ("val", "test")}
+        values, effects = cells[j]
+        o.sites_moved = int((effects > threshold).sum())
+        o.sites_total = effects.numel()
+        o.scalars = _cell_rows(view, columns, values, effects, threshold)
+        o.fold, o.n_test, o.n_test_clusters = view.fold, len(test), len(set(clusters))
+        ld_after, kl = evals["test"].ld_after, evals["test"].kl_other
+        flips = flipped(ld_after[j], ld_before)
+        o.predictions = [dict(index=index[n], ld_before=float(ld_before[n]), ld_after=float(ld_after[j, n]),
+                              kl_other=float(kl[j, n]), flipped=bool(flips[n]), cluster=clusters[n],
+                              template=templates[n], fold=view.fold)
+                         for n in range(len(test))]
+
+
 def train_trials(loaded: LoadedModel, unit: PreparedUnit, hypers: list[Hyper],
                  rungs: Rungs | None = None) -> list[TrialResult]:
-    """Train and score trials of one unit; trials with equal batch sizes share one batched forward.
-    `rungs`: ASHA over the search trials' steps (workers/asha.py), with the unit's history so far."""
+    """Train and score trials of one unit; trials with equal batch sizes share one batched forward, whatever
+    their folds; each is scored on its own fold's val and test. `rungs`: ASHA over the search trials' steps
+    (workers/asha.py, all in fold 0), with the unit's history so far."""
     outcomes: list[TrialResult] = [TrialResult(h) for h in hypers]
     groups: dict[int, list[int]] = {}
     for i, h in enumerate(hypers):
@@ -134,55 +213,42 @@ def train_trials(loaded: LoadedModel, unit: PreparedUnit, hypers: list[Hyper],
     loaded = evaluation_model(loaded)  # every reported number is fp32 (on CUDA: autocast off)
     refs = resolve_site(loaded.model, unit.spec.site, unit.layers)
     settings = unit.spec.settings
-    norms = None  # mean |h| per cell on train, for a relative effect such as SteerVec's
-    if method_class(unit.spec.method).needs_norms:
-        norms = site_norms(loaded, refs, unit.splits["train"], settings.eval_batch)
-    columns, column_ids = unit.cell_columns("val")  # the cells' columns, and each val token's column [N, T]
+    views = fold_views(unit, hypers)
+    norms: dict[int, torch.Tensor | None] = {}  # per fold: mean |h| per cell on train, for a relative effect (SteerVec)
+    for fold, view in views.items():
+        norms[fold] = None
+        if method_class(unit.spec.method).needs_norms:
+            norms[fold] = site_norms(loaded, refs, view.splits["train"], settings.eval_batch)
     trains_on = training_model(loaded, unit.precision)  # a bf16 copy, autocast, or the model itself
     train_refs = refs if trains_on.model is loaded.model else resolve_site(trains_on.model, unit.spec.site,
                                                                             unit.layers)
     rung_setup = None
     if rungs is not None and any(h.prunable for h in hypers):
         data = check_slice(loaded, unit)
-        rung_setup = RungSetup(rungs, data, column_ids[:len(data)], len(columns), norms)
+        columns, column_ids = unit.cell_columns("val")  # the cells' columns, and each val token's column [N, T]
+        rung_setup = RungSetup(rungs, data, column_ids[:len(data)], len(columns), norms.get(0))
     for members in groups.values():
         start = time.perf_counter()
         group = [outcomes[i] for i in members]
+        group_hypers = [hypers[i] for i in members]
         try:
-            intervention, tokens = train_group(trains_on, unit, [hypers[i] for i in members], train_refs, group,
-                                               rung_setup)
-            recorder = CellRecorder(len(columns)) if intervention.records_cells else None  # its cells, on val
-            evals = {split: score(loaded, intervention, refs, unit.splits[split], first_layer=unit.first_layer,
-                                  batch_rows=settings.eval_batch,
-                                  token_columns=column_ids if split == "val" else None,
-                                  recorder=recorder if split == "val" else None)
-                     for split in ("test", "val")}
-            stats = CellStats(norms, recorder)
-            cells = [intervention.cells(j, stats) for j in range(len(members))]  # (values, effects) per trial
+            intervention, tokens = train_group(trains_on, unit, group_hypers, train_refs, group, rung_setup, views)
+            by_fold = _by_fold(group_hypers)
+            for fold, js in by_fold.items():
+                if len(by_fold) > 1:
+                    intervention.keep_trials(js)
+                _evaluate(loaded, views[fold], intervention, refs, norms[fold], [group[j] for j in js])
+            intervention.keep_trials(None)
         except torch.OutOfMemoryError as exc:
             for o in group:
                 o.fail(f"out of memory: {str(exc).splitlines()[0]}")
             continue
         wall = time.perf_counter() - start
-        test_split = unit.splits["test"]
-        threshold = intervention.moved_threshold(settings)
         for j, o in enumerate(group):
-            o.metrics = {split: {name: float(evals[split].metrics[name][j]) for name in METRIC_NAMES}
-                         for split in ("val", "test")}
             o.n_params = intervention.n_params
             o.precision = unit.precision
-            values, effects = cells[j]
-            o.sites_moved = int((effects > threshold).sum())
-            o.sites_total = effects.numel()
             o.wall_s = wall / len(group)
             o.tokens_per_s = tokens / wall if wall > 0 else 0.0
-            o.scalars = _cell_rows(unit, columns, values, effects, threshold)
-            ld_after, kl = evals["test"].ld_after, evals["test"].kl_other
-            ld_before = test_split.ld
-            flips = flipped(ld_after[j], ld_before)
-            o.predictions = [dict(index=n, ld_before=float(ld_before[n]), ld_after=float(ld_after[j, n]),
-                                  kl_other=float(kl[j, n]), flipped=bool(flips[n]))
-                             for n in range(len(test_split))]
             o.tensors = intervention.artifact_tensors(j)
             if not all(math.isfinite(v) for m in o.metrics.values() for v in m.values()):
                 o.fail("a metric is not finite")

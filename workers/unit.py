@@ -28,11 +28,22 @@ class TrainSettings:
     check_prompts: int = 32
     prune: bool = False  # prune search trials clearly dominated by another of their batch
     prune_margin: float = 0.3  # ... whose val-slice flip_rate is this far below the batch's best
+    # cross-fitted folds (workers/splits.py): 1 is the single split; K >= 2 cuts the entities into K groups, fold f
+    # tests on group f and trains/validates on the others
+    folds: int = 1
 
     def to_dict(self) -> dict:
+        """The settings as stored and hashed into the unit id; a field added later is left out at its default,
+        so the units stored before it keep their ids."""
         d = asdict(self)
         d["split"] = list(self.split)
+        for name, default in LATER_FIELDS.items():
+            if d[name] == default:
+                del d[name]
         return d
+
+
+LATER_FIELDS = {"folds": 1}  # TrainSettings fields left out of to_dict (and unit ids) at these defaults
 
 
 @dataclass(frozen=True)
@@ -61,6 +72,9 @@ class Hyper:
     seed: int = 0  # batch order (and the bootstrap resample, with resample_train)
     resample_train: bool = False  # replicates with search.replicate_data: train on a bootstrap resample
     prunable: bool = True  # False for replicates: they re-train the selected trial, never pruned
+    # the cross-fitted fold it trains on (settings.folds >= 2); None: fold 0, where the search runs. A replicate
+    # with search.replicate_data: folds names its fold (replicate r: fold r mod K), even fold 0
+    fold: int | None = None
 
     def resolved(self, settings: TrainSettings) -> Hyper:
         """With steps and batch_size taken from the unit's settings where the trial left them unset."""

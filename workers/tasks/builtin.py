@@ -84,6 +84,10 @@ CITY_TEMPLATES = {
     "city_in": "{CITY} is a city in",
     "located": "The city of {CITY} is located in",
 }
+# The default: a space before the city, so a city that is one token after a space (as the task's countries are
+# chosen) is one token in the prompt, and every prompt of a model has one token length. The two that open with the
+# city may split it (no space before it) and so lose prompts to fixed-length methods.
+CITY_DEFAULT_TEMPLATES = ["located"]
 
 
 def _check_options(task: str, options: dict, allowed: dict) -> None:
@@ -212,13 +216,14 @@ def ccc(options: dict, seed: int, tokenizer=None, capitals: dict[str, str] | Non
 
 def city_country(options: dict, seed: int, tokenizer=None, capitals: dict[str, str] | None = None) -> list[Example]:
     """One prompt per (city, template); the entity is the country, so no city is in two splits. With a
-    tokenizer, only countries whose name and capital are one token for it (a template that opens with
-    the city, like is_in, may still split it: a city without a space before it is another token)."""
+    tokenizer, only countries whose name and capital are one token for it (the default template puts a
+    space before the city, so it stays one token; one that opens with the city, like is_in, may split it)."""
     capitals = capitals or CAPITALS
     countries = [c for c in usable_countries(capitals, tokenizer) if capitals[c] != c]
     _check_options("city_country", options, {"n": "examples, default all (one per city and template)",
-                                             "templates": f"list of {sorted(CITY_TEMPLATES)}, default [is_in]"})
-    templates = list(options.get("templates", ["is_in"]))
+                                             "templates": f"list of {sorted(CITY_TEMPLATES)}, default "
+                                                          f"{CITY_DEFAULT_TEMPLATES} (a space before the city)"})
+    templates = list(options.get("templates", CITY_DEFAULT_TEMPLATES))
     for t in templates:
         if t not in CITY_TEMPLATES:
             raise UsageError(f"task 'city_country': unknown template {t!r}; accepted: {sorted(CITY_TEMPLATES)}")
@@ -254,7 +259,7 @@ def vocabulary_corpus() -> list[str]:
     n_pairs = len(old) * (len(old) - 1)
     texts = [e.prompt + e.answer_a + e.answer_b for e in ioi({"templates": TINY_CORPUS_IOI_TEMPLATES}, 0)]
     texts += [e.prompt + e.answer_a + e.answer_b for e in ccc({"n": n_pairs}, 0, capitals=old)]
-    texts += [e.prompt + e.answer_a + e.answer_b for e in city_country({}, 0, capitals=old)]
+    texts += [e.prompt + e.answer_a + e.answer_b for e in city_country({"templates": ["is_in"]}, 0, capitals=old)]
     words = NAMES + PLACES + OBJECTS + list(old) + list(old.values())
     texts += [" ".join(" " + w for w in words)] * 50
     return texts

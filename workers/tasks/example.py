@@ -24,3 +24,9 @@ class Example:
     @property
     def split_keys(self) -> tuple[str, ...]:
         return self.entities or (self.prompt,)
+
+    @property
+    def cluster(self) -> str:
+        """The prompt's grouping key for intervals over prompt clusters: its first entity (an IOI name pair,
+        the country a ccc prompt asks about, a city_country country), else its template."""
+        return self.entities[0] if self.entities else self.template
