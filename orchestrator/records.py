@@ -1,4 +1,4 @@
-"""Turn a worker's trial result into rows of the trials, scalars and predictions tables."""
+"""Turn a worker's trial result into rows of the trials, scalars, predictions and checks tables."""
 from __future__ import annotations
 
 from storage.schema import HYPER_PARAMS, METRICS, SPLITS_REPORTED, Status
@@ -15,7 +15,8 @@ def unfinished_row(run_id: str, unit_id: str, number: int, params: dict, setting
     """A trials row for a trial with no result: interrupted (re-run elsewhere) or failed as a batch."""
     hyper = Hyper(**params).resolved(settings)
     row = dict(trial_id=trial_id(unit_id, number), unit_id=unit_id, run_id=run_id, trial_number=number,
-               status=status, error=error, resample_train=hyper.resample_train, replicate_of=replicate_of)
+               status=status, error=error, resample_train=hyper.resample_train, replicate_of=replicate_of,
+               pilot=hyper.pilot)
     row.update({name: getattr(hyper, name) for name in HYPER_PARAMS})
     return row
 
@@ -37,7 +38,7 @@ def trial_rows(run_id: str, unit_id: str, spec: UnitSpec, result: TrialResult,
                stop_reason=result.stop_reason, precision=result.precision or None,
                wall_s=result.wall_s, tokens_per_s=result.tokens_per_s, worker_node=result.node,
                started_at=result.started_at, ended_at=result.ended_at, resample_train=hyper.resample_train,
-               replicate_of=replicate_of)
+               replicate_of=replicate_of, pilot=hyper.pilot)
     row.update({name: getattr(hyper, name) for name in HYPER_PARAMS})
     for split in SPLITS_REPORTED:
         for metric in METRICS:
@@ -46,5 +47,6 @@ def trial_rows(run_id: str, unit_id: str, spec: UnitSpec, result: TrialResult,
     scalars = [dict(trial_id=tid, unit_id=unit_id, run_id=run_id, model=spec.model, task=spec.task.name, site=spec.site,
                     method=spec.method, rel_depth=s["layer"] / depth, **s) for s in result.scalars]
     predictions = [dict(trial_id=tid, unit_id=unit_id, run_id=run_id, **p) for p in result.predictions]
-    # in writing order: a trial's row goes after its cells and predictions (see RunStore.flush)
-    return {"scalars": scalars, "predictions": predictions, "trials": [row]}
+    checks = [dict(trial_id=tid, unit_id=unit_id, run_id=run_id, **c) for c in result.checks]  # a pilot's
+    # in writing order: a trial's row goes after its cells, predictions and checks (see RunStore.flush)
+    return {"scalars": scalars, "predictions": predictions, "checks": checks, "trials": [row]}

@@ -134,8 +134,9 @@ def test_table_columns_match_the_worker_contract():
     from workers.unit import Hyper
 
     assert METRICS == METRIC_NAMES
-    # resample_train has its column; prunable is False exactly for replicates (replicate_of says so)
-    assert set(HYPER_PARAMS) | {"resample_train", "prunable"} == {f.name for f in fields(Hyper)}
+    # resample_train and pilot have their columns; prunable is False exactly for replicates and pilots
+    assert set(HYPER_PARAMS) | {"resample_train", "prunable", "pilot"} == {f.name for f in fields(Hyper)}
+    assert {"resample_train", "pilot"} <= set(TRIALS.names)
     columns = set(TRIALS.names)
     assert {f"{split}_{m}" for split in ("val", "test") for m in METRIC_NAMES} <= columns
     measured = {"n_params", "sites_moved", "sites_total", "wall_s", "tokens_per_s"}

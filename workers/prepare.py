@@ -125,6 +125,9 @@ class PreparedUnit:
         dropped = self._drop_warning()
         if dropped:
             out.append(dropped)
+        if self.spec.settings.l1 == "proximal" and not method_class(self.spec.method).has_shrink():
+            out.append(f"train.l1 is proximal, but method {self.spec.method!r} has no proximal step (its L1 term is "
+                       "a function of the activation): its trials keep the L1 subgradient")
         if self.base_accuracy < NEAR_CHANCE:
             out.append(f"the model ranks answer a above b on {self.base_accuracy:.0%} of {self.counts.get('total', '?')} "
                        f"prompts, near chance (50%; warned below {NEAR_CHANCE:.0%}): it barely does this task, so what "
@@ -279,7 +282,7 @@ def prepare_unit(loaded: LoadedModel, spec: UnitSpec) -> PreparedUnit:
     precision = resolve_precision(settings.precision, loaded)
     trains_on = training_model(loaded, precision)
     check = None
-    if settings.patience > 0 or settings.prune:
+    if settings.patience > 0 or settings.prune or settings.converge is not None:
         check = splits["val"].head(min(settings.check_prompts, len(splits["val"])))
     if trains_on is not evaluates_on:  # the objective's reference logits and the prefix from the model that trains
         for data in (splits["train"], check):

@@ -12,11 +12,14 @@ import time
 import torch
 
 from workers.columns import CellColumn
+from workers.convergence import PilotWatch
+from workers.directions import mean_difference
 from workers.interventions import CellRecorder, CellStats, Intervention, build_intervention, installed, method_class
 from workers.models import LoadedModel
 from workers.objective import flipped, objective
 from workers.precision import evaluation_model, training_model
 from workers.prepare import PreparedUnit
+from workers.proximal import step_sizes
 from workers.results import METRIC_NAMES, TrialResult
 from workers.scoring import intervened_logits, score, site_norms
 from workers.sites import SiteRef, resolve_site
@@ -47,21 +50,31 @@ class TrainBatches:
 
 
 def train_group(loaded: LoadedModel, unit: PreparedUnit, hypers: list[Hyper], refs: list[SiteRef],
-                outcomes: list[TrialResult]) -> tuple[Intervention, int]:
+                outcomes: list[TrialResult], direction: torch.Tensor | None = None,
+                norms: torch.Tensor | None = None) -> tuple[Intervention, int]:
     """Train trials that share a batch size together; fills steps/status of `outcomes`.
-    A trial that ends (its steps done, a non-finite loss, early stopping, pruning) leaves the
-    batched forward. Returns the trained intervention (all trials back in) and the number of
-    real tokens it processed."""
+    A trial that ends (its steps done, a non-finite loss, early stopping, pruning, a pilot's convergence)
+    leaves the batched forward. Returns the trained intervention (all trials back in) and the number of
+    real tokens it processed. `direction`: the method's Setup.direction (DiffMeans); `norms`: the mean |h|
+    per cell (a pilot's checks count moved cells with it).
+
+    With `train.l1: proximal` (and a method with `shrink`), the L1 term leaves the loss and each optimizer
+    step is followed by its proximal step (workers/proximal.py)."""
     k = len(hypers)
     train = unit.splits["train"]
-    intervention = build_intervention(unit.spec.method, refs, k, unit.n_positions).to(loaded.device)
+    intervention = build_intervention(unit.spec.method, refs, k, unit.n_positions, direction).to(loaded.device)
     optimizers = [torch.optim.Adam(intervention.trial_parameters(i), lr=h.lr) for i, h in enumerate(hypers)]
     steps = [h.steps or unit.spec.settings.steps for h in hypers]
     batch = hypers[0].batch_size or unit.spec.settings.batch_size
     batches = [TrainBatches(len(train), batch, h.seed, h.resample_train) for h in hypers]
     lam_f = torch.tensor([h.lambda_faith for h in hypers], device=loaded.device)
     lam_m = torch.tensor([h.lambda_min for h in hypers], device=loaded.device)
-    stopper = TrialStopper(unit, hypers, steps, outcomes, loaded, refs) if TrialStopper.wanted(unit) else None
+    proximal = unit.spec.settings.l1 == "proximal" and intervention.has_shrink()
+    lam_loss = torch.zeros_like(lam_m) if proximal else lam_m  # the L1 weight in the loss
+    watch = PilotWatch(unit, hypers, outcomes, loaded, refs, norms) if PilotWatch.wanted(hypers) else None
+    # a pilot trains until it converges: no patience or pruning in its batch
+    wanted = TrialStopper.wanted(unit) and watch is None
+    stopper = TrialStopper(unit, hypers, steps, outcomes, loaded, refs) if wanted else None
 
     live = list(range(k))
     tokens = 0
@@ -70,6 +83,9 @@ def train_group(loaded: LoadedModel, unit: PreparedUnit, hypers: list[Hyper], re
         if stopper is not None and live and stopper.due(step):
             intervention.keep_trials(live)
             live = stopper.check(intervention, live, step)
+        if watch is not None and live and watch.due(step):
+            intervention.keep_trials(live)
+            live = watch.check(intervention, live, step)
         if not live:
             break
         intervention.keep_trials(live)
@@ -83,7 +99,8 @@ def train_group(loaded: LoadedModel, unit: PreparedUnit, hypers: list[Hyper], re
         logits = logits.reshape(len(live), idx.shape[1], -1)  # [K', B, V]
         before = train.reference_logits[idx].to(loaded.device)
         a, b = train.a_ids[idx].to(loaded.device), train.b_ids[idx].to(loaded.device)
-        loss, _ = objective(before, logits, a, b, intervention.minimality(ctx), lam_f[live], lam_m[live])
+        loss, _ = objective(before, logits, a, b, intervention.minimality(ctx), lam_f[live],
+                            lam_loss[live])
         finite = [math.isfinite(float(x)) for x in loss.detach()]
         for j, i in enumerate(live):
             if not finite[j]:
@@ -95,9 +112,14 @@ def train_group(loaded: LoadedModel, unit: PreparedUnit, hypers: list[Hyper], re
         for j, i in enumerate(live):
             if finite[j]:
                 optimizers[i].step()
+                if proximal:  # amount: lambda_min times each element's step size
+                    params = intervention.trial_parameters(j)
+                    intervention.shrink(j, [lam_m[i] * size for size in step_sizes(optimizers[i], params)])
                 outcomes[i].steps = step + 1
         live = [i for j, i in enumerate(live) if finite[j]]
         tokens += int(lengths.sum())
+    if watch is not None:
+        watch.finish(intervention, live, max(steps))
     intervention.keep_trials(None)
     return intervention, tokens
 
@@ -127,9 +149,14 @@ def train_trials(loaded: LoadedModel, unit: PreparedUnit, hypers: list[Hyper]) -
     loaded = evaluation_model(loaded)  # every reported number is fp32 (on CUDA: autocast off)
     refs = resolve_site(loaded.model, unit.spec.site, unit.layers)
     settings = unit.spec.settings
+    method = method_class(unit.spec.method)
     norms = None  # mean |h| per cell on train, for a relative effect such as SteerVec's
-    if method_class(unit.spec.method).needs_norms:
+    if method.needs_norms:
         norms = site_norms(loaded, refs, unit.splits["train"], settings.eval_batch)
+    direction = None  # the train split's mean difference per cell (DiffMeans)
+    if method.needs_direction:
+        direction = mean_difference(loaded, refs, unit.splits["train"], settings.eval_batch, unit.spec.task.name,
+                                    unit.spec.model)
     columns, column_ids = unit.cell_columns("val")  # the cells' columns, and each val token's column [N, T]
     trains_on = training_model(loaded, unit.precision)  # a bf16 copy, autocast, or the model itself
     train_refs = refs if trains_on.model is loaded.model else resolve_site(trains_on.model, unit.spec.site,
@@ -138,7 +165,8 @@ def train_trials(loaded: LoadedModel, unit: PreparedUnit, hypers: list[Hyper]) -
         start = time.perf_counter()
         group = [outcomes[i] for i in members]
         try:
-            intervention, tokens = train_group(trains_on, unit, [hypers[i] for i in members], train_refs, group)
+            intervention, tokens = train_group(trains_on, unit, [hypers[i] for i in members], train_refs, group,
+                                               direction, norms)
             recorder = CellRecorder(len(columns)) if intervention.records_cells else None  # its cells, on val
             evals = {split: score(loaded, intervention, refs, unit.splits[split], first_layer=unit.first_layer,
                                   batch_rows=settings.eval_batch,

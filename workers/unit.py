@@ -8,6 +8,24 @@ from workers.tasks.base import TaskSpec
 
 
 @dataclass(frozen=True)
+class Convergence:
+    """The convergence pilot's rule (workers/convergence.py): one pilot trial per unit trains up to
+    `max_steps`, checked every `every` steps on the val check slice; it converged at the first check where
+    its val objective changed by less than `tol` (relative) over the last `window` steps. The unit's
+    search trials and replicates then train for the pilot's steps."""
+
+    window: int = 100
+    tol: float = 0.02
+    every: int = 10
+    max_steps: int = 600
+
+
+# TrainSettings fields added after units were first stored: left out of `to_dict` (so of the unit id) at their
+# default, so that every unit stored before them keeps its id
+OMITTED_AT_DEFAULT = {"l1": "subgradient", "converge": None}
+
+
+@dataclass(frozen=True)
 class TrainSettings:
     """Settings shared by every trial of a unit (part of the unit's identity)."""
 
@@ -28,10 +46,21 @@ class TrainSettings:
     check_prompts: int = 32
     prune: bool = False  # prune search trials clearly dominated by another of their batch
     prune_margin: float = 0.3  # ... whose val-slice flip_rate is this far below the batch's best
+    # the L1 term: its subgradient in the loss, or a proximal step after each optimizer step (soft-thresholding
+    # toward identity, so unmoved cells stay exactly at identity; workers/proximal.py)
+    l1: Literal["subgradient", "proximal"] = "subgradient"
+    converge: Convergence | None = None  # training length from a convergence pilot; None: `steps`
+
+    def __post_init__(self) -> None:
+        if isinstance(self.converge, dict):  # from a sweep's `train.converge:` or a stored units row
+            object.__setattr__(self, "converge", Convergence(**self.converge))
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["split"] = list(self.split)
+        for name, default in OMITTED_AT_DEFAULT.items():
+            if d[name] == default:
+                del d[name]
         return d
 
 
@@ -61,6 +90,7 @@ class Hyper:
     seed: int = 0  # batch order (and the bootstrap resample, with resample_train)
     resample_train: bool = False  # replicates with search.replicate_data: train on a bootstrap resample
     prunable: bool = True  # False for replicates: they re-train the selected trial, never pruned
+    pilot: bool = False  # the unit's convergence pilot: trained until its val objective converges (never selected)
 
     def resolved(self, settings: TrainSettings) -> Hyper:
         """With steps and batch_size taken from the unit's settings where the trial left them unset."""
