@@ -22,8 +22,8 @@ Each unit's sampler has its own seed, hashed from the sweep's `search.seed` and 
 from __future__ import annotations
 
 import hashlib
-import math
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
