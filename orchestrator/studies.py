@@ -218,6 +218,8 @@ class Studies:
     def reconcile(self, interrupted_row: Callable[[str, Asked], dict]) -> list[dict]:
         """Settle the trials an earlier coordinator left RUNNING; returns every stored trials row."""
         stored = {r["trial_id"]: r for r in self.store.read("trials").table.to_pylist()}
+        pilot_steps = {r["unit_id"]: r["steps_done"] for r in stored.values()  # what a unit's trials train for
+                       if r["pilot"] and r["status"] == Status.COMPLETE}
         settled = 0
         for unit_id, study in self.units.items():
             for t in study.running():
@@ -225,7 +227,8 @@ class Studies:
                 rows = None
                 if row is None:
                     replicate_of = t.user_attrs.get(REPLICATE_ATTR)
-                    row = interrupted_row(unit_id, Asked(t.number, study.trial_params(t), replicate_of))
+                    steps = None if t.user_attrs.get(PILOT_ATTR) else pilot_steps.get(unit_id)
+                    row = interrupted_row(unit_id, Asked(t.number, study.trial_params(t, steps), replicate_of))
                     stored[row["trial_id"]] = row
                     rows = {"trials": [row]}
                 self.record(unit_id, t.number, Outcome.of_row(row, t.params, study.search), rows)

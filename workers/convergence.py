@@ -1,13 +1,13 @@
 """Training length from a convergence pilot (`train.converge`, docs/architecture.md "The convergence pilot").
 
 A unit with `train.converge` first trains one pilot trial (at the middle of its searched ranges) for up
-to `max_steps`. Every `every` steps the pilot is scored on the val check slice exactly as the stopping
-rule scores it (workers/stopping.py: the first `check_prompts` val prompts, on the training model against
-its own logits; `workers.scoring.score`), and each check is kept (step, val-slice objective, flip_rate,
-kl_other, l1, moved cells: the `checks` table). The pilot stops at the first check where its val
-objective changed by less than `tol` (relative) over the last `window` steps, or at `max_steps` ("not
-converged"); its steps done become the unit's training length (the search trials' and replicates'
-`steps`). Decisions use val only.
+to `max_steps`. Every `every` steps (from step 0: the model itself) the pilot is scored on the val check
+slice exactly as the stopping rule scores it (workers/stopping.py: the first `check_prompts` val prompts,
+on the training model against its own logits; `workers.scoring.score`), and each check is kept (step,
+val-slice objective, flip_rate, kl_other, l1, moved cells: the `checks` table). The pilot stops at the
+first check where its val objective changed by less than `tol` (relative) over the last `window` steps,
+or at `max_steps` ("not converged"); its steps done become the unit's training length (the search
+trials' and replicates' `steps`). Decisions use val only.
 """
 from __future__ import annotations
 
@@ -64,7 +64,8 @@ class PilotWatch:
         return any(h.pilot for h in hypers)
 
     def due(self, step: int) -> bool:
-        return step > 0 and step % self.converge.every == 0
+        """Every `every` steps, from step 0 (the model itself: where the curve starts)."""
+        return step % self.converge.every == 0
 
     def check(self, intervention: Intervention, live: list[int], step: int) -> list[int]:
         """The trials of `live` (the intervention's trials now) that keep training after this check."""
