@@ -101,8 +101,10 @@ def test_the_pilot_is_the_phase_before_the_search_and_never_a_search_trial():
     assert state.finished == 1 and state.completed == 1
 
 
-def test_optuna_asks_the_pilot_at_the_middle_and_is_told_it_failed(tmp_path):
-    config = parse_config(tiny_config(train={"converge": {"window": 20, "every": 10, "max_steps": 60}}))
+@pytest.mark.parametrize("sampler", ["random", "nsga2", "grid", "tpe"])
+def test_optuna_asks_the_pilot_at_the_middle_and_is_told_it_failed(tmp_path, sampler):
+    config = parse_config(tiny_config(train={"converge": {"window": 20, "every": 10, "max_steps": 60}},
+                                      search={"sampler": sampler, "n_trials": 2, "batch": 2}))
     run = RunDir(tmp_path)
     planned = plan_units(config, lambda m: 4)
     store = RunStore(tmp_path)
