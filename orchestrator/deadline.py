@@ -63,6 +63,7 @@ class Deadline:
         for row in rows:
             if row.get("started_at") is not None and row.get("ended_at") is not None and row["unit_id"] in model_of:
                 phase = Phase.SEARCH if row["replicate_of"] is None else Phase.REPLICATES
+                phase = Phase.PILOT if row.get("pilot") else phase
                 self.learn(kind_keys(phase, row["unit_id"], model_of[row["unit_id"]]),
                            (row["ended_at"] - row["started_at"]).total_seconds())
 

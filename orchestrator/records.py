@@ -1,4 +1,4 @@
-"""Turn a worker's trial result into rows of the trials, scalars and predictions tables."""
+"""Turn a worker's trial result into rows of the trials, scalars, predictions and checks tables."""
 from __future__ import annotations
 
 from storage.schema import HYPER_PARAMS, METRICS, SPLITS_REPORTED, Status
@@ -28,7 +28,7 @@ def unfinished_row(run_id: str, unit_id: str, number: int, params: dict, setting
     hyper = Hyper(**params).resolved(settings)
     row = dict(trial_id=trial_id(unit_id, number), unit_id=unit_id, run_id=run_id, trial_number=number,
                status=status, error=error, resample_train=hyper.resample_train, replicate_of=replicate_of,
-               fold=fold_of(hyper, settings), replicate_kind=replicate_kind(hyper, replicate_of))
+               fold=fold_of(hyper, settings), replicate_kind=replicate_kind(hyper, replicate_of), pilot=hyper.pilot)
     row.update({name: getattr(hyper, name) for name in HYPER_PARAMS})
     return row
 
@@ -52,7 +52,7 @@ def trial_rows(run_id: str, unit_id: str, spec: UnitSpec, result: TrialResult,
                started_at=result.started_at, ended_at=result.ended_at, resample_train=hyper.resample_train,
                replicate_of=replicate_of, fold=fold_of(hyper, spec.settings),
                replicate_kind=replicate_kind(hyper, replicate_of), n_test=result.n_test or None,
-               n_test_clusters=result.n_test_clusters or None)
+               n_test_clusters=result.n_test_clusters or None, pilot=hyper.pilot)
     row.update({name: getattr(hyper, name) for name in HYPER_PARAMS})
     for split in SPLITS_REPORTED:
         for metric in METRICS:
@@ -61,6 +61,6 @@ def trial_rows(run_id: str, unit_id: str, spec: UnitSpec, result: TrialResult,
     scalars = [dict(trial_id=tid, unit_id=unit_id, run_id=run_id, model=spec.model, task=spec.task.name, site=spec.site,
                     method=spec.method, rel_depth=s["layer"] / depth, **s) for s in result.scalars]
     predictions = [dict(trial_id=tid, unit_id=unit_id, run_id=run_id, **p) for p in result.predictions]
-    checks = [dict(trial_id=tid, unit_id=unit_id, run_id=run_id, **c) for c in result.checks]
+    checks = [dict(trial_id=tid, unit_id=unit_id, run_id=run_id, **c) for c in result.checks]  # a pilot's
     # in writing order: a trial's row goes after its cells, predictions and checks (see RunStore.flush)
     return {"scalars": scalars, "predictions": predictions, "checks": checks, "trials": [row]}

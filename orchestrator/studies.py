@@ -11,6 +11,11 @@ left RUNNING: one with stored rows is told their values; one without gets an `in
 is failed and re-queued like any interrupted trial. So after any sequence of crashes and resumes
 each unit has exactly its n_trials finished search trials and its replicates, no trial id twice.
 
+A unit's convergence pilot (`train.converge`) is asked like a replicate (its fixed parameters enqueued with
+the `pilot` user attribute) and told FAIL however it ended, so that it never enters a sampler's population
+(it is not a search draw); its rows are Parquet's (`trials.pilot`, table checks). The unit's search trials
+and replicates train for the pilot's steps, so they are asked only once the pilot's rows are durable.
+
 Each unit's sampler has its own seed, hashed from the sweep's `search.seed` and the unit id
 (`unit_seed`): units of one method get different draws, the same unit in another run the same ones.
 """
@@ -18,12 +23,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import optuna
-from optuna.distributions import BaseDistribution
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, Trial, TrialState
@@ -44,6 +50,7 @@ log = logging.getLogger("actscale")
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 REPLICATE_ATTR = "replicate_of"  # the user attribute that marks a replicate and names the trial it re-trains
 FOLD_ATTR = "fold"  # a replicate's fold (search.replicate_data: folds), kept with the trial so a resume re-runs it there
+PILOT_ATTR = "pilot"  # the user attribute that marks a unit's convergence pilot
 
 
 def unit_seed(unit_id: str, seed: int) -> int:
@@ -66,11 +73,14 @@ class Outcome:
 
     @classmethod
     def interrupted(cls, params: dict[str, Any], replicate_of: str | None) -> Outcome:
+        if params.get("pilot"):  # never re-queued as a search draw: the unit asks for a new pilot
+            return cls.failed()
         return cls(TrialState.FAIL, requeue=(params, replicate_of))
 
     @classmethod
     def of_result(cls, result: TrialResult, search: Search) -> Outcome:
-        if not result.ok:
+        if not result.ok or result.hyper.pilot:  # a pilot is never in the sampler's population
+            return cls.failed()
             return cls.failed()
         if result.pruned:
             return cls(TrialState.PRUNED)
@@ -79,6 +89,8 @@ class Outcome:
     @classmethod
     def of_row(cls, row: dict[str, Any], params: dict[str, Any], search: Search) -> Outcome:
         """From a stored trials row (`params`: the trial's, to re-queue it if it was interrupted)."""
+        if row.get("pilot"):
+            return cls.failed()
         if row["status"] == Status.COMPLETE:
             metrics = {"val": {m: row[f"val_{m}"] for m in ("flip_rate", "kl_other", "l1")}}
             return cls(TrialState.COMPLETE, objective_values(search, metrics, row["sites_moved"], row["sites_total"]))
@@ -97,33 +109,42 @@ class UnitStudy:
         self.dists = dists
         self.search = search
 
-    def trial_params(self, trial: Trial | FrozenTrial, replicate_of: str | None) -> dict[str, Any]:
-        """What a worker trains: the searched values, the trial seed, and for a replicate its data
-        resampling or fold and that it is never pruned (the one place these are decided)."""
+    def trial_params(self, trial: Trial | FrozenTrial, steps: int | None = None) -> dict[str, Any]:
+        """What a worker trains: the searched values, the trial seed, the training length where a pilot set it
+        (`steps`), for a replicate its data resampling or fold and that it is never pruned, for a pilot that it is
+        one (the one place these are decided; the kind is the trial's user attribute)."""
         params = dict(trial.params, seed=trial.number)
-        if replicate_of is not None:
+        if steps is not None:
+            params["steps"] = steps
+        if trial.user_attrs.get(REPLICATE_ATTR) is not None:
             params["resample_train"] = self.search.replicate_data == "bootstrap"
             params["prunable"] = False
             if trial.user_attrs.get(FOLD_ATTR) is not None:
                 params["fold"] = trial.user_attrs[FOLD_ATTR]
+        if trial.user_attrs.get(PILOT_ATTR):
+            params["pilot"] = True
+            params["prunable"] = False
         return params
 
-    def _ask(self, replicate_of: str | None, fold: int | None = None) -> Trial:
+    def _ask(self, replicate_of: str | None, fold: int | None = None, pilot: bool = False) -> Trial:
         """Ask for a trial; a stale waiting trial of another kind or fold (left by a crash) is discarded (failed
-        unrun: it has no rows) so that search trials and replicates never mix, nor replicates' folds."""
+        unrun: it has no rows) so that search trials, replicates and pilots never mix, nor replicates' folds."""
         while True:
             trial = self.study.ask(self.dists)
-            if trial.user_attrs.get(REPLICATE_ATTR) == replicate_of and trial.user_attrs.get(FOLD_ATTR) == fold:
+            attrs = trial.user_attrs
+            if (attrs.get(REPLICATE_ATTR) == replicate_of and attrs.get(FOLD_ATTR) == fold
+                    and bool(attrs.get(PILOT_ATTR)) == pilot):
                 return trial
             self.study.tell(trial.number, state=TrialState.FAIL)
 
-    def ask_search(self, k: int) -> list[Asked]:
-        return [Asked(t.number, self.trial_params(t, None)) for t in (self._ask(None) for _ in range(k))]
+    def ask_search(self, k: int, steps: int | None = None) -> list[Asked]:
+        return [Asked(t.number, self.trial_params(t, steps)) for t in (self._ask(None) for _ in range(k))]
 
-    def ask_replicates(self, selected: dict[str, Any], folds: list[int | None]) -> list[Asked]:
+    def ask_replicates(self, selected: dict[str, Any], folds: list[int | None], steps: int | None = None
+                       ) -> list[Asked]:
         """The selected trial's hyper-parameters again as new trials (so new trial seeds), one per entry of
         `folds` (None: no fold of its own), each enqueued with the `replicate_of` attribute (and its fold) in
-        one journal record, then asked at once."""
+        one journal record, then asked at once; `steps`: the training length a pilot set."""
         params = {name: selected[name] for name in self.dists}
         asked = []
         for fold in folds:
@@ -132,8 +153,14 @@ class UnitStudy:
                 attrs[FOLD_ATTR] = fold
             self.study.enqueue_trial(params, user_attrs=attrs)
             trial = self._ask(selected["trial_id"], fold)
-            asked.append(Asked(trial.number, self.trial_params(trial, selected["trial_id"]), selected["trial_id"]))
+            asked.append(Asked(trial.number, self.trial_params(trial, steps), selected["trial_id"]))
         return asked
+
+    def ask_pilot(self, max_steps: int) -> Asked:
+        """The unit's convergence pilot: the middle of each searched range, enqueued with the `pilot` attribute."""
+        self.study.enqueue_trial(middle_params(self.dists), user_attrs={PILOT_ATTR: True})
+        trial = self._ask(None, pilot=True)
+        return Asked(trial.number, self.trial_params(trial, max_steps))
 
     def running(self) -> list[FrozenTrial]:
         return self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
@@ -156,17 +183,26 @@ class Studies:
         self.store = store
         self.units = studies
         self.queued: list[tuple[str, int, Outcome]] = []
+        self.durable_pilots: set[str] = set()  # units whose pilot's rows this coordinator knows are durable
 
     def ask(self, work: Work) -> list[Asked]:
-        """The trials of a SEARCH or REPLICATES piece of work. Replicates are asked only once the search
-        rows behind their selection are durable."""
-        study = self.units[work.unit.unit_id]
+        """The trials of a PILOT, SEARCH or REPLICATES piece of work. Replicates are asked only once the search
+        rows behind their selection are durable, and a unit's trials only once its pilot's rows are."""
+        unit = work.unit
+        study = self.units[unit.unit_id]
+        if work.phase is Phase.PILOT:
+            converge = unit.planned.spec.settings.converge
+            assert converge is not None, "a pilot is asked only for a unit with train.converge"
+            return [study.ask_pilot(converge.max_steps)]
+        if unit.pilot_steps is not None and unit.unit_id not in self.durable_pilots:
+            self.sync()
+            self.durable_pilots.add(unit.unit_id)
         if work.phase is Phase.SEARCH:
-            return study.ask_search(work.count)
+            return study.ask_search(work.count, unit.pilot_steps)
         self.sync()
-        selected = work.unit.selected
+        selected = unit.selected
         assert selected is not None and selected["trial_id"] == work.replicate_of
-        return study.ask_replicates(selected, work.unit.take_replicate_folds(work.count))
+        return study.ask_replicates(selected, unit.take_replicate_folds(work.count), unit.pilot_steps)
 
     def record(self, unit_id: str, number: int, outcome: Outcome, rows: dict[str, list[dict]] | None = None) -> None:
         """A trial's end: its rows (in writing order) to the store now, its outcome to Optuna once they are durable."""
@@ -191,6 +227,8 @@ class Studies:
     def reconcile(self, interrupted_row: Callable[[str, Asked], dict]) -> list[dict]:
         """Settle the trials an earlier coordinator left RUNNING; returns every stored trials row."""
         stored = {r["trial_id"]: r for r in self.store.read("trials").table.to_pylist()}
+        pilot_steps = {r["unit_id"]: r["steps_done"] for r in stored.values()  # what a unit's trials train for
+                       if r["pilot"] and r["status"] == Status.COMPLETE}
         settled = 0
         for unit_id, study in self.units.items():
             for t in study.running():
@@ -198,7 +236,8 @@ class Studies:
                 rows = None
                 if row is None:
                     replicate_of = t.user_attrs.get(REPLICATE_ATTR)
-                    row = interrupted_row(unit_id, Asked(t.number, study.trial_params(t, replicate_of), replicate_of))
+                    steps = None if t.user_attrs.get(PILOT_ATTR) else pilot_steps.get(unit_id)
+                    row = interrupted_row(unit_id, Asked(t.number, study.trial_params(t, steps), replicate_of))
                     stored[row["trial_id"]] = row
                     rows = {"trials": [row]}
                 self.record(unit_id, t.number, Outcome.of_row(row, t.params, study.search), rows)
@@ -207,6 +246,20 @@ class Studies:
         if settled:
             log.info(f"reconciled {settled} trial(s) left running by an earlier coordinator")
         return list(stored.values())
+
+
+def middle_params(dists: dict[str, BaseDistribution]) -> dict[str, Any]:
+    """The middle of each searched range (the convergence pilot's parameters): geometric for a range above 0,
+    else arithmetic; the middle choice of a categorical one."""
+    middle: dict[str, Any] = {}
+    for name, d in dists.items():
+        if isinstance(d, CategoricalDistribution):
+            middle[name] = d.choices[len(d.choices) // 2]
+        elif isinstance(d, (FloatDistribution, IntDistribution)):
+            value = math.sqrt(d.low * d.high) if d.low > 0 else (d.low + d.high) / 2
+            value = min(max(value, d.low), d.high)  # sqrt can land a rounding outside
+            middle[name] = round(value) if isinstance(d, IntDistribution) else value
+    return middle
 
 
 def open_studies(run_dir: RunDir, planned: list[PlannedUnit], search: Search, store: RunStore) -> Studies:

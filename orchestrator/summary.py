@@ -49,7 +49,7 @@ def _selected_rows(run_dir: RunDir, units: list[UnitState]) -> list[dict]:
 def summarize(run_dir: RunDir, units: list[UnitState], model_loads: int, wall: float, min_flip: float,
               stopped_at_limit: bool = False) -> Summary:
     selected = _selected_rows(run_dir, units)
-    completed = sum(len(s.search_rows) + sum(map(len, s.replicate_ids.values())) for s in units)
+    completed = sum(s.completed for s in units)
     failed, interrupted, pruned = (sum(getattr(s, name) for s in units) for name in ("failed", "interrupted", "pruned"))
     analyzed = sum(len(s.analysed) for s in units)
     left = sum(s.left().trials for s in units)

@@ -108,14 +108,16 @@ STATUS_SQL = f"""
 WITH u AS (SELECT DISTINCT ON (unit_id) * FROM units ORDER BY unit_id),
 counts AS (
     SELECT unit_id,
-           count(*) FILTER (WHERE status = '{Status.COMPLETE}' AND replicate_of IS NULL) AS done,
+           count(*) FILTER (WHERE status = '{Status.COMPLETE}' AND replicate_of IS NULL
+                            AND NOT coalesce(pilot, false)) AS done,
+           count(*) FILTER (WHERE status = '{Status.COMPLETE}' AND coalesce(pilot, false)) AS pilots,
            count(*) FILTER (WHERE status = '{Status.FAILED}') AS failed,
            count(*) FILTER (WHERE status = '{Status.INTERRUPTED}') AS interrupted,
            count(*) FILTER (WHERE status = '{Status.PRUNED}') AS pruned
     FROM trials GROUP BY unit_id)
 SELECT u.unit_id, u.model, u.task, u.site, u.method, u.n_train, u.n_val, u.n_test, u.min_split, u.warnings,
        coalesce(c.done, 0) AS done, coalesce(c.failed, 0) AS failed, coalesce(c.interrupted, 0) AS interrupted,
-       coalesce(c.pruned, 0) AS pruned,
+       coalesce(c.pruned, 0) AS pruned, coalesce(c.pilots, 0) AS pilots,
        s.trial_id AS selected_trial, s.selected_by, s.val_flip_rate, s.val_kl_other, s.test_flip_rate,
        s.test_kl_other, s.sites_moved, s.sites_total, s.n_params,
        (SELECT count(*) FROM trials r WHERE r.replicate_of = s.trial_id AND r.status = '{Status.COMPLETE}') AS replicates
@@ -175,7 +177,8 @@ def _left(run: RunDir, sweep, row: dict, unanalysed: list[str]):
 
     tally = Tally(described=True, search_finished=int(row["done"]) + int(row["pruned"]), selected=row["selected_trial"],
                   replicates_done=int(row["replicates"]), to_analyse=tuple(unanalysed),
-                  analysis_stopped=not all(run.artifact(tid).exists() for tid in unanalysed))
+                  analysis_stopped=not all(run.artifact(tid).exists() for tid in unanalysed),
+                  pilot_done=int(row["pilots"]) > 0)
     return unit_left(targets_of(sweep), tally)
 
 

@@ -36,6 +36,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default=settings.precision, choices=["auto", "fp32", "bf16"],
                    help="training forwards: auto takes bf16 on CUDA, and on CPUs with native bf16 for models at "
                    "least 256 wide")
+    p.add_argument("--l1", default=settings.l1, choices=["subgradient", "proximal"],
+                   help="the L1 term: its subgradient in the loss, or a proximal step toward identity after each "
+                   "optimizer step (unmoved cells stay exactly at identity)")
     p.add_argument("--allow-pickle", action="store_true", help="allow loading pickle (.bin) weights")
     p.add_argument("--top", type=int, default=10, help="how many most-moved scalars to print")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
@@ -68,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     if args.min_split <= 0:
         raise UsageError(f"--min-split must be positive (got {args.min_split})")
     settings = TrainSettings(steps=args.steps, batch_size=args.batch_size, seed=args.seed, filter=args.filter,
-                             min_split=args.min_split, precision=args.precision)
+                             min_split=args.min_split, precision=args.precision, l1=args.l1)
     spec = UnitSpec(args.model, TaskSpec.make(args.task, parse_task_options(args.task_option)), args.site,
                     layers, args.method, settings)
     check_site(spec.site)  # names first, before paying for a model load

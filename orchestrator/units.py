@@ -2,10 +2,12 @@
 
 A unit is in the first phase, in this order, that has anything left:
 
-    DESCRIBE ──► SEARCH ──► REPLICATES ──► ANALYSE ──► DONE
-        └───────────┴────────────┴─────────────┴──────► GAVE_UP  (too many failed trials in this run)
+    DESCRIBE ──► PILOT ──► SEARCH ──► REPLICATES ──► ANALYSE ──► DONE
+        └──────────┴──────────┴────────────┴─────────────┴──────► GAVE_UP  (too many failed trials in this run)
 
 - DESCRIBE: the unit prepared on a worker (its units and examples rows);
+- PILOT (with `train.converge`): one convergence pilot trained until its val objective converges; its steps
+  become the training length of the unit's search trials and replicates (workers/convergence.py);
 - SEARCH: `search.n_trials` search trials from its Optuna study (complete and pruned ones count);
 - REPLICATES: the selected trial's hyper-parameters trained `search.replicates - 1` more times (with
   `search.replicate_data: folds`, replicate r on fold r mod K: `replicate_folds`);
@@ -41,6 +43,7 @@ ANALYSIS_TRIES = 2  # a unit's analysis that failed this often is given up (logg
 
 class Phase(enum.Enum):
     DESCRIBE = "describe"
+    PILOT = "pilot"
     SEARCH = "search"
     REPLICATES = "replicates"
     ANALYSE = "analyse"
@@ -48,7 +51,7 @@ class Phase(enum.Enum):
     GAVE_UP = "gave up"
 
 
-TRIAL_PHASES = (Phase.SEARCH, Phase.REPLICATES)  # phases whose work is a batch of trials
+TRIAL_PHASES = (Phase.PILOT, Phase.SEARCH, Phase.REPLICATES)  # phases whose work is a batch of trials
 
 
 class Asked(NamedTuple):
@@ -69,6 +72,7 @@ class Targets:
     give_up_after: int = 3  # failed trials after which a unit is given up, in one run
     min_flip: float = 0.9  # the selection rule's threshold
     replicate_folds: int = 0  # K: replicate r trains on fold r mod K (search.replicate_data: folds); 0: no folds
+    pilot: bool = False  # a convergence pilot before the search (train.converge)
 
 
 def targets_of(config: SweepConfig) -> Targets:
@@ -76,7 +80,8 @@ def targets_of(config: SweepConfig) -> Targets:
     return Targets(config.search.n_trials, config.search.replicates,
                    analysis.enabled and bool(analysis.curves or analysis.betas),
                    max(3, 2 * config.search.n_trials), config.selection.min_flip,
-                   config.train.folds if config.search.replicate_data == "folds" else 0)
+                   config.train.folds if config.search.replicate_data == "folds" else 0,
+                   config.train.converge is not None)
 
 
 def replicate_folds(replicates: int, n_folds: int, done: Iterable[int | None],
@@ -106,6 +111,7 @@ class Tally:
     analysis_stopped: bool = False  # failed ANALYSIS_TRIES times, or a trial has no stored tensors
     gave_up: bool = False
     in_flight: Mapping[Phase, int] = field(default_factory=dict)  # trials handed out; 1 for a describe or analysis
+    pilot_done: bool = False  # a complete convergence pilot is stored
 
 
 @dataclass(frozen=True)
@@ -117,6 +123,12 @@ class Step:
 def _describe(targets: Targets, tally: Tally) -> Step:
     left = 0 if tally.described else 1
     return Step(left, left - tally.in_flight.get(Phase.DESCRIBE, 0))
+
+
+def _pilot(targets: Targets, tally: Tally) -> Step:
+    """One convergence pilot, where the sweep asks for one (its steps are the search's training length)."""
+    left = 1 if targets.pilot and not tally.pilot_done else 0
+    return Step(left, max(0, left - tally.in_flight.get(Phase.PILOT, 0)))
 
 
 def _search(targets: Targets, tally: Tally) -> Step:
@@ -139,7 +151,8 @@ def _analyse(targets: Targets, tally: Tally) -> Step:
 
 
 STEPS: dict[Phase, Callable[[Targets, Tally], Step]] = {
-    Phase.DESCRIBE: _describe, Phase.SEARCH: _search, Phase.REPLICATES: _replicates, Phase.ANALYSE: _analyse}
+    Phase.DESCRIBE: _describe, Phase.PILOT: _pilot, Phase.SEARCH: _search, Phase.REPLICATES: _replicates,
+    Phase.ANALYSE: _analyse}
 
 
 @dataclass(frozen=True)
@@ -191,7 +204,7 @@ class Work:
             return f"unit {self.unit.unit_id} to be prepared"
         if self.phase is Phase.ANALYSE:
             return f"analysis of {', '.join(self.trial_ids)}"
-        kind = "replicate" if self.phase is Phase.REPLICATES else "trial"
+        kind = {Phase.REPLICATES: "replicate", Phase.PILOT: "convergence pilot"}.get(self.phase, "trial")
         if not self.asked:  # decided, not asked yet
             return f"{self.count} {kind}(s) of unit {self.unit.unit_id}"
         return f"{kind}(s) {', '.join(str(a.number) for a in self.asked)} of unit {self.unit.unit_id}"
@@ -211,6 +224,7 @@ class UnitState:
         self.trial_folds: dict[str, int] = {}  # complete trials' folds (trials.fold), where set
         self.folds_in_flight: list[int] = []  # the folds of replicates handed out (search.replicate_data: folds)
         self.analysed: set[str] = set()  # trial ids with rows in the curves table
+        self.pilot_steps: int | None = None  # the complete convergence pilot's steps: the search's training length
         self.failed = self.interrupted = self.pruned = 0  # trials (failed: also describes that failed)
         self.analysis_failures = 0
         self.gave_up = False
@@ -224,8 +238,13 @@ class UnitState:
 
     @property
     def finished(self) -> int:
-        """Trials that need no more work: completed search trials and replicates, and pruned ones."""
-        return len(self.search_rows) + sum(map(len, self.replicate_ids.values())) + self.pruned
+        """Trials that need no more work: completed search trials and replicates, the pilot, and pruned ones."""
+        return self.completed + self.pruned
+
+    @property
+    def completed(self) -> int:
+        """Complete trials: search trials, replicates and the convergence pilot."""
+        return len(self.search_rows) + sum(map(len, self.replicate_ids.values())) + (self.pilot_steps is not None)
 
     # ------------------------------------------------------------ the selection
     def selection_stale(self) -> bool:
@@ -254,7 +273,8 @@ class UnitState:
             done = self.targets.replicates - 1 - len(replicate_folds(self.targets.replicates,
                                                                      self.targets.replicate_folds, folds))
         return Tally(self.described, len(self.search_rows) + self.pruned, chosen, done, to_analyse,
-                     self.analysis_failures >= ANALYSIS_TRIES, self.gave_up, dict(self.in_flight))
+                     self.analysis_failures >= ANALYSIS_TRIES, self.gave_up, dict(self.in_flight),
+                     self.pilot_steps is not None)
 
     def take_replicate_folds(self, k: int) -> list[int | None]:
         """The folds of the next k replicates, marked in flight until their work is released (None each: the
@@ -317,7 +337,9 @@ class UnitState:
         if row["status"] == Status.COMPLETE:
             if row.get("fold") is not None:
                 self.trial_folds[row["trial_id"]] = row["fold"]
-            if row["replicate_of"] is None:
+            if row.get("pilot"):
+                self.pilot_steps = row["steps_done"]
+            elif row["replicate_of"] is None:
                 self.search_rows.append(row)
             else:
                 self.replicate_ids.setdefault(row["replicate_of"], []).append(row["trial_id"])
@@ -325,7 +347,7 @@ class UnitState:
             self.failed += 1
         elif row["status"] == Status.INTERRUPTED:
             self.interrupted += 1
-        elif row["status"] == Status.PRUNED and row["replicate_of"] is None:
+        elif row["status"] == Status.PRUNED and row["replicate_of"] is None and not row.get("pilot"):
             self.pruned += 1
 
     def count_rungs(self, number: int, checks: Iterable[dict[str, Any]]) -> None:

@@ -90,11 +90,13 @@ class Run:
         return (f"{row.model} / " if self.several_models else "") + f"{row.label} / {row.site}"
 
     def search_trials(self, unit_id: str) -> pd.DataFrame:
-        """A unit's complete search trials (no replicates, no masked controls)."""
+        """A unit's complete search trials (no replicates, no masked controls, no convergence pilot)."""
         t = self.trials
         keep = (t.unit_id == unit_id) & (t.status == Status.COMPLETE) & t.replicate_of.isna()
         if "mask" in t.columns:
             keep &= t["mask"].isna()
+        if "pilot" in t.columns:  # a convergence pilot is not a search trial
+            keep &= ~t["pilot"].fillna(False).astype(bool)
         return t[keep].sort_values("trial_id")
 
     def replicates(self, trial_id: str) -> list[str]:

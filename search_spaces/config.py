@@ -15,7 +15,7 @@ from search_spaces.duration import parse_duration
 from storage.selection import DEFAULT_MIN_FLIP
 from workers.errors import UsageError
 from workers.names import SITES, STRENGTHS, import_plugins, method_names
-from workers.unit import TrainSettings
+from workers.unit import Convergence, TrainSettings
 
 V = TypeVar("V", bound=Iterable[str])
 
@@ -132,6 +132,27 @@ class Search(_Strict):
 
 
 _TRAIN = TrainSettings()  # the defaults, written once in workers/unit.py
+_CONVERGE = Convergence()
+
+
+class Converge(_Strict):
+    """The convergence pilot (workers/convergence.py)."""
+
+    window: int = Field(_CONVERGE.window, gt=0, description="steps over which the val objective's relative change "
+                        "is measured (a multiple of every)")
+    tol: float = Field(_CONVERGE.tol, gt=0, lt=1, description="converged when the val objective changed by less than "
+                       "this share over the last window steps")
+    every: int = Field(_CONVERGE.every, gt=0, description="steps between the pilot's checks on the val slice")
+    max_steps: int = Field(_CONVERGE.max_steps, gt=0, description="the pilot stops here if it has not converged "
+                           "(its unit's trials then train this long, and the pilot says 'not converged')")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.window % self.every:
+            raise ValueError(f"window ({self.window}) must be a multiple of every ({self.every})")
+        if self.max_steps < self.window:
+            raise ValueError(f"max_steps ({self.max_steps}) must be at least window ({self.window})")
+        return self
 
 
 class Train(_Strict):
@@ -170,6 +191,14 @@ class Train(_Strict):
                        "(train vs val by split's first two fractions; an example straddling is dropped for that fold "
                        "only). The search runs on fold 0; search.replicate_data: folds trains replicates on the "
                        "others. Part of the unit's id only when not 1")
+    l1: Literal["subgradient", "proximal"] = Field(
+        _TRAIN.l1, description="the minimality term: its subgradient in the loss, or proximal: a soft-thresholding "
+        "step toward identity after each optimizer step, so that cells the objective does not need stay exactly at "
+        "identity (ActivScalar, SteerVec, diffmeans; DynScalar keeps the subgradient, and its units say so)")
+    converge: Converge | None = Field(None, description="training length from a convergence pilot: each unit first "
+                                      "trains one trial at the middle of the searched ranges until its val objective "
+                                      "converges; its search trials and replicates then train that many steps "
+                                      "(absent: train.steps)")
 
     @field_validator("split")
     @classmethod
@@ -282,6 +311,17 @@ class SweepConfig(_Strict):
         if isinstance(v, list) and (not v or any(not group for group in v)):
             raise ValueError("layers must be 'all', 'each', or a non-empty list of non-empty layer lists")
         return v
+
+    @model_validator(mode="after")
+    def _steps_once(self) -> Self:
+        """With a convergence pilot the pilot decides the training length: steps are not searched too."""
+        if self.train.converge is None:
+            return self
+        searched = ["search.space.steps"] if self.search.space.steps is not None else []
+        searched += [f"search.method_space.{m}.steps" for m, o in self.search.method_space.items() if o.steps]
+        if searched:
+            raise ValueError(f"train.converge sets the training length from a pilot; remove {', '.join(searched)}")
+        return self
 
     @model_validator(mode="after")
     def _task_restrictions(self) -> Self:

@@ -79,8 +79,9 @@ def _rows(model: type[BaseModel], prefix: str, out: list[str], sections: list[tu
         meaning = (field.description or "").replace("|", "\\|")
         out.append(f"| `{path}` | {_type_name(field.annotation)} | {_default(field)} | {meaning} |")
         annotation = field.annotation
-        if typing.get_origin(annotation) in (typing.Union, types.UnionType):  # an optional section: its own table
-            annotation = next((a for a in typing.get_args(annotation) if a is not type(None)), annotation)
+        optional = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(optional) == 1:
+            annotation = optional[0]  # an optional section (train.converge) has its own table too
         if isinstance(annotation, type) and issubclass(annotation, BaseModel) and \
                 annotation.__name__ not in ("Range", "IntRange"):
             sections.append((path, annotation))

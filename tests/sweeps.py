@@ -53,6 +53,8 @@ def check_run(run_dir: Path, n_trials: int, n_units: int, replicates: int = 1) -
     rows = trials.table.to_pylist()
     ids = Counter(r["trial_id"] for r in rows)
     assert not [i for i, c in ids.items() if c > 1], "a trial id appears twice"
+    pilots = [r for r in rows if r["pilot"]]
+    rows = [r for r in rows if not r["pilot"]]  # the convergence pilots: check_pilots
     complete = [r for r in rows if r["status"] == "complete"]
     pruned = [r for r in rows if r["status"] == "pruned"]
     assert all(r["replicate_of"] is None for r in pruned), "a replicate was pruned"
@@ -83,6 +85,7 @@ def check_run(run_dir: Path, n_trials: int, n_units: int, replicates: int = 1) -
             assert t.params["lr"] == row["lr"]
     check_curves(run_dir, selected.trial_id.tolist(), complete)
     check_folds(run_dir, dict(zip(selected.unit_id, selected.trial_id)), complete, replicates)
+    check_pilots(run_dir, pilots, complete + pruned)
     return per_unit
 
 
@@ -118,6 +121,29 @@ def check_folds(run_dir: Path, selected: dict[str, str], complete: list[dict], r
             pooled = [i for r in reps + [next(r for r in mine if r["trial_id"] == selected[unit_id])]
                       for i in tested[r["trial_id"]]]
             assert sorted(pooled) == sorted(i for rows in by_fold.values() for i in rows), "not every prompt once"
+
+
+def check_pilots(run_dir: Path, pilots: list[dict], trials: list[dict]) -> None:
+    """With train.converge, each unit has exactly one complete pilot, told to Optuna as failed (never a search
+    draw), with one checks row per check; its unit's trials trained for its steps. Without, no pilot at all."""
+    converge = RunDir(run_dir).sweep().train.converge
+    complete = {r["unit_id"]: r for r in pilots if r["status"] == "complete"}
+    if converge is None:
+        assert not pilots
+        return
+    assert len(complete) == sum(r["status"] == "complete" for r in pilots), "a unit has two complete pilots"
+    assert set(complete) == {r["unit_id"] for r in trials}, "a unit without its pilot"
+    checks = read_table(run_dir, "checks").table.to_pylist()
+    storage = JournalStorage(JournalFileBackend(str(RunDir(run_dir).journal)))
+    for unit_id, pilot in complete.items():
+        mine = [c["step"] for c in checks if c["trial_id"] == pilot["trial_id"]]
+        expected = list(range(0, pilot["steps_done"] + 1, converge.every))
+        assert sorted(mine) == expected, (pilot["trial_id"], mine, expected)  # each check exactly once
+        assert pilot["stop_reason"].startswith(("converged at step", "not converged"))
+        assert {r["steps"] for r in trials if r["unit_id"] == unit_id} == {pilot["steps_done"]}
+        study = optuna.load_study(study_name=unit_id, storage=storage)
+        told = study.trials[pilot["trial_number"]]
+        assert told.user_attrs.get("pilot") and told.state is TrialState.FAIL
 
 
 def check_curves(run_dir: Path, selected_ids: list[str], complete: list[dict]) -> None:

@@ -16,7 +16,8 @@ from workers.unit import Hyper, TrainSettings, UnitSpec
 METRICS = ("flip_rate", "ld_after", "kl_other")
 CASES = [("activscalar", "mlp_out", {}), ("steervec", "mlp_out", {}), ("dynscalar", "mlp_out", {}),
          ("dynscalar_bias", "attn_out", {}), ("activscalar", "head", {}), ("steervec", "head", {}),
-         ("dynscalar", "mlp_out", {"heldout_templates": ["longer"]})]
+         ("dynscalar", "mlp_out", {"heldout_templates": ["longer"]}), ("diffmeans", "resid_post", {}),
+         ("diffmeans", "head", {})]
 
 
 def _trained(tiny_models, method: str, site: str, options: dict):
@@ -24,7 +25,9 @@ def _trained(tiny_models, method: str, site: str, options: dict):
     spec = UnitSpec("tiny-llama", TaskSpec.make("ioi", {"n": 40, **options}), site, (0, 1, 2, 3), method,
                     TrainSettings(steps=8, batch_size=16, filter="none", precision="fp32"))
     unit = prepare_unit(tiny_models["tiny-llama"], spec)
-    (result,) = train_trials(tiny_models["tiny-llama"], unit, [Hyper(lr=0.2, lambda_min=0.001, seed=3)])
+    # diffmeans' L1 is |c| sum|v| over every cell: a weight the others take would keep c at 0
+    lambda_min = 1e-6 if method_class(method).needs_direction else 0.001
+    (result,) = train_trials(tiny_models["tiny-llama"], unit, [Hyper(lr=0.2, lambda_min=lambda_min, seed=3)])
     assert result.ok, result.error
     tensors = {k: torch.as_tensor(v) for k, v in result.tensors.items()}
     return unit, result, analyze_trial(tiny_models["tiny-llama"], unit, tensors)

@@ -134,8 +134,9 @@ def test_table_columns_match_the_worker_contract():
     from workers.unit import Hyper
 
     assert METRICS == METRIC_NAMES
-    # resample_train and fold have their columns; prunable is False exactly for replicates (replicate_of says so)
-    assert set(HYPER_PARAMS) | {"resample_train", "prunable", "fold"} == {f.name for f in fields(Hyper)}
+    # resample_train, fold and pilot have their columns; prunable is False exactly for replicates and pilots
+    assert set(HYPER_PARAMS) | {"resample_train", "prunable", "fold", "pilot"} == {f.name for f in fields(Hyper)}
+    assert {"resample_train", "pilot", "fold"} <= set(TRIALS.names)
     columns = set(TRIALS.names)
     assert {"resample_train", "fold", "replicate_kind", "n_test", "n_test_clusters"} <= columns
     assert {f"{split}_{m}" for split in ("val", "test") for m in METRIC_NAMES} <= columns

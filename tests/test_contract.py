@@ -31,6 +31,12 @@ def _refs(heads: int | None = None) -> list[SiteRef]:
     return [SiteRef(layer, nn.Identity(), heads is not None, heads, W) for layer in (0, 1)]
 
 
+def _build(method: str, refs: list[SiteRef], k: int = K, t: int | None = T) -> Intervention:
+    """A fresh intervention; a method needing a direction (DiffMeans) gets a random one."""
+    direction = torch.randn(len(refs), T, W, generator=torch.Generator().manual_seed(3))
+    return build_intervention(method, refs, k, t, direction)
+
+
 def _moved(made: Intervention) -> Intervention:
     """The same intervention away from its identity (every parameter nudged)."""
     with torch.no_grad():
@@ -45,9 +51,9 @@ def test_every_method_keeps_the_contract(method, heads):
     """A new tensor of h's shape, h untouched; the identity at initialisation; per token; per trial."""
     h = torch.randn(K * B, T, W)
     original = h.clone()
-    fresh = build_intervention(method, _refs(heads), K, T)
+    fresh = _build(method, _refs(heads))
     assert torch.equal(fresh.transform(1, h, ForwardContext.every_token(h)), h), "identity at initialisation"
-    made = _moved(build_intervention(method, _refs(heads), K, T))
+    made = _moved(_build(method, _refs(heads)))
     out = made.transform(1, h, ForwardContext.every_token(h))
     assert out.shape == h.shape and torch.equal(h, original) and not torch.equal(out, h)
     # per token: a token's output does not depend on the other tokens' h

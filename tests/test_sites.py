@@ -16,6 +16,12 @@ IDS = torch.tensor([[5, 17, 42, 9, 33, 81, 7, 12], [6, 18, 40, 11, 3, 80, 71, 14
 LENGTHS = torch.tensor([8, 8])
 
 
+def _build(method: str, refs, n_trials: int):
+    """A fresh intervention; a method needing a direction (diffmeans) gets a random one."""
+    direction = torch.randn(len(refs), IDS.shape[1], refs[0].width, generator=torch.Generator().manual_seed(0))
+    return build_intervention(method, refs, n_trials, IDS.shape[1], direction)
+
+
 def _all_hooks(model):
     return [m for m in model.modules() if m._forward_hooks or m._forward_pre_hooks]
 
@@ -28,7 +34,7 @@ def test_identity_at_initialisation(tiny_models, name, site, method):
     with torch.no_grad():
         base = last_token_logits(loaded, IDS, LENGTHS)
         refs = resolve_site(loaded.model, site, list(range(loaded.n_layers)))
-        intervention = build_intervention(method, refs, 1, IDS.shape[1])
+        intervention = _build(method, refs, 1)
         with installed(intervention):
             after = last_token_logits(loaded, IDS, LENGTHS)
     assert (after - base).abs().max().item() <= 1e-6
@@ -87,7 +93,7 @@ def test_residual_identity(tiny_models, name):
 def test_gradients_reach_only_the_intervention(tiny_models, name, method):
     loaded = tiny_models[name]
     refs = resolve_site(loaded.model, "head", [0, 2])
-    intervention = build_intervention(method, refs, 2, IDS.shape[1])
+    intervention = _build(method, refs, 2)
     with torch.no_grad():
         for p in intervention.parameters():
             p.add_(0.01 * torch.randn_like(p))

@@ -118,6 +118,32 @@ def test_fold_replicates_exactly_once_after_sigkills_while_replicating(tmp_path)
     assert interrupted, "no kill landed on a replicate"  # ... and each was re-run on its fold (check_folds)
 
 
+def test_coordinator_sigkilled_during_convergence_pilots_leaves_each_pilot_and_check_once(tmp_path):
+    """Kills land while the units' convergence pilots and then their trials train: after the resume each unit
+    has exactly one complete pilot with one checks row per check, told to Optuna as failed, and its trials
+    trained for the pilot's steps (tests/sweeps.py check_pilots)."""
+    cfg = write_config(tmp_path / "sweep.yaml", tiny_config(
+        methods=["activscalar", "steervec"], search={"n_trials": 4, "batch": 2, "replicates": 2},
+        train={"batch_size": 8, "converge": {"window": 20, "tol": 0.002, "every": 5, "max_steps": 150}},
+        analysis={"enabled": False}))
+    run = tmp_path / "run"
+    log = run / "actscale.log"
+    rng = random.Random(3)
+    for attempt in range(3):
+        before = (log.read_text().count(" is up on ") if log.exists() else 0)
+        proc = start_coordinator(["run", str(cfg), "--out", str(run), "--quiet"], tmp_path / "out.log")
+        assert wait_for(lambda: log.exists() and log.read_text().count(" is up on ") > before  # noqa: B023
+                        or proc.poll() is not None, timeout=600)  # noqa: B023
+        time.sleep(rng.uniform(*((0.2, 1.0), (1.0, 3.0), (3.0, 8.0))[attempt]))  # pilots first, then trials
+        kill_session(proc)
+    proc = start_coordinator(["resume", str(run), "--quiet"], tmp_path / "out.log")
+    assert proc.wait(timeout=1500) == 0, (tmp_path / "out.log").read_text()[-3000:]
+    check_run(run, n_trials=4, n_units=2, replicates=2)
+    rows = read_table(run, "trials").table.to_pylist()
+    assert sum(bool(r["pilot"]) and r["status"] == "complete" for r in rows) == 2
+    assert any(r["status"] == "interrupted" for r in rows)  # the kills cut work off
+
+
 def test_worker_process_killed_mid_trial(tmp_path):
     cfg = write_config(tmp_path / "sweep.yaml", tiny_config(search={"n_trials": 6, "batch": 2},
                                                             train={"steps": 150, "batch_size": 8}))

@@ -29,6 +29,7 @@ from torch import nn
 
 from workers.errors import UsageError
 from workers.names import METHODS, MethodInfo, any_length_methods, method_info  # noqa: F401 - re-exported
+from workers.proximal import soft_threshold
 from workers.sites import SiteRef, hooked
 from workers.unit import TrainSettings
 
@@ -45,6 +46,9 @@ class Setup:
     refs: list[SiteRef]
     n_trials: int
     n_positions: int | None = None
+    # [L, T, W] the train split's mean difference at each cell, counterfactual prompt minus prompt, unintervened
+    # (workers/directions.py), for a method with `needs_direction` (DiffMeans)
+    direction: torch.Tensor | None = None
 
 
 class CellRecorder:
@@ -149,12 +153,12 @@ class Intervention(nn.Module, abc.ABC):
       per-token `torch.where` the analysis uses (`only_cells`), with the train tokens' columns in the
       ctx, so cells outside a boolean [L, C(, H)] mask stay identity; their parameters get no gradient
       from the effectiveness or faithfulness terms and, at identity, none from an L1 term either;
-    - a proximal L1 step (soft-thresholding toward identity after each optimizer step, so that unmoved
-      cells are exactly identity): one more optional method, `shrink(k, amount)`, whose default refuses
-      with a UsageError naming the method; `identity` already says where each value shrinks to;
-    - a training-free baseline (a fixed difference-in-means vector times one learned scalar per trial):
-      a method whose constructor finds the vector in a new `Setup` field (the train split's mean
-      activations per cell, computed by the trainer like `needs_norms`' norms);
+    - `shrink(k, amounts)` (optional): the proximal L1 step (`train.l1: proximal`, workers/proximal.py),
+      soft-thresholding trial k's values toward identity after each optimizer step, so that unmoved cells
+      are exactly identity. The default refuses with a UsageError naming the method; a method without it
+      (DynScalar: its L1 is a function of the activation) keeps the subgradient (`has_shrink`);
+    - `needs_direction`: the constructor gets the train split's difference-in-means direction per cell
+      (`Setup.direction`, computed by the trainer like `needs_norms`' norms): DiffMeans;
     - per-cell activation patching: a method reading a counterfactual prompt's h at the same cell from a
       new `ForwardContext` field, filled by the forward that runs it.
     """
@@ -166,6 +170,7 @@ class Intervention(nn.Module, abc.ABC):
     threshold_setting: ClassVar[str] = "active_threshold"  # the TrainSettings field: a cell moved above it
     needs_norms: ClassVar[bool] = False  # `cells` needs the mean |h| per cell on train (CellStats.norms)
     records_cells: ClassVar[bool] = False  # `cells` needs a recorded val evaluation (CellStats.recorded)
+    needs_direction: ClassVar[bool] = False  # the constructor needs Setup.direction (the train mean difference)
 
     def __init__(self, setup: Setup):
         super().__init__()
@@ -201,6 +206,19 @@ class Intervention(nn.Module, abc.ABC):
         """Trial k's (value, effect) per cell, each [L, C(, H)] on the CPU, C the unit's cell columns
         (positions for fixed-length methods; the recorded columns otherwise). A cell is (layer, column[,
         head]), the same for every method (workers/columns.py)."""
+
+    def shrink(self, k: int, amounts: list[torch.Tensor]) -> None:
+        """The proximal step of the L1 term for trial k (the k-th of the trials in the forward now): soft-threshold
+        its values toward identity, in place, without gradient. `amounts` holds one tensor per
+        `trial_parameters(k)`, broadcastable to it: lambda_min times the step size each element just took
+        (workers/proximal.py); the method scales it by its L1 term's weight on that element."""
+        raise UsageError(f"method {self.method!r} has no proximal L1 step (`shrink`): train it with train.l1: "
+                         "subgradient")
+
+    @classmethod
+    def has_shrink(cls) -> bool:
+        """Whether the method defines the proximal step (`shrink`)."""
+        return cls.shrink is not Intervention.shrink
 
     @classmethod
     def moved_threshold(cls, settings: TrainSettings) -> float:
@@ -294,8 +312,9 @@ def method_class(method: str) -> type[Intervention]:
     return METHOD_CLASSES[method]
 
 
-def build_intervention(method: str, refs: list[SiteRef], n_trials: int, n_positions: int | None) -> Intervention:
-    return method_class(method).create(Setup(refs, n_trials, n_positions))
+def build_intervention(method: str, refs: list[SiteRef], n_trials: int, n_positions: int | None,
+                       direction: torch.Tensor | None = None) -> Intervention:
+    return method_class(method).create(Setup(refs, n_trials, n_positions, direction))
 
 
 def only_cells(x: torch.Tensor, changed: torch.Tensor, keep: torch.Tensor, columns: torch.Tensor,
@@ -337,6 +356,11 @@ class ActivScalar(Intervention):
 
     def trial_parameters(self, k: int) -> list[nn.Parameter]:
         return [self.alphas[k]]
+
+    def shrink(self, k: int, amounts: list[torch.Tensor]) -> None:
+        """alpha <- 1 + sign(alpha - 1) max(|alpha - 1| - amount, 0)."""
+        with torch.no_grad():
+            self.alphas[k].copy_(soft_threshold(self.alphas[k], 1.0, amounts[0]))
 
     def cells(self, k: int, stats: CellStats) -> tuple[torch.Tensor, torch.Tensor]:
         alpha = self.alphas[k].detach().cpu()  # [L, T(, H)]
@@ -382,6 +406,11 @@ class SteerVec(Intervention):
     def trial_parameters(self, k: int) -> list[nn.Parameter]:
         return [self.vectors[k]]
 
+    def shrink(self, k: int, amounts: list[torch.Tensor]) -> None:
+        """Elementwise on v: v <- sign(v) max(|v| - amount, 0)."""
+        with torch.no_grad():
+            self.vectors[k].copy_(soft_threshold(self.vectors[k], 0.0, amounts[0]))
+
     def cells(self, k: int, stats: CellStats) -> tuple[torch.Tensor, torch.Tensor]:
         """Value: |v| per cell (per head's slice for the head site); effect: |v| / mean |h| there."""
         v = self.vectors[k].detach().cpu()  # [L, T, W]
@@ -401,6 +430,76 @@ class SteerVec(Intervention):
         made = cls(Setup(refs, 1, v.shape[1]))
         with torch.no_grad():
             made.vectors[0].copy_(beta * v)
+        return made
+
+
+@register_method
+class DiffMeans(Intervention):
+    """The training-free baseline: h <- h + c v, v per (layer, position) the train split's mean difference
+    h(counterfactual) - h(prompt) at the site, unintervened (workers/directions.py), and ONE learned scalar c
+    per trial, initialised to 0, trained by the same objective (minimality |c| sum |v|: SteerVec's L1 of the
+    vector it adds). What SteerVec gains over it is what learning the vectors buys. The direction is
+    estimated, not learned: n_params is 1."""
+
+    method = "diffmeans"
+    needs_norms = True
+    needs_direction = True
+    identity = 0.0  # the stored value is |c| |v|
+    moved_measure = "|c||v|/mean|h| (v estimated, not learned)"
+    threshold_setting = "steer_threshold"
+
+    def __init__(self, setup: Setup):
+        super().__init__(setup)
+        assert setup.n_positions is not None
+        shape = (len(setup.refs), setup.n_positions, self.width)
+        if setup.direction is None:
+            raise UsageError(f"method {self.method!r} needs the train split's difference-in-means direction "
+                             "(Setup.direction, computed by the trainer)")
+        if tuple(setup.direction.shape) != shape:
+            raise UsageError(f"method {self.method!r}: a direction of shape {tuple(setup.direction.shape)}; "
+                             f"accepted: {shape} (layers, positions, width)")
+        self.register_buffer("direction", setup.direction.detach().float().clone())  # [L, T, W], shared
+        self.scales = nn.ParameterList([nn.Parameter(torch.zeros(())) for _ in range(setup.n_trials)])
+
+    def transform(self, index: int, h: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        k = self.n_trials
+        x = h.reshape(k, h.shape[0] // k, h.shape[1], h.shape[2])  # [K, B, T, W]
+        c = _stacked(self.scales).to(x.dtype)  # [K]
+        v = self.direction[index].to(x.dtype)  # [T, W]
+        return (x + c[:, None, None, None] * v).reshape(h.shape)
+
+    def minimality(self, ctx: ForwardContext) -> torch.Tensor:
+        return _stacked(self.scales).abs() * self.direction.abs().sum()  # [K]
+
+    def trial_parameters(self, k: int) -> list[nn.Parameter]:
+        return [self.scales[k]]
+
+    def shrink(self, k: int, amounts: list[torch.Tensor]) -> None:
+        """c <- sign(c) max(|c| - amount sum|v|, 0): the L1 term's weight on c is sum |v|."""
+        with torch.no_grad():
+            self.scales[k].copy_(soft_threshold(self.scales[k], 0.0, amounts[0] * self.direction.abs().sum()))
+
+    def cells(self, k: int, stats: CellStats) -> tuple[torch.Tensor, torch.Tensor]:
+        """Value: |c| |v| per cell (per head's slice for the head site); effect: that / mean |h| there."""
+        v = self.direction.detach().cpu()  # [L, T, W]
+        if self.n_heads:
+            v = v.reshape(v.shape[0], v.shape[1], self.n_heads, -1)  # [L, T, H, W/H]
+        value = self.scales[k].detach().cpu().abs() * v.norm(dim=-1)  # [L, T(, H)]
+        assert stats.norms is not None, "DiffMeans needs the mean |h| per cell"
+        return value, value / stats.norms.clamp_min(1e-6)
+
+    def artifact_tensors(self, k: int) -> dict[str, torch.Tensor]:
+        """c and the direction v: the scalars table holds only |c| |v| per cell."""
+        return {"scale": self.scales[k].detach().cpu().reshape(1).clone(),  # [1]
+                "direction": self.direction.detach().cpu().clone()}  # [L, T, W]
+
+    @classmethod
+    def from_artifact(cls, refs: list[SiteRef], tensors: dict[str, torch.Tensor], beta: float = 1.0) -> Intervention:
+        """c' = beta c, v as estimated."""
+        v = tensors["direction"].float()  # [L, T, W]
+        made = cls(Setup(refs, 1, v.shape[1], v))
+        with torch.no_grad():
+            made.scales[0].copy_(beta * tensors["scale"].float().reshape(()))
         return made
 
 

@@ -83,6 +83,9 @@ METHODS: dict[str, MethodInfo] = {
     "steervec": MethodInfo("workers.interventions:SteerVec", True, 0.0, "|v|/mean|h|", "steer_threshold"),
     "dynscalar": MethodInfo("workers.interventions:DynScalar", False, 1.0, _DYN, "active_threshold"),
     "dynscalar_bias": MethodInfo("workers.interventions:DynScalarBias", False, 1.0, _DYN, "active_threshold"),
+    # the training-free baseline: SteerVec's form with the train mean difference as the vector, times one scalar
+    "diffmeans": MethodInfo("workers.interventions:DiffMeans", True, 0.0, "|c||v|/mean|h| (v estimated, not learned)",
+                            "steer_threshold"),
 }
 # the strengths beta of the strength sweep (workers/analysis.py; `Intervention.from_artifact`)
 STRENGTHS = (-1.0, -0.5, 0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)

@@ -161,6 +161,9 @@ class PreparedUnit:
         dropped = self._drop_warning()
         if dropped:
             out.append(dropped)
+        if self.spec.settings.l1 == "proximal" and not method_class(self.spec.method).has_shrink():
+            out.append(f"train.l1 is proximal, but method {self.spec.method!r} has no proximal step (its L1 term is "
+                       "a function of the activation): its trials keep the L1 subgradient")
         if self.base_accuracy < NEAR_CHANCE:
             out.append(f"the model ranks answer a above b on {self.base_accuracy:.0%} of {self.counts.get('total', '?')} "
                        f"prompts, near chance (50%; warned below {NEAR_CHANCE:.0%}): it barely does this task, so what "
@@ -333,7 +336,7 @@ def _require(unit: PreparedUnit, parts: dict[str, list[int]], fold: int | None) 
 
 
 def _wants_check(settings: TrainSettings) -> bool:
-    return settings.patience > 0 or settings.prune
+    return settings.patience > 0 or settings.prune or settings.converge is not None
 
 
 def _single_split(unit: PreparedUnit, tokens: SplitData, indices: list[int],

@@ -24,7 +24,8 @@ class TrialResult:
     sites_total: int = 0  # all cells the method could move
     steps: int = 0  # optimizer steps done
     precision: str = ""  # the training forwards' precision as run: fp32 or bf16 (workers/precision.py)
-    stop_reason: str | None = None  # why training ended before `steps` (patience, pruned); None: it ran them all
+    # why training ended before `steps` (patience, pruned; a pilot: converged, or not converged); None: it ran them all
+    stop_reason: str | None = None
     pruned: bool = False  # stopped by the unit's pruning rule: scored, stored as pruned, never selected
     wall_s: float = 0.0
     tokens_per_s: float = 0.0
@@ -37,6 +38,8 @@ class TrialResult:
     n_test_clusters: int = 0
     # per test prompt: index, ld_before, ld_after, kl_other, flipped, cluster, template, fold (predictions columns)
     predictions: list[dict[str, Any]] = field(default_factory=list)
+    # a convergence pilot's checks on the val slice: kind, step, loss, flip_rate, kl_other, l1, sites_moved (table checks)
+    checks: list[dict[str, Any]] = field(default_factory=list)
     tensors: dict[str, Any] = field(default_factory=dict)  # artifact name -> array (torch in the trainer, numpy once sent)
     # per check of its training on the val check slice: kind ('rung': ASHA), step, loss, flip_rate, kl_other, l1,
     # sites_moved (columns of the checks table)

@@ -13,11 +13,14 @@ import torch
 
 from workers.asha import Rungs
 from workers.columns import CellColumn
+from workers.convergence import PilotWatch
+from workers.directions import mean_difference
 from workers.interventions import CellRecorder, CellStats, Intervention, build_intervention, installed, method_class
 from workers.models import LoadedModel
 from workers.objective import flipped, objective
 from workers.precision import evaluation_model, training_model
 from workers.prepare import PreparedUnit, check_slice
+from workers.proximal import step_sizes
 from workers.results import METRIC_NAMES, TrialResult
 from workers.scoring import intervened_logits, score, site_norms
 from workers.sites import SiteRef, resolve_site
@@ -85,26 +88,36 @@ def _gathered(parts: list[torch.Tensor], width: int | None = None, pad: float = 
 
 def train_group(loaded: LoadedModel, unit: PreparedUnit, hypers: list[Hyper], refs: list[SiteRef],
                 outcomes: list[TrialResult], rungs: RungSetup | None = None,
-                views: dict[int, PreparedUnit] | None = None) -> tuple[Intervention, int]:
+                views: dict[int, PreparedUnit] | None = None, direction: torch.Tensor | None = None,
+                norms: torch.Tensor | None = None) -> tuple[Intervention, int]:
     """Train trials that share a batch size together; fills steps/status of `outcomes`.
     Each trial draws its batches from its own fold's train split (`Hyper.fold`, `views`), so trials of
     different folds share one batched forward. A trial that ends (its steps done, a non-finite loss, early
-    stopping, pruning, an ASHA rung) leaves the batched forward. Returns the trained intervention (all
-    trials back in) and the number of real tokens it processed."""
+    stopping, pruning, an ASHA rung, a pilot's convergence) leaves the batched forward. Returns the trained
+    intervention (all trials back in) and the number of real tokens it processed. `direction`: the method's
+    Setup.direction (DiffMeans; the caller groups trials so that all share one fold's); `norms`: the mean |h|
+    per cell of fold 0 (a pilot's checks count moved cells with it).
+
+    With `train.l1: proximal` (and a method with `shrink`), the L1 term leaves the loss and each optimizer
+    step is followed by its proximal step (workers/proximal.py)."""
     k = len(hypers)
     views = views or fold_views(unit, hypers)
     trains = [views[h.fold or 0].splits["train"] for h in hypers]  # each trial's train split
     pad_id = loaded.tokenizer.pad_token_id
-    intervention = build_intervention(unit.spec.method, refs, k, unit.n_positions).to(loaded.device)
+    intervention = build_intervention(unit.spec.method, refs, k, unit.n_positions, direction).to(loaded.device)
     optimizers = [torch.optim.Adam(intervention.trial_parameters(i), lr=h.lr) for i, h in enumerate(hypers)]
     steps = [h.steps or unit.spec.settings.steps for h in hypers]
     batch = hypers[0].batch_size or unit.spec.settings.batch_size
     batches = [TrainBatches(len(train), batch, h.seed, h.resample_train) for h, train in zip(hypers, trains)]
     lam_f = torch.tensor([h.lambda_faith for h in hypers], device=loaded.device)
     lam_m = torch.tensor([h.lambda_min for h in hypers], device=loaded.device)
-    # early stopping and pruning per fold, each on its fold's check slice (search trials: all in fold 0)
+    proximal = unit.spec.settings.l1 == "proximal" and intervention.has_shrink()
+    lam_loss = torch.zeros_like(lam_m) if proximal else lam_m  # the L1 weight in the loss
+    watch = PilotWatch(unit, hypers, outcomes, loaded, refs, norms) if PilotWatch.wanted(hypers) else None
+    # early stopping and pruning per fold, each on its fold's check slice (search trials: all in fold 0);
+    # a pilot trains until it converges: no patience or pruning in its batch
     stoppers = {fold: TrialStopper(view, hypers, steps, outcomes, loaded, refs) for fold, view in views.items()
-                if TrialStopper.wanted(view)}
+                if TrialStopper.wanted(view)} if watch is None else {}
     judge = RungJudge(rungs, unit, hypers, outcomes, loaded, refs) if rungs is not None else None  # search: fold 0
 
     live = list(range(k))
@@ -116,6 +129,9 @@ def train_group(loaded: LoadedModel, unit: PreparedUnit, hypers: list[Hyper], re
         if judge is not None and live and judge.due(step):
             intervention.keep_trials(live)
             live = judge.check(intervention, live, step)
+        if watch is not None and live and watch.due(step):
+            intervention.keep_trials(live)
+            live = watch.check(intervention, live, step)
         if not live:
             break
         intervention.keep_trials(live)
@@ -132,7 +148,7 @@ def train_group(loaded: LoadedModel, unit: PreparedUnit, hypers: list[Hyper], re
         before = torch.stack([trains[i].reference_logits[r] for i, r in zip(live, idx)]).to(loaded.device)
         a = torch.stack([trains[i].a_ids[r] for i, r in zip(live, idx)]).to(loaded.device)  # [K', B]
         b = torch.stack([trains[i].b_ids[r] for i, r in zip(live, idx)]).to(loaded.device)  # [K', B]
-        loss, _ = objective(before, logits, a, b, intervention.minimality(ctx), lam_f[live], lam_m[live])
+        loss, _ = objective(before, logits, a, b, intervention.minimality(ctx), lam_f[live], lam_loss[live])
         finite = [math.isfinite(float(x)) for x in loss.detach()]
         for j, i in enumerate(live):
             if not finite[j]:
@@ -144,9 +160,14 @@ def train_group(loaded: LoadedModel, unit: PreparedUnit, hypers: list[Hyper], re
         for j, i in enumerate(live):
             if finite[j]:
                 optimizers[i].step()
+                if proximal:  # amount: lambda_min times each element's step size
+                    params = intervention.trial_parameters(j)
+                    intervention.shrink(j, [lam_m[i] * size for size in step_sizes(optimizers[i], params)])
                 outcomes[i].steps = step + 1
         live = [i for j, i in enumerate(live) if finite[j]]
         tokens += int(lengths.sum())
+    if watch is not None:
+        watch.finish(intervention, live, max(steps))
     intervention.keep_trials(None)
     return intervention, tokens
 
@@ -207,18 +228,26 @@ def train_trials(loaded: LoadedModel, unit: PreparedUnit, hypers: list[Hyper],
     their folds; each is scored on its own fold's val and test. `rungs`: ASHA over the search trials' steps
     (workers/asha.py, all in fold 0), with the unit's history so far."""
     outcomes: list[TrialResult] = [TrialResult(h) for h in hypers]
-    groups: dict[int, list[int]] = {}
+    # trials with one batch size share a forward; with a direction (DiffMeans), only those of one fold
+    by_direction = method_class(unit.spec.method).needs_direction
+    groups: dict[tuple[int, int], list[int]] = {}
     for i, h in enumerate(hypers):
-        groups.setdefault(h.batch_size or unit.spec.settings.batch_size, []).append(i)
+        key = (h.batch_size or unit.spec.settings.batch_size, (h.fold or 0) if by_direction else 0)
+        groups.setdefault(key, []).append(i)
     loaded = evaluation_model(loaded)  # every reported number is fp32 (on CUDA: autocast off)
     refs = resolve_site(loaded.model, unit.spec.site, unit.layers)
     settings = unit.spec.settings
+    method = method_class(unit.spec.method)
     views = fold_views(unit, hypers)
     norms: dict[int, torch.Tensor | None] = {}  # per fold: mean |h| per cell on train, for a relative effect (SteerVec)
+    directions: dict[int, torch.Tensor | None] = {}  # per fold: the train split's mean difference per cell (DiffMeans)
     for fold, view in views.items():
-        norms[fold] = None
-        if method_class(unit.spec.method).needs_norms:
+        norms[fold] = directions[fold] = None
+        if method.needs_norms:
             norms[fold] = site_norms(loaded, refs, view.splits["train"], settings.eval_batch)
+        if method.needs_direction:
+            directions[fold] = mean_difference(loaded, refs, view.splits["train"], settings.eval_batch,
+                                               unit.spec.task.name, unit.spec.model)
     trains_on = training_model(loaded, unit.precision)  # a bf16 copy, autocast, or the model itself
     train_refs = refs if trains_on.model is loaded.model else resolve_site(trains_on.model, unit.spec.site,
                                                                             unit.layers)
@@ -232,7 +261,9 @@ def train_trials(loaded: LoadedModel, unit: PreparedUnit, hypers: list[Hyper],
         group = [outcomes[i] for i in members]
         group_hypers = [hypers[i] for i in members]
         try:
-            intervention, tokens = train_group(trains_on, unit, group_hypers, train_refs, group, rung_setup, views)
+            fold_of_group = group_hypers[0].fold or 0  # with a direction, a group is one fold's
+            intervention, tokens = train_group(trains_on, unit, group_hypers, train_refs, group, rung_setup, views,
+                                               directions[fold_of_group], norms.get(0))
             by_fold = _by_fold(group_hypers)
             for fold, js in by_fold.items():
                 if len(by_fold) > 1:

@@ -8,6 +8,25 @@ from workers.tasks.base import TaskSpec
 
 
 @dataclass(frozen=True)
+class Convergence:
+    """The convergence pilot's rule (workers/convergence.py): one pilot trial per unit trains up to
+    `max_steps`, checked every `every` steps on the val check slice; it converged at the first check where
+    its val objective changed by less than `tol` (relative) over the last `window` steps. The unit's
+    search trials and replicates then train for the pilot's steps."""
+
+    window: int = 100
+    tol: float = 0.02
+    every: int = 10
+    max_steps: int = 600
+
+
+# TrainSettings fields added after units were first stored: left out of `to_dict` (so of the unit id) at their
+# default, so that every unit stored before them keeps its id
+# TrainSettings fields added later, left out of to_dict (and so of unit ids) at these defaults: old runs resume
+OMITTED_AT_DEFAULT = {"folds": 1, "l1": "subgradient", "converge": None}
+
+
+@dataclass(frozen=True)
 class TrainSettings:
     """Settings shared by every trial of a unit (part of the unit's identity)."""
 
@@ -31,19 +50,24 @@ class TrainSettings:
     # cross-fitted folds (workers/splits.py): 1 is the single split; K >= 2 cuts the entities into K groups, fold f
     # tests on group f and trains/validates on the others
     folds: int = 1
+    # the L1 term: its subgradient in the loss, or a proximal step after each optimizer step (soft-thresholding
+    # toward identity, so unmoved cells stay exactly at identity; workers/proximal.py)
+    l1: Literal["subgradient", "proximal"] = "subgradient"
+    converge: Convergence | None = None  # training length from a convergence pilot; None: `steps`
+
+    def __post_init__(self) -> None:
+        if isinstance(self.converge, dict):  # from a sweep's `train.converge:` or a stored units row
+            object.__setattr__(self, "converge", Convergence(**self.converge))
 
     def to_dict(self) -> dict:
         """The settings as stored and hashed into the unit id; a field added later is left out at its default,
         so the units stored before it keep their ids."""
         d = asdict(self)
         d["split"] = list(self.split)
-        for name, default in LATER_FIELDS.items():
+        for name, default in OMITTED_AT_DEFAULT.items():
             if d[name] == default:
                 del d[name]
         return d
-
-
-LATER_FIELDS = {"folds": 1}  # TrainSettings fields left out of to_dict (and unit ids) at these defaults
 
 
 @dataclass(frozen=True)
@@ -75,6 +99,7 @@ class Hyper:
     # the cross-fitted fold it trains on (settings.folds >= 2); None: fold 0, where the search runs. A replicate
     # with search.replicate_data: folds names its fold (replicate r: fold r mod K), even fold 0
     fold: int | None = None
+    pilot: bool = False  # the unit's convergence pilot: trained until its val objective converges (never selected)
 
     def resolved(self, settings: TrainSettings) -> Hyper:
         """With steps and batch_size taken from the unit's settings where the trial left them unset."""

@@ -12,6 +12,11 @@ FAULTS = [
      "selected trial, no trial id twice, Parquet equals Optuna; the cut-off trials are counted as interrupted, "
      "none as failed",
      "tests/test_sweep_faults.py::test_coordinator_sigkilled_and_resumed_five_times"),
+    ("pilot-sigkill", "coordinator SIGKILLed 3 times while the units' convergence pilots (train.converge) and then "
+     "their trials train, then resumed",
+     "each unit has exactly one complete pilot, told to Optuna as failed (never a search draw), with one checks row "
+     "per check; its search trials and replicates trained for the pilot's steps; every unit's trials exactly once",
+     "tests/test_sweep_faults.py::test_coordinator_sigkilled_during_convergence_pilots_leaves_each_pilot_and_check_once"),
     ("writer-sigkill", "a process writing part files SIGKILLed at random moments (22 times)",
      "every visible part reads whole, no row twice, every acknowledged row present",
      "tests/test_storage.py::test_sigkill_at_random_moments_loses_nothing_acknowledged"),
