@@ -22,8 +22,11 @@ def _build(method: str, refs, n_trials: int):
     return build_intervention(method, refs, n_trials, IDS.shape[1], direction)
 
 
-def _all_hooks(model):
-    return [m for m in model.modules() if m._forward_hooks or m._forward_pre_hooks]
+def _all_hooks(model) -> set[tuple[str, str, int]]:
+    """Every forward hook on the model as (module, kind, handle id). transformers 5 keeps hooks of its own
+    once a forward asked for hidden states (its output recorder), so a test compares before and after."""
+    return {(name, kind, key) for name, m in model.named_modules()
+            for kind, hooks in (("post", m._forward_hooks), ("pre", m._forward_pre_hooks)) for key in hooks}
 
 
 @pytest.mark.parametrize("name", TINY)
@@ -31,6 +34,7 @@ def _all_hooks(model):
 @pytest.mark.parametrize("method", METHODS)
 def test_identity_at_initialisation(tiny_models, name, site, method):
     loaded = tiny_models[name]
+    before = _all_hooks(loaded.model)
     with torch.no_grad():
         base = last_token_logits(loaded, IDS, LENGTHS)
         refs = resolve_site(loaded.model, site, list(range(loaded.n_layers)))
@@ -38,7 +42,7 @@ def test_identity_at_initialisation(tiny_models, name, site, method):
         with installed(intervention):
             after = last_token_logits(loaded, IDS, LENGTHS)
     assert (after - base).abs().max().item() <= 1e-6
-    assert not _all_hooks(loaded.model)
+    assert _all_hooks(loaded.model) == before
 
 
 @pytest.mark.parametrize("name", TINY)
@@ -108,10 +112,12 @@ def test_hooks_removed_after_an_exception(tiny_models):
     loaded = tiny_models["tiny-llama"]
     refs = resolve_site(loaded.model, "resid_post", [0, 1])
     intervention = build_intervention("steervec", refs, 1, IDS.shape[1])
+    before = _all_hooks(loaded.model)
     with pytest.raises(RuntimeError):
         with installed(intervention):
+            assert len(_all_hooks(loaded.model) - before) == 2, "one hook per site while installed"
             raise RuntimeError("boom")
-    assert not _all_hooks(loaded.model)
+    assert _all_hooks(loaded.model) == before
 
 
 def test_hook_does_not_mutate_in_place(tiny_models):
