@@ -14,6 +14,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from reports.claims import evaluate
 from reports.claims.common import MIN_REPLICATES, min_replicates_justification
@@ -35,7 +36,7 @@ from reports.run import (
 )
 from reports.stats import BOOTSTRAP_SAMPLES, CONFIDENCE, MAX_UNDEFINED
 from reports.text import fmt
-from reports.units import UnitRow, unit_rows
+from reports.units import UnitRow, pooled_test, unit_rows
 from storage.errors import StorageError
 from storage.selection import describe_rule
 
@@ -104,13 +105,15 @@ def _verdicts(run: Run, claims: list[ClaimResult]) -> list[str]:
 
 def _method(run: Run) -> list[str]:
     clusters = []
-    for label, g in run.selected.groupby("label", sort=False):
-        p = run.prompts(str(g.trial_id.iloc[0]))
-        clusters.append(f"{label}: {fmt(p.cluster.nunique())} clusters over {fmt(len(p))} test prompts")
+    for (model, label), g in run.selected.groupby(["model", "label"], sort=False):
+        n_prompts, n_clusters = pooled_test(run, run.replicates(str(g.trial_id.iloc[0])))
+        named = f"{label} on `{model}`" if run.several_models else str(label)
+        clusters.append(f"{named}: {fmt(n_clusters)} clusters over {fmt(n_prompts)} test prompts")
     return [
         "## How the numbers are made", "",
         f"- Each unit (model, task, site, method) is shown by its selected trial: {_rule(run.min_flip)}. Its "
-        "replicates are the same hyper-parameters trained again with other seeds.",
+        "replicates are the same hyper-parameters trained again (with other seeds, and on other folds where the "
+        "run has folds).",
         f"- Every interval that enters a verdict is a {fmt(100 * CONFIDENCE)}% percentile interval of a two-level "
         f"bootstrap ({fmt(BOOTSTRAP_SAMPLES)} draws, a fixed seed per item; reports/stats.py): the replicates of each "
         "trial compared are resampled, then the prompt clusters within them: the task's grouping key "
@@ -148,6 +151,30 @@ def _design(run: Run) -> str:
             "then compared on beside other trials.")
 
 
+IDENTITY_LABELS = {"train_dtype": "trained in", "eval_dtype": "evaluated in"}
+
+
+def _search_text(search: dict[str, Any], train: dict[str, Any]) -> str:
+    """The search and replicates as the stored sweep set them: sampler, trials, pruner, ranges, what replicates vary."""
+    pruner = search.get("pruner") or {}
+    pruned = (f", pruned by ASHA (first rung {fmt(pruner.get('min_steps'))} steps, eta {fmt(pruner.get('eta', 3))})"
+              if pruner.get("kind") == "asha" else "")
+
+    def ranges(space: dict[str, Any]) -> str:
+        return ", ".join(f"{k} [{fmt(v.get('low'))}, {fmt(v.get('high'))}]" for k, v in space.items()
+                         if isinstance(v, dict) and "low" in v)
+    spaces = [f"ranges {ranges(search.get('space') or {})}"] + [
+        f"{method}: {ranges(space)}" for method, space in (search.get("method_space") or {}).items()]
+    data = search.get("replicate_data", "none")
+    folds = int(train.get("folds", 1) or 1)
+    again = (f"trained on each of {fmt(folds)} cross-fitted entity folds (its own trial seed on each)"
+             if data == "folds" else "trained again on bootstrap resamples of the train split" if data == "bootstrap"
+             else "trained again with other seeds on the same split")
+    return (f"`{search.get('sampler', 'n/a')}`, {fmt(search.get('n_trials'))} trials per unit (each unit its own "
+            f"sampler seed){pruned}; {'; '.join(spaces)}; then the selected trial's hyper-parameters {again}, "
+            f"{fmt(search.get('replicates'))} replicates in all")
+
+
 def _rule(min_flip: float) -> str:
     return describe_rule(min_flip).replace(f"{min_flip:g}", fmt(min_flip), 1)
 
@@ -159,7 +186,7 @@ def _setting(run: Run) -> list[str]:
              "The paper studies GPT-2 and Pythia models on its own IOI and country-capital conflict prompt sets, with "
              "its own hyper-parameters. This run:", ""]
     for m in u.drop_duplicates("model").itertuples(index=False):
-        identity = [f"{c.removeprefix('model_')} {getattr(m, c)}" for c in IDENTITY_COLUMNS
+        identity = [f"{IDENTITY_LABELS.get(c, c.removeprefix('model_'))} {getattr(m, c)}" for c in IDENTITY_COLUMNS
                     if measured(u, c) and getattr(m, c) is not None]
         lines.append(f"- model `{m.model}` ({fmt(int(m.n_layers))} layers, d_model {fmt(int(m.d_model))}, revision "
                      f"`{m.model_revision}`{'; ' + ', '.join(identity) if identity else ''});")
@@ -173,9 +200,8 @@ def _setting(run: Run) -> list[str]:
     missing = run.units[~run.units.unit_id.isin(run.selected.unit_id)]
     lines += [f"- sites {', '.join(f'`{s}`' for s in dict.fromkeys(u.site))}; methods "
               f"{', '.join(f'`{m}`' for m in dict.fromkeys(u.method))};",
-              f"- training: {fmt(train.get('steps'))} steps of batch {fmt(train.get('batch_size'))}; search: "
-              f"`{search.get('sampler', 'n/a')}`, {fmt(search.get('n_trials'))} trials per unit, then the selected "
-              f"trial trained again with other seeds, {fmt(search.get('replicates'))} seeds in all;",
+              f"- training: {fmt(train.get('steps'))} steps of batch {fmt(train.get('batch_size'))}, L1 "
+              f"`{train.get('l1', 'subgradient')}`; search: {_search_text(search, train)};",
               f"- {fmt(int((run.selected.selected_by == 'fallback').sum()))} of {fmt(len(run.selected))} units had no "
               "trial reaching min_flip on val and are shown by their fallback trial;",
               f"- {fmt(len(missing))} of {fmt(len(u))} units have no complete search trial, so no selected trial"
@@ -200,7 +226,8 @@ def _units(rows: list[UnitRow]) -> list[str]:
                      f"{fmt(r.n_prompts)} ({fmt(r.n_clusters)})", fmt(r.replicates)]
                     + [interval(r.values[m]) for m in (LD, LD_AFTER, SHIFT, MIRROR)] + [top1]
                     + [interval(r.values[m]) for m in (FLIP, KL)])
-    return lines + table(["unit", "method", "selected trial", "listed apart", "test prompts (clusters)", "replicates",
+    return lines + table(["unit", "method", "selected trial", "listed apart", "test prompts (clusters) over replicates",
+                          "replicates",
                           "LD", "LD'", "(LD - LD') / (2 LD)", "|LD' + LD|", "top-1 target", "test flip_rate",
                           "test kl_other"], body) + [""]
 

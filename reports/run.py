@@ -41,7 +41,9 @@ ROLES = (ACTIVSCALAR, STEERVEC, DIFFMEANS, DYNSCALAR, BIAS_ONLY)
 NEAR_CHANCE = 0.6  # units.base_accuracy below this: the model barely does the task (chance is 0.5)
 # per-prompt values a trial's test predictions give (names used by the claims)
 FLIP, KL, LD, LD_AFTER, SHIFT, MIRROR, LD_GAP = "flip", "kl", "ld", "ld_after", "shift", "mirror", "ld_gap"
-IDENTITY_COLUMNS = ("model_family", "model_checkpoint", "model_quantisation", "model_source", "model_licence")
+# what names a model on a page: its family, checkpoint, quantisation, the dtypes it trained and was evaluated in
+IDENTITY_COLUMNS = ("model_family", "model_checkpoint", "model_quantisation", "train_dtype", "eval_dtype", "model_source",
+                    "model_licence")
 
 
 def role_of(method: str) -> str | None:

@@ -20,8 +20,8 @@ class UnitRow:
     trial: str  # the selected trial's id
     selected_by: str
     apart: str  # why it is kept out of C1 and C3 ("" if it is not)
-    n_prompts: int
-    n_clusters: int
+    n_prompts: int  # distinct test prompts over the trial's replicates (with fold replicates: pooled over folds)
+    n_clusters: int  # distinct prompt clusters (the task's grouping key: entities) over the same
     replicates: int
     values: dict[str, Estimate]  # METRICS -> estimate
     top1: float | None  # mean over replicates of trials.test_top1_b; None where not measured
@@ -36,7 +36,16 @@ def unit_rows(run: Run) -> list[UnitRow]:
         values = {m: mean_of(run, f"{run.where(r)}/units/{m}" if m == LD else f"{run.where(r)}/{r.method}/units/{m}",
                              seeds, m) for m in METRICS}
         share = float(top1.reindex(seeds).mean()) if top1 is not None and top1.reindex(seeds).notna().any() else None
-        e = values[FLIP]
+        n_prompts, n_clusters = pooled_test(run, seeds)
         rows.append(UnitRow(r.model, run.where(r), r.role or r.method, str(r.trial_id), str(r.selected_by), r.apart,
-                            e.n_prompts, e.n_clusters, len(seeds), values, share))
+                            n_prompts, n_clusters, len(seeds), values, share))
     return rows
+
+
+def pooled_test(run: Run, trial_ids: list[str]) -> tuple[int, int]:
+    """(distinct test prompts, distinct prompt clusters) over the trials' test sets: the same as one trial's with
+    seed replicates on one split, every tested entity once with fold replicates over all folds."""
+    frames = [run.prompts(t) for t in trial_ids]
+    prompts = {k for f in frames for k in f.index}
+    clusters = {c for f in frames for c in f.cluster}
+    return len(prompts), len(clusters)
