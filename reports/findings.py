@@ -34,6 +34,7 @@ from reports.run import (
     measured,
     options_text,
 )
+from reports.searches import SearchRow, search_rows
 from reports.stats import BOOTSTRAP_SAMPLES, CONFIDENCE, MAX_UNDEFINED
 from reports.text import fmt
 from reports.units import UnitRow, pooled_test, unit_rows
@@ -317,7 +318,21 @@ def render_run(run: Run, page: Path, figures: Path, write_figures: Path | None =
     lines += _method(run) + _setting(run) + _units(unit_rows(run)) + _thresholds(run, claims)
     for c in claims:
         lines += _claim(c, run, link)
+    lines += _searches(search_rows(run))
     return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _searches(rows: list[SearchRow]) -> list[str]:
+    lines = ["## Each unit's search", "",
+             "Every search trial of every unit shown above: the hyper-parameters its unit's sampler drew (each unit has "
+             "its own sampler seed), how far it trained (a pruned trial stopped at an ASHA rung; its val scores are "
+             "those at that step), its val flip_rate, kl_other and (complete trials) moved share, whether it "
+             "is on the unit's val front (complete and not dominated on the three), and the selected trial.", ""]
+    body = [[r.unit, r.trial, r.status, fmt(r.lambda_faith), fmt(r.lambda_min), fmt(r.lr), fmt(r.val_flip),
+             fmt(r.val_kl), fmt(r.moved_share), "yes" if r.on_front else "-", "**selected**" if r.selected else "-"]
+            for r in rows]
+    return lines + table(["unit", "trial", "trained", "lambda_faith", "lambda_min", "lr", "val flip_rate",
+                          "val kl_other", "moved share", "val front", "selected"], body) + [""]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

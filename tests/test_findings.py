@@ -87,6 +87,24 @@ def test_page_has_every_claim_a_verdict_and_its_figures(tiny_run, tmp_path):
 
 
 @pytest.mark.slow
+def test_the_page_lists_every_units_search_and_no_two_units_share_their_draws(tiny_run, tmp_path):
+    from reports.searches import search_rows
+
+    run = findings.load_run(tiny_run, fmt)
+    rows = search_rows(run)
+    units = {r.unit: [x for x in rows if x.unit == r.unit] for r in rows}
+    assert len(units) == len(run.selected) and all(len(trials) == 3 for trials in units.values())
+    for trials in units.values():
+        assert sum(t.selected for t in trials) == 1 and any(t.on_front for t in trials)
+        assert all(t.status == "complete" for t in trials if t.on_front or t.selected)
+    draws = [{(t.lambda_faith, t.lambda_min, t.lr) for t in trials} for trials in units.values()]
+    assert all(not (a & b) for i, a in enumerate(draws) for b in draws[i + 1:]), "two units drew the same trial"
+    page = _page(tiny_run, tmp_path)
+    assert "## Each unit's search" in page
+    assert len(re.findall(r"^\| .* \| t0000\d \| complete \|", page, re.M)) == len(rows)
+
+
+@pytest.mark.slow
 def test_numbers_cannot_drift(tiny_run, tmp_path):
     """The page and its figures are the same bytes when made again, and its numbers are the tables'."""
     page_at, figures_at = tmp_path / "docs" / "findings.md", tmp_path / "docs" / "figures" / "findings"
