@@ -40,7 +40,7 @@ docs: install
 	rm -f docs/data/sample-run/actscale.log
 	ACTSCALE_WRITE_DOCS=1 $(BIN)/python -m pytest -q tests/test_query_docs.py tests/test_python_api.py
 
-# The paper's study on the embedded model (search_spaces/paper.yaml; 69 minutes measured here), then
+# The paper's study on both embedded models (search_spaces/paper.yaml; 84 minutes measured here), then
 # docs/findings.md and its figures generated from it. The run's tables, sweep.yaml and run.json are
 # what docs/data/paper-run keeps (a test regenerates the page from them and compares).
 PAPER_RUN := docs/data/paper-run

@@ -189,3 +189,15 @@ def test_committed_findings_match_the_paper_run(tmp_path):
         e = run.examples[(run.examples.unit_id == row.unit_id) & run.examples.test_fold.notna()]
         countries = {str(list(ents)[0]) for ents in e.entities}
         assert set().union(*(set(f.cluster) for f in frames)) == countries and len(countries) >= 30, row.unit_id
+
+
+@pytest.mark.skipif(not (PAPER_RUN / "tables").is_dir(), reason="docs/data/paper-run is not committed yet")
+def test_the_readme_states_the_pages_verdicts():
+    """README.md's table of verdicts is the committed page's, model by model (the page is checked against the run)."""
+    page = (DOCS / "findings.md").read_text()
+    readme = (DOCS.parent / "README.md").read_text()
+    rows = re.findall(r"^\| (C\d) \| ([^|]+) \| ((?:\*\*[a-z ]+\*\* \| )+)", page, re.M)
+    assert len(rows) == 6, rows
+    for key, title, verdicts in rows:
+        shown = " | ".join(v.strip("* ") for v in verdicts.split(" | ") if v.strip())
+        assert f"| {key} {title.strip()} | {shown} |" in readme, (key, shown)
