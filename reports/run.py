@@ -91,10 +91,13 @@ class Run:
         """A unit as the page names it: model (where several), task label, site."""
         return (f"{row.model} / " if self.several_models else "") + f"{row.label} / {row.site}"
 
-    def search_trials(self, unit_id: str) -> pd.DataFrame:
-        """A unit's complete search trials (no replicates, no masked controls, no convergence pilot)."""
+    def search_trials(self, unit_id: str, complete: bool = True) -> pd.DataFrame:
+        """A unit's search trials (no replicates, no masked controls, no convergence pilot): the complete ones, or
+        with complete=False every one, pruned and failed included."""
         t = self.trials
-        keep = (t.unit_id == unit_id) & (t.status == Status.COMPLETE) & t.replicate_of.isna()
+        keep = (t.unit_id == unit_id) & t.replicate_of.isna()
+        if complete:
+            keep &= t.status == Status.COMPLETE
         if "mask" in t.columns:
             keep &= t["mask"].isna()
         if "pilot" in t.columns:  # a convergence pilot is not a search trial

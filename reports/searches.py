@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from reports.run import Run, measured
+from reports.run import Run
 from storage.schema import Status
 
 
@@ -37,24 +37,17 @@ def _dominated(row: pd.Series, others: pd.DataFrame) -> bool:
 
 def search_rows(run: Run) -> list[SearchRow]:
     """One row per search trial of every unit that has a selected trial, in the page's unit order."""
-    t = run.trials
-    search = t[t.replicate_of.isna()]
-    if measured(t, "pilot"):
-        search = search[~search["pilot"].fillna(False).astype(bool)]
-    if measured(t, "mask"):
-        search = search[search["mask"].isna()]
     rows = []
     for r in run.selected.itertuples(index=False):
-        own = search[search.unit_id == r.unit_id].sort_values("trial_id").copy()
+        own = run.search_trials(r.unit_id, complete=False).copy()
         own["moved"] = own.sites_moved / own.sites_total.where(own.sites_total > 0)
         complete = own[own.status == Status.COMPLETE]
         name = f"{run.where(r)} / {r.role or r.method}"
-        for x in own.itertuples(index=False):
+        for _, x in own.iterrows():
             done = x.status == Status.COMPLETE
             status = "complete" if done else f"{x.status} at step {int(x.steps_done)}" if pd.notna(x.steps_done) \
                 else str(x.status)
-            row = own[own.trial_id == x.trial_id].iloc[0]
-            front = done and not _dominated(row, complete[complete.trial_id != x.trial_id])
+            front = done and not _dominated(x, complete[complete.trial_id != x.trial_id])
             rows.append(SearchRow(name, str(x.trial_id).rsplit("-", 1)[-1], status, float(x.lambda_faith),
                                   float(x.lambda_min), float(x.lr), _num(x.val_flip_rate), _num(x.val_kl_other),
                                   _num(x.moved) if done else None, front, str(x.trial_id) == str(r.trial_id)))
