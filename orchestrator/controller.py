@@ -147,7 +147,7 @@ class Controller:
         trials = [(tid, self.run_dir.read_artifact(tid)) for tid in work.trial_ids]
         folds = {tid: work.unit.trial_folds.get(tid) for tid in work.trial_ids}  # each on its own fold's val/test
         return actor.analyze.remote(work.unit.unit_id, work.unit.planned.spec, trials, list(analysis.betas),
-                                    analysis.curves, analysis.k_step, folds)
+                                    analysis.curves, analysis.k_step, folds, analysis.k90_within)
 
     def retire_finished(self) -> None:
         for model in list(self.pool.actors):

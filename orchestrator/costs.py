@@ -169,14 +169,34 @@ def replicate_work(c: Costing) -> list[Piece]:
             for k in batches(c.config.search.replicates - 1, c.config.search.batch)]
 
 
-def analysis_points(n_cells: int, curves: bool, betas: list[float], k_step: int) -> tuple[int, int]:
-    """Per analysed trial and split: (curves rows, distinct points scored; workers/analysis.py scores the
-    points that compute the same thing once: the model at sufficiency k = 0 and necessity k = all, the
-    trial at sufficiency k = all, necessity k = 0 and beta = 1)."""
+def analysis_points(n_cells: int, curves: bool, betas: list[float], k_step: int,
+                    k90_within: float | None = None) -> tuple[int, int, int]:
+    """Per analysed trial: (curves rows, distinct points scored on val, on test). workers/analysis.py scores the
+    points that compute the same thing once: the model at sufficiency k = 0 and necessity k = all, the trial at
+    sufficiency k = all, necessity k = 0 and beta = 1. With k90_within, k90's bracket is narrowed on val by
+    rounds of K90_POINTS sufficiency points, then k90 is scored as necessity on val and both ways on test: the
+    expected count where the grid's bracket around k90 is k_step wide (it is data-dependent)."""
     n_k = len(k_grid(n_cells, k_step)) if curves else 0
-    rows = 2 * n_k + len(betas)
+    per_split = 2 * n_k + len(betas)
     distinct = (2 * n_k - 2 if curves else 0) + len(betas) - (1 if curves and 1.0 in betas else 0)
-    return rows, distinct
+    refine_val, refine_test = 0, 0
+    if curves and k90_within and n_cells > 2:
+        refine_val = K90_POINTS * k90_rounds(float(k_step), k90_within) + 1
+        refine_test = 2
+    return 2 * per_split + refine_val + refine_test, distinct + refine_val, distinct + refine_test
+
+
+K90_POINTS = 8  # workers.analysis.POINTS_PER_FORWARD: the k of one narrowing round
+
+
+def k90_rounds(ratio: float, within: float) -> int:
+    """Narrowing rounds until a bracket `ratio` wide is at most 1 + within: each round of K90_POINTS geometric
+    points takes the ratio r to r^(1 / (K90_POINTS + 1))."""
+    rounds = 0
+    while ratio > 1 + within:
+        ratio **= 1 / (K90_POINTS + 1)
+        rounds += 1
+    return rounds
 
 
 def k_grid(n_cells: int, step: int) -> list[int]:
@@ -194,11 +214,11 @@ def analysis_work(c: Costing) -> list[Piece]:
         return []
     a, f = c.config.analysis, c.facts
     trials = c.config.search.replicates
-    rows, distinct = analysis_points(f.n_cells, a.curves, list(a.betas), a.k_step)
-    forwards = trials * distinct * (f.n_val + f.n_test)
+    rows, on_val, on_test = analysis_points(f.n_cells, a.curves, list(a.betas), a.k_step, a.k90_within)
+    forwards = trials * (on_val * f.n_val + on_test * f.n_test)
     effects = trials * (f.n_train + f.n_val)  # the cells' effects: train norms or a recorded val forward
     seconds = c.speed.rows(forwards + effects, f.first_layer) + BATCH_OVERHEAD_S
-    return [Piece(Phase.ANALYSE, trials, 0.0, trials * 2 * rows, forwards, seconds)]
+    return [Piece(Phase.ANALYSE, trials, 0.0, trials * rows, forwards, seconds)]
 
 
 # One function per phase, in the order a unit goes through them (orchestrator/units.py STEPS).

@@ -226,6 +226,10 @@ class Analysis(_Strict):
                                "for none")
     k_step: int = Field(2, ge=2, description="the curves' k grid: 0, 1, k_step, k_step^2, ..., all cells (4 halves "
                         "the points of 2, at a coarser 'smallest k reaching 90%')")
+    k90_within: float | None = Field(0.1, gt=0, le=1, description="find k90 (the fewest top cells whose val "
+                                     "flip_rate alone reaches 90% of the trial's) to within this ratio: the k "
+                                     "grid's bracket around it is narrowed on val by batched rounds of 8 points, "
+                                     "then k90 is scored on test too; null: the grid's points only")
     enabled: bool = Field(True, description="run the analyses as part of the sweep (`actscale analyze RUN_DIR` "
                           "runs them later)")
 

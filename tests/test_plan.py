@@ -37,7 +37,7 @@ def _counting_sweep(tmp_path: Path, **search) -> Path:
     return write_config(tmp_path / "sweep.yaml", tiny_config(
         models=["tiny-llama"], tasks=[{"name": "ioi", "options": {"n": 60}}], layers=[[1, 2]],
         methods=["activscalar", "dynscalar"], train={"steps": 4, "batch_size": 8, "filter": "none"},
-        search={"n_trials": 3, "batch": 2, "replicates": 2, **search}, analysis={"k_step": 2}))
+        search={"n_trials": 3, "batch": 2, "replicates": 2, **search}, analysis={"k_step": 2, "k90_within": None}))
 
 
 # ----------------------------------------------------------------- the pure parts

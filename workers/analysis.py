@@ -5,6 +5,8 @@ same effect that decides `moved` (`Intervention.cells`). For k on a log-spaced g
 - sufficiency: only the k cells of largest effect act, every other cell is left as the model
   has it (k = 0: the model itself; k = all: the trial);
 - necessity: only those k cells are set back to identity (k = all: the model itself).
+k90, the fewest top cells keeping 90% of the val flip_rate, is then found to within 10% (`analyze_trial`'s
+`k90_within`) by narrowing the grid's bracket around it on val.
 The strength sweep applies every learned value at strength beta (`Intervention.from_artifact`):
 beta = 0 is the model itself and beta = 1 the trial.
 
@@ -23,7 +25,7 @@ import torch
 from workers.interventions import CellRecorder, CellStats, ForwardContext, Intervention, method_class, only_cells
 from workers.models import LoadedModel
 from workers.names import STRENGTHS
-from workers.objective import flipped
+from workers.objective import flipped, normalised_shift
 from workers.precision import evaluation_model
 from workers.prepare import PreparedUnit, SplitData
 from workers.scoring import score, site_norms
@@ -31,6 +33,7 @@ from workers.sites import SiteRef, resolve_site
 
 BOOTSTRAP_SAMPLES = 1000
 POINTS_PER_FORWARD = 8  # curve points scored in one batched forward
+K90_FRACTION = 0.9  # k90: the fewest top cells whose val flip_rate alone reaches this share of the full trial's
 
 
 def k_grid(n_cells: int, step: int = 2) -> list[int]:
@@ -120,12 +123,13 @@ def _keep_masks(effects: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tens
 
 
 def _bootstrap(per_prompt: torch.Tensor, generator_seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """95% percentile interval of the mean over prompts for each row: [P, N] -> (lo [P], hi [P])."""
+    """95% percentile interval of the mean over prompts for each row: [P, N] -> (lo [P], hi [P]). NaN entries
+    (the normalised shift of a prompt with LD = 0) are left out of each mean."""
     n = per_prompt.shape[1]
     gen = torch.Generator().manual_seed(generator_seed)
     idx = torch.randint(n, (BOOTSTRAP_SAMPLES, n), generator=gen)  # [S, N]
-    means = per_prompt[:, idx].mean(-1)  # [P, S]
-    return means.quantile(0.025, dim=1), means.quantile(0.975, dim=1)
+    means = per_prompt[:, idx].nanmean(-1)  # [P, S]
+    return means.nanquantile(0.025, dim=1), means.nanquantile(0.975, dim=1)
 
 
 def _distinct(points: list[Point]) -> tuple[list[Point], list[int]]:
@@ -163,10 +167,11 @@ def _score_distinct(loaded: LoadedModel, unit: PreparedUnit, points: list[Point]
                        batch_rows=unit.spec.settings.eval_batch, token_columns=columns)
         ld_after, kl = scores.ld_after, scores.kl_other  # [P, N]
         flips = flipped(ld_after, split.ld[None]).float()  # [P, N]
+        shift = normalised_shift(ld_after, split.ld[None])  # [P, N], NaN where LD = 0
         stats = {}
-        for name, values in (("flip_rate", flips), ("ld_after", ld_after), ("kl_other", kl)):
+        for name, values in (("flip_rate", flips), ("ld_after", ld_after), ("kl_other", kl), ("ld_shift", shift)):
             lo, hi = _bootstrap(values)
-            stats[name] = (values.mean(1), lo, hi)
+            stats[name] = (values.nanmean(1), lo, hi)
         for j, point in enumerate(chunk):
             row = dict(kind=point.kind, split=split_name, k=point.k, beta=point.beta, n_prompts=len(split),
                        ld_before=float(split.ld.mean()))
@@ -176,16 +181,52 @@ def _score_distinct(loaded: LoadedModel, unit: PreparedUnit, points: list[Point]
     return rows
 
 
+def k90_bracket(rows: list[dict], n_cells: int, fraction: float = K90_FRACTION) -> tuple[int, int] | None:
+    """(k_lo, k_hi) from val sufficiency rows: k_hi the smallest scored k whose flip_rate reaches `fraction` of
+    the full trial's (k = n_cells), k_lo the largest scored k below it; None where the trial flips nothing."""
+    points = {r["k"]: r["flip_rate"] for r in rows if r["kind"] == "sufficiency" and r["split"] == "val"}
+    full = points.get(n_cells)
+    if not full or full <= 0:
+        return None
+    target = fraction * full
+    k_hi = min(k for k, flip in points.items() if flip >= target)
+    below = [k for k in points if k < k_hi]
+    return (max(below) if below else k_hi), k_hi
+
+
+def _narrow_enough(k_lo: int, k_hi: int, within: float) -> bool:
+    """The bracket pins k90 down: neighbouring integers, or k_hi at most (1 + within) times k_lo."""
+    return k_hi - k_lo <= 1 or k_hi <= (1 + within) * k_lo
+
+
+def interior_ks(k_lo: int, k_hi: int, m: int = POINTS_PER_FORWARD) -> list[int]:
+    """Up to m integers strictly between k_lo and k_hi, spaced geometrically (from 1 where k_lo is 0): one
+    batched forward of them narrows the bracket's ratio from r to about r^(1/(m+1))."""
+    start = max(k_lo, 1)
+    candidates = {round(start * (k_hi / start) ** (i / (m + 1))) for i in range(1, m + 1)}
+    inside = sorted(k for k in candidates if k_lo < k < k_hi)
+    if not inside and k_hi - k_lo > 1:
+        inside = [(k_lo + k_hi) // 2]
+    return inside
+
+
 def analyze_trial(loaded: LoadedModel, unit: PreparedUnit, tensors: dict[str, torch.Tensor],
-                  betas: tuple[float, ...] = STRENGTHS, curves: bool = True, k_step: int = 2) -> list[dict]:
+                  betas: tuple[float, ...] = STRENGTHS, curves: bool = True, k_step: int = 2,
+                  k90_within: float | None = 0.1) -> list[dict]:
     """Curves and strength rows (columns of the curves table, without the ids) for one stored trial,
-    on val and test, all in fp32 on the evaluation model."""
+    on val and test, all in fp32 on the evaluation model.
+
+    With `k90_within`, k90 (the fewest top cells keeping K90_FRACTION of the val flip_rate) is found to within
+    that ratio: the grid's bracket around it is narrowed on val by rounds of POINTS_PER_FORWARD sufficiency
+    points (one batched forward each), then the found k90 is also scored as necessity on val and both ways on
+    test. Decided on val, so the extra points are val sufficiency rows; the grid stays whole on both splits."""
     loaded = evaluation_model(loaded)
     method = method_class(unit.spec.method)
     refs = resolve_site(loaded.model, unit.spec.site, unit.layers)
     trial = method.from_artifact(refs, tensors).to(loaded.device)
     effects = _cell_effects(loaded, unit, trial, refs)  # [L, C(, H)]
     n_cells = effects.numel()
+    n_columns = effects.shape[1]
     all_cells = torch.ones((effects.shape[0], effects.shape[1] + 1) + tuple(effects.shape[2:]), dtype=torch.bool)
     points = []
     if curves:
@@ -195,9 +236,34 @@ def analyze_trial(loaded: LoadedModel, unit: PreparedUnit, tensors: dict[str, to
     for beta in betas:
         at_beta = trial if beta == 1.0 else method.from_artifact(refs, tensors, beta).to(loaded.device)
         points.append(Point("strength", None, beta, at_beta, all_cells))
-    rows = []
     with torch.no_grad():
-        for split in ("val", "test"):
-            rows += _score(loaded, unit, points, refs, split, effects.shape[1])
+        rows = _score(loaded, unit, points, refs, "val", n_columns)
+        test_points = list(points)
+        if curves and k90_within:
+            found = _refine_k90(loaded, unit, trial, effects, refs, rows, k90_within)
+            rows += found
+            k90 = k90_bracket(rows, n_cells)
+            if k90 is not None and k90[1] not in set(k_grid(n_cells, k_step)):
+                sufficiency, necessity = _keep_masks(effects, k90[1])
+                rows += _score(loaded, unit, [Point("necessity", k90[1], None, trial, necessity)], refs, "val",
+                               n_columns)
+                test_points += [Point("sufficiency", k90[1], None, trial, sufficiency),
+                                Point("necessity", k90[1], None, trial, necessity)]
+        rows += _score(loaded, unit, test_points, refs, "test", n_columns)
     return [dict(row, n_cells=n_cells) for row in rows]
 
+
+def _refine_k90(loaded: LoadedModel, unit: PreparedUnit, trial: Intervention, effects: torch.Tensor,
+                refs: list[SiteRef], val_rows: list[dict], within: float) -> list[dict]:
+    """Val sufficiency rows at the k that narrow k90's bracket to `within` (none where the grid already does)."""
+    n_cells = effects.numel()
+    found: list[dict] = []
+    bracket = k90_bracket(val_rows, n_cells)
+    while bracket is not None and not _narrow_enough(*bracket, within):
+        ks = interior_ks(*bracket)
+        if not ks:
+            break
+        points = [Point("sufficiency", k, None, trial, _keep_masks(effects, k)[0]) for k in ks]
+        found += _score(loaded, unit, points, refs, "val", effects.shape[1])
+        bracket = k90_bracket(val_rows + found, n_cells)
+    return found

@@ -102,7 +102,7 @@ class Reach:
     hi: int | None
     n_cells: int
     per_seed: tuple[int | None, ...]
-    grid_ratio: float  # the largest ratio of two neighbouring positive k of the grid
+    grid_ratio: float  # the largest ratio, over the seeds, of k90 to the scored k just below it
 
     def share(self, k: int | None) -> float:
         return k / self.n_cells if k is not None and self.n_cells else math.nan
@@ -121,10 +121,6 @@ def reach(curves: pd.DataFrame, trial_ids: Sequence[str], fraction: float) -> Re
             per_seed.append(None)
             continue
         n_cells = int(r.n_cells.iloc[0])
-        ks = r.k.to_numpy(dtype=float)
-        positive = ks[ks > 0]
-        if len(positive) > 1:
-            ratio = float(np.max(positive[1:] / positive[:-1]))
         full = r[r.k == n_cells]
         target = fraction * float(full.flip_rate.iloc[0]) - RATE_SLACK if len(full) else math.nan
         if not target > 0:
@@ -136,6 +132,9 @@ def reach(curves: pd.DataFrame, trial_ids: Sequence[str], fraction: float) -> Re
             return int(hit.k.iloc[0]) if len(hit) else n_cells
         k = first("flip_rate")
         per_seed.append(k)
+        previous = r[(r.k < k) & (r.k > 0)].k
+        if len(previous):  # how finely the scored k pin this seed's k90 down (analysis.k90_within narrows it)
+            ratio = max(ratio, k / float(previous.iloc[-1])) if not math.isnan(ratio) else k / float(previous.iloc[-1])
         optimistic = first("flip_rate_hi")  # the band's top reaching it: the earliest the true k could be
         before = r[r.k < optimistic].k
         lows.append(int(before.iloc[-1]) + 1 if len(before) else optimistic)
