@@ -275,6 +275,8 @@ def _claim(c: ClaimResult, run: Run, link: str) -> list[str]:
     if c.extra:
         lines += c.extra + [""]
     lines += [f"![{c.key}: figure]({link}/{c.key.lower()}.png)", ""]
+    if "maps" in c.figure and len(c.figure["maps"]):
+        lines += [f"![{c.key}: the scalars beside the patching map]({link}/{c.key.lower()}-maps.png)", ""]
     if len(run.models) == 1:
         m = run.models[0]
         lines += [f"**Verdict {c.key}: {c.verdict(m)}** ({c.reason(m)}).", ""]

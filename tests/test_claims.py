@@ -218,3 +218,21 @@ def test_a_run_with_two_models_is_judged_per_model():
     assert result.models() == ["m1", "m2"]
     assert result.verdict("m1") == SUP and result.verdict("m2") == NOT
     assert [u.unit for u in result.units] == ["m1 / ioi / mlp_out", "m2 / ioi / mlp_out"]
+
+
+def test_c3_draws_its_controls_and_the_scalars_beside_the_patching_map(tmp_path):
+    """The figure data: every control of the selected trial (top and random families at their k) and, per cell, the
+    selected trial's |alpha - 1| beside the patching effect; the page links the maps, which are drawn."""
+    from reports import findings
+    run = c3_run(1.0, 0.1, True)
+    result = c3.evaluate(run)
+    controls, maps = result.figure["controls"], result.figure["maps"]
+    assert sorted(controls.family.unique()) == ["random", "top"] and set(controls.k) == {8.0}
+    assert len(controls) == 6 and controls[controls.family == "top"].test_flip_rate.mean() > 0.8
+    assert maps.groupby("kind").size().to_dict() == {"patching": 420, "scalars": 420}
+    by_cell = maps.pivot_table(index=["layer", "column"], columns="kind", values="value")
+    assert by_cell.corr(method="spearman").loc["scalars", "patching"] > 0.9  # built to follow each other
+    assert "maps" not in c3.evaluate(c3_run(1.0, 0.1, False)).figure  # nothing to compare: no maps
+    page = findings.render_run(run, tmp_path / "findings.md", tmp_path / "figures", source="Built by hand.")
+    assert "![C3: the scalars beside the patching map](figures/c3-maps.png)" in page
+    assert (tmp_path / "figures" / "c3-maps.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

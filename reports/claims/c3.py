@@ -185,8 +185,47 @@ def moved_at(run: Run, row: Any) -> Condition:
                      f"the analysis (curves, controls) of {', '.join(o.rsplit('-', 1)[-1] for o in others)} too")
 
 
+def _map_frame(run: Run, row: Any) -> pd.DataFrame:
+    """The selected trial's |alpha - 1| and the unintervened model's activation-patching effect per cell, for the
+    maps drawn side by side: unit, kind ('scalars' | 'patching'), layer, column (position, role, and head), value.
+    Empty where the unit has no patching rows (the maps are drawn only to be compared)."""
+    p = run.patching
+    if p.empty:
+        return pd.DataFrame()
+    mine = p[(p.unit_id == row.unit_id) & (p.kind == "activation")] if "unit_id" in p.columns else p.iloc[0:0]
+    if mine.empty:
+        mine = p[(p.model == row.model) & (p.task == row.task) & (p.site == row.site) & (p.kind == "activation")]
+    if "split" in mine.columns and (mine.split == "val").any():
+        mine = mine[mine.split == "val"]
+    s = run.scalars[run.scalars.trial_id == row.trial_id]
+    if mine.empty or s.empty:
+        return pd.DataFrame()
+    frames = []
+    for kind, f in (("scalars", s), ("patching", mine)):
+        column = f.role.where(f.role.notna(), f.position.astype("Int64").astype(str)) if "role" in f.columns \
+            else f.position.astype(str)
+        if "head" in f.columns and f["head"].notna().any():
+            column = column + "/h" + f["head"].astype("Int64").astype(str)
+        frames.append(pd.DataFrame({"unit": run.where(row), "kind": kind, "layer": f.layer.astype(int).to_numpy(),
+                                    "column": column.astype(str).to_numpy(),
+                                    "value": f.effect.astype(float).abs().to_numpy()}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _control_frame(run: Run, row: Any) -> pd.DataFrame:
+    """Every masked control of the unit's selected trial and replicates: unit, mask family (top | random |
+    the structured mask's name), k, test flip_rate, test LD shift (LD - LD', logits) where measured."""
+    c = _controls(run, row)
+    if c.empty:
+        return pd.DataFrame()
+    family = c["mask"].str.extract(r"^(top|random)-")[0].fillna(c["mask"])
+    return pd.DataFrame({"unit": run.where(row), "family": family.to_numpy(), "k": c.mask_cells.astype(float).to_numpy(),
+                         "test_flip_rate": c.test_flip_rate.astype(float).to_numpy()})
+
+
 def evaluate(run: Run) -> ClaimResult:
     units, apart = [], []
+    maps, controls = [], []
     for row in run.in_distribution().itertuples(index=False):
         if row.role != ACTIVSCALAR:
             continue
@@ -200,7 +239,11 @@ def evaluate(run: Run) -> ClaimResult:
         moved = _moved_shares(run, row)
         units.append(UnitVerdict(row.model, run.where(row), conditions, [f"moved share (mean over seeds) at thresholds "
                                                                          f"{moved}"]))
-    return ClaimResult("C3", TITLE, STATEMENT, ITEMS, RULE, thresholds(run), units, apart)
+        maps.append(_map_frame(run, row))
+        controls.append(_control_frame(run, row))
+    figure = {name: pd.concat(frames, ignore_index=True) for name, frames in (("maps", maps), ("controls", controls))
+              if any(len(f) for f in frames)}
+    return ClaimResult("C3", TITLE, STATEMENT, ITEMS, RULE, thresholds(run), units, apart, figure=figure)
 
 
 def _moved_shares(run: Run, row: Any) -> str:
