@@ -16,6 +16,7 @@ it is an upper bound there.
 from __future__ import annotations
 
 import heapq
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -181,20 +182,17 @@ def analysis_points(n_cells: int, curves: bool, betas: list[float], k_step: int,
     distinct = (2 * n_k - 2 if curves else 0) + len(betas) - (1 if curves and 1.0 in betas else 0)
     refine_val, refine_test = 0, 0
     if curves and k90_within and n_cells > 2:
-        refine_val = K90_POINTS * k90_rounds(float(k_step), k90_within) + 1
+        refine_val = k90_rounds(float(k_step), k90_within) + 1
         refine_test = 2
     return 2 * per_split + refine_val + refine_test, distinct + refine_val, distinct + refine_test
 
 
-K90_POINTS = 8  # workers.analysis.POINTS_PER_FORWARD: the k of one narrowing round
-
-
 def k90_rounds(ratio: float, within: float) -> int:
-    """Narrowing rounds until a bracket `ratio` wide is at most 1 + within: each round of K90_POINTS geometric
-    points takes the ratio r to r^(1 / (K90_POINTS + 1))."""
+    """Bisection rounds (one point each: workers.analysis.split_point) until a bracket `ratio` wide is at most
+    1 + within: each round takes the ratio r to about sqrt(r)."""
     rounds = 0
     while ratio > 1 + within:
-        ratio **= 1 / (K90_POINTS + 1)
+        ratio = math.sqrt(ratio)
         rounds += 1
     return rounds
 

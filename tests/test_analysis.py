@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from orchestrator.costs import analysis_points, k90_rounds
-from workers.analysis import _keep_masks, analyze_trial, interior_ks, k90_bracket, k_grid
+from workers.analysis import _keep_masks, analyze_trial, k90_bracket, split_point, k_grid
 from workers.interventions import DynScalarBias, build_intervention, method_class
 from workers.names import STRENGTHS
 from workers.prepare import prepare_unit
@@ -91,13 +91,13 @@ def test_k90_is_found_to_within_ten_percent_on_val_and_scored_on_test(tiny_model
     for row in rows:
         assert row["ld_shift_lo"] <= row["ld_shift"] <= row["ld_shift_hi"]  # every curve carries the shift
     expected_rows, _, _ = analysis_points(n, True, list(STRENGTHS), 2, 0.1)
-    assert len(rows) <= expected_rows  # one round narrows a factor-2 bracket
+    assert len(rows) <= expected_rows  # three bisections narrow a factor-2 bracket
 
 
 def test_narrowing_rounds_and_points():
-    assert k90_rounds(2.0, 0.1) == 1 and k90_rounds(4.0, 0.1) == 2 and k90_rounds(1.05, 0.1) == 0
-    assert interior_ks(16, 32) == [17, 19, 20, 22, 24, 25, 27, 30]  # geometric, distinct, strictly inside
-    assert interior_ks(4, 8) == [5, 6, 7] and interior_ks(1, 2) == [] and interior_ks(0, 1) == []
+    assert k90_rounds(2.0, 0.1) == 3 and k90_rounds(4.0, 0.1) == 4 and k90_rounds(1.05, 0.1) == 0
+    assert split_point(16, 64) == 32 and split_point(16, 32) == 23  # the geometric middle
+    assert split_point(4, 6) == 5 and split_point(0, 2) == 1 and split_point(1, 2) is None
     rows = [{"kind": "sufficiency", "split": "val", "k": k, "flip_rate": f}
             for k, f in ((0, 0.0), (1, 0.1), (2, 0.5), (4, 0.95), (8, 1.0))]
     assert k90_bracket(rows, 8) == (2, 4)

@@ -6,7 +6,7 @@ same effect that decides `moved` (`Intervention.cells`). For k on a log-spaced g
   has it (k = 0: the model itself; k = all: the trial);
 - necessity: only those k cells are set back to identity (k = all: the model itself).
 k90, the fewest top cells keeping 90% of the val flip_rate, is then found to within 10% (`analyze_trial`'s
-`k90_within`) by narrowing the grid's bracket around it on val.
+`k90_within`) by bisecting the grid's bracket around it on val.
 The strength sweep applies every learned value at strength beta (`Intervention.from_artifact`):
 beta = 0 is the model itself and beta = 1 the trial.
 
@@ -18,6 +18,7 @@ scored by `workers.scoring.score`, the function that scores trials.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -199,15 +200,14 @@ def _narrow_enough(k_lo: int, k_hi: int, within: float) -> bool:
     return k_hi - k_lo <= 1 or k_hi <= (1 + within) * k_lo
 
 
-def interior_ks(k_lo: int, k_hi: int, m: int = POINTS_PER_FORWARD) -> list[int]:
-    """Up to m integers strictly between k_lo and k_hi, spaced geometrically (from 1 where k_lo is 0): one
-    batched forward of them narrows the bracket's ratio from r to about r^(1/(m+1))."""
-    start = max(k_lo, 1)
-    candidates = {round(start * (k_hi / start) ** (i / (m + 1))) for i in range(1, m + 1)}
-    inside = sorted(k for k in candidates if k_lo < k < k_hi)
-    if not inside and k_hi - k_lo > 1:
-        inside = [(k_lo + k_hi) // 2]
-    return inside
+def split_point(k_lo: int, k_hi: int) -> int | None:
+    """The k that halves the bracket (k_lo, k_hi) in log space (from 1 where k_lo is 0); None when they are
+    neighbours. One point per round: on a CPU a forward costs in proportion to its rows, so bisection (about
+    log2(log(ratio) / log(1 + within)) rounds) scores the fewest points."""
+    if k_hi - k_lo <= 1:
+        return None
+    middle = round(math.sqrt(max(k_lo, 1) * k_hi))
+    return min(max(middle, k_lo + 1), k_hi - 1)
 
 
 def analyze_trial(loaded: LoadedModel, unit: PreparedUnit, tensors: dict[str, torch.Tensor],
@@ -217,9 +217,8 @@ def analyze_trial(loaded: LoadedModel, unit: PreparedUnit, tensors: dict[str, to
     on val and test, all in fp32 on the evaluation model.
 
     With `k90_within`, k90 (the fewest top cells keeping K90_FRACTION of the val flip_rate) is found to within
-    that ratio: the grid's bracket around it is narrowed on val by rounds of POINTS_PER_FORWARD sufficiency
-    points (one batched forward each), then the found k90 is also scored as necessity on val and both ways on
-    test. Decided on val, so the extra points are val sufficiency rows; the grid stays whole on both splits."""
+    that ratio: the grid's bracket around it is bisected on val (one sufficiency point per round), then the
+    found k90 is also scored as necessity on val and both ways on test. Decided on val, so the extra points are val sufficiency rows; the grid stays whole on both splits."""
     loaded = evaluation_model(loaded)
     method = method_class(unit.spec.method)
     refs = resolve_site(loaded.model, unit.spec.site, unit.layers)
@@ -255,15 +254,16 @@ def analyze_trial(loaded: LoadedModel, unit: PreparedUnit, tensors: dict[str, to
 
 def _refine_k90(loaded: LoadedModel, unit: PreparedUnit, trial: Intervention, effects: torch.Tensor,
                 refs: list[SiteRef], val_rows: list[dict], within: float) -> list[dict]:
-    """Val sufficiency rows at the k that narrow k90's bracket to `within` (none where the grid already does)."""
+    """Val sufficiency rows at the k that bisect k90's bracket down to `within` (none where the grid already
+    does)."""
     n_cells = effects.numel()
     found: list[dict] = []
     bracket = k90_bracket(val_rows, n_cells)
     while bracket is not None and not _narrow_enough(*bracket, within):
-        ks = interior_ks(*bracket)
-        if not ks:
+        k = split_point(*bracket)
+        if k is None:
             break
-        points = [Point("sufficiency", k, None, trial, _keep_masks(effects, k)[0]) for k in ks]
-        found += _score(loaded, unit, points, refs, "val", effects.shape[1])
+        point = Point("sufficiency", k, None, trial, _keep_masks(effects, k)[0])
+        found += _score(loaded, unit, [point], refs, "val", effects.shape[1])
         bracket = k90_bracket(val_rows + found, n_cells)
     return found
