@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from orchestrator.costs import analysis_points, k90_rounds
-from workers.analysis import _keep_masks, analyze_trial, k90_bracket, split_point, k_grid
+from workers.analysis import _keep_masks, analyze_trial, k90_bracket, k_grid, split_point
 from workers.interventions import DynScalarBias, build_intervention, method_class
 from workers.names import STRENGTHS
 from workers.prepare import prepare_unit

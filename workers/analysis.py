@@ -218,7 +218,8 @@ def analyze_trial(loaded: LoadedModel, unit: PreparedUnit, tensors: dict[str, to
 
     With `k90_within`, k90 (the fewest top cells keeping K90_FRACTION of the val flip_rate) is found to within
     that ratio: the grid's bracket around it is bisected on val (one sufficiency point per round), then the
-    found k90 is also scored as necessity on val and both ways on test. Decided on val, so the extra points are val sufficiency rows; the grid stays whole on both splits."""
+    found k90 is also scored as necessity on val and both ways on test. Decided on val, so the extra points are
+    val sufficiency rows; the grid stays whole on both splits."""
     loaded = evaluation_model(loaded)
     method = method_class(unit.spec.method)
     refs = resolve_site(loaded.model, unit.spec.site, unit.layers)
