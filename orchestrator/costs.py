@@ -20,6 +20,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from orchestrator.controls import mask_names
 from orchestrator.plan import PlannedUnit
 from orchestrator.units import Phase, targets_of
 from search_spaces.config import IntRange, SweepConfig
@@ -169,6 +170,16 @@ def replicate_work(c: Costing) -> list[Piece]:
             for k in batches(c.config.search.replicates - 1, c.config.search.batch)]
 
 
+def control_work(c: Costing) -> list[Piece]:
+    """The selected trial's retrained mask controls (controls:, orchestrator/controls.py), trained like replicates."""
+    plan = targets_of(c.config).controls
+    if not plan.applies_to(c.unit.spec.method):
+        return []
+    steps, _ = trial_shape(c.config, c.unit.spec.method)
+    n = len(mask_names(plan, c.facts.n_cells))
+    return [training_piece(c, Phase.CONTROLS, [(steps, k, 1.0)], k) for k in batches(n, c.config.search.batch)]
+
+
 def analysis_points(n_cells: int, curves: bool, betas: list[float], k_step: int) -> tuple[int, int]:
     """Per analysed trial and split: (curves rows, distinct points scored; workers/analysis.py scores the
     points that compute the same thing once: the model at sufficiency k = 0 and necessity k = all, the
@@ -204,7 +215,7 @@ def analysis_work(c: Costing) -> list[Piece]:
 # One function per phase, in the order a unit goes through them (orchestrator/units.py STEPS).
 PHASE_WORK: dict[Phase, Callable[[Costing], list[Piece]]] = {
     Phase.DESCRIBE: describe_work, Phase.SEARCH: search_work, Phase.REPLICATES: replicate_work,
-    Phase.ANALYSE: analysis_work}
+    Phase.CONTROLS: control_work, Phase.ANALYSE: analysis_work}
 
 
 def unit_cost(c: Costing) -> UnitCost:

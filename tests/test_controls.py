@@ -1,0 +1,124 @@
+"""Retrained mask controls (`controls:`, orchestrator/controls.py, workers/masks.py): a masked trial moves only
+its mask's cells (every other cell stays exactly identity), a sweep with controls writes top-k, random-k and
+structured control rows of each selected trial, exactly once across a resume, never selected, and the findings
+page reads them; bad `controls:` values are refused by name."""
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import torch
+
+from orchestrator.controls import ControlPlan, k_values, mask_cells, mask_names
+from orchestrator.units import Phase, Step, Tally, Targets, unit_left
+from search_spaces.config import parse_config
+from tests.sweeps import check_run, tiny_config
+from workers.errors import UsageError
+from workers.prepare import prepare_unit
+from workers.tasks.base import TaskSpec
+from workers.trainer import train_trials
+from workers.unit import Hyper, TrainSettings, UnitSpec
+
+LAYERS = (1, 2, 3)
+
+
+def _unit(tiny_models, method: str = "activscalar", site: str = "mlp_out"):
+    spec = UnitSpec("tiny-llama", TaskSpec.make("ioi", {"n": 60}), site, LAYERS, method,
+                    TrainSettings(steps=8, batch_size=16, filter="none", precision="fp32"))
+    return prepare_unit(tiny_models["tiny-llama"], spec)
+
+
+@pytest.mark.parametrize("method, identity, site", [("activscalar", 1.0, "mlp_out"), ("activscalar", 1.0, "head"),
+                                                    ("steervec", 0.0, "mlp_out")])
+def test_a_masked_trial_moves_only_its_cells(tiny_models, method, identity, site):
+    unit = _unit(tiny_models, method, site)
+    last = unit.n_positions - 1
+    head = 0 if site == "head" else -1
+    cells = ((2, last, head), (3, last, head), (1, 0, head))
+    free = Hyper(lr=0.2, lambda_min=1e-4, seed=0)
+    masked = Hyper(lr=0.2, lambda_min=1e-4, seed=0, mask="some", mask_cells=cells, control_of="x")
+    unmasked, control = train_trials(tiny_models["tiny-llama"], unit, [free, masked])  # one batched forward
+    assert unmasked.ok and control.ok
+    inside = {c for c in cells}
+    for row in control.scalars:
+        at = (row["layer"], row["position"], -1 if row["head"] is None else row["head"])
+        if at not in inside:
+            assert row["value"] == identity and row["effect"] == 0.0, row  # exactly identity
+    moved = [r for r in control.scalars if (r["layer"], r["position"], -1 if r["head"] is None else r["head"]) in inside]
+    assert any(r["value"] != identity for r in moved)  # the mask's cells can move
+    assert sum(r["value"] != identity for r in unmasked.scalars) > len(cells)  # the unmasked trial moves more
+    if method == "activscalar":  # the stored tensor: 1 outside the mask, bit for bit
+        alpha = control.tensors["alpha"]
+        keep = torch.zeros_like(alpha, dtype=torch.bool)
+        for layer, pos, h in cells:
+            keep[(LAYERS.index(layer), pos) + ((h,) if site == "head" else ())] = True
+        assert torch.equal(alpha[~keep], torch.ones_like(alpha[~keep]))
+        l1 = float((alpha - 1).abs().sum())
+        assert abs(control.metrics["val"]["l1"] - l1) < 1e-5  # minimality: only the masked cells count
+
+
+def test_a_mask_off_the_grid_or_on_a_method_of_any_length_is_refused(tiny_models):
+    unit = _unit(tiny_models)
+    bad = Hyper(mask="bad", mask_cells=((9, 0, -1),), control_of="x")
+    with pytest.raises(UsageError, match="not in the unit's grid"):
+        train_trials(tiny_models["tiny-llama"], unit, [bad])
+    with pytest.raises(UsageError, match="cannot be masked"):
+        train_trials(tiny_models["tiny-llama"], _unit(tiny_models, "dynscalar"),
+                     [Hyper(mask="m", mask_cells=((1, 0, -1),), control_of="x")])
+
+
+def _cells(n_layers: int = 2, roles=("A", "IO", "B", "S1", "END")) -> list[dict]:
+    return [dict(layer=layer, position=p, head=None, role=r, effect=float((layer * 7 + p * 3) % 5))
+            for layer in range(n_layers) for p, r in enumerate(roles)]
+
+
+def test_masks_are_named_from_the_config_and_drawn_reproducibly():
+    plan = ControlPlan(ks=(2,), k_fractions=(0.1, 0.5), random_masks=3, structured=("final_position",
+                                                                                    "names_and_final"),
+                       methods=("activscalar",))
+    assert k_values(plan, 10) == [1, 2, 5]
+    names = mask_names(plan, 10)
+    assert names[:4] == ["top-1", "random-1-s0", "random-1-s1", "random-1-s2"] and names[-1] == "names_and_final"
+    assert len(names) == 3 * 4 + 2 and len(set(names)) == len(names)
+    cells = _cells()
+    top = mask_cells("top-2", cells, "t")
+    ranked = sorted(cells, key=lambda c: -c["effect"])  # stable: ties in grid order, as the analysis ranks
+    assert top == sorted((c["layer"], c["position"], -1) for c in ranked[:2])
+    draws = [mask_cells(f"random-5-s{i}", cells, "t") for i in range(3)]
+    assert all(len(d) == 5 for d in draws) and len({tuple(d) for d in draws}) == 3
+    assert draws[0] == mask_cells("random-5-s0", cells, "t")  # the same draw again after a crash
+    assert draws[0] != mask_cells("random-5-s0", cells, "other")
+    assert mask_cells("final_position", cells, "t") == [(0, 4, -1), (1, 4, -1)]
+    assert mask_cells("names_and_final", cells, "t") == [(0, 1, -1), (0, 3, -1), (0, 4, -1), (1, 1, -1), (1, 3, -1),
+                                                          (1, 4, -1)]
+
+
+def test_controls_are_the_phase_after_the_replicates():
+    targets = Targets(n_trials=2, replicates=2, analysis=True)
+    assert unit_left(targets, Tally(search_finished=2, selected="t1", replicates_done=1, controls_wanted=6,
+                                    controls_done=2, to_analyse=("t1",))).phase is Phase.CONTROLS
+    left = unit_left(targets, Tally(search_finished=2, selected="t1", replicates_done=1, controls_wanted=6,
+                                    controls_done=2, in_flight={Phase.CONTROLS: 3}))
+    assert left.steps[Phase.CONTROLS] == Step(4, 1) and left.trials == 4
+    assert unit_left(targets, Tally(search_finished=2, selected="t1", replicates_done=1, controls_wanted=6,
+                                    controls_done=6, to_analyse=("t1",))).phase is Phase.ANALYSE
+
+
+@pytest.mark.parametrize("controls, message", [
+    ({"enabled": True, "ks": [2], "random_masks": 0}, "random_masks"),
+    ({"enabled": True, "structured": ["everything"]}, "unknown structured mask 'everything'; accepted: final_position"),
+    ({"enabled": True, "ks": [2], "methods": ["dynscalar"]}, "method 'dynscalar' cannot be masked"),
+    ({"enabled": True, "ks": [0]}, "each k must be at least 1"),
+    ({"enabled": True, "k_fractions": [1.5]}, r"k_fractions \[1.5\]"),
+    ({"enabled": True}, "needs ks, k_fractions or structured"),
+    ({"enabled": True, "ks": [2], "mask": "x"}, "controls.mask: unknown key"),
+])
+def test_bad_controls_are_refused_by_name(controls, message):
+    with pytest.raises(UsageError, match=message) as info:
+        parse_config(tiny_config(controls=controls))
+    assert "controls" in str(info.value)
+
+
+def test_accepted_methods_are_named():
+    with pytest.raises(UsageError, match="accepted: activscalar, steervec"):
+        parse_config(tiny_config(controls={"enabled": True, "ks": [2], "methods": ["dynscalar"]}))
