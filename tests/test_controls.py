@@ -122,3 +122,91 @@ def test_bad_controls_are_refused_by_name(controls, message):
 def test_accepted_methods_are_named():
     with pytest.raises(UsageError, match="accepted: activscalar, steervec"):
         parse_config(tiny_config(controls={"enabled": True, "ks": [2], "methods": ["dynscalar"]}))
+
+
+CONTROLS = {"enabled": True, "ks": [2, 4], "random_masks": 5, "structured": ["final_position", "names_and_final"]}
+
+
+def _check_controls(run, config) -> list[dict]:
+    """Each selected trial has a complete control per mask (top-k and random_masks random-k per k, the
+    structured ones), exactly once, with its hyper-parameters and seed; no control is selected or counted twice."""
+    from storage.query import run_sql
+    from storage.store import read_table
+
+    rows = read_table(run, "trials").table.to_pylist()
+    assert not [i for i, c in Counter(r["trial_id"] for r in rows).items() if c > 1], "a trial id appears twice"
+    controls = [r for r in rows if r["control_of"] is not None and r["status"] == "complete"]
+    selected, _ = run_sql([run], "SELECT s.unit_id, s.trial_id, u.method FROM selected s JOIN units u USING (unit_id)")
+    assert not set(selected.trial_id) & {r["trial_id"] for r in controls}  # never selected
+    by_id = {r["trial_id"]: r for r in rows}
+    for unit_id, chosen, method in zip(selected.unit_id, selected.trial_id, selected.method):
+        mine = [r for r in controls if r["unit_id"] == unit_id]
+        if method != "activscalar":  # controls.methods: only activscalar
+            assert not mine
+            continue
+        assert {r["control_of"] for r in mine} == {chosen}
+        names = Counter(r["mask"] for r in mine)
+        assert set(names.values()) == {1}, names  # no mask trained twice
+        sel = by_id[chosen]
+        assert sorted(names) == sorted(mask_names(ControlPlan(tuple(CONTROLS["ks"]), (), 5,
+                                                              tuple(CONTROLS["structured"]), ("activscalar",)),
+                                                  sel["sites_total"]))
+        for r in mine:
+            assert (r["lambda_faith"], r["lambda_min"], r["lr"], r["seed"], r["steps"]) == (
+                sel["lambda_faith"], sel["lambda_min"], sel["lr"], sel["seed"], sel["steps"])
+            assert r["replicate_of"] is None and not r["pilot"]
+            if r["mask"].startswith(("top-", "random-")):
+                assert r["mask_cells"] == int(r["mask"].split("-")[1])
+            assert r["sites_moved"] <= r["mask_cells"]
+        for k in CONTROLS["ks"]:
+            assert sum(r["mask"].startswith(f"random-{k}-") for r in mine) == 5
+    return controls
+
+
+def _random_cells_differ(run) -> None:
+    from storage.store import read_table
+
+    scalars = read_table(run, "scalars").table.to_pandas()
+    trials = read_table(run, "trials").table.to_pandas()
+    randoms = trials[trials["mask"].fillna("").str.startswith("random-4-")]
+    for _, group in randoms.groupby("unit_id"):
+        moved = [frozenset(map(tuple, scalars[(scalars.trial_id == t) & (scalars.value != 1.0)]
+                               [["layer", "position"]].values)) for t in group.trial_id]
+        assert len(moved) == 5
+    # the masks themselves: the draws differ (their cells are in Optuna's user attributes; here: the cells free)
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    import optuna
+    from storage.run_dir import RunDir
+
+    storage = JournalStorage(JournalFileBackend(str(RunDir(run).journal)))
+    for unit_id in set(randoms.unit_id):
+        study = optuna.load_study(study_name=unit_id, storage=storage)
+        draws = [tuple(map(tuple, t.user_attrs["mask_cells"])) for t in study.get_trials()
+                 if str(t.user_attrs.get("mask", "")).startswith("random-4-")]
+        assert len(set(draws)) == 5 and all(len(d) == 4 for d in draws)
+
+
+@pytest.mark.slow
+def test_a_sweep_with_controls_writes_each_control_once_and_resumes(tmp_path, ray_session):
+    from orchestrator.coordinator import Coordinator
+    from reports.claims.c3 import _controls
+    from reports.run import load_run
+
+    config = parse_config(tiny_config(methods=["activscalar", "dynscalar"], search={"replicates": 2},
+                                      controls=CONTROLS, analysis={"enabled": False}))
+    run = tmp_path / "run"
+    Coordinator(config, run).run()
+    check_run(run, n_trials=4, n_units=2, replicates=2)
+    first = _check_controls(run, config)
+    assert {r["unit_id"] for r in first} and len(first) == 2 * 6 + 2  # only the activscalar unit has controls
+    _random_cells_differ(run)
+    Coordinator(config, run).run()  # a resume: every control is there, none runs again
+    again = _check_controls(run, config)
+    assert sorted(r["trial_id"] for r in again) == sorted(r["trial_id"] for r in first)
+    check_run(run, n_trials=4, n_units=2, replicates=2)
+    report = load_run(run)  # the findings page reads them
+    row = next(r for r in report.selected.itertuples(index=False) if r.method == "activscalar")
+    c = _controls(report, row)
+    assert len(c) == len(first) and set(c.mask_cells[c["mask"].str.startswith("top-")]) == {2, 4}
