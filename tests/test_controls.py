@@ -210,3 +210,49 @@ def test_a_sweep_with_controls_writes_each_control_once_and_resumes(tmp_path, ra
     row = next(r for r in report.selected.itertuples(index=False) if r.method == "activscalar")
     c = _controls(report, row)
     assert len(c) == len(first) and set(c.mask_cells[c["mask"].str.startswith("top-")]) == {2, 4}
+
+
+def _control_count(run) -> int:
+    from storage.store import read_table
+
+    try:
+        rows = read_table(run, "trials").table.select(["status", "control_of"]).to_pylist()
+    except Exception:  # noqa: BLE001 - directory not there yet
+        return 0
+    return sum(r["status"] == "complete" and r["control_of"] is not None for r in rows)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2400)
+def test_controls_exactly_once_after_sigkills_while_training_them(tmp_path):
+    """One control at a time, the coordinator SIGKILLed while they train, then resumed: each mask has exactly
+    one complete control, the ones cut off are `interrupted` rows that still name their mask and trial."""
+    import random
+    import time
+
+    from storage.store import read_table
+    from tests.procs import kill_session, start_coordinator, wait_for
+    from tests.sweeps import write_config
+
+    controls = {"enabled": True, "ks": [2], "random_masks": 5, "structured": ["final_position"]}
+    cfg = write_config(tmp_path / "sweep.yaml", tiny_config(
+        analysis={"enabled": False}, controls=controls, search={"n_trials": 2, "batch": 1},
+        train={"steps": 60, "batch_size": 8, "filter": "none"}))
+    run = tmp_path / "run"
+    rng = random.Random(5)
+    for attempt in range(3):
+        before = _control_count(run)
+        proc = start_coordinator(["run", str(cfg), "--out", str(run), "--quiet"], tmp_path / "out.log")
+        assert wait_for(lambda: _control_count(run) > before or proc.poll() is not None,  # noqa: B023
+                        timeout=900)
+        time.sleep(rng.uniform(0.1, 1.0))
+        kill_session(proc)
+    proc = start_coordinator(["resume", str(run), "--quiet"], tmp_path / "out.log")
+    assert proc.wait(timeout=1500) == 0, (tmp_path / "out.log").read_text()[-3000:]
+    check_run(run, n_trials=2, n_units=1)
+    rows = read_table(run, "trials").table.to_pylist()
+    done = Counter(r["mask"] for r in rows if r["control_of"] is not None and r["status"] == "complete")
+    assert sorted(done) == sorted(["top-2", *[f"random-2-s{i}" for i in range(5)], "final_position"])
+    assert set(done.values()) == {1}, done  # no mask trained twice
+    cut = [r for r in rows if r["status"] == "interrupted" and r["pilot"] is False and r["control_of"] is not None]
+    assert all(r["mask"] for r in cut) and not [r for r in rows if r["status"] == "failed"]
