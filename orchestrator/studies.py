@@ -81,7 +81,8 @@ class Outcome:
 
     @classmethod
     def interrupted(cls, params: dict[str, Any], replicate_of: str | None) -> Outcome:
-        if params.get("pilot") or params.get("control_of") is not None:  # never re-queued as a search draw: the unit asks for a new pilot
+        # never re-queued as a search draw: the unit asks for a new pilot, or its mask's control again
+        if params.get("pilot") or params.get("control_of") is not None:
             return cls.failed()
         return cls(TrialState.FAIL, requeue=(params, replicate_of))
 

@@ -32,8 +32,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from storage.schema import Status
 from orchestrator.controls import ControlPlan, mask_names, plan_of
+from storage.schema import Status
 from workers.asha import RungEntry
 
 if TYPE_CHECKING:
@@ -217,7 +217,8 @@ class Work:
             return f"unit {self.unit.unit_id} to be prepared"
         if self.phase is Phase.ANALYSE:
             return f"analysis of {', '.join(self.trial_ids)}"
-        kind = {Phase.REPLICATES: "replicate", Phase.PILOT: "convergence pilot", Phase.CONTROLS: "mask control"}.get(self.phase, "trial")
+        kinds = {Phase.REPLICATES: "replicate", Phase.PILOT: "convergence pilot", Phase.CONTROLS: "mask control"}
+        kind = kinds.get(self.phase, "trial")
         if not self.asked:  # decided, not asked yet
             return f"{self.count} {kind}(s) of unit {self.unit.unit_id}"
         return f"{kind}(s) {', '.join(str(a.number) for a in self.asked)} of unit {self.unit.unit_id}"

@@ -174,10 +174,10 @@ def _random_cells_differ(run) -> None:
                                [["layer", "position"]].values)) for t in group.trial_id]
         assert len(moved) == 5
     # the masks themselves: the draws differ (their cells are in Optuna's user attributes; here: the cells free)
+    import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
-    import optuna
     from storage.run_dir import RunDir
 
     storage = JournalStorage(JournalFileBackend(str(RunDir(run).journal)))
@@ -240,7 +240,7 @@ def test_controls_exactly_once_after_sigkills_while_training_them(tmp_path):
         train={"steps": 60, "batch_size": 8, "filter": "none"}))
     run = tmp_path / "run"
     rng = random.Random(5)
-    for attempt in range(3):
+    for _ in range(3):
         before = _control_count(run)
         proc = start_coordinator(["run", str(cfg), "--out", str(run), "--quiet"], tmp_path / "out.log")
         assert wait_for(lambda: _control_count(run) > before or proc.poll() is not None,  # noqa: B023

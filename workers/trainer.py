@@ -15,6 +15,7 @@ from workers.asha import Rungs
 from workers.columns import CellColumn
 from workers.convergence import PilotWatch
 from workers.directions import mean_difference
+from workers.errors import UsageError
 from workers.interventions import Acting, CellRecorder, CellStats, Intervention, build_intervention, installed, method_class
 from workers.masks import MaskedTraining, hold_outside, keep_grid
 from workers.models import LoadedModel
@@ -26,7 +27,6 @@ from workers.results import METRIC_NAMES, TrialResult
 from workers.scoring import intervened_logits, score, site_norms
 from workers.sites import SiteRef, resolve_site
 from workers.stopping import RungJudge, RungSetup, TrialStopper
-from workers.errors import UsageError
 from workers.unit import Hyper
 
 
