@@ -289,25 +289,17 @@ class UnitState:
             folds = [self.trial_folds.get(t) for t in replicates]
             done = self.targets.replicates - 1 - len(replicate_folds(self.targets.replicates,
                                                                      self.targets.replicate_folds, folds))
-        wanted = self.control_names()
+        wanted = control_names(self)
         done_masks = self.control_masks.get(chosen, set()) if chosen is not None else set()
         return Tally(self.described, len(self.search_rows) + self.pruned, chosen, done, to_analyse,
                      self.analysis_failures >= ANALYSIS_TRIES, self.gave_up, dict(self.in_flight),
                      self.pilot_steps is not None, len(wanted), len(done_masks & set(wanted)))
 
-    def control_names(self) -> list[str]:
-        """The masks the selected trial is controlled with (none: no controls for this unit's method, or nothing
-        selected yet)."""
-        plan, selected = self.targets.controls, self.selected
-        if selected is None or not plan.applies_to(self.planned.spec.method):
-            return []
-        return mask_names(plan, int(selected["sites_total"]))
-
     def take_controls(self, k: int) -> list[str]:
         """The masks of the next k controls (neither complete nor in flight), marked in flight until released."""
         chosen = self.selected["trial_id"] if self.selected is not None else None
         done = self.control_masks.get(chosen, set()) if chosen is not None else set()
-        names = [n for n in self.control_names() if n not in done and n not in self.controls_in_flight][:k]
+        names = [n for n in control_names(self) if n not in done and n not in self.controls_in_flight][:k]
         self.controls_in_flight += names
         return names
 
@@ -403,6 +395,15 @@ class UnitState:
             self.gave_up = True
             log.error(f"unit {self.unit_id} ({self.planned.spec.describe()}): {self.failed} failed trials; "
                       "giving up on it")
+
+
+def control_names(state: UnitState) -> list[str]:
+    """The masks a unit's selected trial is controlled with (none: no controls for the unit's method, or nothing
+    selected yet)."""
+    plan, selected = state.targets.controls, state.selected
+    if selected is None or not plan.applies_to(state.planned.spec.method):
+        return []
+    return mask_names(plan, int(selected["sites_total"]))
 
 
 def refresh_selections(states: Iterable[UnitState]) -> None:

@@ -206,6 +206,10 @@ def test_a_sweep_with_controls_writes_each_control_once_and_resumes(tmp_path, ra
     again = _check_controls(run, config)
     assert sorted(r["trial_id"] for r in again) == sorted(r["trial_id"] for r in first)
     check_run(run, n_trials=4, n_units=2, replicates=2)
+    from orchestrator.sweep_cmds import unit_status
+
+    status = unit_status(run)  # actscale status: the controls are neither search trials nor left
+    assert all(r["phase"] == "done" and r["pending"] == 0 and r["done"] == 4 for r in status), status
     report = load_run(run)  # the findings page reads them
     row = next(r for r in report.selected.itertuples(index=False) if r.method == "activscalar")
     c = _controls(report, row)
@@ -256,3 +260,20 @@ def test_controls_exactly_once_after_sigkills_while_training_them(tmp_path):
     assert set(done.values()) == {1}, done  # no mask trained twice
     cut = [r for r in rows if r["status"] == "interrupted" and r["pilot"] is False and r["control_of"] is not None]
     assert all(r["mask"] for r in cut) and not [r for r in rows if r["status"] == "failed"]
+
+
+def test_the_plan_counts_the_controls_trial_steps():
+    from orchestrator.costs import Costing, Speed, UnitFacts, unit_cost
+    from orchestrator.plan import plan_units
+
+    config = parse_config(tiny_config(methods=["activscalar", "dynscalar"], controls=CONTROLS))
+    speed = Speed({(8, 1): 1.0, (8, 4): 2.5}, eval_row_s=0.01, prepare_prompt_s=0.0, start_s=0.0, load_s=0.0,
+                  n_layers=2)
+    facts = UnitFacts(total=60, n_train=18, n_val=8, n_test=8, n_cells=56)
+    for unit in plan_units(config, lambda model: 2):
+        pieces = unit_cost(Costing(config, unit, facts, speed)).phases[Phase.CONTROLS]
+        if unit.spec.method != "activscalar":
+            assert pieces == []
+            continue
+        assert sum(p.trials for p in pieces) == 2 * 6 + 2  # per k: top and 5 random; 2 structured
+        assert sum(p.trial_steps for p in pieces) == (2 * 6 + 2) * 3 and all(p.trials <= 2 for p in pieces)
