@@ -14,7 +14,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from search_spaces.duration import parse_duration
 from storage.selection import DEFAULT_MIN_FLIP
 from workers.errors import UsageError
-from workers.names import DEFAULT_CONTROL_METHODS, MASKABLE_METHODS, SITES, STRENGTHS, STRUCTURED_MASKS, import_plugins, method_names
+from workers.names import (
+    DEFAULT_CONTROL_METHODS,
+    MASKABLE_METHODS,
+    SITES,
+    STRENGTHS,
+    STRUCTURED_MASKS,
+    import_plugins,
+    method_names,
+)
 from workers.unit import Convergence, TrainSettings
 
 V = TypeVar("V", bound=Iterable[str])
@@ -253,8 +261,9 @@ class Controls(_Strict):
     structured: list[str] = Field(default_factory=list, description=f"named structured masks: any of "
                                   f"{', '.join(STRUCTURED_MASKS)} (final_position: every layer at the last position; "
                                   "names_and_final: the positions of IOI's names and the last one)")
-    methods: list[str] = Field(list(DEFAULT_CONTROL_METHODS), min_length=1, description="the methods whose units get controls: "
-                               f"any of {', '.join(MASKABLE_METHODS)} (their parameters span the cell grid)")
+    methods: list[str] = Field(list(DEFAULT_CONTROL_METHODS), min_length=1,
+                               description="the methods whose units get controls: any of "
+                               f"{', '.join(MASKABLE_METHODS)} (their parameters span the cell grid)")
 
     @field_validator("ks")
     @classmethod
