@@ -49,10 +49,10 @@ def plan_of(config: SweepConfig) -> ControlPlan:
 
 
 def k_values(plan: ControlPlan, n_cells: int) -> list[int]:
-    """The k of the controls for a trial of n_cells cells: the ks and the rounded fractions (at least 1), at most
-    n_cells, each once, ascending."""
+    """The k of the controls for a trial of n_cells cells: the ks and the rounded fractions (at least 1), below
+    n_cells (k = all cells: every random draw would be the top-k mask, the trial's whole grid), each once, ascending."""
     ks = set(plan.ks) | {max(1, round(f * n_cells)) for f in plan.k_fractions}
-    return sorted(k for k in ks if 1 <= k <= n_cells)
+    return sorted(k for k in ks if 1 <= k < n_cells)
 
 
 def mask_names(plan: ControlPlan, n_cells: int) -> list[str]:

@@ -253,7 +253,7 @@ class Controls(_Strict):
 
     enabled: bool = Field(False, description="train the controls as part of the sweep (not part of any unit's id)")
     ks: list[int] | None = Field(None, description="k values (cells): a top-k and `random_masks` random-k controls "
-                                 "at each")
+                                 "at each (a k not below the unit's cells is left out)")
     k_fractions: list[float] | None = Field(None, description="k as shares of the unit's cells (sites_total), e.g. "
                                             "[0.02, 0.05, 0.1], rounded, at least 1; with `ks`, both")
     random_masks: int = Field(5, ge=1, description="random-k controls per k, each a different seeded draw of k cells "
@@ -276,9 +276,9 @@ class Controls(_Strict):
     @field_validator("k_fractions")
     @classmethod
     def _fractions(cls, v: list[float] | None) -> list[float] | None:
-        bad = [f for f in v or [] if not 0 < f <= 1]
+        bad = [f for f in v or [] if not 0 < f < 1]
         if bad:
-            raise ValueError(f"k_fractions {bad}: each must be in (0, 1]")
+            raise ValueError(f"k_fractions {bad}: each must be in (0, 1)")
         return v
 
     @field_validator("structured")

@@ -77,6 +77,7 @@ def test_masks_are_named_from_the_config_and_drawn_reproducibly():
                                                                                     "names_and_final"),
                        methods=("activscalar",))
     assert k_values(plan, 10) == [1, 2, 5]
+    assert k_values(ControlPlan(ks=(3, 10, 12)), 10) == [3]  # k = all cells: every random draw is the top-k mask
     names = mask_names(plan, 10)
     assert names[:4] == ["top-1", "random-1-s0", "random-1-s1", "random-1-s2"] and names[-1] == "names_and_final"
     assert len(names) == 3 * 4 + 2 and len(set(names)) == len(names)
@@ -191,7 +192,7 @@ def _random_cells_differ(run) -> None:
 @pytest.mark.slow
 def test_a_sweep_with_controls_writes_each_control_once_and_resumes(tmp_path, ray_session):
     from orchestrator.coordinator import Coordinator
-    from reports.claims.c3 import _controls
+    from reports.claims.c3 import _controls, top_vs_random
     from reports.run import load_run
 
     config = parse_config(tiny_config(methods=["activscalar", "dynscalar"], search={"replicates": 2},
@@ -214,6 +215,8 @@ def test_a_sweep_with_controls_writes_each_control_once_and_resumes(tmp_path, ra
     row = next(r for r in report.selected.itertuples(index=False) if r.method == "activscalar")
     c = _controls(report, row)
     assert len(c) == len(first) and set(c.mask_cells[c["mask"].str.startswith("top-")]) == {2, 4}
+    condition, k = top_vs_random(report, row, 3)  # (a) of claim C3: top-k against the random-k at the k nearest k90
+    assert k in (2, 4) and "retrained top-k and random-k control trials" not in str(condition)
 
 
 def _control_count(run) -> int:
@@ -260,6 +263,7 @@ def test_controls_exactly_once_after_sigkills_while_training_them(tmp_path):
     assert set(done.values()) == {1}, done  # no mask trained twice
     cut = [r for r in rows if r["status"] == "interrupted" and r["pilot"] is False and r["control_of"] is not None]
     assert all(r["mask"] for r in cut) and not [r for r in rows if r["status"] == "failed"]
+    assert cut, "no kill landed on a control"  # ... and each cut-off mask was trained again, once
 
 
 def test_the_plan_counts_the_controls_trial_steps():
