@@ -8,6 +8,8 @@ trial's hyper-parameters, steps and seed again with only a mask's cells free (wo
   so a control re-run after a crash trains the same mask;
 - a structured mask by name: `final_position` (every layer at the last position), `names_and_final` (the positions
   holding IOI's names, IO, S1, S2, and the last position).
+With `replicates: true` each complete replicate of the selected trial is controlled the same way, with its own
+top cells, random draws, seed and (fold replicates) fold or (bootstrap) resample.
 The masks are named from the config and the selected trial's cell count alone (`mask_names`: how many are left is
 known from the trials rows), and resolved to cells from its scalars rows (`mask_cells`). Pure: no torch.
 """
@@ -35,6 +37,7 @@ class ControlPlan:
     random_masks: int = 5
     structured: tuple[str, ...] = ()
     methods: tuple[str, ...] = ()
+    replicates: bool = False  # each complete replicate of the selected trial is controlled too, with its own masks
 
     def applies_to(self, method: str) -> bool:
         return method in self.methods
@@ -45,7 +48,7 @@ def plan_of(config: SweepConfig) -> ControlPlan:
     if not c.enabled:
         return ControlPlan()
     return ControlPlan(tuple(c.ks or ()), tuple(c.k_fractions or ()), c.random_masks, tuple(c.structured),
-                       tuple(c.methods))
+                       tuple(c.methods), c.replicates)
 
 
 def k_values(plan: ControlPlan, n_cells: int) -> list[int]:

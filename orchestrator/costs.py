@@ -171,12 +171,13 @@ def replicate_work(c: Costing) -> list[Piece]:
 
 
 def control_work(c: Costing) -> list[Piece]:
-    """The selected trial's retrained mask controls (controls:, orchestrator/controls.py), trained like replicates."""
+    """The selected trial's retrained mask controls (controls:, orchestrator/controls.py; with controls.replicates
+    its replicates' too), trained like replicates."""
     plan = targets_of(c.config).controls
     if not plan.applies_to(c.unit.spec.method):
         return []
     steps, _ = trial_shape(c.config, c.unit.spec.method)
-    n = len(mask_names(plan, c.facts.n_cells))
+    n = len(mask_names(plan, c.facts.n_cells)) * (c.config.search.replicates if plan.replicates else 1)
     return [training_piece(c, Phase.CONTROLS, [(steps, k, 1.0)], k) for k in batches(n, c.config.search.batch)]
 
 

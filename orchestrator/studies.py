@@ -43,7 +43,7 @@ from orchestrator.controls import mask_cells
 from orchestrator.journal import repair_journal
 from orchestrator.plan import PlannedUnit
 from orchestrator.records import trial_id
-from orchestrator.units import Asked, Phase, Work
+from orchestrator.units import Asked, Phase, Work, controlled_trials
 from search_spaces.config import Search
 from search_spaces.spaces import directions, distributions, grid_size, make_sampler, objective_values
 from storage.run_dir import RunDir
@@ -59,6 +59,8 @@ FOLD_ATTR = "fold"  # a replicate's fold (search.replicate_data: folds), kept wi
 PILOT_ATTR = "pilot"  # the user attribute that marks a unit's convergence pilot
 CONTROL_ATTR = "control_of"  # a retrained mask control: the trial it controls (with MASK_ATTR, CELLS_ATTR, SEED_ATTR)
 MASK_ATTR, CELLS_ATTR, SEED_ATTR = "mask", "mask_cells", "control_seed"
+# a controlled replicate's data: its fold (fold replicates) or bootstrap resample, trained on again by its controls
+CONTROL_FOLD_ATTR, CONTROL_RESAMPLE_ATTR = "control_fold", "control_resample"
 
 
 def unit_seed(unit_id: str, seed: int) -> int:
@@ -133,19 +135,23 @@ class UnitStudy:
             params["pilot"] = True
             params["prunable"] = False
         if trial.user_attrs.get(CONTROL_ATTR) is not None:  # the controlled trial's seed, only its mask's cells free
-            params.update(seed=trial.user_attrs[SEED_ATTR], prunable=False, control_of=trial.user_attrs[CONTROL_ATTR],
-                          mask=trial.user_attrs[MASK_ATTR], mask_cells=trial.user_attrs[CELLS_ATTR])
+            attrs = trial.user_attrs
+            params.update(seed=attrs[SEED_ATTR], prunable=False, control_of=attrs[CONTROL_ATTR], mask=attrs[MASK_ATTR],
+                          mask_cells=attrs[CELLS_ATTR], resample_train=bool(attrs.get(CONTROL_RESAMPLE_ATTR)))
+            if attrs.get(CONTROL_FOLD_ATTR) is not None:
+                params["fold"] = attrs[CONTROL_FOLD_ATTR]
         return params
 
     def _ask(self, replicate_of: str | None, fold: int | None = None, pilot: bool = False,
-             mask: str | None = None) -> Trial:
+             mask: str | None = None, control_of: str | None = None) -> Trial:
         """Ask for a trial; a stale waiting trial of another kind or fold (left by a crash) is discarded (failed
         unrun: it has no rows) so that search trials, replicates and pilots never mix, nor replicates' folds."""
         while True:
             trial = self.study.ask(self.dists)
             attrs = trial.user_attrs
             if (attrs.get(REPLICATE_ATTR) == replicate_of and attrs.get(FOLD_ATTR) == fold
-                    and bool(attrs.get(PILOT_ATTR)) == pilot and attrs.get(MASK_ATTR) == mask):
+                    and bool(attrs.get(PILOT_ATTR)) == pilot and attrs.get(MASK_ATTR) == mask
+                    and attrs.get(CONTROL_ATTR) == control_of):
                 return trial
             self.study.tell(trial.number, state=TrialState.FAIL)
 
@@ -168,17 +174,20 @@ class UnitStudy:
             asked.append(Asked(trial.number, self.trial_params(trial, steps), selected["trial_id"]))
         return asked
 
-    def ask_controls(self, selected: dict[str, Any], masks: list[tuple[str, list[tuple[int, int, int]]]],
+    def ask_controls(self, controlled: dict[str, Any], masks: list[tuple[str, list[tuple[int, int, int]]]],
                      steps: int | None = None) -> list[Asked]:
-        """The selected trial's hyper-parameters and seed again, once per (mask, cells), each enqueued with its
-        control attributes in one journal record, then asked at once; `steps`: the training length a pilot set."""
-        params = {name: selected[name] for name in self.dists}
+        """The controlled trial's hyper-parameters, seed and data (a replicate's fold or resample) again, once per
+        (mask, cells), each enqueued with its control attributes in one journal record, then asked at once;
+        `steps`: the training length a pilot set."""
+        params = {name: controlled[name] for name in self.dists}
         asked = []
         for mask, cells in masks:
-            attrs = {CONTROL_ATTR: selected["trial_id"], MASK_ATTR: mask, CELLS_ATTR: [list(c) for c in cells],
-                     SEED_ATTR: int(selected["seed"])}
+            attrs = {CONTROL_ATTR: controlled["trial_id"], MASK_ATTR: mask, CELLS_ATTR: [list(c) for c in cells],
+                     SEED_ATTR: int(controlled["seed"]), CONTROL_RESAMPLE_ATTR: bool(controlled.get("resample_train"))}
+            if controlled.get("replicate_kind") == "fold":
+                attrs[CONTROL_FOLD_ATTR] = controlled["fold"]
             self.study.enqueue_trial(params, user_attrs=attrs)
-            trial = self._ask(None, mask=mask)
+            trial = self._ask(None, mask=mask, control_of=controlled["trial_id"])
             asked.append(Asked(trial.number, self.trial_params(trial, steps)))
         return asked
 
@@ -233,13 +242,18 @@ class Studies:
         return study.ask_replicates(selected, unit.take_replicate_folds(work.count), unit.pilot_steps)
 
     def _ask_controls(self, work: Work) -> list[Asked]:
-        """A batch of the selected trial's controls, their cells from its scalars rows (durable: synced before)."""
+        """A batch of controls, their cells from each controlled trial's scalars rows (durable: synced before)."""
         unit = work.unit
-        selected = unit.selected
-        assert selected is not None
-        cells = self._cells_of(selected["trial_id"])
-        masks = [(name, mask_cells(name, cells, selected["trial_id"])) for name in unit.take_controls(work.count)]
-        return self.units[unit.unit_id].ask_controls(selected, masks, unit.pilot_steps)
+        rows = {row["trial_id"]: row for row in controlled_trials(unit)}
+        by_trial: dict[str, list[str]] = {}
+        for tid, name in unit.take_controls(work.count):
+            by_trial.setdefault(tid, []).append(name)
+        asked = []
+        for tid, names in by_trial.items():
+            cells = self._cells_of(tid)
+            masks = [(name, mask_cells(name, cells, tid)) for name in names]
+            asked += self.units[unit.unit_id].ask_controls(rows[tid], masks, unit.pilot_steps)
+        return asked
 
     def _cells_of(self, trial: str) -> list[dict[str, Any]]:
         """A trial's scalars rows, in the cell grid's order (as its worker wrote them)."""

@@ -121,8 +121,10 @@ SELECT u.unit_id, u.model, u.task, u.site, u.method, u.n_train, u.n_val, u.n_tes
        s.trial_id AS selected_trial, s.selected_by, s.val_flip_rate, s.val_kl_other, s.test_flip_rate,
        s.test_kl_other, s.sites_moved, s.sites_total, s.n_params,
        (SELECT count(*) FROM trials r WHERE r.replicate_of = s.trial_id AND r.status = '{Status.COMPLETE}') AS replicates,
-       (SELECT count(DISTINCT r.mask) FROM trials r
-        WHERE r.control_of = s.trial_id AND r.status = '{Status.COMPLETE}') AS controls
+       (SELECT count(DISTINCT r.control_of || '/' || r.mask) FROM trials r
+        WHERE r.status = '{Status.COMPLETE}' AND r.control_of IN (
+            SELECT x.trial_id FROM trials x
+            WHERE x.trial_id = s.trial_id OR (x.replicate_of = s.trial_id AND x.status = '{Status.COMPLETE}'))) AS controls
 FROM u LEFT JOIN counts c USING (unit_id) LEFT JOIN selected s USING (unit_id)
 ORDER BY u.model, u.task, u.site, u.method, u.unit_id"""
 
@@ -181,7 +183,8 @@ def _left(run: RunDir, sweep, row: dict, unanalysed: list[str]):
     targets = targets_of(sweep)
     wanted = 0
     if row["selected_trial"] is not None and targets.controls.applies_to(row["method"]):
-        wanted = len(mask_names(targets.controls, int(row["sites_total"])))
+        seeds = 1 + (int(row["replicates"]) if targets.controls.replicates else 0)
+        wanted = len(mask_names(targets.controls, int(row["sites_total"]))) * seeds
     tally = Tally(described=True, search_finished=int(row["done"]) + int(row["pruned"]), selected=row["selected_trial"],
                   replicates_done=int(row["replicates"]), to_analyse=tuple(unanalysed),
                   analysis_stopped=not all(run.artifact(tid).exists() for tid in unanalysed),

@@ -239,8 +239,9 @@ class UnitState:
         self.folds_in_flight: list[int] = []  # the folds of replicates handed out (search.replicate_data: folds)
         self.analysed: set[str] = set()  # trial ids with rows in the curves table
         self.pilot_steps: int | None = None  # the complete convergence pilot's steps: the search's training length
+        self.replicate_rows: dict[str, dict[str, Any]] = {}  # complete replicates' rows (controls: replicates)
         self.control_masks: dict[str, set[str]] = {}  # controlled trial id -> the masks of its complete controls
-        self.controls_in_flight: list[str] = []  # the masks of controls handed out
+        self.controls_in_flight: list[tuple[str, str]] = []  # (controlled trial, mask) of controls handed out
         self.failed = self.interrupted = self.pruned = 0  # trials (failed: also describes that failed)
         self.analysis_failures = 0
         self.gave_up = False
@@ -289,19 +290,19 @@ class UnitState:
             folds = [self.trial_folds.get(t) for t in replicates]
             done = self.targets.replicates - 1 - len(replicate_folds(self.targets.replicates,
                                                                      self.targets.replicate_folds, folds))
-        wanted = control_names(self)
-        done_masks = self.control_masks.get(chosen, set()) if chosen is not None else set()
+        wanted = wanted_controls(self)
+        done_masks = {(t, m) for t, masks in self.control_masks.items() for m in masks}
         return Tally(self.described, len(self.search_rows) + self.pruned, chosen, done, to_analyse,
                      self.analysis_failures >= ANALYSIS_TRIES, self.gave_up, dict(self.in_flight),
                      self.pilot_steps is not None, len(wanted), len(done_masks & set(wanted)))
 
-    def take_controls(self, k: int) -> list[str]:
-        """The masks of the next k controls (neither complete nor in flight), marked in flight until released."""
-        chosen = self.selected["trial_id"] if self.selected is not None else None
-        done = self.control_masks.get(chosen, set()) if chosen is not None else set()
-        names = [n for n in control_names(self) if n not in done and n not in self.controls_in_flight][:k]
-        self.controls_in_flight += names
-        return names
+    def take_controls(self, k: int) -> list[tuple[str, str]]:
+        """The next k controls, (controlled trial, mask), neither complete nor in flight: marked in flight until
+        released."""
+        chosen = [(t, m) for t, m in wanted_controls(self)
+                  if m not in self.control_masks.get(t, set()) and (t, m) not in self.controls_in_flight][:k]
+        self.controls_in_flight += chosen
+        return chosen
 
     def take_replicate_folds(self, k: int) -> list[int | None]:
         """The folds of the next k replicates, marked in flight until their work is released (None each: the
@@ -357,8 +358,9 @@ class UnitState:
         for asked in work.asked:
             if asked.replicate_of is not None and asked.params.get("fold") in self.folds_in_flight:
                 self.folds_in_flight.remove(asked.params["fold"])
-            if asked.params.get("mask") in self.controls_in_flight:
-                self.controls_in_flight.remove(asked.params["mask"])
+            control = (asked.params.get("control_of"), asked.params.get("mask"))
+            if control in self.controls_in_flight:
+                self.controls_in_flight.remove(control)
 
     # ------------------------------------------------------------ results
     def count(self, row: dict[str, Any]) -> None:
@@ -374,6 +376,7 @@ class UnitState:
                 self.search_rows.append(row)
             else:
                 self.replicate_ids.setdefault(row["replicate_of"], []).append(row["trial_id"])
+                self.replicate_rows[row["trial_id"]] = row
         elif row["status"] == Status.FAILED:
             self.failed += 1
         elif row["status"] == Status.INTERRUPTED:
@@ -397,13 +400,21 @@ class UnitState:
                       "giving up on it")
 
 
-def control_names(state: UnitState) -> list[str]:
-    """The masks a unit's selected trial is controlled with (none: no controls for the unit's method, or nothing
-    selected yet)."""
+def controlled_trials(state: UnitState) -> list[dict[str, Any]]:
+    """The rows of the trials a unit's controls control: its selected trial, and with `controls.replicates` its
+    complete replicates (none: no controls for the unit's method, or nothing selected yet)."""
     plan, selected = state.targets.controls, state.selected
     if selected is None or not plan.applies_to(state.planned.spec.method):
         return []
-    return mask_names(plan, int(selected["sites_total"]))
+    replicates = state.replicate_ids.get(selected["trial_id"], []) if plan.replicates else []
+    return [selected] + [state.replicate_rows[t] for t in replicates]
+
+
+def wanted_controls(state: UnitState) -> list[tuple[str, str]]:
+    """Every control a unit wants: (controlled trial, mask), in the order they are trained."""
+    plan = state.targets.controls
+    return [(row["trial_id"], name) for row in controlled_trials(state)
+            for name in mask_names(plan, int(row["sites_total"]))]
 
 
 def refresh_selections(states: Iterable[UnitState]) -> None:

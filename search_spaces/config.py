@@ -265,6 +265,10 @@ class Controls(_Strict):
                                description="the methods whose units get controls: any of "
                                f"{', '.join(MASKABLE_METHODS)} (their parameters span the cell grid)")
 
+    replicates: bool = Field(False, description="also control each complete replicate of the selected trial (its "
+                             "own top cells and random draws, its seed, fold and resample): the findings page pools "
+                             "the controls of a trial's seeds")
+
     @field_validator("ks")
     @classmethod
     def _ks(cls, v: list[int] | None) -> list[int] | None:

@@ -126,11 +126,13 @@ def test_accepted_methods_are_named():
 
 
 CONTROLS = {"enabled": True, "ks": [2, 4], "random_masks": 5, "structured": ["final_position", "names_and_final"]}
+PLAN = ControlPlan(tuple(CONTROLS["ks"]), (), 5, tuple(CONTROLS["structured"]), ("activscalar",))
 
 
-def _check_controls(run, config) -> list[dict]:
-    """Each selected trial has a complete control per mask (top-k and random_masks random-k per k, the
-    structured ones), exactly once, with its hyper-parameters and seed; no control is selected or counted twice."""
+def _check_controls(run, seeds: bool) -> list[dict]:
+    """Each selected trial (with `seeds`, and each of its replicates) has a complete control per mask (top-k and
+    random_masks random-k per k, the structured ones), exactly once, with its hyper-parameters and seed; no control
+    is selected or counted twice."""
     from storage.query import run_sql
     from storage.store import read_table
 
@@ -141,27 +143,31 @@ def _check_controls(run, config) -> list[dict]:
     assert not set(selected.trial_id) & {r["trial_id"] for r in controls}  # never selected
     by_id = {r["trial_id"]: r for r in rows}
     for unit_id, chosen, method in zip(selected.unit_id, selected.trial_id, selected.method):
-        mine = [r for r in controls if r["unit_id"] == unit_id]
         if method != "activscalar":  # controls.methods: only activscalar
-            assert not mine
+            assert not [r for r in controls if r["unit_id"] == unit_id]
             continue
-        assert {r["control_of"] for r in mine} == {chosen}
-        names = Counter(r["mask"] for r in mine)
-        assert set(names.values()) == {1}, names  # no mask trained twice
-        sel = by_id[chosen]
-        assert sorted(names) == sorted(mask_names(ControlPlan(tuple(CONTROLS["ks"]), (), 5,
-                                                              tuple(CONTROLS["structured"]), ("activscalar",)),
-                                                  sel["sites_total"]))
-        for r in mine:
-            assert (r["lambda_faith"], r["lambda_min"], r["lr"], r["seed"], r["steps"]) == (
-                sel["lambda_faith"], sel["lambda_min"], sel["lr"], sel["seed"], sel["steps"])
-            assert r["replicate_of"] is None and not r["pilot"]
-            if r["mask"].startswith(("top-", "random-")):
-                assert r["mask_cells"] == int(r["mask"].split("-")[1])
-            assert r["sites_moved"] <= r["mask_cells"]
-        for k in CONTROLS["ks"]:
-            assert sum(r["mask"].startswith(f"random-{k}-") for r in mine) == 5
+        controlled = [chosen] + ([r["trial_id"] for r in rows if r["replicate_of"] == chosen
+                                  and r["status"] == "complete"] if seeds else [])
+        assert {r["control_of"] for r in controls if r["unit_id"] == unit_id} == set(controlled)
+        for tid in controlled:
+            _check_controls_of(by_id[tid], [r for r in controls if r["control_of"] == tid])
     return controls
+
+
+def _check_controls_of(sel: dict, mine: list[dict]) -> None:
+    names = Counter(r["mask"] for r in mine)
+    assert set(names.values()) == {1}, names  # no mask trained twice
+    assert sorted(names) == sorted(mask_names(PLAN, sel["sites_total"]))
+    for r in mine:
+        assert (r["lambda_faith"], r["lambda_min"], r["lr"], r["seed"], r["steps"], r["fold"], r["resample_train"]) == (
+            sel["lambda_faith"], sel["lambda_min"], sel["lr"], sel["seed"], sel["steps"], sel["fold"],
+            sel["resample_train"])  # the controlled trial's hyper-parameters, seed and data
+        assert r["replicate_of"] is None and not r["pilot"]
+        if r["mask"].startswith(("top-", "random-")):
+            assert r["mask_cells"] == int(r["mask"].split("-")[1])
+        assert r["sites_moved"] <= r["mask_cells"]
+    for k in CONTROLS["ks"]:
+        assert sum(r["mask"].startswith(f"random-{k}-") for r in mine) == 5
 
 
 def _random_cells_differ(run) -> None:
@@ -170,10 +176,10 @@ def _random_cells_differ(run) -> None:
     scalars = read_table(run, "scalars").table.to_pandas()
     trials = read_table(run, "trials").table.to_pandas()
     randoms = trials[trials["mask"].fillna("").str.startswith("random-4-")]
-    for _, group in randoms.groupby("unit_id"):
-        moved = [frozenset(map(tuple, scalars[(scalars.trial_id == t) & (scalars.value != 1.0)]
-                               [["layer", "position"]].values)) for t in group.trial_id]
-        assert len(moved) == 5
+    for _, group in randoms.groupby("control_of"):
+        assert len(group) == 5
+        for t in group.trial_id:  # each moved only cells of its own 4
+            assert (scalars[scalars.trial_id == t].value != 1.0).sum() <= 4
     # the masks themselves: the draws differ (their cells are in Optuna's user attributes; here: the cells free)
     import optuna
     from optuna.storages import JournalStorage
@@ -184,9 +190,12 @@ def _random_cells_differ(run) -> None:
     storage = JournalStorage(JournalFileBackend(str(RunDir(run).journal)))
     for unit_id in set(randoms.unit_id):
         study = optuna.load_study(study_name=unit_id, storage=storage)
-        draws = [tuple(map(tuple, t.user_attrs["mask_cells"])) for t in study.get_trials()
-                 if str(t.user_attrs.get("mask", "")).startswith("random-4-")]
-        assert len(set(draws)) == 5 and all(len(d) == 4 for d in draws)
+        by_trial: dict[str, list[tuple]] = {}
+        for t in study.get_trials():
+            if str(t.user_attrs.get("mask", "")).startswith("random-4-"):
+                by_trial.setdefault(t.user_attrs["control_of"], []).append(tuple(map(tuple, t.user_attrs["mask_cells"])))
+        for draws in by_trial.values():
+            assert len(set(draws)) == 5 and all(len(d) == 4 for d in draws)
 
 
 @pytest.mark.slow
@@ -196,15 +205,16 @@ def test_a_sweep_with_controls_writes_each_control_once_and_resumes(tmp_path, ra
     from reports.run import load_run
 
     config = parse_config(tiny_config(methods=["activscalar", "dynscalar"], search={"replicates": 2},
-                                      controls=CONTROLS, analysis={"enabled": False}))
+                                      controls=dict(CONTROLS, replicates=True), analysis={"enabled": False}))
     run = tmp_path / "run"
     Coordinator(config, run).run()
     check_run(run, n_trials=4, n_units=2, replicates=2)
-    first = _check_controls(run, config)
-    assert {r["unit_id"] for r in first} and len(first) == 2 * 6 + 2  # only the activscalar unit has controls
+    first = _check_controls(run, seeds=True)
+    assert len({r["unit_id"] for r in first}) == 1  # only the activscalar unit has controls
+    assert len(first) == 2 * (2 * 6 + 2)  # the selected trial's and its replicate's
     _random_cells_differ(run)
     Coordinator(config, run).run()  # a resume: every control is there, none runs again
-    again = _check_controls(run, config)
+    again = _check_controls(run, seeds=True)
     assert sorted(r["trial_id"] for r in again) == sorted(r["trial_id"] for r in first)
     check_run(run, n_trials=4, n_units=2, replicates=2)
     from orchestrator.sweep_cmds import unit_status
