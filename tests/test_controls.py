@@ -291,3 +291,25 @@ def test_the_plan_counts_the_controls_trial_steps():
             continue
         assert sum(p.trials for p in pieces) == 2 * 6 + 2  # per k: top and 5 random; 2 structured
         assert sum(p.trial_steps for p in pieces) == (2 * 6 + 2) * 3 and all(p.trials <= 2 for p in pieces)
+
+
+@pytest.mark.slow
+def test_a_fold_replicates_controls_train_on_its_fold(tmp_path, ray_session):
+    from orchestrator.coordinator import Coordinator
+    from storage.store import read_table
+
+    config = parse_config(tiny_config(
+        search={"n_trials": 2, "replicates": 2, "replicate_data": "folds"}, analysis={"enabled": False},
+        train={"folds": 2, "filter": "none"},
+        controls={"enabled": True, "ks": [3], "random_masks": 1, "replicates": True}))
+    run = tmp_path / "run"
+    Coordinator(config, run).run()
+    check_run(run, n_trials=2, n_units=1, replicates=2)  # with check_folds
+    rows = read_table(run, "trials").table.to_pylist()
+    by_id = {r["trial_id"]: r for r in rows}
+    controls = [r for r in rows if r["control_of"] is not None]
+    assert sorted((by_id[r["control_of"]]["fold"], r["mask"]) for r in controls) == [
+        (0, "random-3-s0"), (0, "top-3"), (1, "random-3-s0"), (1, "top-3")]
+    assert all(r["fold"] == by_id[r["control_of"]]["fold"] and r["replicate_kind"] is None for r in controls)
+    tested = Counter(p["trial_id"] for p in read_table(run, "predictions").table.to_pylist())
+    assert all(tested[r["trial_id"]] == tested[r["control_of"]] for r in controls)  # tested on its trial's fold
