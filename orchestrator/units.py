@@ -12,7 +12,8 @@ A unit is in the first phase, in this order, that has anything left:
 - REPLICATES: the selected trial's hyper-parameters trained `search.replicates - 1` more times (with
   `search.replicate_data: folds`, replicate r on fold r mod K: `replicate_folds`);
 - CONTROLS (`controls:`): the selected trial's hyper-parameters, steps and seed trained again restricted to each
-  of its masks (top-k, random-k, structured: orchestrator/controls.py); a mask with a complete control is done;
+  of its masks (top-k, random-k, structured: orchestrator/controls.py), with `controls.replicates` each complete
+  replicate's too; a (trial, mask) with a complete control is done;
 - ANALYSE: the curves and strength of the selected trial and its replicates (`analysis:`).
 
 What a unit has is counted from its stored rows (`UnitState.count`) plus the work in flight, and
@@ -117,7 +118,7 @@ class Tally:
     gave_up: bool = False
     in_flight: Mapping[Phase, int] = field(default_factory=dict)  # trials handed out; 1 for a describe or analysis
     pilot_done: bool = False  # a complete convergence pilot is stored
-    controls_wanted: int = 0  # the selected trial's masks (orchestrator/controls.py)
+    controls_wanted: int = 0  # the controls of the selected trial (controls.replicates: and its replicates), a mask each
     controls_done: int = 0  # ... with a complete control
 
 
@@ -260,7 +261,7 @@ class UnitState:
 
     @property
     def completed(self) -> int:
-        """Complete trials: search trials, replicates and the convergence pilot."""
+        """Complete trials: search trials, replicates, the convergence pilot and mask controls."""
         return (len(self.search_rows) + sum(map(len, self.replicate_ids.values())) + (self.pilot_steps is not None)
                 + sum(map(len, self.control_masks.values())))
 
