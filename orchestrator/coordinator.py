@@ -109,9 +109,11 @@ class Coordinator:
                                            lambda tid: self.run_dir.artifact(tid).exists()) for p in planned}
         self._count_stored(studies.reconcile(self._interrupted_by_a_crash), store)
         left = [s.left() for s in self.units.values()]
-        search, replicates = (sum(x.steps[phase].left for x in left) for phase in (Phase.SEARCH, Phase.REPLICATES))
+        search, replicates, controls = (sum(x.steps[phase].left for x in left)
+                                        for phase in (Phase.SEARCH, Phase.REPLICATES, Phase.CONTROLS))
         log.info(f"run {self.run_id} in {self.run_dir}: {len(self.units)} unit(s), {search} search trial(s) to run"
-                 + (f", {replicates} replicate(s)" if replicates else ""))
+                 + (f", {replicates} replicate(s)" if replicates else "")
+                 + (f", {controls} mask control(s)" if controls else ""))
         return studies
 
     def _interrupted_by_a_crash(self, unit_id: str, asked: Asked) -> dict:

@@ -21,6 +21,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from orchestrator.controls import mask_names
 from orchestrator.plan import PlannedUnit
 from orchestrator.units import Phase, targets_of
 from search_spaces.config import IntRange, SweepConfig
@@ -170,13 +171,24 @@ def replicate_work(c: Costing) -> list[Piece]:
             for k in batches(c.config.search.replicates - 1, c.config.search.batch)]
 
 
+def control_work(c: Costing) -> list[Piece]:
+    """The selected trial's retrained mask controls (controls:, orchestrator/controls.py; with controls.replicates
+    its replicates' too), trained like replicates."""
+    plan = targets_of(c.config).controls
+    if not plan.applies_to(c.unit.spec.method):
+        return []
+    steps, _ = trial_shape(c.config, c.unit.spec.method)
+    n = len(mask_names(plan, c.facts.n_cells)) * (c.config.search.replicates if plan.replicates else 1)
+    return [training_piece(c, Phase.CONTROLS, [(steps, k, 1.0)], k) for k in batches(n, c.config.search.batch)]
+
+
 def analysis_points(n_cells: int, curves: bool, betas: list[float], k_step: int,
                     k90_within: float | None = None) -> tuple[int, int, int]:
     """Per analysed trial: (curves rows, distinct points scored on val, on test). workers/analysis.py scores the
     points that compute the same thing once: the model at sufficiency k = 0 and necessity k = all, the trial at
-    sufficiency k = all, necessity k = 0 and beta = 1. With k90_within, k90's bracket is narrowed on val by
-    rounds of K90_POINTS sufficiency points, then k90 is scored as necessity on val and both ways on test: the
-    expected count where the grid's bracket around k90 is k_step wide (it is data-dependent)."""
+    sufficiency k = all, necessity k = 0 and beta = 1. With k90_within, k90's bracket is bisected on val (a
+    sufficiency point per round), then k90 is scored as necessity on val and both ways on test: the expected
+    count where the grid's bracket around k90 is k_step wide (it is data-dependent)."""
     n_k = len(k_grid(n_cells, k_step)) if curves else 0
     per_split = 2 * n_k + len(betas)
     distinct = (2 * n_k - 2 if curves else 0) + len(betas) - (1 if curves and 1.0 in betas else 0)
@@ -222,7 +234,7 @@ def analysis_work(c: Costing) -> list[Piece]:
 # One function per phase, in the order a unit goes through them (orchestrator/units.py STEPS).
 PHASE_WORK: dict[Phase, Callable[[Costing], list[Piece]]] = {
     Phase.DESCRIBE: describe_work, Phase.SEARCH: search_work, Phase.REPLICATES: replicate_work,
-    Phase.ANALYSE: analysis_work}
+    Phase.CONTROLS: control_work, Phase.ANALYSE: analysis_work}
 
 
 def unit_cost(c: Costing) -> UnitCost:

@@ -64,6 +64,7 @@ class Deadline:
             if row.get("started_at") is not None and row.get("ended_at") is not None and row["unit_id"] in model_of:
                 phase = Phase.SEARCH if row["replicate_of"] is None else Phase.REPLICATES
                 phase = Phase.PILOT if row.get("pilot") else phase
+                phase = Phase.CONTROLS if row.get("control_of") is not None else phase
                 self.learn(kind_keys(phase, row["unit_id"], model_of[row["unit_id"]]),
                            (row["ended_at"] - row["started_at"]).total_seconds())
 

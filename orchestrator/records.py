@@ -28,9 +28,16 @@ def unfinished_row(run_id: str, unit_id: str, number: int, params: dict, setting
     hyper = Hyper(**params).resolved(settings)
     row = dict(trial_id=trial_id(unit_id, number), unit_id=unit_id, run_id=run_id, trial_number=number,
                status=status, error=error, resample_train=hyper.resample_train, replicate_of=replicate_of,
-               fold=fold_of(hyper, settings), replicate_kind=replicate_kind(hyper, replicate_of), pilot=hyper.pilot)
+               fold=fold_of(hyper, settings), replicate_kind=replicate_kind(hyper, replicate_of), pilot=hyper.pilot,
+               **control_columns(hyper))
     row.update({name: getattr(hyper, name) for name in HYPER_PARAMS})
     return row
+
+
+def control_columns(hyper: Hyper) -> dict:
+    """trials.mask, mask_cells, control_of: a retrained mask control's mask, its size, the trial it controls."""
+    cells = len(hyper.mask_cells) if hyper.mask_cells is not None else None
+    return dict(mask=hyper.mask, mask_cells=cells, control_of=hyper.control_of)
 
 
 def status_of(result: TrialResult) -> Status:
@@ -52,7 +59,7 @@ def trial_rows(run_id: str, unit_id: str, spec: UnitSpec, result: TrialResult,
                started_at=result.started_at, ended_at=result.ended_at, resample_train=hyper.resample_train,
                replicate_of=replicate_of, fold=fold_of(hyper, spec.settings),
                replicate_kind=replicate_kind(hyper, replicate_of), n_test=result.n_test or None,
-               n_test_clusters=result.n_test_clusters or None, pilot=hyper.pilot)
+               n_test_clusters=result.n_test_clusters or None, pilot=hyper.pilot, **control_columns(hyper))
     row.update({name: getattr(hyper, name) for name in HYPER_PARAMS})
     for split in SPLITS_REPORTED:
         for metric in METRICS:

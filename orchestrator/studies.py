@@ -16,6 +16,11 @@ the `pilot` user attribute) and told FAIL however it ended, so that it never ent
 (it is not a search draw); its rows are Parquet's (`trials.pilot`, table checks). The unit's search trials
 and replicates train for the pilot's steps, so they are asked only once the pilot's rows are durable.
 
+A retrained mask control (`controls:`, orchestrator/controls.py) is asked the same way: the selected trial's
+parameters enqueued with its mask, cells, seed and the trial it controls as user attributes, told FAIL however it
+ended (never in a sampler's population) and never re-queued: the unit asks a mask again until it has a complete
+control (`UnitState.take_controls`).
+
 Each unit's sampler has its own seed, hashed from the sweep's `search.seed` and the unit id
 (`unit_seed`): units of one method get different draws, the same unit in another run the same ones.
 """
@@ -34,10 +39,11 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, Trial, TrialState
 
+from orchestrator.controls import mask_cells
 from orchestrator.journal import repair_journal
 from orchestrator.plan import PlannedUnit
 from orchestrator.records import trial_id
-from orchestrator.units import Asked, Phase, Work
+from orchestrator.units import Asked, Phase, Work, controlled_trials
 from search_spaces.config import Search
 from search_spaces.spaces import directions, distributions, grid_size, make_sampler, objective_values
 from storage.run_dir import RunDir
@@ -51,6 +57,10 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 REPLICATE_ATTR = "replicate_of"  # the user attribute that marks a replicate and names the trial it re-trains
 FOLD_ATTR = "fold"  # a replicate's fold (search.replicate_data: folds), kept with the trial so a resume re-runs it there
 PILOT_ATTR = "pilot"  # the user attribute that marks a unit's convergence pilot
+CONTROL_ATTR = "control_of"  # a retrained mask control: the trial it controls (with MASK_ATTR, CELLS_ATTR, SEED_ATTR)
+MASK_ATTR, CELLS_ATTR, SEED_ATTR = "mask", "mask_cells", "control_seed"
+# a controlled replicate's data: its fold (fold replicates) or bootstrap resample, trained on again by its controls
+CONTROL_FOLD_ATTR, CONTROL_RESAMPLE_ATTR = "control_fold", "control_resample"
 
 
 def unit_seed(unit_id: str, seed: int) -> int:
@@ -73,14 +83,14 @@ class Outcome:
 
     @classmethod
     def interrupted(cls, params: dict[str, Any], replicate_of: str | None) -> Outcome:
-        if params.get("pilot"):  # never re-queued as a search draw: the unit asks for a new pilot
+        # never re-queued as a search draw: the unit asks for a new pilot, or its mask's control again
+        if params.get("pilot") or params.get("control_of") is not None:
             return cls.failed()
         return cls(TrialState.FAIL, requeue=(params, replicate_of))
 
     @classmethod
     def of_result(cls, result: TrialResult, search: Search) -> Outcome:
-        if not result.ok or result.hyper.pilot:  # a pilot is never in the sampler's population
-            return cls.failed()
+        if not result.ok or result.hyper.pilot or result.hyper.control_of is not None:  # never in the population
             return cls.failed()
         if result.pruned:
             return cls(TrialState.PRUNED)
@@ -89,7 +99,7 @@ class Outcome:
     @classmethod
     def of_row(cls, row: dict[str, Any], params: dict[str, Any], search: Search) -> Outcome:
         """From a stored trials row (`params`: the trial's, to re-queue it if it was interrupted)."""
-        if row.get("pilot"):
+        if row.get("pilot") or row.get("control_of") is not None:
             return cls.failed()
         if row["status"] == Status.COMPLETE:
             metrics = {"val": {m: row[f"val_{m}"] for m in ("flip_rate", "kl_other", "l1")}}
@@ -124,16 +134,24 @@ class UnitStudy:
         if trial.user_attrs.get(PILOT_ATTR):
             params["pilot"] = True
             params["prunable"] = False
+        if trial.user_attrs.get(CONTROL_ATTR) is not None:  # the controlled trial's seed, only its mask's cells free
+            attrs = trial.user_attrs
+            params.update(seed=attrs[SEED_ATTR], prunable=False, control_of=attrs[CONTROL_ATTR], mask=attrs[MASK_ATTR],
+                          mask_cells=attrs[CELLS_ATTR], resample_train=bool(attrs.get(CONTROL_RESAMPLE_ATTR)))
+            if attrs.get(CONTROL_FOLD_ATTR) is not None:
+                params["fold"] = attrs[CONTROL_FOLD_ATTR]
         return params
 
-    def _ask(self, replicate_of: str | None, fold: int | None = None, pilot: bool = False) -> Trial:
+    def _ask(self, replicate_of: str | None, fold: int | None = None, pilot: bool = False,
+             mask: str | None = None, control_of: str | None = None) -> Trial:
         """Ask for a trial; a stale waiting trial of another kind or fold (left by a crash) is discarded (failed
         unrun: it has no rows) so that search trials, replicates and pilots never mix, nor replicates' folds."""
         while True:
             trial = self.study.ask(self.dists)
             attrs = trial.user_attrs
             if (attrs.get(REPLICATE_ATTR) == replicate_of and attrs.get(FOLD_ATTR) == fold
-                    and bool(attrs.get(PILOT_ATTR)) == pilot):
+                    and bool(attrs.get(PILOT_ATTR)) == pilot and attrs.get(MASK_ATTR) == mask
+                    and attrs.get(CONTROL_ATTR) == control_of):
                 return trial
             self.study.tell(trial.number, state=TrialState.FAIL)
 
@@ -154,6 +172,23 @@ class UnitStudy:
             self.study.enqueue_trial(params, user_attrs=attrs)
             trial = self._ask(selected["trial_id"], fold)
             asked.append(Asked(trial.number, self.trial_params(trial, steps), selected["trial_id"]))
+        return asked
+
+    def ask_controls(self, controlled: dict[str, Any], masks: list[tuple[str, list[tuple[int, int, int]]]],
+                     steps: int | None = None) -> list[Asked]:
+        """The controlled trial's hyper-parameters, seed and data (a replicate's fold or resample) again, once per
+        (mask, cells), each enqueued with its control attributes in one journal record, then asked at once;
+        `steps`: the training length a pilot set."""
+        params = {name: controlled[name] for name in self.dists}
+        asked = []
+        for mask, cells in masks:
+            attrs = {CONTROL_ATTR: controlled["trial_id"], MASK_ATTR: mask, CELLS_ATTR: [list(c) for c in cells],
+                     SEED_ATTR: int(controlled["seed"]), CONTROL_RESAMPLE_ATTR: bool(controlled.get("resample_train"))}
+            if controlled.get("replicate_kind") == "fold":
+                attrs[CONTROL_FOLD_ATTR] = controlled["fold"]
+            self.study.enqueue_trial(params, user_attrs=attrs)
+            trial = self._ask(None, mask=mask, control_of=controlled["trial_id"])
+            asked.append(Asked(trial.number, self.trial_params(trial, steps)))
         return asked
 
     def ask_pilot(self, max_steps: int) -> Asked:
@@ -200,9 +235,35 @@ class Studies:
         if work.phase is Phase.SEARCH:
             return study.ask_search(work.count, unit.pilot_steps)
         self.sync()
+        if work.phase is Phase.CONTROLS:
+            return self._ask_controls(work)
         selected = unit.selected
         assert selected is not None and selected["trial_id"] == work.replicate_of
         return study.ask_replicates(selected, unit.take_replicate_folds(work.count), unit.pilot_steps)
+
+    def _ask_controls(self, work: Work) -> list[Asked]:
+        """A batch of controls, their cells from each controlled trial's scalars rows (durable: synced before)."""
+        unit = work.unit
+        rows = {row["trial_id"]: row for row in controlled_trials(unit)}
+        by_trial: dict[str, list[str]] = {}
+        for tid, name in unit.take_controls(work.count):
+            by_trial.setdefault(tid, []).append(name)
+        asked = []
+        for tid, names in by_trial.items():
+            cells = self._cells_of(tid)
+            masks = [(name, mask_cells(name, cells, tid)) for name in names]
+            asked += self.units[unit.unit_id].ask_controls(rows[tid], masks, unit.pilot_steps)
+        return asked
+
+    def _cells_of(self, trial: str) -> list[dict[str, Any]]:
+        """A trial's scalars rows, in the cell grid's order (as its worker wrote them)."""
+        import pyarrow.compute as pc
+
+        table = self.store.read("scalars").table
+        rows: list[dict[str, Any]] = table.filter(pc.equal(table["trial_id"], trial)).to_pylist()
+        if not rows:
+            raise UsageError(f"trial {trial} has no stored cells (scalars rows): its masked controls cannot be drawn")
+        return rows
 
     def record(self, unit_id: str, number: int, outcome: Outcome, rows: dict[str, list[dict]] | None = None) -> None:
         """A trial's end: its rows (in writing order) to the store now, its outcome to Optuna once they are durable."""

@@ -42,7 +42,8 @@ def _selected_rows(run_dir: RunDir, units: list[UnitState]) -> list[dict]:
                              val_flip_rate=row["val_flip_rate"], val_kl_other=row["val_kl_other"],
                              sites_moved=row["sites_moved"], sites_total=row["sites_total"],
                              selected_by=row["selected_by"], replicates=len(state.replicate_ids.get(row["trial_id"], [])),
-                             n_val=n_val.get(state.unit_id)))
+                             n_val=n_val.get(state.unit_id),
+                             controls=len(state.control_masks.get(row["trial_id"], set()))))
     return selected
 
 
@@ -63,5 +64,6 @@ def summarize(run_dir: RunDir, units: list[UnitState], model_loads: int, wall: f
         flag = "  [fallback: none reached min_flip]" if b["selected_by"] == "fallback" else ""
         log.info(f"  selected {b['unit']}: {b['trial_id']} val flip_rate {b['val_flip_rate']:.3f} (n={b['n_val']}), "
                  f"val kl_other {b['val_kl_other']:.3f}, sites moved {b['sites_moved']}/{b['sites_total']}, "
-                 f"{b['replicates']} replicate(s){flag}")
+                 f"{b['replicates']} replicate(s)" + (f", {b['controls']} mask control(s)" if b["controls"] else "")
+                 + flag)
     return summary

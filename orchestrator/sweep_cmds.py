@@ -109,7 +109,7 @@ WITH u AS (SELECT DISTINCT ON (unit_id) * FROM units ORDER BY unit_id),
 counts AS (
     SELECT unit_id,
            count(*) FILTER (WHERE status = '{Status.COMPLETE}' AND replicate_of IS NULL
-                            AND NOT coalesce(pilot, false)) AS done,
+                            AND NOT coalesce(pilot, false) AND control_of IS NULL) AS done,
            count(*) FILTER (WHERE status = '{Status.COMPLETE}' AND coalesce(pilot, false)) AS pilots,
            count(*) FILTER (WHERE status = '{Status.FAILED}') AS failed,
            count(*) FILTER (WHERE status = '{Status.INTERRUPTED}') AS interrupted,
@@ -120,7 +120,11 @@ SELECT u.unit_id, u.model, u.task, u.site, u.method, u.n_train, u.n_val, u.n_tes
        coalesce(c.pruned, 0) AS pruned, coalesce(c.pilots, 0) AS pilots,
        s.trial_id AS selected_trial, s.selected_by, s.val_flip_rate, s.val_kl_other, s.test_flip_rate,
        s.test_kl_other, s.sites_moved, s.sites_total, s.n_params,
-       (SELECT count(*) FROM trials r WHERE r.replicate_of = s.trial_id AND r.status = '{Status.COMPLETE}') AS replicates
+       (SELECT count(*) FROM trials r WHERE r.replicate_of = s.trial_id AND r.status = '{Status.COMPLETE}') AS replicates,
+       (SELECT count(DISTINCT r.control_of || '/' || r.mask) FROM trials r
+        WHERE r.status = '{Status.COMPLETE}' AND r.control_of IN (
+            SELECT x.trial_id FROM trials x
+            WHERE x.trial_id = s.trial_id OR (x.replicate_of = s.trial_id AND x.status = '{Status.COMPLETE}'))) AS controls
 FROM u LEFT JOIN counts c USING (unit_id) LEFT JOIN selected s USING (unit_id)
 ORDER BY u.model, u.task, u.site, u.method, u.unit_id"""
 
@@ -173,13 +177,20 @@ def unit_status(run_dir: Path) -> list[dict]:
 
 def _left(run: RunDir, sweep, row: dict, unanalysed: list[str]):
     """What is left of a described unit, by the pure rule the coordinator schedules with."""
+    from orchestrator.controls import mask_names
     from orchestrator.units import Tally, targets_of, unit_left
 
+    targets = targets_of(sweep)
+    wanted = 0
+    if row["selected_trial"] is not None and targets.controls.applies_to(row["method"]):
+        seeds = 1 + (int(row["replicates"]) if targets.controls.replicates else 0)
+        wanted = len(mask_names(targets.controls, int(row["sites_total"]))) * seeds
     tally = Tally(described=True, search_finished=int(row["done"]) + int(row["pruned"]), selected=row["selected_trial"],
                   replicates_done=int(row["replicates"]), to_analyse=tuple(unanalysed),
                   analysis_stopped=not all(run.artifact(tid).exists() for tid in unanalysed),
-                  pilot_done=int(row["pilots"]) > 0)
-    return unit_left(targets_of(sweep), tally)
+                  pilot_done=int(row["pilots"]) > 0, controls_wanted=wanted,
+                  controls_done=min(wanted, int(row["controls"] or 0)))
+    return unit_left(targets, tally)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -2,8 +2,8 @@
 
 A unit is in the first phase, in this order, that has anything left:
 
-    DESCRIBE ──► PILOT ──► SEARCH ──► REPLICATES ──► ANALYSE ──► DONE
-        └──────────┴──────────┴────────────┴─────────────┴──────► GAVE_UP  (too many failed trials in this run)
+    DESCRIBE ──► PILOT ──► SEARCH ──► REPLICATES ──► CONTROLS ──► ANALYSE ──► DONE
+        └──────────┴──────────┴────────────┴─────────────┴────────────┴──────► GAVE_UP  (too many failed trials)
 
 - DESCRIBE: the unit prepared on a worker (its units and examples rows);
 - PILOT (with `train.converge`): one convergence pilot trained until its val objective converges; its steps
@@ -11,6 +11,9 @@ A unit is in the first phase, in this order, that has anything left:
 - SEARCH: `search.n_trials` search trials from its Optuna study (complete and pruned ones count);
 - REPLICATES: the selected trial's hyper-parameters trained `search.replicates - 1` more times (with
   `search.replicate_data: folds`, replicate r on fold r mod K: `replicate_folds`);
+- CONTROLS (`controls:`): the selected trial's hyper-parameters, steps and seed trained again restricted to each
+  of its masks (top-k, random-k, structured: orchestrator/controls.py), with `controls.replicates` each complete
+  replicate's too; a (trial, mask) with a complete control is done;
 - ANALYSE: the curves and strength of the selected trial and its replicates (`analysis:`).
 
 What a unit has is counted from its stored rows (`UnitState.count`) plus the work in flight, and
@@ -30,6 +33,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from orchestrator.controls import ControlPlan, mask_names, plan_of
 from storage.schema import Status
 from workers.asha import RungEntry
 
@@ -46,12 +50,13 @@ class Phase(enum.Enum):
     PILOT = "pilot"
     SEARCH = "search"
     REPLICATES = "replicates"
+    CONTROLS = "controls"
     ANALYSE = "analyse"
     DONE = "done"
     GAVE_UP = "gave up"
 
 
-TRIAL_PHASES = (Phase.PILOT, Phase.SEARCH, Phase.REPLICATES)  # phases whose work is a batch of trials
+TRIAL_PHASES = (Phase.PILOT, Phase.SEARCH, Phase.REPLICATES, Phase.CONTROLS)  # phases whose work is a batch of trials
 
 
 class Asked(NamedTuple):
@@ -73,6 +78,7 @@ class Targets:
     min_flip: float = 0.9  # the selection rule's threshold
     replicate_folds: int = 0  # K: replicate r trains on fold r mod K (search.replicate_data: folds); 0: no folds
     pilot: bool = False  # a convergence pilot before the search (train.converge)
+    controls: ControlPlan = ControlPlan()  # retrained mask controls of the selected trial (controls:)
 
 
 def targets_of(config: SweepConfig) -> Targets:
@@ -81,7 +87,7 @@ def targets_of(config: SweepConfig) -> Targets:
                    analysis.enabled and bool(analysis.curves or analysis.betas),
                    max(3, 2 * config.search.n_trials), config.selection.min_flip,
                    config.train.folds if config.search.replicate_data == "folds" else 0,
-                   config.train.converge is not None)
+                   config.train.converge is not None, plan_of(config))
 
 
 def replicate_folds(replicates: int, n_folds: int, done: Iterable[int | None],
@@ -112,6 +118,8 @@ class Tally:
     gave_up: bool = False
     in_flight: Mapping[Phase, int] = field(default_factory=dict)  # trials handed out; 1 for a describe or analysis
     pilot_done: bool = False  # a complete convergence pilot is stored
+    controls_wanted: int = 0  # the controls of the selected trial (controls.replicates: and its replicates), a mask each
+    controls_done: int = 0  # ... with a complete control
 
 
 @dataclass(frozen=True)
@@ -143,6 +151,12 @@ def _replicates(targets: Targets, tally: Tally) -> Step:
     return Step(left, max(0, left - tally.in_flight.get(Phase.REPLICATES, 0)))
 
 
+def _controls(targets: Targets, tally: Tally) -> Step:
+    """A control per mask of the selected trial that has no complete one yet."""
+    left = max(0, tally.controls_wanted - tally.controls_done)
+    return Step(left, max(0, left - tally.in_flight.get(Phase.CONTROLS, 0)))
+
+
 def _analyse(targets: Targets, tally: Tally) -> Step:
     """One analysis of every trial still to analyse; never two at once."""
     wanted = targets.analysis and tally.selected is not None and not tally.analysis_stopped
@@ -152,7 +166,7 @@ def _analyse(targets: Targets, tally: Tally) -> Step:
 
 STEPS: dict[Phase, Callable[[Targets, Tally], Step]] = {
     Phase.DESCRIBE: _describe, Phase.PILOT: _pilot, Phase.SEARCH: _search, Phase.REPLICATES: _replicates,
-    Phase.ANALYSE: _analyse}
+    Phase.CONTROLS: _controls, Phase.ANALYSE: _analyse}
 
 
 @dataclass(frozen=True)
@@ -164,7 +178,7 @@ class Left:
 
     @property
     def trials(self) -> int:
-        """Search trials and replicates not finished yet (in flight included)."""
+        """Trials not finished yet (pilot, search trials, replicates, controls; in flight included)."""
         return sum(self.steps[p].left for p in TRIAL_PHASES)
 
     @property
@@ -204,7 +218,8 @@ class Work:
             return f"unit {self.unit.unit_id} to be prepared"
         if self.phase is Phase.ANALYSE:
             return f"analysis of {', '.join(self.trial_ids)}"
-        kind = {Phase.REPLICATES: "replicate", Phase.PILOT: "convergence pilot"}.get(self.phase, "trial")
+        kinds = {Phase.REPLICATES: "replicate", Phase.PILOT: "convergence pilot", Phase.CONTROLS: "mask control"}
+        kind = kinds.get(self.phase, "trial")
         if not self.asked:  # decided, not asked yet
             return f"{self.count} {kind}(s) of unit {self.unit.unit_id}"
         return f"{kind}(s) {', '.join(str(a.number) for a in self.asked)} of unit {self.unit.unit_id}"
@@ -225,6 +240,9 @@ class UnitState:
         self.folds_in_flight: list[int] = []  # the folds of replicates handed out (search.replicate_data: folds)
         self.analysed: set[str] = set()  # trial ids with rows in the curves table
         self.pilot_steps: int | None = None  # the complete convergence pilot's steps: the search's training length
+        self.replicate_rows: dict[str, dict[str, Any]] = {}  # complete replicates' rows (controls: replicates)
+        self.control_masks: dict[str, set[str]] = {}  # controlled trial id -> the masks of its complete controls
+        self.controls_in_flight: list[tuple[str, str]] = []  # (controlled trial, mask) of controls handed out
         self.failed = self.interrupted = self.pruned = 0  # trials (failed: also describes that failed)
         self.analysis_failures = 0
         self.gave_up = False
@@ -243,8 +261,9 @@ class UnitState:
 
     @property
     def completed(self) -> int:
-        """Complete trials: search trials, replicates and the convergence pilot."""
-        return len(self.search_rows) + sum(map(len, self.replicate_ids.values())) + (self.pilot_steps is not None)
+        """Complete trials: search trials, replicates, the convergence pilot and mask controls."""
+        return (len(self.search_rows) + sum(map(len, self.replicate_ids.values())) + (self.pilot_steps is not None)
+                + sum(map(len, self.control_masks.values())))
 
     # ------------------------------------------------------------ the selection
     def selection_stale(self) -> bool:
@@ -272,9 +291,19 @@ class UnitState:
             folds = [self.trial_folds.get(t) for t in replicates]
             done = self.targets.replicates - 1 - len(replicate_folds(self.targets.replicates,
                                                                      self.targets.replicate_folds, folds))
+        wanted = wanted_controls(self)
+        done_masks = {(t, m) for t, masks in self.control_masks.items() for m in masks}
         return Tally(self.described, len(self.search_rows) + self.pruned, chosen, done, to_analyse,
                      self.analysis_failures >= ANALYSIS_TRIES, self.gave_up, dict(self.in_flight),
-                     self.pilot_steps is not None)
+                     self.pilot_steps is not None, len(wanted), len(done_masks & set(wanted)))
+
+    def take_controls(self, k: int) -> list[tuple[str, str]]:
+        """The next k controls, (controlled trial, mask), neither complete nor in flight: marked in flight until
+        released."""
+        chosen = [(t, m) for t, m in wanted_controls(self)
+                  if m not in self.control_masks.get(t, set()) and (t, m) not in self.controls_in_flight][:k]
+        self.controls_in_flight += chosen
+        return chosen
 
     def take_replicate_folds(self, k: int) -> list[int | None]:
         """The folds of the next k replicates, marked in flight until their work is released (None each: the
@@ -330,6 +359,9 @@ class UnitState:
         for asked in work.asked:
             if asked.replicate_of is not None and asked.params.get("fold") in self.folds_in_flight:
                 self.folds_in_flight.remove(asked.params["fold"])
+            control = (asked.params.get("control_of"), asked.params.get("mask"))
+            if control in self.controls_in_flight:
+                self.controls_in_flight.remove(control)
 
     # ------------------------------------------------------------ results
     def count(self, row: dict[str, Any]) -> None:
@@ -339,15 +371,19 @@ class UnitState:
                 self.trial_folds[row["trial_id"]] = row["fold"]
             if row.get("pilot"):
                 self.pilot_steps = row["steps_done"]
+            elif row.get("control_of") is not None:
+                self.control_masks.setdefault(row["control_of"], set()).add(row["mask"])
             elif row["replicate_of"] is None:
                 self.search_rows.append(row)
             else:
                 self.replicate_ids.setdefault(row["replicate_of"], []).append(row["trial_id"])
+                self.replicate_rows[row["trial_id"]] = row
         elif row["status"] == Status.FAILED:
             self.failed += 1
         elif row["status"] == Status.INTERRUPTED:
             self.interrupted += 1
-        elif row["status"] == Status.PRUNED and row["replicate_of"] is None and not row.get("pilot"):
+        elif (row["status"] == Status.PRUNED and row["replicate_of"] is None and not row.get("pilot")
+              and row.get("control_of") is None):
             self.pruned += 1
 
     def count_rungs(self, number: int, checks: Iterable[dict[str, Any]]) -> None:
@@ -363,6 +399,23 @@ class UnitState:
             self.gave_up = True
             log.error(f"unit {self.unit_id} ({self.planned.spec.describe()}): {self.failed} failed trials; "
                       "giving up on it")
+
+
+def controlled_trials(state: UnitState) -> list[dict[str, Any]]:
+    """The rows of the trials a unit's controls control: its selected trial, and with `controls.replicates` its
+    complete replicates (none: no controls for the unit's method, or nothing selected yet)."""
+    plan, selected = state.targets.controls, state.selected
+    if selected is None or not plan.applies_to(state.planned.spec.method):
+        return []
+    replicates = state.replicate_ids.get(selected["trial_id"], []) if plan.replicates else []
+    return [selected] + [state.replicate_rows[t] for t in replicates]
+
+
+def wanted_controls(state: UnitState) -> list[tuple[str, str]]:
+    """Every control a unit wants: (controlled trial, mask), in the order they are trained."""
+    plan = state.targets.controls
+    return [(row["trial_id"], name) for row in controlled_trials(state)
+            for name in mask_names(plan, int(row["sites_total"]))]
 
 
 def refresh_selections(states: Iterable[UnitState]) -> None:

@@ -14,7 +14,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from search_spaces.duration import parse_duration
 from storage.selection import DEFAULT_MIN_FLIP
 from workers.errors import UsageError
-from workers.names import SITES, STRENGTHS, import_plugins, method_names
+from workers.names import (
+    DEFAULT_CONTROL_METHODS,
+    MASKABLE_METHODS,
+    SITES,
+    STRENGTHS,
+    STRUCTURED_MASKS,
+    import_plugins,
+    method_names,
+)
 from workers.unit import Convergence, TrainSettings
 
 V = TypeVar("V", bound=Iterable[str])
@@ -241,6 +249,67 @@ class Analysis(_Strict):
         return v
 
 
+class Controls(_Strict):
+    """Retrained mask controls (orchestrator/controls.py): after a unit's replicates, its selected trial's
+    hyper-parameters, steps and seed trained again with only the cells of a mask free (every other cell stays
+    exactly identity): its top-k cells, k random cells, and named structured masks. Rows: trials.mask,
+    mask_cells, control_of; never selected."""
+
+    enabled: bool = Field(False, description="train the controls as part of the sweep (not part of any unit's id)")
+    ks: list[int] | None = Field(None, description="k values (cells): a top-k and `random_masks` random-k controls "
+                                 "at each (a k not below the unit's cells is left out)")
+    k_fractions: list[float] | None = Field(None, description="k as shares of the unit's cells (sites_total), e.g. "
+                                            "[0.02, 0.05, 0.1], rounded, at least 1; with `ks`, both")
+    random_masks: int = Field(5, ge=1, description="random-k controls per k, each a different seeded draw of k cells "
+                              "(the page's top-vs-random comparison needs 5)")
+    structured: list[str] = Field(default_factory=list, description=f"named structured masks: any of "
+                                  f"{', '.join(STRUCTURED_MASKS)} (final_position: every layer at the last position; "
+                                  "names_and_final: the positions of IOI's names and the last one)")
+    methods: list[str] = Field(list(DEFAULT_CONTROL_METHODS), min_length=1,
+                               description="the methods whose units get controls: any of "
+                               f"{', '.join(MASKABLE_METHODS)} (their parameters span the cell grid)")
+
+    replicates: bool = Field(False, description="also control each complete replicate of the selected trial (its "
+                             "own top cells and random draws, its seed, fold and resample): the findings page pools "
+                             "the controls of a trial's seeds")
+
+    @field_validator("ks")
+    @classmethod
+    def _ks(cls, v: list[int] | None) -> list[int] | None:
+        bad = [k for k in v or [] if k < 1]
+        if bad:
+            raise ValueError(f"ks {bad}: each k must be at least 1")
+        return v
+
+    @field_validator("k_fractions")
+    @classmethod
+    def _fractions(cls, v: list[float] | None) -> list[float] | None:
+        bad = [f for f in v or [] if not 0 < f < 1]
+        if bad:
+            raise ValueError(f"k_fractions {bad}: each must be in (0, 1)")
+        return v
+
+    @field_validator("structured")
+    @classmethod
+    def _structured(cls, v: list[str]) -> list[str]:
+        return _all_in(v, STRUCTURED_MASKS, "structured mask")
+
+    @field_validator("methods")
+    @classmethod
+    def _maskable(cls, v: list[str]) -> list[str]:
+        for m in v:
+            if m not in MASKABLE_METHODS:
+                raise ValueError(f"method {m!r} cannot be masked (its parameters do not span the cell grid); "
+                                 f"accepted: {', '.join(MASKABLE_METHODS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _something(self) -> Self:
+        if self.enabled and not (self.ks or self.k_fractions or self.structured):
+            raise ValueError("controls.enabled needs ks, k_fractions or structured masks")
+        return self
+
+
 class Resources(_Strict):
     cpus_per_worker: float = Field(1.0, gt=0, description="Ray CPUs per worker (also its torch threads)")
     gpus_per_worker: float = Field(0.0, ge=0, description="Ray GPUs per worker")
@@ -271,6 +340,8 @@ class SweepConfig(_Strict):
     selection: Selection = Field(Selection(), description="the one rule that picks each unit's selected trial")
     analysis: Analysis = Field(Analysis(), description="what each unit's selected trial and replicates do, "
                                "measured after its search (not part of the unit's id)")
+    controls: Controls = Field(Controls(), description="retrained mask controls of each unit's selected trial, "
+                               "after its replicates (not part of the unit's id)")
     resources: Resources = Field(Resources(), description="Ray resources")
     allow_pickle: bool = Field(False, description="allow pickle (.bin) checkpoints; safetensors only by default")
 

@@ -55,6 +55,7 @@ def check_run(run_dir: Path, n_trials: int, n_units: int, replicates: int = 1) -
     assert not [i for i, c in ids.items() if c > 1], "a trial id appears twice"
     pilots = [r for r in rows if r["pilot"]]
     rows = [r for r in rows if not r["pilot"]]  # the convergence pilots: check_pilots
+    rows = [r for r in rows if r.get("control_of") is None]  # retrained mask controls: tests/test_controls.py
     complete = [r for r in rows if r["status"] == "complete"]
     pruned = [r for r in rows if r["status"] == "pruned"]
     assert all(r["replicate_of"] is None for r in pruned), "a replicate was pruned"

@@ -135,7 +135,11 @@ def test_table_columns_match_the_worker_contract():
 
     assert METRICS == METRIC_NAMES
     # resample_train, fold and pilot have their columns; prunable is False exactly for replicates and pilots
-    assert set(HYPER_PARAMS) | {"resample_train", "prunable", "fold", "pilot"} == {f.name for f in fields(Hyper)}
+    # a retrained mask control's mask, mask_cells (its size) and control_of have theirs (orchestrator/records.py)
+    controls = {"mask", "mask_cells", "control_of"}
+    assert set(HYPER_PARAMS) | {"resample_train", "prunable", "fold", "pilot"} | controls == {f.name for f in
+                                                                                             fields(Hyper)}
+    assert controls <= set(TRIALS.names)
     assert {"resample_train", "pilot", "fold"} <= set(TRIALS.names)
     columns = set(TRIALS.names)
     assert {"resample_train", "fold", "replicate_kind", "n_test", "n_test_clusters"} <= columns

@@ -201,3 +201,13 @@ def model_identity(name: str) -> dict[str, str | None]:
     return dict(model_family=facts.family, model_checkpoint=facts.checkpoint, model_source=facts.source_file
                 or facts.upstream, model_source_sha256=facts.source_sha256, model_quantisation=facts.quantisation,
                 model_licence=facts.licence, model_licence_url=facts.licence_url)
+
+
+# Retrained mask controls (`controls:` in a sweep, orchestrator/controls.py): the methods whose parameters span the
+# cell grid (layer, position[, head]), so that a cell mask leaves every other cell exactly at identity
+MASKABLE_METHODS = ("activscalar", "steervec")
+DEFAULT_CONTROL_METHODS = ("activscalar",)  # controls.methods by default
+# Named structured masks a researcher would try, by the role a position holds (workers/columns.py): every layer at the
+# final position; the name positions (IOI's IO, S1, S2) and the final position
+STRUCTURED_MASKS = ("final_position", "names_and_final")
+NAME_ROLES = ("IO", "S1", "S2")

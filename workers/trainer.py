@@ -15,7 +15,9 @@ from workers.asha import Rungs
 from workers.columns import CellColumn
 from workers.convergence import PilotWatch
 from workers.directions import mean_difference
-from workers.interventions import CellRecorder, CellStats, Intervention, build_intervention, installed, method_class
+from workers.errors import UsageError
+from workers.interventions import Acting, CellRecorder, CellStats, Intervention, build_intervention, installed, method_class
+from workers.masks import MaskedTraining, hold_outside, keep_grid
 from workers.models import LoadedModel
 from workers.objective import flipped, objective
 from workers.precision import evaluation_model, training_model
@@ -106,6 +108,7 @@ def train_group(loaded: LoadedModel, unit: PreparedUnit, hypers: list[Hyper], re
     pad_id = loaded.tokenizer.pad_token_id
     intervention = build_intervention(unit.spec.method, refs, k, unit.n_positions, direction).to(loaded.device)
     optimizers = [torch.optim.Adam(intervention.trial_parameters(i), lr=h.lr) for i, h in enumerate(hypers)]
+    keep = _mask_grid(unit, hypers, refs, intervention)  # [K, L, T(, H)]: masked controls (workers/masks.py)
     steps = [h.steps or unit.spec.settings.steps for h in hypers]
     batch = hypers[0].batch_size or unit.spec.settings.batch_size
     batches = [TrainBatches(len(train), batch, h.seed, h.resample_train) for h, train in zip(hypers, trains)]
@@ -142,7 +145,8 @@ def train_group(loaded: LoadedModel, unit: PreparedUnit, hypers: list[Hyper], re
         prefix = None
         if trains[0].prefix is not None:
             prefix = _gathered([trains[i].prefix[r] for i, r in zip(live, idx)], width)
-        with installed(intervention, refs) as hooks:
+        acting: Acting = intervention if keep is None else MaskedTraining(intervention, keep[live])
+        with installed(acting, refs) as hooks:
             logits, ctx = intervened_logits(loaded, hooks, ids, lengths, unit.first_layer, prefix)
         logits = logits.reshape(len(live), len(idx[0]), -1)  # [K', B, V]
         before = torch.stack([trains[i].reference_logits[r] for i, r in zip(live, idx)]).to(loaded.device)
@@ -170,6 +174,19 @@ def train_group(loaded: LoadedModel, unit: PreparedUnit, hypers: list[Hyper], re
         watch.finish(intervention, live, max(steps))
     intervention.keep_trials(None)
     return intervention, tokens
+
+
+def _mask_grid(unit: PreparedUnit, hypers: list[Hyper], refs: list[SiteRef],
+               intervention: Intervention) -> torch.Tensor | None:
+    """The trials' cell masks ([K, L, T(, H)] bool, None: no trial has one), with the gradient outside each held at 0."""
+    if all(h.mask_cells is None for h in hypers):
+        return None
+    if unit.n_positions is None:
+        raise UsageError(f"method {unit.spec.method!r} takes prompts of any length: its cells cannot be masked")
+    keep = keep_grid(hypers, list(unit.layers), unit.n_positions, refs[0].n_heads)
+    assert keep is not None
+    hold_outside(intervention, keep)
+    return keep.to(next(intervention.parameters()).device)
 
 
 def _cell_rows(unit: PreparedUnit, columns: list[CellColumn], values: torch.Tensor, effects: torch.Tensor,

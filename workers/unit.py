@@ -100,6 +100,16 @@ class Hyper:
     # with search.replicate_data: folds names its fold (replicate r: fold r mod K), even fold 0
     fold: int | None = None
     pilot: bool = False  # the unit's convergence pilot: trained until its val objective converges (never selected)
+    # a retrained mask control (orchestrator/controls.py): its mask's name ("top-16", "random-16-s3", "final_position"),
+    # its cells (layer, position, head; head -1 off the head site), free to move while every other cell stays exactly
+    # identity, and the selected trial it controls. Never selected, never pruned
+    mask: str | None = None
+    mask_cells: tuple[tuple[int, int, int], ...] | None = None
+    control_of: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.mask_cells is not None:  # from JSON (Optuna's user attributes): lists
+            object.__setattr__(self, "mask_cells", tuple(tuple(int(x) for x in c) for c in self.mask_cells))
 
     def resolved(self, settings: TrainSettings) -> Hyper:
         """With steps and batch_size taken from the unit's settings where the trial left them unset."""
