@@ -66,9 +66,9 @@ def patch_run(run_dir: Path | str, unit_ids: list[str] | None = None, splits: tu
     lock.acquire(say)  # no coordinator writes the run while patching rows are added
     written: dict[str, int] = {}
     try:
-        store = RunStore(run, compact_over=0)
+        store = RunStore(Path(run), compact_over=0)
         done = {(r["unit_id"], r["split"]) for r in
-                read_table(run, "patching").table.select(["unit_id", "split"]).to_pylist()}
+                read_table(Path(run), "patching").table.select(["unit_id", "split"]).to_pylist()}
         actors: dict[str, WorkerActor] = {}
         for p in planned:
             spec, uid = p.spec, p.unit_id
