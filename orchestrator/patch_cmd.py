@@ -11,14 +11,16 @@ and a unit whose task has no counterfactual prompts is skipped with the reason.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from workers.errors import UsageError
 
 TOP = 3  # cells named per unit in the printed line
 
 
-def register(sub) -> None:
+def register(sub: Any) -> None:
     p = sub.add_parser("patch", help="activation and attribution patching of each unit's cells on the unintervened "
                                      "model (table patching), for tasks with counterfactual prompts")
     p.add_argument("run_dir")
@@ -28,12 +30,12 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_patch)
 
 
-def _top_cells(rows: list[dict]) -> str:
+def _top_cells(rows: list[dict[str, Any]]) -> str:
     """The TOP cells of largest |effect| under exact patching, as layer/position-or-role[/head]=effect."""
     exact = [r for r in rows if r["kind"] == "activation"] or rows
     exact = sorted(exact, key=lambda r: -abs(r["effect"]))[:TOP]
 
-    def name(r: dict) -> str:
+    def name(r: dict[str, Any]) -> str:
         where = f"pos{r['position']}:{r['role']}" if r["position"] is not None else r["role"]
         head = f"/h{r['head']}" if r["head"] is not None else ""
         return f"L{r['layer']}/{where}{head}={r['effect']:+.2f}"
@@ -42,7 +44,7 @@ def _top_cells(rows: list[dict]) -> str:
 
 
 def patch_run(run_dir: Path | str, unit_ids: list[str] | None = None, splits: tuple[str, ...] = ("val",),
-              say=print) -> dict[str, int]:
+              say: Callable[[str], None] = print) -> dict[str, int]:
     """Patch the run's units (all, or `unit_ids`) and write their rows; unit id -> rows written (0: skipped)."""
     from orchestrator.lock import RunLock
     from orchestrator.model_layers import layer_counts

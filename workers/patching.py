@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -130,7 +131,8 @@ def patched_ld(loaded: LoadedModel, refs: list[SiteRef], prompts: Prompts, h_cf:
                     masks[patch.ref][j] |= tokens[:, :, None] & channels[None, None, :]
                 flat = {r: m.reshape(k * b, m.shape[2], m.shape[3]) for r, m in masks.items()}  # [K * B, T, W]
 
-                def swap(index: int, h: torch.Tensor) -> torch.Tensor | None:
+                def swap(index: int, h: torch.Tensor, flat: dict[int, torch.Tensor] = flat, part: slice = part,
+                         k: int = k) -> torch.Tensor | None:
                     if index not in flat:
                         return None
                     source = h_cf[index][part].to(h.dtype).repeat(k, 1, 1)  # [K * B, T, W]
@@ -158,7 +160,8 @@ def attributed_ld_change(loaded: LoadedModel, refs: list[SiteRef], prompts: Prom
         deltas = [torch.zeros(b, t, ref.width, device=loaded.device, requires_grad=True) for ref in refs]  # [B, T, W]
         clean: list[torch.Tensor] = [torch.empty(0)] * len(refs)
 
-        def add(index: int, h: torch.Tensor) -> torch.Tensor:
+        def add(index: int, h: torch.Tensor, clean: list[torch.Tensor] = clean,
+                deltas: list[torch.Tensor] = deltas) -> torch.Tensor:
             clean[index] = h.detach().float()  # [B, T, W]
             return h + deltas[index].to(h.dtype)  # the same values; its gradient is dLD/dh
 
@@ -167,7 +170,7 @@ def attributed_ld_change(loaded: LoadedModel, refs: list[SiteRef], prompts: Prom
             ld = logit_diff(logits, prompts.a_ids[part], prompts.b_ids[part])  # [B]
             grads = torch.autograd.grad(ld.sum(), deltas, allow_unused=True)  # L x [B, T, W]
         products = []
-        for index, ref in enumerate(refs):
+        for index in range(len(refs)):
             g = grads[index] if grads[index] is not None else torch.zeros_like(deltas[index])
             products.append((h_cf[index][part] - clean[index]) * g.detach())  # [B, T, W]
         for p, patch in enumerate(patches):
@@ -207,7 +210,7 @@ def _cells(unit: PreparedUnit, refs: list[SiteRef]) -> list[tuple[int, int, int 
 
 
 def patch_unit(loaded: LoadedModel, unit: PreparedUnit, split: str = "val",
-               kinds: Sequence[str] = PATCH_KINDS, rows_per_forward: int | None = None) -> list[dict]:
+               kinds: Sequence[str] = PATCH_KINDS, rows_per_forward: int | None = None) -> list[dict[str, Any]]:
     """Patching rows (columns of the patching table without run_id and unit_id) of every cell of the unit,
     for each kind, on one split, in fp32 on the evaluation model."""
     unknown = [k for k in kinds if k not in PATCH_KINDS]
