@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from workers.errors import UsageError
 from workers.patching import Patch, attributed_ld_change, patch_unit, patched_ld, run_clean, unit_prompts
 from workers.precision import evaluation_model
 from workers.prepare import prepare_unit
@@ -96,6 +97,51 @@ def test_rows_have_the_scalars_cells_of_the_unit(tiny_models, model, site, metho
     assert all(r["effect_lo"] <= r["effect"] <= r["effect_hi"] for r in rows)
 
 
+def _stored_run(path, config: dict):
+    """A run directory with its stored sweep and run id only (no trial yet): what `actscale patch` needs."""
+    from search_spaces.config import parse_config
+    from storage.run_dir import RunDir
+
+    run = RunDir(path)
+    run.start_run()
+    run.store_sweep(parse_config(config).to_yaml())
+    return path
+
+
+def test_patch_run_names_a_task_without_counterfactuals_and_patches_once(tmp_path):
+    import json
+
+    from orchestrator.patch_cmd import patch_run
+    from storage.store import read_table
+    from tests.sweeps import tiny_config
+
+    lines = [dict(prompt=f"When Mary and John went to the store, John gave a {o} to", answer_a=" Mary",
+                  answer_b=" John", template="t", entities=[o])
+             for o in ["drink", "book", "ball", "ring", "bag", "key", "cup", "pen", "hat", "box", "map", "car"]]
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    run = _stored_run(tmp_path / "run", tiny_config(tasks=[{"name": "ioi", "options": {"n": 30}}, {"name": str(plain)}],
+                                                    layers=[[2, 3]], train={"filter": "none"}))
+    said: list[str] = []
+    written = patch_run(run, say=said.append)
+    assert len(written) == 2 and sorted(written.values())[0] == 0
+    (skipped,) = [s for s in said if "skipped" in s]
+    assert "plain.jsonl" in skipped and "counterfactual" in skipped
+    (done,) = [s for s in said if "top cells" in s]
+    assert "28 cells" in done and done.count("=") == 3  # 2 layers x 14 positions; the top 3 cells
+    rows = read_table(run, "patching").table.to_pylist()
+    assert len(rows) == max(written.values()) == 2 * 28 and {r["split"] for r in rows} == {"val"}
+    assert len({r["run_id"] for r in rows}) == 1 and rows[0]["run_id"] is not None
+    said.clear()
+    again = patch_run(run, splits=("val", "test"), say=said.append)  # val is there: only test is added
+    assert max(again.values()) == 2 * 28
+    assert patch_run(run, splits=("val", "test"), say=said.append) == dict.fromkeys(written, 0)
+    assert any("already patched" in s for s in said)
+    assert len(read_table(run, "patching").table) == 4 * 28
+    with pytest.raises(UsageError, match="no unit u-nope"):
+        patch_run(run, ["u-nope"])
+
+
 @pytest.mark.slow
 def test_actscale_patch_writes_the_table_once(tmp_path, ray_session, capsys):
     from orchestrator.cli import main
@@ -124,7 +170,12 @@ def test_actscale_patch_writes_the_table_once(tmp_path, ray_session, capsys):
         assert {(r["layer"], r["position"], r["role"], r["head"]) for r in rows
                 if r["unit_id"] == uid and r["kind"] == "activation"} == keys
     n = len(rows)
-    assert load_run(run).patching.shape[0] == n
+    report = load_run(run)
+    assert report.patching.shape[0] == n
+    from reports.claims.c3 import patching_rho
+
+    for row in report.selected.itertuples():  # the page finds each unit's cells in both tables
+        assert patching_rho(report, row).why != "not measured"
     assert main(["patch", str(run)]) == 0
     assert "already patched" in capsys.readouterr().out
     assert len(read_table(run, "patching").table) == n
