@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from workers.errors import UsageError
-from workers.patching import Patch, attributed_ld_change, patch_unit, patched_ld, run_clean, unit_prompts
+from workers.patching import Patch, attributed_ld_change, entering_states, patch_unit, patched_ld, run_clean, unit_prompts
 from workers.precision import evaluation_model
 from workers.prepare import prepare_unit
 from workers.sites import resolve_site
@@ -41,6 +41,21 @@ def test_patching_a_cell_with_its_own_activation_changes_nothing(tiny_models, mo
     torch.testing.assert_close(same, ld.cpu()[None].expand_as(same), rtol=0, atol=1e-5)
     change = attributed_ld_change(loaded, refs, prompts, h, patches, 16)
     assert change.abs().max() == 0.0
+
+
+@pytest.mark.parametrize(("model", "site"), [("tiny-gpt2", "mlp_out"), ("tiny-gemma3", "head"),
+                                             ("tiny-neox", "resid_post")])
+def test_starting_at_the_first_patched_layer_gives_the_full_forwards_ld(tiny_models, model, site):
+    """Layers before a forward's first patched layer are unchanged, so their output is taken from the clean run."""
+    loaded = evaluation_model(tiny_models[model])
+    unit = _unit(loaded, model, site, layers=(1, 2, 3))
+    refs = resolve_site(loaded.model, site, unit.layers)
+    prompts = unit_prompts(loaded, unit, "val")
+    h_cf, _ = run_clean(loaded, refs, prompts.cf_ids, prompts.lengths, prompts.a_ids, prompts.b_ids, 16)
+    patches = _every_cell(unit, refs)
+    full = patched_ld(loaded, refs, prompts, h_cf, patches, 48)
+    cut = patched_ld(loaded, refs, prompts, h_cf, patches, 48, entering_states(loaded, unit.layers, prompts, 16))
+    torch.testing.assert_close(cut, full, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize(("model", "method"), [("tiny-gpt2", "activscalar"), ("tiny-llama", "dynscalar")])

@@ -28,6 +28,7 @@ Exact patching batches cells along the batch dimension: one forward holds K cell
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,12 +36,12 @@ import torch
 
 from workers.analysis import _bootstrap, _token_columns
 from workers.errors import UsageError
-from workers.forward import last_token_logits
+from workers.forward import last_token_logits, start_at_layer
 from workers.models import LoadedModel
 from workers.objective import logit_diff
 from workers.precision import evaluation_model
 from workers.prepare import PreparedUnit
-from workers.sites import SiteRef, hooked, resolve_site
+from workers.sites import SiteRef, hooked, layer_input, resolve_site
 
 PATCH_KINDS = ("activation", "attribution")  # the kinds computed here (storage/schema.py PATCH_KINDS lists more)
 MIN_SWAP = 1e-3  # prompts with |LD - LD_cf| below this are dropped: the effect's denominator
@@ -105,10 +106,29 @@ def _token_mask(columns: torch.Tensor, patch: Patch) -> torch.Tensor:
     return torch.isin(columns, wanted)  # [B, T]
 
 
+def entering_states(loaded: LoadedModel, layers: Sequence[int], prompts: Prompts,
+                    chunk: int) -> dict[int, torch.Tensor]:
+    """The clean prompts' hidden states entering each of `layers` (layer -> [N, T, d], on the device): a patched
+    forward whose first patched layer is l runs from l on, since nothing before it changes."""
+    points = [layer_input(loaded.model, layer) for layer in layers]
+    found: list[list[torch.Tensor]] = [[] for _ in points]
+
+    def record(index: int, h: torch.Tensor) -> None:
+        found[index].append(h.detach().float())  # [B, T, d]
+
+    with torch.no_grad(), hooked(points, record):
+        for i in range(0, len(prompts), chunk):
+            last_token_logits(loaded, prompts.ids[i:i + chunk], prompts.lengths[i:i + chunk])
+    return {layer: torch.cat(parts) for layer, parts in zip(layers, found)}  # layer -> [N, T, d]
+
+
 def patched_ld(loaded: LoadedModel, refs: list[SiteRef], prompts: Prompts, h_cf: list[torch.Tensor],
-               patches: Sequence[Patch], rows_per_forward: int) -> torch.Tensor:
+               patches: Sequence[Patch], rows_per_forward: int,
+               entering: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
     """Exact activation patching: [P, N] LD of each prompt with patch p's activations replaced by `h_cf`
-    (L x [N, T, W], what the counterfactual has there). K patches x B prompts share one forward."""
+    (L x [N, T, W], what the counterfactual has there). K patches x B prompts share one forward; with
+    `entering` (`entering_states`), that forward starts at its patches' first layer (patches in layer order
+    share it)."""
     n = len(prompts)
     chunk = max(1, min(n, rows_per_forward))
     per_forward = max(1, rows_per_forward // chunk)
@@ -139,7 +159,12 @@ def patched_ld(loaded: LoadedModel, refs: list[SiteRef], prompts: Prompts, h_cf:
                     mask = flat[index][:, : h.shape[1]]  # [K * B, T, W]
                     return torch.where(mask, source[:, : h.shape[1]], h)
 
-                with hooked(refs, swap):
+                first_layer = min(refs[patch.ref].layer for patch in group)
+                cut: Any = nullcontext()
+                if entering is not None and first_layer > 0 and first_layer in entering:
+                    hidden = entering[first_layer][part].repeat(k, 1, 1)  # [K * B, T, d]
+                    cut = start_at_layer(loaded, first_layer, hidden)
+                with cut, hooked(refs, swap):
                     logits = last_token_logits(loaded, prompts.ids[part].repeat(k, 1),
                                                prompts.lengths[part].repeat(k))  # [K * B, V]
                 ld = logit_diff(logits, prompts.a_ids[part].repeat(k), prompts.b_ids[part].repeat(k))  # [K * B]
@@ -236,8 +261,9 @@ def patch_unit(loaded: LoadedModel, unit: PreparedUnit, split: str = "val",
     patches = [Patch(li, (c,), head) for li, c, head in cells]
     effects: dict[str, torch.Tensor] = {}  # kind -> [P, N'']
     if "activation" in kinds:
-        effects["activation"] = (ld[None] - patched_ld(loaded, refs, prompts, h_cf, patches, rows_per_forward)) \
-            / swap[None]
+        entering = entering_states(loaded, unit.layers, prompts, rows_per_forward)  # layer -> [N'', T, d]
+        exact = patched_ld(loaded, refs, prompts, h_cf, patches, rows_per_forward, entering)  # [P, N'']
+        effects["activation"] = (ld[None] - exact) / swap[None]
     if "attribution" in kinds:
         change = attributed_ld_change(loaded, refs, prompts, h_cf, patches, max(1, rows_per_forward))  # [P, N'']
         effects["attribution"] = -change / swap[None]
