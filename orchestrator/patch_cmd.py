@@ -31,8 +31,10 @@ def register(sub: Any) -> None:
 
 
 def _top_cells(rows: list[dict[str, Any]]) -> str:
-    """The TOP cells of largest |effect| under exact patching, as layer/position-or-role[/head]=effect."""
-    exact = [r for r in rows if r["kind"] == "activation"] or rows
+    """The TOP cells of largest |effect| under exact patching on the first split patched, as
+    layer/position-or-role[/head]=effect."""
+    split = rows[0]["split"]
+    exact = [r for r in rows if r["kind"] == "activation" and r["split"] == split] or rows
     exact = sorted(exact, key=lambda r: -abs(r["effect"]))[:TOP]
 
     def name(r: dict[str, Any]) -> str:
@@ -92,7 +94,7 @@ def patch_run(run_dir: Path | str, unit_ids: list[str] | None = None, splits: tu
             n_cells = len({(r["layer"], r["position"], r["role"], r["head"]) for r in rows})
             n_prompts = {r["split"]: r["n_prompts"] for r in rows}
             say(f"{label}: {n_cells} cells, prompts " + ", ".join(f"{s} {n}" for s, n in n_prompts.items())
-                + f"; top cells (activation): {_top_cells(rows)}")
+                + f"; top cells (activation, {rows[0]['split']}): {_top_cells(rows)}")
     finally:
         lock.release()
     return written

@@ -150,6 +150,8 @@ def test_patch_run_names_a_task_without_counterfactuals_and_patches_once(tmp_pat
     said.clear()
     again = patch_run(run, splits=("val", "test"), say=said.append)  # val is there: only test is added
     assert max(again.values()) == 2 * 28
+    (line,) = [s for s in said if "top cells" in s]
+    assert "prompts test" in line and "(activation, test)" in line
     assert patch_run(run, splits=("val", "test"), say=said.append) == dict.fromkeys(written, 0)
     assert any("already patched" in s for s in said)
     assert len(read_table(run, "patching").table) == 4 * 28
@@ -173,7 +175,7 @@ def test_actscale_patch_writes_the_table_once(tmp_path, ray_session, capsys):
     Coordinator(config, run, quiet=True).run()
     assert main(["patch", str(run)]) == 0
     out = capsys.readouterr().out
-    assert "top cells (activation): L" in out and "patching rows written" in out
+    assert "top cells (activation, val): L" in out and "patching rows written" in out
     table = read_table(run, "patching")
     assert not table.problems
     rows = table.table.to_pylist()

@@ -140,7 +140,7 @@ def patched_ld(loaded: LoadedModel, refs: list[SiteRef], prompts: Prompts, h_cf:
             for first in range(0, len(patches), per_forward):
                 group = patches[first:first + per_forward]
                 k = len(group)
-                masks: dict[int, torch.Tensor] = {}  # ref -> [K * B, T, W]
+                masks: dict[int, torch.Tensor] = {}  # ref -> [K, B, T, W]
                 for j, patch in enumerate(group):
                     ref = refs[patch.ref]
                     if patch.ref not in masks:
