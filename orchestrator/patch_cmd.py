@@ -73,7 +73,7 @@ def patch_run(run_dir: Path | str, unit_ids: list[str] | None = None, splits: tu
         store = RunStore(Path(run), compact_over=0)
         done = {(r["unit_id"], r["split"]) for r in
                 read_table(Path(run), "patching").table.select(["unit_id", "split"]).to_pylist()}
-        actors: dict[str, WorkerActor] = {}
+        actor: WorkerActor | None = None  # one model loaded at a time (the plan lists a model's units together)
         for p in planned:
             spec, uid = p.spec, p.unit_id
             wanted = tuple(s for s in splits if (uid, s) not in done)
@@ -82,12 +82,16 @@ def patch_run(run_dir: Path | str, unit_ids: list[str] | None = None, splits: tu
             if not wanted:
                 say(f"{label}: already patched on {', '.join(splits)}; nothing added")
                 continue
-            if spec.model not in actors:
-                actors[spec.model] = WorkerActor(spec.model, config.allow_pickle, plugins=config.plugins)
+            if actor is None or actor.model_name != spec.model:
+                actor = None  # the previous model is freed before the next one loads
+                actor = WorkerActor(spec.model, config.allow_pickle, plugins=config.plugins)
             try:
-                rows = actors[spec.model].patch(uid, spec, wanted)
+                rows = actor.patch(uid, spec, wanted)
             except UsageError as exc:
                 say(f"{label}: skipped: {exc}")
+                continue
+            if not rows:
+                say(f"{label}: no cells to patch")
                 continue
             store.write_now("patching", [dict(r, run_id=run_id) for r in rows])
             written[uid] = len(rows)

@@ -23,7 +23,9 @@ Only prompts with a counterfactual are used, and of those only prompts whose swa
 a prompt with |LD - LD_cf| < MIN_SWAP is dropped (its effect would divide by ~0); n_prompts counts the rest.
 
 Exact patching batches cells along the batch dimension: one forward holds K cells x B prompts
-(K * B <= rows_per_forward), so a split costs about n_cells * n_prompts / rows_per_forward forwards.
+(K * B <= rows_per_forward), so a split costs about n_cells * n_prompts / rows_per_forward forwards, each
+starting at its cells' first layer from the clean states entering it (nothing before it changes).
+Attribution costs one forward and backward per chunk of prompts, whatever the number of cells.
 """
 from __future__ import annotations
 
