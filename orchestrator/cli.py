@@ -21,7 +21,8 @@ COMMAND_MODULES = {"train": "orchestrator.train_cmd", "run": "orchestrator.sweep
                    "resume": "orchestrator.sweep_cmds", "analyze": "orchestrator.sweep_cmds",
                    "status": "orchestrator.sweep_cmds",
                    "query": "orchestrator.storage_cmds", "report": "orchestrator.storage_cmds",
-                   "steer": "orchestrator.steer_cmd", "tasks": "orchestrator.tasks_cmd", "plan": "orchestrator.plan_cmd"}
+                   "steer": "orchestrator.steer_cmd", "tasks": "orchestrator.tasks_cmd", "plan": "orchestrator.plan_cmd",
+                   "patch": "orchestrator.patch_cmd"}
 
 
 # shown as one line with exit status 2: bad input, unreadable results, a sweep's driver that cannot go on

@@ -25,7 +25,7 @@ def test_file_commands_never_import_torch(argv, tmp_path):
 def test_the_full_help_still_lists_every_command():
     done = subprocess.run([sys.executable, "-m", "orchestrator.cli", "--help"], capture_output=True, text=True,
                           timeout=300)
-    for command in ("train", "run", "resume", "status", "query", "report", "steer", "models", "tasks"):
+    for command in ("train", "run", "resume", "status", "query", "report", "steer", "models", "tasks", "patch"):
         assert command in done.stdout, command
 
 

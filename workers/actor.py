@@ -16,6 +16,7 @@ from workers.analysis import analyze_trial
 from workers.asha import Rungs
 from workers.models import load_model
 from workers.names import EVAL_DTYPE, import_plugins, method_info, moved_rule
+from workers.patching import PATCH_KINDS, patch_unit
 from workers.prepare import NEAR_CHANCE, PreparedUnit, prepare_unit
 from workers.results import TrialResult
 from workers.trainer import train_trials
@@ -89,6 +90,13 @@ class WorkerActor:
                                    k90_within)
                 for tid, tensors in trials}
 
+
+    def patch(self, unit_id: str, spec: UnitSpec, splits: tuple[str, ...] = ("val",),
+              kinds: tuple[str, ...] = PATCH_KINDS) -> list[dict]:
+        """Patching rows (workers/patching.py, without run_id) of the unit's cells on the unintervened model,
+        per split; the unit is prepared as for its trials (fold 0's splits with folds)."""
+        unit = self._unit(unit_id, spec)
+        return [dict(row, unit_id=unit_id) for split in splits for row in patch_unit(self.loaded, unit, split, kinds)]
 
 def _example_rows(unit_id: str, unit: PreparedUnit) -> list[dict]:
     """The examples rows: per split, each prompt at its place in the split (one split); with folds, every prompt of

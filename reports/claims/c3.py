@@ -133,6 +133,8 @@ def patching_rho(run: Run, row: Any) -> Condition:
         mine = p[(p.model == row.model) & (p.task == row.task) & (p.site == row.site)]
     if mine.empty:
         return not_measured(name, rule, f"patching rows for {run.where(row)}")
+    if "split" in mine.columns and (mine.split == "val").any():  # the cells' own split (scalars are measured on val)
+        mine = mine[mine.split == "val"]
     kind = "activation" if (mine.kind == "activation").any() else str(mine.kind.iloc[0])
     effects = _keyed(mine[mine.kind == kind]).effect.abs().groupby(level=0).first()
     values, cells = [], None
