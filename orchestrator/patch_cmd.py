@@ -58,14 +58,8 @@ def patch_run(run_dir: Path | str, unit_ids: list[str] | None = None, splits: tu
     run = RunDir(run_dir).check()
     config = run.sweep()
     run_id = run.run_id()
-    planned = plan_units(config, layer_counts(config.models, run, config.allow_pickle).__getitem__)
-    if unit_ids:
-        known = {p.unit_id for p in planned}
-        unknown = [u for u in unit_ids if u not in known]
-        if unknown:
-            raise UsageError(f"{run_dir}: no unit {', '.join(unknown)} in this run; its units: "
-                             f"{', '.join(sorted(known))}")
-        planned = [p for p in planned if p.unit_id in unit_ids]
+    planned = _chosen(plan_units(config, layer_counts(config.models, run, config.allow_pickle).__getitem__),
+                      unit_ids, run_dir)
     lock = RunLock(run)
     lock.acquire(say)  # no coordinator writes the run while patching rows are added
     written: dict[str, int] = {}
@@ -95,13 +89,29 @@ def patch_run(run_dir: Path | str, unit_ids: list[str] | None = None, splits: tu
                 continue
             store.write_now("patching", [dict(r, run_id=run_id) for r in rows])
             written[uid] = len(rows)
-            n_cells = len({(r["layer"], r["position"], r["role"], r["head"]) for r in rows})
-            n_prompts = {r["split"]: r["n_prompts"] for r in rows}
-            say(f"{label}: {n_cells} cells, prompts " + ", ".join(f"{s} {n}" for s, n in n_prompts.items())
-                + f"; top cells (activation, {rows[0]['split']}): {_top_cells(rows)}")
+            say(f"{label}: {_summary(rows)}")
     finally:
         lock.release()
     return written
+
+
+def _summary(rows: list[dict[str, Any]]) -> str:
+    """A unit's printed line: its cells, prompts per split and top cells."""
+    n_cells = len({(r["layer"], r["position"], r["role"], r["head"]) for r in rows})
+    n_prompts = {r["split"]: r["n_prompts"] for r in rows}
+    return (f"{n_cells} cells, prompts " + ", ".join(f"{s} {n}" for s, n in n_prompts.items())
+            + f"; top cells (activation, {rows[0]['split']}): {_top_cells(rows)}")
+
+
+def _chosen(planned: list[Any], unit_ids: list[str] | None, run_dir: Path | str) -> list[Any]:
+    """The planned units asked for (all where `unit_ids` is empty); an id the run lacks is refused by name."""
+    if not unit_ids:
+        return planned
+    known = {p.unit_id for p in planned}
+    unknown = [u for u in unit_ids if u not in known]
+    if unknown:
+        raise UsageError(f"{run_dir}: no unit {', '.join(unknown)} in this run; its units: {', '.join(sorted(known))}")
+    return [p for p in planned if p.unit_id in unit_ids]
 
 
 def cmd_patch(args: argparse.Namespace) -> int:
