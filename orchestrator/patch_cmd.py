@@ -25,6 +25,8 @@ def register(sub: Any) -> None:
                                      "model (table patching), for tasks with counterfactual prompts")
     p.add_argument("run_dir")
     p.add_argument("--unit", nargs="+", metavar="UNIT_ID", help="only these units (default: every unit of the run)")
+    p.add_argument("--method", nargs="+", metavar="METHOD", help="only the units of these methods (patching depends "
+                   "on the model, task, site and layers, not on the method: one method's units are enough)")
     p.add_argument("--split", nargs="+", choices=("val", "test"), default=["val"],
                    help="the split(s) whose prompts are patched (default: val)")
     p.set_defaults(func=cmd_patch)
@@ -46,7 +48,7 @@ def _top_cells(rows: list[dict[str, Any]]) -> str:
 
 
 def patch_run(run_dir: Path | str, unit_ids: list[str] | None = None, splits: tuple[str, ...] = ("val",),
-              say: Callable[[str], None] = print) -> dict[str, int]:
+              say: Callable[[str], None] = print, methods: list[str] | None = None) -> dict[str, int]:
     """Patch the run's units (all, or `unit_ids`) and write their rows; unit id -> rows written (0: skipped)."""
     from orchestrator.lock import RunLock
     from orchestrator.model_layers import layer_counts
@@ -59,7 +61,7 @@ def patch_run(run_dir: Path | str, unit_ids: list[str] | None = None, splits: tu
     config = run.sweep()
     run_id = run.run_id()
     planned = _chosen(plan_units(config, layer_counts(config.models, run, config.allow_pickle).__getitem__),
-                      unit_ids, run_dir)
+                      unit_ids, run_dir, methods)
     lock = RunLock(run)
     lock.acquire(say)  # no coordinator writes the run while patching rows are added
     written: dict[str, int] = {}
@@ -103,8 +105,17 @@ def _summary(rows: list[dict[str, Any]]) -> str:
             + f"; top cells (activation, {rows[0]['split']}): {_top_cells(rows)}")
 
 
-def _chosen(planned: list[Any], unit_ids: list[str] | None, run_dir: Path | str) -> list[Any]:
-    """The planned units asked for (all where `unit_ids` is empty); an id the run lacks is refused by name."""
+def _chosen(planned: list[Any], unit_ids: list[str] | None, run_dir: Path | str,
+            methods: list[str] | None = None) -> list[Any]:
+    """The planned units asked for (all where `unit_ids` and `methods` are empty); an id or a method the run lacks
+    is refused by name."""
+    if methods:
+        known_methods = sorted({p.spec.method for p in planned})
+        missing = [m for m in methods if m not in known_methods]
+        if missing:
+            raise UsageError(f"{run_dir}: no unit of method {', '.join(missing)} in this run; its methods: "
+                             f"{', '.join(known_methods)}")
+        planned = [p for p in planned if p.spec.method in methods]
     if not unit_ids:
         return planned
     known = {p.unit_id for p in planned}
@@ -115,6 +126,6 @@ def _chosen(planned: list[Any], unit_ids: list[str] | None, run_dir: Path | str)
 
 
 def cmd_patch(args: argparse.Namespace) -> int:
-    written = patch_run(Path(args.run_dir), args.unit, tuple(dict.fromkeys(args.split)))
+    written = patch_run(Path(args.run_dir), args.unit, tuple(dict.fromkeys(args.split)), methods=args.method)
     print(f"patching rows written: {sum(written.values())} ({Path(args.run_dir)}/tables/patching)")
     return 0

@@ -157,6 +157,9 @@ def test_patch_run_names_a_task_without_counterfactuals_and_patches_once(tmp_pat
     assert len(read_table(run, "patching").table) == 4 * 28
     with pytest.raises(UsageError, match="no unit u-nope"):
         patch_run(run, ["u-nope"])
+    with pytest.raises(UsageError, match="no unit of method steervec in this run; its methods: activscalar"):
+        patch_run(run, methods=["steervec"])
+    assert patch_run(run, splits=("val",), say=said.append, methods=["activscalar"]) == dict.fromkeys(written, 0)
 
 
 @pytest.mark.slow
