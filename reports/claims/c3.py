@@ -137,13 +137,13 @@ def patching_rho(run: Run, row: Any) -> Condition:
         mine = mine[mine.split == "val"]
     kind = "activation" if (mine.kind == "activation").any() else str(mine.kind.iloc[0])
     effects = _keyed(mine[mine.kind == kind]).effect.abs().groupby(level=0).first()
-    values, cells = [], None
-    for trial_id in row.seeds:
-        s = _keyed(run.scalars[run.scalars.trial_id == trial_id]).effect.groupby(level=0).first()
-        common = s.index.intersection(effects.index) if cells is None else cells
-        cells = common
-        values.append(s.reindex(common).to_numpy(dtype=float))
-    if cells is None or len(cells) < 3:
+    per_seed = [_keyed(run.scalars[run.scalars.trial_id == trial_id]).effect.groupby(level=0).first()
+                for trial_id in row.seeds]
+    cells = effects.index
+    for s in per_seed:  # the cells every seed has (fold replicates may see other prompt shapes) and patching has
+        cells = cells.intersection(s.index)
+    values = [s.reindex(cells).to_numpy(dtype=float) for s in per_seed]
+    if len(cells) < 3:
         return not_measured(name, rule, "at least 3 cells with both a scalar and a patching effect")
     patch = effects.reindex(cells).to_numpy(dtype=float)
     arm = Arm("cells", tuple(["cells"] * len(values)), {"alpha": values, "patch": [patch] * len(values)})
