@@ -49,9 +49,9 @@ def full_effect(curves: pd.DataFrame, trial_id: str, split: str) -> float:
 
 
 def k_reaching(curves: pd.DataFrame, trial_id: str, fraction: float = FRACTION, split: str = "val") -> int | None:
-    """The smallest k on the trial's grid whose sufficiency flip_rate reaches `fraction` of the full
-    effect: how few of its cells carry the effect. Decided on val (test is only reported); None
-    where the full effect is 0 (or missing), as any k would then "reach" it."""
+    """The smallest k the trial scored (its grid and the bisected points around k90) whose sufficiency
+    flip_rate reaches `fraction` of the full effect: how few of its cells carry the effect. Decided on val
+    (test is only reported); None where the full effect is 0 (or missing), as any k would then "reach" it."""
     full = full_effect(curves, trial_id, split)
     if not full > 0:
         return None
@@ -83,8 +83,11 @@ def curve_frame(curves: pd.DataFrame, trial_ids: list[str], kind: str, split: st
     replicates): per k, flip_rate, ld_after and kl_other as means over seeds with 95% t intervals
     over seeds (flip_lo/flip_hi, ld_lo/ld_hi, kl_lo/kl_hi), the first trial's bootstrap interval
     over prompts (*_prompt_lo/hi), n_seeds, n_cells and rel_k = k / n_cells, which lines up
-    models with different numbers of cells. Sorted by k."""
+    models with different numbers of cells. Sorted by k. Only the k every seed scored (the grid): each
+    seed's bisected k90 lies off it, and a mean over one seed would be drawn as if over all."""
     rows = _rows(curves, trial_ids, kind, split)
+    seeds_at_k = rows.groupby("k").trial_id.transform("nunique")
+    rows = rows[seeds_at_k == rows.trial_id.nunique()]
     if rows.empty:
         return pd.DataFrame(columns=["k", "rel_k", "flip_rate", "flip_lo", "flip_hi", "kl_other", "ld_after", "n_seeds"])
     frame = _summaries(rows.assign(k=rows.k.astype(int)), "k", trial_ids[0])
