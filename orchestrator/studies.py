@@ -341,4 +341,39 @@ def open_studies(run_dir: RunDir, planned: list[PlannedUnit], search: Search, st
                                     directions=directions(search),
                                     sampler=make_sampler(search, dists[p.unit_id], unit_seed(p.unit_id, search.seed)))
         studies[p.unit_id] = UnitStudy(study, dists[p.unit_id], search)
+    restore_numbering(studies, store.read("trials").table.to_pylist())
     return Studies(store, studies)
+
+
+def restore_numbering(studies: dict[str, UnitStudy], stored: list[dict[str, Any]]) -> None:
+    """Give back to each study the trial numbers the tables hold beyond its journal (a journal deleted, as the
+    committed paper run's is, or lost), so that the next trial asked never reuses a stored trial id. A stored
+    complete search trial comes back with its values (the sampler's population); every other number as FAIL."""
+    by_unit: dict[str, dict[int, dict[str, Any]]] = {}
+    for row in stored:
+        by_unit.setdefault(row["unit_id"], {})[int(row["trial_number"])] = row
+    for unit_id, rows in by_unit.items():
+        study = studies.get(unit_id)
+        if study is None:
+            continue
+        first, last = len(study.study.get_trials(deepcopy=False)), max(rows)
+        if first > last:
+            continue
+        log.warning(f"unit {unit_id}: the journal holds {first} trial(s), the tables trial numbers up to {last}; "
+                    "restoring the missing numbers so that no trial id repeats")
+        study.study.add_trials(restored_trial(rows.get(n), study) for n in range(first, last + 1))
+
+
+def restored_trial(row: dict[str, Any] | None, study: UnitStudy) -> FrozenTrial:
+    """A stored trial as Optuna is told it on restore (FAIL unless a search trial that completed in range)."""
+    failed = optuna.trial.create_trial(state=TrialState.FAIL)
+    if row is None or row["status"] != Status.COMPLETE:
+        return failed
+    params = {name: row.get(name) for name in study.dists}
+    outcome = Outcome.of_row(row, params, study.search)
+    if outcome.state is not TrialState.COMPLETE or row.get("replicate_of") is not None:
+        return failed
+    try:
+        return optuna.trial.create_trial(values=outcome.values, params=params, distributions=study.dists)
+    except ValueError:  # its values lie outside today's search space: not a draw of this study
+        return failed

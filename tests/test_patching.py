@@ -183,7 +183,12 @@ def test_actscale_patch_writes_the_table_once(tmp_path, ray_session, capsys):
     assert not table.problems
     rows = table.table.to_pylist()
     units = {r["unit_id"] for r in read_table(run, "units").table.to_pylist()}
-    assert {r["unit_id"] for r in rows} == units and {r["kind"] for r in rows} == {"activation", "attribution"}
+    assert {r["unit_id"] for r in rows} == units
+    for uid in units:  # head units carry the head diagnostics beside the two effect kinds
+        kinds = {r["kind"] for r in rows if r["unit_id"] == uid}
+        heads = {r["site"] for r in rows if r["unit_id"] == uid} == {"head"}
+        assert kinds == ({"activation", "attribution", "attn_to_io", "attn_to_s2", "dla"} if heads
+                         else {"activation", "attribution"}), (uid, kinds)
     scalars = read_table(run, "scalars").table.to_pylist()
     for uid in units:
         keys = {(s["layer"], s["position"], s["role"], s["head"]) for s in scalars if s["unit_id"] == uid}
@@ -192,10 +197,12 @@ def test_actscale_patch_writes_the_table_once(tmp_path, ray_session, capsys):
     n = len(rows)
     report = load_run(run)
     assert report.patching.shape[0] == n
-    from reports.claims.c3 import patching_rho
+    from reports.claims.c3 import head_roles, patching_rho
 
     for row in report.selected.itertuples():  # the page finds each unit's cells in both tables
         assert patching_rho(report, row).why != "not measured"
+        note = head_roles(report, row)  # and lists a head unit's top heads with their attention and dla
+        assert (note is not None and "look like name movers" in note) == (row.site == "head"), (row.site, note)
     assert main(["patch", str(run)]) == 0
     assert "already patched" in capsys.readouterr().out
     assert len(read_table(run, "patching").table) == n

@@ -88,3 +88,29 @@ def test_fold_replicates_keep_their_fold_through_a_crash(tmp_path):
                                                   trial_number=a.number, status="interrupted", error="crash",
                                                   replicate_of=a.replicate_of, fold=a.params.get("fold")))
     assert sorted(r["fold"] for r in rows if r["replicate_of"]) == [2, 2, 3]
+
+
+def test_a_lost_journal_never_makes_a_trial_id_repeat(tmp_path):
+    """Trials stored in Parquet but absent from the journal (deleted, as the committed paper run's is): the studies
+    get their numbers back, complete search trials with their values, so the next trial asked takes a new id."""
+    planned, studies = _open(tmp_path)
+    unit_id = planned[0].unit_id
+    study = studies.units[unit_id]
+    rows = []
+    for a in study.ask_search(3):
+        row = dict(trial_id=f"{unit_id}-t{a.number:05d}", unit_id=unit_id, run_id="r", trial_number=a.number,
+                   status="complete" if a.number != 1 else "pruned", pilot=False, sites_moved=3, sites_total=8,
+                   val_flip_rate=0.5 + a.number / 10, val_kl_other=0.1, val_l1=1.0, **a.params)
+        rows.append(row)
+    studies.record(unit_id, 0, Outcome.failed(), {"trials": rows})
+    studies.sync()
+    RunDir(tmp_path).journal.unlink()
+    _, reopened = _open(tmp_path)
+    again = reopened.units[unit_id]
+    restored = again.study.get_trials(deepcopy=False)
+    assert [t.state for t in restored] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
+    assert restored[2].params["lr"] == rows[2]["lr"]  # the sampler's population keeps the stored draw
+    (asked,) = again.ask_search(1)
+    assert asked.number == 3  # a new id, not t00000 again
+    other = reopened.units[planned[1].unit_id]  # a unit with nothing stored starts at 0
+    assert other.ask_search(1)[0].number == 0

@@ -39,13 +39,15 @@ import torch
 from workers.analysis import _bootstrap, _token_columns
 from workers.errors import UsageError
 from workers.forward import last_token_logits, start_at_layer
+from workers.head_roles import HEAD_KINDS, head_values
 from workers.models import LoadedModel
 from workers.objective import logit_diff
 from workers.precision import evaluation_model
 from workers.prepare import PreparedUnit
 from workers.sites import SiteRef, hooked, layer_input, resolve_site
 
-PATCH_KINDS = ("activation", "attribution")  # the kinds computed here (storage/schema.py PATCH_KINDS lists more)
+EFFECT_KINDS = ("activation", "attribution")  # the patching effects, on any site
+PATCH_KINDS = EFFECT_KINDS + HEAD_KINDS  # head kinds: head-site units only (workers/head_roles.py)
 MIN_SWAP = 1e-3  # prompts with |LD - LD_cf| below this are dropped: the effect's denominator
 
 
@@ -269,16 +271,21 @@ def patch_unit(loaded: LoadedModel, unit: PreparedUnit, split: str = "val",
     if "attribution" in kinds:
         change = attributed_ld_change(loaded, refs, prompts, h_cf, patches, max(1, rows_per_forward))  # [P, N'']
         effects["attribution"] = -change / swap[None]
+    counts = dict.fromkeys(effects, len(prompts))
+    if refs[0].n_heads:  # where each head looks and what it writes, on every prompt of the split
+        for kind, values in head_values(loaded, unit, split, rows_per_forward).items():
+            if kind in kinds:
+                effects[kind], counts[kind] = values, values.shape[1]
     columns = unit.cell_columns("val")[0]
     depth = max(1, loaded.n_layers - 1)
     rows = []
     for kind, values in effects.items():
         lo, hi = _bootstrap(values)  # [P], [P]
-        mean = values.mean(1)  # [P]
+        mean = values.nanmean(1)  # [P] (a head cell's attention: prompts that have its column)
         for p, (li, c, head) in enumerate(cells):
             layer = unit.layers[li]
             rows.append(dict(model=unit.spec.model, task=unit.spec.task.name, site=unit.spec.site, layer=layer,
                              rel_depth=layer / depth, position=columns[c].position, role=columns[c].role, head=head,
                              kind=kind, split=split, effect=float(mean[p]), effect_lo=float(lo[p]),
-                             effect_hi=float(hi[p]), n_prompts=len(prompts)))
+                             effect_hi=float(hi[p]), n_prompts=counts[kind]))
     return rows

@@ -32,6 +32,8 @@ TOP_FLIP = 0.2  # top-k beats random-k by at least this test flip_rate ...
 TOP_LOGIT = 1.0  # ... or this many logits of LD shift (LD - LD')
 MOVED_AT = (0.05, 0.1, 0.2)  # moved thresholds the selection is redone at
 CELL = ["layer", "position", "role", "head"]
+TOP_HEADS = 10  # head cells of largest |alpha - 1| whose attention and direct logit attribution are listed
+ATTENDS = 0.3  # a head at the final position "attends to" a name with at least this attention weight on it
 
 TITLE = "A few components matter"
 STATEMENT = (f"{ACTIVSCALAR}'s scalars pinpoint a few components that matter: a few cells carry most of the effect, "
@@ -239,13 +241,56 @@ def evaluate(run: Run) -> ClaimResult:
         at_k90 = a if (k is not None and r.k is not None and k == r.k) else None
         conditions = [a, few_cells(r, at_k90), patching_rho(run, row), moved_at(run, row)]
         moved = _moved_shares(run, row)
-        units.append(UnitVerdict(row.model, run.where(row), conditions, [f"moved share (mean over seeds) at thresholds "
-                                                                         f"{moved}"]))
+        notes = [f"moved share (mean over seeds) at thresholds {moved}"]
+        heads = head_roles(run, row)
+        if heads:
+            notes.append(heads)
+        units.append(UnitVerdict(row.model, run.where(row), conditions, notes))
         maps.append(_map_frame(run, row))
         controls.append(_control_frame(run, row))
     figure = {name: pd.concat(frames, ignore_index=True) for name, frames in (("maps", maps), ("controls", controls))
               if any(len(f) for f in frames)}
     return ClaimResult("C3", TITLE, STATEMENT, ITEMS, RULE, thresholds(run), units, apart, figure=figure)
+
+
+def head_roles(run: Run, row: Any) -> str | None:
+    """For a head unit with head diagnostics (patching kinds attn_to_io, attn_to_s2, dla): how many of its
+    TOP_HEADS head cells of largest |alpha - 1| look like IOI's name movers (at the final position, attention
+    to IO >= ATTENDS and above that to S2, dla > 0: they write the IO answer) or S-inhibition heads (at the
+    final position, attention to S2 >= ATTENDS and above that to IO), each cell listed. None otherwise."""
+    p = run.patching
+    if p.empty or "head" not in p.columns:
+        return None
+    mine = p[(p.unit_id == row.unit_id) & p.kind.isin(["attn_to_io", "attn_to_s2", "dla"]) & p["head"].notna()]
+    if "split" in mine.columns and (mine.split == "val").any():
+        mine = mine[mine.split == "val"]
+    if mine.empty:
+        return None
+    keyed = _keyed(mine)
+    diag = keyed.groupby([keyed.index, "kind"]).effect.first().unstack("kind")  # cell x kind
+    where_of = {key: (r.layer, r.position, r.role, r["head"]) for key, r in keyed[CELL].iterrows()}
+    s = _keyed(run.scalars[run.scalars.trial_id == row.trial_id])
+    s = s[s["head"].notna()].effect.groupby(level=0).first().sort_values(ascending=False)
+    top = [cell for cell in s.index if cell in diag.index][:TOP_HEADS]
+    if not top:
+        return None
+    movers = inhibitors = 0
+    listed = []
+    for cell in top:
+        layer, position, role, head = where_of[cell]  # a role can hold "|" (IOI's "S1|IO"): not split from the key
+        final = role == "END"
+        io, s2, dla = (float(diag.at[cell, k]) if k in diag.columns else math.nan
+                       for k in ("attn_to_io", "attn_to_s2", "dla"))
+        mover = final and io >= ATTENDS and io > s2 and dla > 0
+        inhibitor = final and s2 >= ATTENDS and s2 > io
+        movers, inhibitors = movers + mover, inhibitors + inhibitor
+        kind = " (name mover?)" if mover else " (S-inhibition?)" if inhibitor else ""
+        where = "END" if final else role if isinstance(role, str) else f"pos{int(position)}"
+        listed.append(f"L{int(layer)}/h{int(head)}@{where}: IO {fmt(io)}, S2 {fmt(s2)}, "
+                      f"dla {fmt(dla)}{kind}")
+    return (f"top {len(top)} head cells by |alpha - 1|: {movers} look like name movers, {inhibitors} like S-inhibition "
+            f"heads (at the final position, attention >= {fmt(ATTENDS)} to IO and writing it, or to S2): "
+            + "; ".join(listed))
 
 
 def _moved_shares(run: Run, row: Any) -> str:
