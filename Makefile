@@ -72,6 +72,7 @@ bench: install
 	$(BIN)/python bench/scale.py --out bench/out/scale.json
 	$(BIN)/python bench/pruning.py --out bench/out/pruning.json
 	$(BIN)/python bench/models.py
+	$(BIN)/python bench/analysis_share.py
 	$(BIN)/pip install -q -e '.[bench]'  # nnsight and pyvene, for bench/peers.py
 	$(BIN)/python bench/peers.py
 	$(BIN)/python bench/peers.py --layers 24,25,26,27,28,29

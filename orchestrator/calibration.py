@@ -76,11 +76,12 @@ class SpeedRecord:
     steps: dict[str, float] = field(default_factory=dict)  # "BxK" -> seconds per training step
     command_s: float = 0.0  # the coordinator's own imports (Ray, Optuna, DuckDB), once per command
     format: int = FORMAT
+    analysis_row_s: float = 0.0  # eval_row_s in the training precision (the analysis'); 0 in older files
 
     def speed(self) -> Speed:
         steps = {tuple(int(x) for x in key.split("x")): s for key, s in self.steps.items()}
         return Speed(steps, self.eval_row_s, self.prepare_prompt_s, self.start_s, self.load_s,  # type: ignore[arg-type]
-                     self.n_layers, self.first_layer, self.command_s)
+                     self.n_layers, self.first_layer, self.command_s, self.analysis_row_s)
 
     def has_steps(self, batch: int, k: int) -> bool:
         return f"{batch}x{k}" in self.steps and f"{batch}x1" in self.steps
@@ -208,6 +209,13 @@ def _timing(loaded: Any, spec: UnitSpec, shapes: list[tuple[int, int]], start_s:
         score(evaluates, intervention.to(evaluates.device), eval_refs, val, first_layer=unit.first_layer,
               batch_rows=spec.settings.eval_batch)
     eval_row_s = (time.perf_counter() - clock) / (intervention.n_trials * len(val))
+    analysis_row_s = eval_row_s
+    if trains_on is not evaluates:  # the analysis' points run in the training precision (analysis.precision: train)
+        clock = time.perf_counter()
+        with torch.no_grad():
+            score(trains_on, intervention.to(trains_on.device), refs, val, first_layer=unit.first_layer,
+                  batch_rows=spec.settings.eval_batch)
+        analysis_row_s = (time.perf_counter() - clock) / (intervention.n_trials * len(val))
     return SpeedRecord(loaded.name, socket.gethostname(), str(loaded.device), torch.get_num_threads(), unit.precision,
                        dt.datetime.now(dt.UTC).isoformat(), start_s, loaded.load_seconds, prepare_prompt_s, eval_row_s,
-                       loaded.n_layers, unit.first_layer, steps)
+                       loaded.n_layers, unit.first_layer, steps, analysis_row_s=analysis_row_s)

@@ -49,6 +49,7 @@ class Controller:
         self.recorder = recorder
         self.run_dir = run_dir
         self.deadline = deadline
+        self.phase_seconds: dict[str, float] = {}  # seconds of finished worker calls per phase (Phase.value)
         r = config.resources
         self.pool = ActorPool(new_actor, list(self.by_model), r.workers_per_model, r.models_at_once)
         self.model_loads = 0
@@ -147,7 +148,8 @@ class Controller:
         trials = [(tid, self.run_dir.read_artifact(tid)) for tid in work.trial_ids]
         folds = {tid: work.unit.trial_folds.get(tid) for tid in work.trial_ids}  # each on its own fold's val/test
         return actor.analyze.remote(work.unit.unit_id, work.unit.planned.spec, trials, list(analysis.betas),
-                                    analysis.curves, analysis.k_step, folds, analysis.k90_within)
+                                    analysis.curves, analysis.k_step, folds, analysis.k90_within, analysis.val_all,
+                                    analysis.precision)
 
     def retire_finished(self) -> None:
         for model in list(self.pool.actors):
@@ -199,8 +201,10 @@ class Controller:
             log.info(f"worker for {pending.model} is up on {value['node']} (pid {value['pid']}, "
                      f"model loaded in {value['load_seconds']:.1f}s)")
             return True
+        took = time.monotonic() - pending.since
+        self.phase_seconds[work.phase.value] = self.phase_seconds.get(work.phase.value, 0.0) + took
         if self.deadline is not None:
-            self.deadline.measured(work, time.monotonic() - pending.since)
+            self.deadline.measured(work, took)
         self.recorder.finished(work, value)
         return True
 

@@ -32,7 +32,7 @@ from orchestrator.recorder import Recorder
 from orchestrator.rungs import count_stored_rungs
 from orchestrator.startup import check_task_data, record_config, setup_logging
 from orchestrator.studies import Studies, open_studies
-from orchestrator.summary import Summary, summarize
+from orchestrator.summary import Summary, log_phase_seconds, summarize
 from orchestrator.units import Asked, Phase, UnitState, refresh_selections, targets_of
 from search_spaces.config import SweepConfig
 from search_spaces.duration import parse_duration
@@ -142,6 +142,8 @@ class Coordinator:
         studies.sync()
         record_config(self.run_dir, self.config, self.store, self.run_id)  # an edited sweep is stored once it ran
         self.store.compact_all()
+        if self.controller is not None:
+            log_phase_seconds(self.run_dir.add_phase_seconds(self.controller.phase_seconds))
         return summarize(self.run_dir, list(self.units.values()), self.model_loads, time.monotonic() - self.started,
                          self.config.selection.min_flip, stopped)
 

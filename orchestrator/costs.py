@@ -49,6 +49,7 @@ class Speed:
     n_layers: int
     first_layer: int = 0
     command_s: float = 0.0  # the coordinator's imports, once per command
+    analysis_row_s: float = 0.0  # a forward per prompt row in the training precision (0: not measured, eval_row_s)
 
     def share(self, first_layer: int) -> float:
         return (self.n_layers - first_layer + 1) / (self.n_layers - self.first_layer + 1)
@@ -68,6 +69,11 @@ class Speed:
     def rows(self, n: float, first_layer: int = 0) -> float:
         """Seconds of evaluation forwards over n prompt rows (trials x prompts)."""
         return n * self.eval_row_s * self.share(first_layer)
+
+    def analysis_rows(self, n: float, first_layer: int = 0) -> float:
+        """Seconds of the analysis' forwards over n prompt rows, in the unit's training precision
+        (analysis.precision: train)."""
+        return n * (self.analysis_row_s or self.eval_row_s) * self.share(first_layer)
 
 
 @dataclass(frozen=True)
@@ -183,20 +189,22 @@ def control_work(c: Costing) -> list[Piece]:
 
 
 def analysis_points(n_cells: int, curves: bool, betas: list[float], k_step: int,
-                    k90_within: float | None = None) -> tuple[int, int, int]:
+                    k90_within: float | None = None, val_all: bool = False) -> tuple[int, int, int]:
     """Per analysed trial: (curves rows, distinct points scored on val, on test). workers/analysis.py scores the
     points that compute the same thing once: the model at sufficiency k = 0 and necessity k = all, the trial at
-    sufficiency k = all, necessity k = 0 and beta = 1. With k90_within, k90's bracket is bisected on val (a
-    sufficiency point per round), then k90 is scored as necessity on val and both ways on test: the expected
-    count where the grid's bracket around k90 is k_step wide (it is data-dependent)."""
+    sufficiency k = all, necessity k = 0 and beta = 1. Test gets every point; val the sufficiency curve only
+    (what k90 is decided on), or every point with val_all. With k90_within, k90's bracket is bisected on val (a
+    sufficiency point per round), then k90 is scored both ways on test (and as necessity on val with val_all):
+    the expected count where the grid's bracket around k90 is k_step wide (it is data-dependent)."""
     n_k = len(k_grid(n_cells, k_step)) if curves else 0
     per_split = 2 * n_k + len(betas)
     distinct = (2 * n_k - 2 if curves else 0) + len(betas) - (1 if curves and 1.0 in betas else 0)
+    val_rows, val_distinct = (per_split, distinct) if val_all else (n_k, n_k)
     refine_val, refine_test = 0, 0
     if curves and k90_within and n_cells > 2:
-        refine_val = k90_rounds(float(k_step), k90_within) + 1
+        refine_val = k90_rounds(float(k_step), k90_within) + (1 if val_all else 0)
         refine_test = 2
-    return 2 * per_split + refine_val + refine_test, distinct + refine_val, distinct + refine_test
+    return per_split + val_rows + refine_val + refine_test, val_distinct + refine_val, distinct + refine_test
 
 
 def k90_rounds(ratio: float, within: float) -> int:
@@ -224,10 +232,14 @@ def analysis_work(c: Costing) -> list[Piece]:
         return []
     a, f = c.config.analysis, c.facts
     trials = c.config.search.replicates
-    rows, on_val, on_test = analysis_points(f.n_cells, a.curves, list(a.betas), a.k_step, a.k90_within)
+    rows, on_val, on_test = analysis_points(f.n_cells, a.curves, list(a.betas), a.k_step, a.k90_within, a.val_all)
     forwards = trials * (on_val * f.n_val + on_test * f.n_test)
-    effects = trials * (f.n_train + f.n_val)  # the cells' effects: train norms or a recorded val forward
-    seconds = c.speed.rows(forwards + effects, f.first_layer) + BATCH_OVERHEAD_S
+    effects = trials * (f.n_train + f.n_val)  # the cells' effects (fp32): train norms or a recorded val forward
+    if a.precision == "train":  # the points in the training precision, after its own logits of val and test
+        seconds = c.speed.analysis_rows(forwards + trials * (f.n_val + f.n_test), f.first_layer)
+    else:
+        seconds = c.speed.rows(forwards, f.first_layer)
+    seconds += c.speed.rows(effects, f.first_layer) + BATCH_OVERHEAD_S
     return [Piece(Phase.ANALYSE, trials, 0.0, trials * rows, forwards, seconds)]
 
 

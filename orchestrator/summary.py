@@ -47,6 +47,15 @@ def _selected_rows(run_dir: RunDir, units: list[UnitState]) -> list[dict]:
     return selected
 
 
+def log_phase_seconds(seconds: dict[str, float]) -> None:
+    """The run's worker seconds per phase so far (RUN_DIR/phase_seconds.json), with the analyses' share."""
+    total = sum(seconds.values())
+    if total <= 0:
+        return
+    parts = ", ".join(f"{phase} {s:.0f}s" for phase, s in sorted(seconds.items(), key=lambda kv: -kv[1]))
+    log.info(f"worker time by phase: {parts}; analyses {seconds.get('analyse', 0.0) / total:.0%} of it")
+
+
 def summarize(run_dir: RunDir, units: list[UnitState], model_loads: int, wall: float, min_flip: float,
               stopped_at_limit: bool = False) -> Summary:
     selected = _selected_rows(run_dir, units)

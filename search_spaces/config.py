@@ -15,6 +15,7 @@ from search_spaces.duration import parse_duration
 from storage.selection import DEFAULT_MIN_FLIP
 from workers.errors import UsageError
 from workers.names import (
+    ANALYSIS_PRECISIONS,
     DEFAULT_CONTROL_METHODS,
     MASKABLE_METHODS,
     SITES,
@@ -238,8 +239,19 @@ class Analysis(_Strict):
                                      "flip_rate alone reaches 90% of the trial's) to within this ratio: the k "
                                      "grid's bracket around it is narrowed on val by batched rounds of 8 points, "
                                      "then k90 is scored on test too; null: the grid's points only")
+    val_all: bool = Field(False, description="score val necessity and strength rows too; by default val gets only "
+                          "what a decision reads (the sufficiency curve, on which k90 is found) and test every point")
+    precision: str = Field("train", description="the analysis' forwards: train (the unit's training precision, bf16 "
+                           "where it trains in bf16, against that model's own unintervened logits) or fp32")
     enabled: bool = Field(True, description="run the analyses as part of the sweep (`actscale analyze RUN_DIR` "
                           "runs them later)")
+
+    @field_validator("precision")
+    @classmethod
+    def _precision(cls, v: str) -> str:
+        if v not in ANALYSIS_PRECISIONS:
+            raise ValueError(f"analysis.precision={v!r}; accepted: {', '.join(ANALYSIS_PRECISIONS)}")
+        return v
 
     @field_validator("betas")
     @classmethod

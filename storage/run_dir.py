@@ -40,6 +40,7 @@ TABLES = "tables"
 ARTIFACTS = "artifacts"
 ARTIFACT_SUFFIX = ".safetensors"
 WALL = "wall_s"  # a committed run's measured wall time in seconds (`make findings` writes it)
+PHASE_SECONDS = "phase_seconds.json"  # worker seconds per phase (search, replicates, controls, analyse, ...), summed
 
 
 class NotARunError(StorageError):
@@ -106,6 +107,27 @@ class RunDir(os.PathLike[str]):
     @property
     def wall_file(self) -> Path:
         return self.path / WALL
+
+    @property
+    def phase_seconds_file(self) -> Path:
+        return self.path / PHASE_SECONDS
+
+    def phase_seconds(self) -> dict[str, float]:
+        """Seconds of finished worker calls per phase, over every coordinator that ended on this run ({} if none
+        recorded)."""
+        try:
+            data = json.loads(self.phase_seconds_file.read_text())
+        except (OSError, ValueError):
+            return {}
+        return {str(k): float(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+    def add_phase_seconds(self, seconds: Mapping[str, float]) -> dict[str, float]:
+        """Add one coordinator's worker seconds per phase to the run's record (a resume adds to it); the sums."""
+        total = self.phase_seconds()
+        for phase, s in seconds.items():
+            total[phase] = round(total.get(phase, 0.0) + float(s), 3)
+        write_durably(self.phase_seconds_file, json.dumps(total, indent=1, sort_keys=True) + "\n")
+        return total
 
     def recorded_wall(self) -> float | None:
         """The run's measured wall time in seconds, where it was recorded (run.json's wall_s, or the file

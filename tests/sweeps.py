@@ -170,9 +170,11 @@ def check_curves(run_dir: Path, selected_ids: list[str], complete: list[dict]) -
         n_cells = mine[0]["n_cells"]
         grid = set(k_grid(n_cells, analysis.k_step)) if analysis.curves else set()
         on_grid = [r for r in mine if r["kind"] == "strength" or r["k"] in grid]
-        assert len(on_grid) == 2 * (2 * len(grid) + len(betas)), (tid, len(on_grid))
+        per_split = 2 * len(grid) + len(betas)  # test: every point; val: the sufficiency curve, or all (val_all)
+        assert len(on_grid) == per_split + (per_split if analysis.val_all else len(grid)), (tid, len(on_grid))
+        assert analysis.val_all or all(r["kind"] == "sufficiency" for r in mine if r["split"] == "val")
         # k90's narrowing (analysis.k90_within): val sufficiency points off the grid, and the k90 found scored
-        # as necessity on val and both ways on test
+        # both ways on test (and as necessity on val with val_all)
         off = [r for r in mine if r not in on_grid]
         assert not off or (analysis.curves and analysis.k90_within), off
         k90s = {r["k"] for r in off if not (r["kind"] == "sufficiency" and r["split"] == "val")}

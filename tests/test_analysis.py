@@ -22,17 +22,18 @@ CASES = [("activscalar", "mlp_out", {}), ("steervec", "mlp_out", {}), ("dynscala
          ("diffmeans", "head", {})]
 
 
-def _trained(tiny_models, method: str, site: str, options: dict):
-    """A unit and one trial trained hard enough to move the model (tiny-llama, fp32)."""
+def _trained(tiny_models, method: str, site: str, options: dict, trains_in: str = "fp32", **analysis):
+    """A unit and one trial trained hard enough to move the model (tiny-llama, fp32 unless `trains_in`), and its
+    analysis (every val point: val_all)."""
     spec = UnitSpec("tiny-llama", TaskSpec.make("ioi", {"n": 40, **options}), site, (0, 1, 2, 3), method,
-                    TrainSettings(steps=8, batch_size=16, filter="none", precision="fp32"))
+                    TrainSettings(steps=8, batch_size=16, filter="none", precision=trains_in))
     unit = prepare_unit(tiny_models["tiny-llama"], spec)
     # diffmeans' L1 is |c| sum|v| over every cell: a weight the others take would keep c at 0
     lambda_min = 1e-6 if method_class(method).needs_direction else 0.001
     (result,) = train_trials(tiny_models["tiny-llama"], unit, [Hyper(lr=0.2, lambda_min=lambda_min, seed=3)])
     assert result.ok, result.error
     tensors = {k: torch.as_tensor(v) for k, v in result.tensors.items()}
-    return unit, result, analyze_trial(tiny_models["tiny-llama"], unit, tensors)
+    return unit, result, analyze_trial(tiny_models["tiny-llama"], unit, tensors, **{"val_all": True, **analysis})
 
 
 def _row(rows, kind, split, k=None, beta=None):
@@ -90,8 +91,52 @@ def test_k90_is_found_to_within_ten_percent_on_val_and_scored_on_test(tiny_model
         assert _row(rows, kind, split, k=k_hi)["n_prompts"] == len(unit.splits[split])
     for row in rows:
         assert row["ld_shift_lo"] <= row["ld_shift"] <= row["ld_shift_hi"]  # every curve carries the shift
-    expected_rows, _, _ = analysis_points(n, True, list(STRENGTHS), 2, 0.1)
+    expected_rows, _, _ = analysis_points(n, True, list(STRENGTHS), 2, 0.1, val_all=True)
     assert len(rows) <= expected_rows  # three bisections narrow a factor-2 bracket
+
+
+def test_val_gets_only_what_a_decision_reads(tiny_models):
+    """By default val holds the sufficiency curve (k90 is decided on it) and test every point: the same k90 and the
+    same test rows as with val_all, and the plan counts the rows."""
+    unit, result, every = _trained(tiny_models, "activscalar", "mlp_out", {})
+    _, _, decided = _trained(tiny_models, "activscalar", "mlp_out", {}, val_all=False)
+    n = every[0]["n_cells"]
+    assert {(r["kind"], r["split"]) for r in decided} == {("sufficiency", "val"), ("sufficiency", "test"),
+                                                          ("necessity", "test"), ("strength", "test")}
+    assert k90_bracket(decided, n) == k90_bracket(every, n)
+    key = lambda r: (r["kind"], r["k"], r["beta"])  # noqa: E731
+    assert sorted(map(key, (r for r in decided if r["split"] == "test"))) == \
+        sorted(map(key, (r for r in every if r["split"] == "test")))
+    assert [r for r in decided if r["split"] == "val"] == [r for r in every if r["split"] == "val"
+                                                          and r["kind"] == "sufficiency"]
+    full, _, _ = analysis_points(n, True, list(STRENGTHS), 2, 0.1, val_all=True)
+    lean, on_val, on_test = analysis_points(n, True, list(STRENGTHS), 2, 0.1)
+    assert len(decided) <= lean < full and on_val < on_test
+
+
+def test_bf16_analysis_lies_inside_fp32_intervals(tiny_models):
+    """A unit trained in bf16 is analysed on the bf16 model against its own logits (analysis.precision: train):
+    the model and the trial are exact at the curves' ends, and every point lies inside the fp32 analysis'
+    95% interval over prompts."""
+    unit, result, fp32 = _trained(tiny_models, "activscalar", "mlp_out", {}, "bf16", precision="fp32")
+    tensors = {k: torch.as_tensor(v) for k, v in result.tensors.items()}
+    bf16 = analyze_trial(tiny_models["tiny-llama"], unit, tensors, val_all=True, precision="train")
+    assert unit.precision == "bf16"
+    n = fp32[0]["n_cells"]
+    for split in ("val", "test"):
+        _is_model(_row(bf16, "sufficiency", split, k=0))
+        _is_model(_row(bf16, "strength", split, beta=0.0))
+    ref = {(r["kind"], r["split"], r["k"], r["beta"]): r for r in fp32}
+    grid = set(k_grid(n))
+    compared = 0
+    for row in bf16:
+        twin = ref.get((row["kind"], row["split"], row["k"], row["beta"]))
+        if twin is None or (row["k"] is not None and row["k"] not in grid):
+            continue  # a bisection point of one precision only
+        for name in ("flip_rate", "ld_after", "kl_other"):
+            assert twin[f"{name}_lo"] - 1e-6 <= row[name] <= twin[f"{name}_hi"] + 1e-6, (row, name, twin)
+        compared += 1
+    assert compared >= 2 * len(grid) + len(STRENGTHS)
 
 
 def test_narrowing_rounds_and_points():

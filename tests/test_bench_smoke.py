@@ -90,3 +90,18 @@ def test_gpu_calibration_runs_on_a_model_built_from_its_config(tmp_path):
     record = read_speed(out, "tiny-llama")
     assert set(record.steps) == {"4x1", "4x2"} and all(s > 0 for s in record.steps.values())
     assert record.n_layers == 4 and "random weights" in record.host and record.eval_row_s > 0
+
+
+def test_analysis_share_quick_prints_its_targets(tmp_path):
+    """bench/analysis_share.py: the lean analysis beside the old one on the embedded model, and a run's recorded
+    share (here a run directory with a phase_seconds.json written as a coordinator writes it)."""
+    from storage.run_dir import RunDir
+
+    RunDir(tmp_path).add_phase_seconds({"search": 70.0, "analyse": 30.0})
+    result = subprocess.run([sys.executable, "bench/analysis_share.py", "--quick", "--run", str(tmp_path)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=1800)
+    assert result.returncode == 0, result.stderr[-3000:]
+    targets = [line for line in result.stdout.splitlines() if line.startswith("TARGET ")]
+    assert [t.split(":")[0] for t in targets] == ["TARGET analysis_time_ratio", "TARGET analysis_share"]
+    assert re.match(r"^TARGET analysis_time_ratio: [0-9.]+x \(target <= 0.32x\) (ok|short)$", targets[0]), targets
+    assert targets[1] == "TARGET analysis_share: 0.300 of 100 worker seconds (target <= 0.2) short", targets

@@ -39,6 +39,12 @@ def test_one_model_one_worker_loads_the_model_once(tmp_path):
     summary = Coordinator(config, tmp_path, quiet=True).run()
     assert summary.completed == 12
     assert summary.model_loads == 1
+    from storage.run_dir import RunDir
+
+    seconds = RunDir(tmp_path).phase_seconds()  # worker time per phase, kept in the run directory
+    assert set(seconds) >= {"describe", "search", "analyse"} and all(s > 0 for s in seconds.values()), seconds
+    Coordinator(config, tmp_path, quiet=True).run()  # a resume with nothing to do adds nothing
+    assert RunDir(tmp_path).phase_seconds() == seconds
 
 
 @pytest.mark.slow

@@ -81,13 +81,14 @@ class WorkerActor:
 
     def analyze(self, unit_id: str, spec: UnitSpec, trials: list[tuple[str, dict]], betas: list[float],
                 curves: bool, k_step: int = 2, folds: dict[str, int | None] | None = None,
-                k90_within: float | None = 0.1) -> dict[str, list[dict]]:
+                k90_within: float | None = 0.1, val_all: bool = False, precision: str = "train"
+                ) -> dict[str, list[dict]]:
         """Curves and strength rows (workers/analysis.py) of stored trials: trial id -> rows. Each trial is
         measured on its own fold's val and test (`folds`: trial id -> fold; absent: fold 0, or the one split)."""
         unit = self._unit(unit_id, spec)
         return {tid: analyze_trial(self.loaded, unit.for_fold((folds or {}).get(tid)),
                                    {k: torch.as_tensor(v) for k, v in tensors.items()}, tuple(betas), curves, k_step,
-                                   k90_within)
+                                   k90_within, val_all, precision)
                 for tid, tensors in trials}
 
 

@@ -18,17 +18,19 @@ scored by `workers.scoring.score`, the function that scores trials.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
 import torch
 
+from workers.errors import UsageError
 from workers.interventions import CellRecorder, CellStats, ForwardContext, Intervention, method_class, only_cells
 from workers.models import LoadedModel
-from workers.names import STRENGTHS
+from workers.names import ANALYSIS_PRECISIONS, STRENGTHS
 from workers.objective import flipped, normalised_shift
-from workers.precision import evaluation_model
-from workers.prepare import PreparedUnit, SplitData
+from workers.precision import evaluation_model, training_model
+from workers.prepare import PreparedUnit, SplitData, give_own_logits
 from workers.scoring import score, site_norms
 from workers.sites import SiteRef, resolve_site
 
@@ -149,33 +151,62 @@ def _distinct(points: list[Point]) -> tuple[list[Point], list[int]]:
     return distinct, index
 
 
-def _score(loaded: LoadedModel, unit: PreparedUnit, points: list[Point], refs: list[SiteRef], split_name: str,
-           n_columns: int) -> list[dict]:
+@dataclass
+class Scorer:
+    """The model the analysis' points run on, with its sites and the splits as it sees them. Under
+    `precision: train` on a unit that trains in bf16, that is the bf16 training model, scored against its own
+    unintervened logits (`give_own_logits`), so that k = 0 and beta = 0 are exactly the model in either precision;
+    else the fp32 evaluation model against the fp32 logits (the trial's reported metrics)."""
+
+    loaded: LoadedModel
+    refs: list[SiteRef]
+    splits: dict[str, SplitData]
+    own: bool  # score against the splits' own_logits (the bf16 model's) instead of the fp32 logits
+    n_columns: int
+
+    @classmethod
+    def for_unit(cls, loaded: LoadedModel, unit: PreparedUnit, refs: list[SiteRef], n_columns: int,
+                 precision: str) -> Scorer:
+        if precision not in ANALYSIS_PRECISIONS:
+            raise UsageError(f"analysis.precision={precision!r}; accepted: {', '.join(ANALYSIS_PRECISIONS)}")
+        evaluates = evaluation_model(loaded)
+        runs_on = evaluates if precision == "fp32" else training_model(loaded, unit.precision)
+        if runs_on is evaluates:
+            return cls(evaluates, refs, dict(unit.splits), False, n_columns)
+        splits = {}
+        for name in ("val", "test"):
+            seen = dataclasses.replace(unit.splits[name])  # a shallow copy: its own logits and prefix set next
+            give_own_logits(seen, runs_on, unit.spec.settings.eval_batch, unit.first_layer or None)
+            splits[name] = seen
+        return cls(runs_on, resolve_site(runs_on.model, unit.spec.site, unit.layers), splits, True, n_columns)
+
+
+def _score(scorer: Scorer, unit: PreparedUnit, points: list[Point], split_name: str) -> list[dict]:
     """One row per point; each distinct point is evaluated once."""
     distinct, index = _distinct(points)
-    scored = _score_distinct(loaded, unit, distinct, refs, split_name, n_columns)
+    scored = _score_distinct(scorer, unit, distinct, split_name)
     return [dict(scored[i], kind=point.kind, k=point.k, beta=point.beta) for point, i in zip(points, index)]
 
 
-def _score_distinct(loaded: LoadedModel, unit: PreparedUnit, points: list[Point], refs: list[SiteRef],
-                    split_name: str, n_columns: int) -> list[dict]:
-    split: SplitData = unit.splits[split_name]
-    columns = _token_columns(unit, split_name, n_columns)
+def _score_distinct(scorer: Scorer, unit: PreparedUnit, points: list[Point], split_name: str) -> list[dict]:
+    split: SplitData = scorer.splits[split_name]
+    columns = _token_columns(unit, split_name, scorer.n_columns)
     rows = []
     for start in range(0, len(points), POINTS_PER_FORWARD):
         chunk = points[start:start + POINTS_PER_FORWARD]
-        scores = score(loaded, PointBatch(chunk), refs, split, first_layer=unit.first_layer,
-                       batch_rows=unit.spec.settings.eval_batch, token_columns=columns)
+        scores = score(scorer.loaded, PointBatch(chunk), scorer.refs, split, first_layer=unit.first_layer,
+                       batch_rows=unit.spec.settings.eval_batch, own=scorer.own, token_columns=columns)
         ld_after, kl = scores.ld_after, scores.kl_other  # [P, N]
-        flips = flipped(ld_after, split.ld[None]).float()  # [P, N]
-        shift = normalised_shift(ld_after, split.ld[None])  # [P, N], NaN where LD = 0
+        ld_before = scores.ld_before  # [N] the scoring model's own unintervened LD
+        flips = flipped(ld_after, ld_before[None]).float()  # [P, N]
+        shift = normalised_shift(ld_after, ld_before[None])  # [P, N], NaN where LD = 0
         stats = {}
         for name, values in (("flip_rate", flips), ("ld_after", ld_after), ("kl_other", kl), ("ld_shift", shift)):
             lo, hi = _bootstrap(values)
             stats[name] = (values.nanmean(1), lo, hi)
         for j, point in enumerate(chunk):
             row = dict(kind=point.kind, split=split_name, k=point.k, beta=point.beta, n_prompts=len(split),
-                       ld_before=float(split.ld.mean()))
+                       ld_before=float(ld_before.mean()))
             for name, (mean, lo, hi) in stats.items():
                 row.update({name: float(mean[j]), f"{name}_lo": float(lo[j]), f"{name}_hi": float(hi[j])})
             rows.append(row)
@@ -212,21 +243,22 @@ def split_point(k_lo: int, k_hi: int) -> int | None:
 
 def analyze_trial(loaded: LoadedModel, unit: PreparedUnit, tensors: dict[str, torch.Tensor],
                   betas: tuple[float, ...] = STRENGTHS, curves: bool = True, k_step: int = 2,
-                  k90_within: float | None = 0.1) -> list[dict]:
-    """Curves and strength rows (columns of the curves table, without the ids) for one stored trial,
-    on val and test, all in fp32 on the evaluation model.
+                  k90_within: float | None = 0.1, val_all: bool = False, precision: str = "train") -> list[dict]:
+    """Curves and strength rows (columns of the curves table, without the ids) for one stored trial.
 
-    With `k90_within`, k90 (the fewest top cells keeping K90_FRACTION of the val flip_rate) is found to within
-    that ratio: the grid's bracket around it is bisected on val (one sufficiency point per round), then the
-    found k90 is also scored as necessity on val and both ways on test. Decided on val, so the extra points are
-    val sufficiency rows; the grid stays whole on both splits."""
-    loaded = evaluation_model(loaded)
+    Test gets every point. Val gets what a decision reads, the sufficiency curve (k90 is decided on it), unless
+    `val_all` asks for val necessity and strength rows too. With `k90_within`, k90 (the fewest top cells keeping
+    K90_FRACTION of the val flip_rate) is found to within that ratio: the grid's bracket around it is bisected on
+    val (one sufficiency point per round), then the found k90 is scored both ways on test (and as necessity on
+    val with `val_all`). The cells are ranked on the fp32 model (as the scalars table's `moved` is); the points
+    run in `precision` (`Scorer`)."""
+    evaluates = evaluation_model(loaded)
     method = method_class(unit.spec.method)
-    refs = resolve_site(loaded.model, unit.spec.site, unit.layers)
-    trial = method.from_artifact(refs, tensors).to(loaded.device)
-    effects = _cell_effects(loaded, unit, trial, refs)  # [L, C(, H)]
+    refs = resolve_site(evaluates.model, unit.spec.site, unit.layers)
+    trial = method.from_artifact(refs, tensors).to(evaluates.device)
+    effects = _cell_effects(evaluates, unit, trial, refs)  # [L, C(, H)]
     n_cells = effects.numel()
-    n_columns = effects.shape[1]
+    scorer = Scorer.for_unit(loaded, unit, refs, effects.shape[1], precision)
     all_cells = torch.ones((effects.shape[0], effects.shape[1] + 1) + tuple(effects.shape[2:]), dtype=torch.bool)
     points = []
     if curves:
@@ -234,27 +266,27 @@ def analyze_trial(loaded: LoadedModel, unit: PreparedUnit, tensors: dict[str, to
             sufficiency, necessity = _keep_masks(effects, k)
             points += [Point("sufficiency", k, None, trial, sufficiency), Point("necessity", k, None, trial, necessity)]
     for beta in betas:
-        at_beta = trial if beta == 1.0 else method.from_artifact(refs, tensors, beta).to(loaded.device)
+        at_beta = trial if beta == 1.0 else method.from_artifact(refs, tensors, beta).to(evaluates.device)
         points.append(Point("strength", None, beta, at_beta, all_cells))
+    val_points = [p for p in points if val_all or p.kind == "sufficiency"]
     with torch.no_grad():
-        rows = _score(loaded, unit, points, refs, "val", n_columns)
+        rows = _score(scorer, unit, val_points, "val")
         test_points = list(points)
         if curves and k90_within:
-            found = _refine_k90(loaded, unit, trial, effects, refs, rows, k90_within)
-            rows += found
+            rows += _refine_k90(scorer, unit, trial, effects, rows, k90_within)
             k90 = k90_bracket(rows, n_cells)
             if k90 is not None and k90[1] not in set(k_grid(n_cells, k_step)):
                 sufficiency, necessity = _keep_masks(effects, k90[1])
-                rows += _score(loaded, unit, [Point("necessity", k90[1], None, trial, necessity)], refs, "val",
-                               n_columns)
+                if val_all:
+                    rows += _score(scorer, unit, [Point("necessity", k90[1], None, trial, necessity)], "val")
                 test_points += [Point("sufficiency", k90[1], None, trial, sufficiency),
                                 Point("necessity", k90[1], None, trial, necessity)]
-        rows += _score(loaded, unit, test_points, refs, "test", n_columns)
+        rows += _score(scorer, unit, test_points, "test")
     return [dict(row, n_cells=n_cells) for row in rows]
 
 
-def _refine_k90(loaded: LoadedModel, unit: PreparedUnit, trial: Intervention, effects: torch.Tensor,
-                refs: list[SiteRef], val_rows: list[dict], within: float) -> list[dict]:
+def _refine_k90(scorer: Scorer, unit: PreparedUnit, trial: Intervention, effects: torch.Tensor,
+                val_rows: list[dict], within: float) -> list[dict]:
     """Val sufficiency rows at the k that bisect k90's bracket down to `within` (none where the grid already
     does)."""
     n_cells = effects.numel()
@@ -265,6 +297,6 @@ def _refine_k90(loaded: LoadedModel, unit: PreparedUnit, trial: Intervention, ef
         if k is None:
             break
         point = Point("sufficiency", k, None, trial, _keep_masks(effects, k)[0])
-        found += _score(loaded, unit, [point], refs, "val", effects.shape[1])
+        found += _score(scorer, unit, [point], "val")
         bracket = k90_bracket(val_rows + found, n_cells)
     return found

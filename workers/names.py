@@ -89,6 +89,8 @@ METHODS: dict[str, MethodInfo] = {
 }
 # the strengths beta of the strength sweep (workers/analysis.py; `Intervention.from_artifact`)
 STRENGTHS = (-1.0, -0.5, 0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
+# the analysis' forwards (analysis.precision): the unit's training precision, or always fp32
+ANALYSIS_PRECISIONS = ("train", "fp32")
 
 
 def method_names() -> tuple[str, ...]:

@@ -227,7 +227,7 @@ def _length_hint(tokenized: list[TokenizedExample], n_positions: int, method: st
             "split by template into one task per length")
 
 
-def _as_trained(data: SplitData, trains_on: LoadedModel, chunk: int, cache_layer: int | None) -> None:
+def give_own_logits(data: SplitData, trains_on: LoadedModel, chunk: int, cache_layer: int | None) -> None:
     """Give `data` the training model's own unintervened logits and prefix (it differs from the
     fp32 model: bf16), so that an untrained intervention is exact against them."""
     data.own_logits, states = logits_and_states(trains_on, data.ids, data.lengths, chunk, cache_layer)
@@ -303,7 +303,7 @@ def prepare_unit(loaded: LoadedModel, spec: UnitSpec) -> PreparedUnit:
 
     def as_trained(data: SplitData) -> None:  # the objective's reference logits and prefix from the model that trains
         if trains_on is not evaluates_on:
-            _as_trained(data, trains_on, settings.eval_batch, cache_layer)
+            give_own_logits(data, trains_on, settings.eval_batch, cache_layer)
     unit_hash = task_hash(spec.task, settings.seed)  # as the coordinator hashes it: no tokenizer
     unit = PreparedUnit(spec, layers, n_positions, {}, counts, unit_hash, precision, base_accuracy, mean_ld, None, hints)
     if settings.folds == 1:
@@ -410,5 +410,5 @@ def check_slice(loaded: LoadedModel, unit: PreparedUnit) -> SplitData:
     data = unit.splits["val"].head(min(settings.check_prompts, len(unit.splits["val"])))
     trains_on = training_model(loaded, unit.precision)
     if trains_on is not evaluation_model(loaded):
-        _as_trained(data, trains_on, settings.eval_batch, unit.first_layer or None)
+        give_own_logits(data, trains_on, settings.eval_batch, unit.first_layer or None)
     return data
