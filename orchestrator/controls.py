@@ -10,8 +10,11 @@ trial's hyper-parameters, steps and seed again with only a mask's cells free (wo
   holding IOI's names, IO, S1, S2, and the last position).
 With `replicates: true` each complete replicate of the selected trial is controlled the same way, with its own
 top cells, random draws, seed and (fold replicates) fold or (bootstrap) resample.
-The masks are named from the config and the selected trial's cell count alone (`mask_names`: how many are left is
-known from the trials rows), and resolved to cells from its scalars rows (`mask_cells`). Pure: no torch.
+With `at_k90` a top-k and the random-k masks are added at k = the controlled trial's own k90 (`k90_of`, from its
+val sufficiency curve, as the findings page reads it), so the analysis runs before the controls.
+The masks are named from the config, the controlled trial's cell count and its k90 (`mask_names`: how many are
+left is known from the trials and curves rows), and resolved to cells from its scalars rows (`mask_cells`). Pure:
+no torch.
 """
 from __future__ import annotations
 
@@ -20,12 +23,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from storage.selection import RATE_SLACK
 from workers.names import NAME_ROLES
 
 if TYPE_CHECKING:
     from search_spaces.config import SweepConfig
 
 Cell = tuple[int, int, int]  # (layer, position, head; -1 off the head site)
+K90_FRACTION = 0.9  # k90: the fewest top cells whose val flip_rate reaches this share of the trial's own
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,7 @@ class ControlPlan:
     structured: tuple[str, ...] = ()
     methods: tuple[str, ...] = ()
     replicates: bool = False  # each complete replicate of the selected trial is controlled too, with its own masks
+    at_k90: bool = False  # a top-k and random-k masks at each controlled trial's own k90 too
 
     def applies_to(self, method: str) -> bool:
         return method in self.methods
@@ -48,20 +54,42 @@ def plan_of(config: SweepConfig) -> ControlPlan:
     if not c.enabled:
         return ControlPlan()
     return ControlPlan(tuple(c.ks or ()), tuple(c.k_fractions or ()), c.random_masks, tuple(c.structured),
-                       tuple(c.methods), c.replicates)
+                       tuple(c.methods), c.replicates, c.at_k90)
 
 
-def k_values(plan: ControlPlan, n_cells: int) -> list[int]:
-    """The k of the controls for a trial of n_cells cells: the ks and the rounded fractions (at least 1), below
-    n_cells (k = all cells: every random draw would be the top-k mask, the trial's whole grid), each once, ascending."""
+def k90_of(flips: dict[int, float], n_cells: int) -> int | None:
+    """k90 from a trial's val sufficiency flip_rates (k -> flip_rate): the smallest scored k reaching K90_FRACTION of
+    the flip_rate with all n_cells acting, as reports.claims.common.reach reads it (RATE_SLACK: rates are float32
+    means); None where the trial flips nothing or its full point is missing."""
+    full = flips.get(n_cells)
+    if full is None or not full > 0:
+        return None
+    target = K90_FRACTION * full - RATE_SLACK
+    reached = [k for k, flip in flips.items() if flip >= target]
+    return min(reached) if reached else None
+
+
+def k_values(plan: ControlPlan, n_cells: int, k90: int | None = None) -> list[int]:
+    """The k of the controls for a trial of n_cells cells: the ks, the rounded fractions (at least 1) and with
+    `at_k90` the trial's k90, below n_cells (k = all cells: every random draw would be the top-k mask, the trial's
+    whole grid), each once, ascending."""
     ks = set(plan.ks) | {max(1, round(f * n_cells)) for f in plan.k_fractions}
+    if plan.at_k90 and k90 is not None:
+        ks.add(k90)
     return sorted(k for k in ks if 1 <= k < n_cells)
 
 
-def mask_names(plan: ControlPlan, n_cells: int) -> list[str]:
-    """Every mask a selected trial of n_cells cells is controlled with, in the order they are trained."""
+def mask_count(plan: ControlPlan, n_cells: int) -> int:
+    """How many masks a controlled trial of n_cells cells gets, before its k90 is known: at most (its k90 can be
+    another control's k, or missing where the trial flips nothing)."""
+    return len(mask_names(plan, n_cells)) + ((1 + plan.random_masks) if plan.at_k90 else 0)
+
+
+def mask_names(plan: ControlPlan, n_cells: int, k90: int | None = None) -> list[str]:
+    """Every mask a controlled trial of n_cells cells (with `at_k90`: and this k90) is controlled with, in the
+    order they are trained."""
     names = []
-    for k in k_values(plan, n_cells):
+    for k in k_values(plan, n_cells, k90):
         names.append(f"top-{k}")
         names += [f"random-{k}-s{i}" for i in range(plan.random_masks)]
     return names + list(plan.structured)

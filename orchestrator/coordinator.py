@@ -125,9 +125,13 @@ class Coordinator:
         for row in trials:
             if (state := self.units.get(row["unit_id"])) is not None:
                 state.count(row)
-        for row in store.read("curves").table.select(["unit_id", "trial_id"]).to_pylist():
-            if (state := self.units.get(row["unit_id"])) is not None:
-                state.analysed.add(row["trial_id"])
+        curves: dict[tuple[str, str], list[dict]] = {}
+        for row in store.read("curves").table.select(["unit_id", "trial_id", "kind", "split", "k", "flip_rate",
+                                                      "n_cells"]).to_pylist():
+            curves.setdefault((row["unit_id"], row["trial_id"]), []).append(row)
+        for (unit_id, trial_id), rows in curves.items():
+            if (state := self.units.get(unit_id)) is not None:
+                state.note_curves(trial_id, rows)
         if self.config.search.pruner is not None:  # ASHA's history of each unit
             count_stored_rungs(self.units, trials, store.read("checks").table.to_pylist())
         refresh_selections(self.units.values())

@@ -21,7 +21,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from orchestrator.controls import mask_names
+from orchestrator.controls import mask_count
 from orchestrator.plan import PlannedUnit
 from orchestrator.units import Phase, targets_of
 from search_spaces.config import IntRange, SweepConfig
@@ -184,7 +184,7 @@ def control_work(c: Costing) -> list[Piece]:
     if not plan.applies_to(c.unit.spec.method):
         return []
     steps, _ = trial_shape(c.config, c.unit.spec.method)
-    n = len(mask_names(plan, c.facts.n_cells)) * (c.config.search.replicates if plan.replicates else 1)
+    n = mask_count(plan, c.facts.n_cells) * (c.config.search.replicates if plan.replicates else 1)
     return [training_piece(c, Phase.CONTROLS, [(steps, k, 1.0)], k) for k in batches(n, c.config.search.batch)]
 
 
@@ -246,7 +246,7 @@ def analysis_work(c: Costing) -> list[Piece]:
 # One function per phase, in the order a unit goes through them (orchestrator/units.py STEPS).
 PHASE_WORK: dict[Phase, Callable[[Costing], list[Piece]]] = {
     Phase.DESCRIBE: describe_work, Phase.SEARCH: search_work, Phase.REPLICATES: replicate_work,
-    Phase.CONTROLS: control_work, Phase.ANALYSE: analysis_work}
+    Phase.ANALYSE: analysis_work, Phase.CONTROLS: control_work}
 
 
 def unit_cost(c: Costing) -> UnitCost:

@@ -75,4 +75,4 @@ class Recorder:
         for tid, rows in rows_by_trial.items():
             self.store.append("curves", [dict(row, trial_id=tid, unit_id=state.unit_id, run_id=self.run_id)
                                          for row in rows])
-            state.analysed.add(tid)
+            state.note_curves(tid, rows)

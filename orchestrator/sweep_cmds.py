@@ -141,6 +141,12 @@ WHERE t.trial_id NOT IN (SELECT trial_id FROM curves)
 GROUP BY s.unit_id"""
 
 
+# each selected trial's val sufficiency curve: its k90, for the masks of controls.at_k90
+K90_SQL = """
+SELECT c.trial_id, c.k, c.flip_rate, c.n_cells FROM curves c JOIN selected s ON c.trial_id = s.trial_id
+WHERE c.kind = 'sufficiency' AND c.split = 'val' AND c.k IS NOT NULL"""
+
+
 def unit_status(run_dir: Path) -> list[dict]:
     """Per unit: trial counts, what is left (the coordinator's own rule: orchestrator/units.py), and the
     selected trial's val and test values (never a maximum over test)."""
@@ -156,15 +162,22 @@ def unit_status(run_dir: Path) -> list[dict]:
         cells = con.execute(f"SELECT c.* FROM scalars c JOIN ({SEED_GROUP}) g USING (run_id, trial_id)").df() \
             if any(r["replicates"] for r in rows) else None
         unanalysed = {r[0]: list(r[1]) for r in con.execute(UNANALYSED_SQL).fetchall()}
-        return rows, groups, cells, unanalysed
+        curves: dict[str, dict[int, float]] = {}
+        n_cells: dict[str, int] = {}
+        for trial_id, k, flip, n in con.execute(K90_SQL).fetchall():
+            curves.setdefault(trial_id, {})[int(k)] = float(flip)
+            n_cells[trial_id] = int(n)
+        return rows, groups, cells, unanalysed, {t: k90_of(f, n_cells[t]) for t, f in curves.items()}
 
-    rows, groups, cells, unanalysed = with_connection([run_dir], read)  # again if a compaction finished meanwhile
+    from orchestrator.controls import k90_of
+
+    rows, groups, cells, unanalysed, k90s = with_connection([run_dir], read)  # again if a compaction finished meanwhile
     for r in rows:
         for key, value in r.items():  # a unit with no selected trial yet: NULLs, whatever pandas made of them
             if isinstance(value, float) and value != value:
                 r[key] = None
         r["warnings"] = [str(w) for w in r["warnings"]] if r["warnings"] is not None else []
-        left = _left(run, sweep, r, unanalysed.get(r["unit_id"], []))
+        left = _left(run, sweep, r, unanalysed.get(r["unit_id"], []), k90s)
         r["pending"], r["phase"] = left.trials, left.phase.value
         r["seed_jaccard"] = None
         if r["replicates"]:  # so the cells were read
@@ -175,16 +188,19 @@ def unit_status(run_dir: Path) -> list[dict]:
     return rows
 
 
-def _left(run: RunDir, sweep, row: dict, unanalysed: list[str]):
-    """What is left of a described unit, by the pure rule the coordinator schedules with."""
-    from orchestrator.controls import mask_names
+def _left(run: RunDir, sweep, row: dict, unanalysed: list[str], k90s: dict[str, int | None]):
+    """What is left of a described unit, by the pure rule the coordinator schedules with (controls at k90: the
+    selected trial's k90 stands for its replicates'; before its analysis, the most masks there can be)."""
+    from orchestrator.controls import mask_count, mask_names
     from orchestrator.units import Tally, targets_of, unit_left
 
     targets = targets_of(sweep)
     wanted = 0
     if row["selected_trial"] is not None and targets.controls.applies_to(row["method"]):
         seeds = 1 + (int(row["replicates"]) if targets.controls.replicates else 0)
-        wanted = len(mask_names(targets.controls, int(row["sites_total"]))) * seeds
+        plan, n, chosen = targets.controls, int(row["sites_total"]), row["selected_trial"]
+        per_seed = len(mask_names(plan, n, k90s[chosen])) if chosen in k90s or not plan.at_k90 else mask_count(plan, n)
+        wanted = per_seed * seeds
     tally = Tally(described=True, search_finished=int(row["done"]) + int(row["pruned"]), selected=row["selected_trial"],
                   replicates_done=int(row["replicates"]), to_analyse=tuple(unanalysed),
                   analysis_stopped=not all(run.artifact(tid).exists() for tid in unanalysed),

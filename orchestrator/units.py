@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from orchestrator.controls import ControlPlan, mask_names, plan_of
+from orchestrator.controls import ControlPlan, k90_of, mask_names, plan_of
 from storage.schema import Status
 from workers.asha import RungEntry
 
@@ -166,7 +166,7 @@ def _analyse(targets: Targets, tally: Tally) -> Step:
 
 STEPS: dict[Phase, Callable[[Targets, Tally], Step]] = {
     Phase.DESCRIBE: _describe, Phase.PILOT: _pilot, Phase.SEARCH: _search, Phase.REPLICATES: _replicates,
-    Phase.CONTROLS: _controls, Phase.ANALYSE: _analyse}
+    Phase.ANALYSE: _analyse, Phase.CONTROLS: _controls}  # analysed first: controls at k90 read the curves
 
 
 @dataclass(frozen=True)
@@ -239,6 +239,7 @@ class UnitState:
         self.trial_folds: dict[str, int] = {}  # complete trials' folds (trials.fold), where set
         self.folds_in_flight: list[int] = []  # the folds of replicates handed out (search.replicate_data: folds)
         self.analysed: set[str] = set()  # trial ids with rows in the curves table
+        self.k90s: dict[str, int | None] = {}  # analysed trial id -> its val k90 (controls.at_k90), None: flips nothing
         self.pilot_steps: int | None = None  # the complete convergence pilot's steps: the search's training length
         self.replicate_rows: dict[str, dict[str, Any]] = {}  # complete replicates' rows (controls: replicates)
         self.control_masks: dict[str, set[str]] = {}  # controlled trial id -> the masks of its complete controls
@@ -264,6 +265,14 @@ class UnitState:
         """Complete trials: search trials, replicates, the convergence pilot and mask controls."""
         return (len(self.search_rows) + sum(map(len, self.replicate_ids.values())) + (self.pilot_steps is not None)
                 + sum(map(len, self.control_masks.values())))
+
+    def note_curves(self, trial_id: str, rows: list[dict[str, Any]]) -> None:
+        """A trial's curves rows are stored: it is analysed, and its val k90 is known (controls.at_k90)."""
+        self.analysed.add(trial_id)
+        flips = {int(r["k"]): float(r["flip_rate"]) for r in rows
+                 if r["kind"] == "sufficiency" and r["split"] == "val" and r["k"] is not None}
+        n_cells = next((int(r["n_cells"]) for r in rows if r.get("n_cells") is not None), None)
+        self.k90s[trial_id] = k90_of(flips, n_cells) if n_cells is not None else None
 
     # ------------------------------------------------------------ the selection
     def selection_stale(self) -> bool:
@@ -415,7 +424,7 @@ def wanted_controls(state: UnitState) -> list[tuple[str, str]]:
     """Every control a unit wants: (controlled trial, mask), in the order they are trained."""
     plan = state.targets.controls
     return [(row["trial_id"], name) for row in controlled_trials(state)
-            for name in mask_names(plan, int(row["sites_total"]))]
+            for name in mask_names(plan, int(row["sites_total"]), state.k90s.get(row["trial_id"]))]
 
 
 def refresh_selections(states: Iterable[UnitState]) -> None:

@@ -284,6 +284,9 @@ class Controls(_Strict):
     replicates: bool = Field(False, description="also control each complete replicate of the selected trial (its "
                              "own top cells and random draws, its seed, fold and resample): the findings page pools "
                              "the controls of a trial's seeds")
+    at_k90: bool = Field(False, description="also a top-k and `random_masks` random-k controls at k = the controlled "
+                         "trial's own k90 (the fewest top cells keeping 90% of its val flip_rate, from its analysis: "
+                         "the analysis runs before the controls); needs analysis.enabled and analysis.curves")
 
     @field_validator("ks")
     @classmethod
@@ -317,8 +320,8 @@ class Controls(_Strict):
 
     @model_validator(mode="after")
     def _something(self) -> Self:
-        if self.enabled and not (self.ks or self.k_fractions or self.structured):
-            raise ValueError("controls.enabled needs ks, k_fractions or structured masks")
+        if self.enabled and not (self.ks or self.k_fractions or self.structured or self.at_k90):
+            raise ValueError("controls.enabled needs ks, k_fractions, at_k90 or structured masks")
         return self
 
 
@@ -353,7 +356,7 @@ class SweepConfig(_Strict):
     analysis: Analysis = Field(Analysis(), description="what each unit's selected trial and replicates do, "
                                "measured after its search (not part of the unit's id)")
     controls: Controls = Field(Controls(), description="retrained mask controls of each unit's selected trial, "
-                               "after its replicates (not part of the unit's id)")
+                               "after its replicates and their analysis (not part of the unit's id)")
     resources: Resources = Field(Resources(), description="Ray resources")
     allow_pickle: bool = Field(False, description="allow pickle (.bin) checkpoints; safetensors only by default")
 
@@ -432,6 +435,14 @@ class SweepConfig(_Strict):
         if pruner.min_steps >= most:
             raise ValueError(f"search.pruner.min_steps = {pruner.min_steps} is not below the trials' steps ({most}): "
                              "no rung would come before a trial ends; lower min_steps")
+        return self
+
+    @model_validator(mode="after")
+    def _k90_analysed(self) -> Self:
+        """Controls at k90 read k90 from the controlled trial's curves."""
+        if self.controls.enabled and self.controls.at_k90 and not (self.analysis.enabled and self.analysis.curves):
+            raise ValueError(f"controls.at_k90 needs the analysis' curves (analysis.enabled: {self.analysis.enabled}, "
+                             f"analysis.curves: {self.analysis.curves}); enable both, or drop at_k90")
         return self
 
     @model_validator(mode="after")

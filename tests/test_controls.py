@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 import torch
 
-from orchestrator.controls import ControlPlan, k_values, mask_cells, mask_names
+from orchestrator.controls import ControlPlan, k90_of, k_values, mask_cells, mask_count, mask_names
 from orchestrator.units import Phase, Step, Tally, Targets, unit_left
 from search_spaces.config import parse_config
 from tests.sweeps import check_run, tiny_config
@@ -94,15 +94,29 @@ def test_masks_are_named_from_the_config_and_drawn_reproducibly():
                                                           (1, 4, -1)]
 
 
-def test_controls_are_the_phase_after_the_replicates():
+def test_controls_are_the_phase_after_the_analysis():
+    """Replicates, then the analysis (controls at k90 read its curves), then the controls."""
     targets = Targets(n_trials=2, replicates=2, analysis=True)
     assert unit_left(targets, Tally(search_finished=2, selected="t1", replicates_done=1, controls_wanted=6,
-                                    controls_done=2, to_analyse=("t1",))).phase is Phase.CONTROLS
+                                    controls_done=2, to_analyse=("t1",))).phase is Phase.ANALYSE
     left = unit_left(targets, Tally(search_finished=2, selected="t1", replicates_done=1, controls_wanted=6,
                                     controls_done=2, in_flight={Phase.CONTROLS: 3}))
-    assert left.steps[Phase.CONTROLS] == Step(4, 1) and left.trials == 4
-    assert unit_left(targets, Tally(search_finished=2, selected="t1", replicates_done=1, controls_wanted=6,
-                                    controls_done=6, to_analyse=("t1",))).phase is Phase.ANALYSE
+    assert left.phase is Phase.CONTROLS and left.steps[Phase.CONTROLS] == Step(4, 1) and left.trials == 4
+    assert unit_left(targets, Tally(search_finished=2, selected="t1", replicates_done=0, controls_wanted=6,
+                                    to_analyse=("t1",))).phase is Phase.REPLICATES
+
+
+def test_controls_at_k90_take_the_trials_own_k90():
+    """k90 as the page reads it (the smallest scored k reaching 90% of the full val flip_rate, float32 slack);
+    at_k90 adds a top-k and the random-k masks there, once where k90 is another control's k."""
+    flips = {0: 0.0, 1: 0.2, 4: 0.5, 7: 0.89999997, 16: 1.0, 64: 1.0}
+    assert k90_of(flips, 64) == 7 and k90_of({0: 0.0, 64: 0.0}, 64) is None and k90_of({4: 0.5}, 64) is None
+    plan = ControlPlan(ks=(4,), random_masks=2, structured=("final_position",), methods=("activscalar",), at_k90=True)
+    assert mask_names(plan, 64, 7) == ["top-4", "random-4-s0", "random-4-s1", "top-7", "random-7-s0", "random-7-s1",
+                                       "final_position"]
+    assert mask_names(plan, 64, 4) == mask_names(plan, 64, None) == mask_names(plan, 64)  # k90 already a k: once
+    assert mask_count(plan, 64) == 7 and mask_count(ControlPlan(ks=(4,), random_masks=2), 64) == 3
+    assert mask_names(ControlPlan(ks=(4,), random_masks=2), 64, 7) == ["top-4", "random-4-s0", "random-4-s1"]
 
 
 @pytest.mark.parametrize("controls, message", [
@@ -111,10 +125,16 @@ def test_controls_are_the_phase_after_the_replicates():
     ({"enabled": True, "ks": [2], "methods": ["dynscalar"]}, "method 'dynscalar' cannot be masked"),
     ({"enabled": True, "ks": [0]}, "each k must be at least 1"),
     ({"enabled": True, "k_fractions": [1.5]}, r"k_fractions \[1.5\]"),
-    ({"enabled": True}, "needs ks, k_fractions or structured"),
+    ({"enabled": True}, "needs ks, k_fractions, at_k90 or structured"),
+    ({"enabled": True, "at_k90": True}, None),
     ({"enabled": True, "ks": [2], "mask": "x"}, "controls.mask: unknown key"),
 ])
 def test_bad_controls_are_refused_by_name(controls, message):
+    if message is None:  # at_k90 alone is a plan; without the analysis' curves it is refused by name
+        parse_config(tiny_config(controls=controls))
+        with pytest.raises(UsageError, match=r"controls.at_k90 needs the analysis' curves \(analysis.enabled: False"):
+            parse_config(tiny_config(controls=controls, analysis={"enabled": False}))
+        return
     with pytest.raises(UsageError, match=message) as info:
         parse_config(tiny_config(controls=controls))
     assert "controls" in str(info.value)
@@ -227,6 +247,40 @@ def test_a_sweep_with_controls_writes_each_control_once_and_resumes(tmp_path, ra
     assert len(c) == len(first) and set(c.mask_cells[c["mask"].str.startswith("top-")]) == {2, 4}
     condition, k = top_vs_random(report, row, 3)  # (a) of claim C3: top-k against the random-k at the k nearest k90
     assert k in (2, 4) and "retrained top-k and random-k control trials" not in str(condition)
+
+
+@pytest.mark.slow
+def test_controls_at_k90_train_at_the_k_the_page_reads(tmp_path, ray_session):
+    """controls.at_k90 on a sweep: the analysis runs first, the controls train top-k90 and random-k90 masks at the
+    selected trial's own k90, and the page's C3 compares top-k with random-k at exactly k90 (its (b) can then be
+    justified by (a)); a resume trains nothing more."""
+    from orchestrator.coordinator import Coordinator
+    from orchestrator.sweep_cmds import unit_status
+    from reports.claims.c3 import top_vs_random
+    from reports.claims.common import reach
+    from reports.curves import FRACTION
+    from reports.run import load_run
+    from storage.store import read_table
+
+    controls = {"enabled": True, "at_k90": True, "random_masks": 5}
+    config = parse_config(tiny_config(methods=["activscalar"], controls=controls, train={"steps": 12}))
+    run = tmp_path / "run"
+    Coordinator(config, run).run()
+    report = load_run(run)
+    (row,) = list(report.selected.itertuples(index=False))
+    k90 = reach(report.curves, [row.trial_id], FRACTION).k
+    rows = read_table(run, "trials").table.to_pylist()
+    masks = sorted(r["mask"] for r in rows if r["control_of"] == row.trial_id and r["status"] == "complete")
+    n_cells = next(r["sites_total"] for r in rows if r["trial_id"] == row.trial_id)
+    assert k90 is not None and 1 <= k90 < n_cells, (k90, n_cells)  # this sweep's trial has a k90 to control at
+    assert masks == sorted([f"top-{k90}"] + [f"random-{k90}-s{i}" for i in range(5)])
+    condition, k = top_vs_random(report, row, k90)
+    assert k == k90 and "retrained top-k and random-k control trials" not in str(condition)
+    Coordinator(config, run).run()  # a resume: every control is there, none runs again
+    again = [r for r in read_table(run, "trials").table.to_pylist() if r["control_of"] is not None]
+    assert sorted(r["mask"] for r in again) == masks
+    status = unit_status(run)
+    assert all(r["phase"] == "done" and r["pending"] == 0 for r in status), status
 
 
 def _control_count(run) -> int:
