@@ -33,7 +33,7 @@ from orchestrator.rungs import count_stored_rungs
 from orchestrator.startup import check_task_data, record_config, setup_logging
 from orchestrator.studies import Studies, open_studies
 from orchestrator.summary import Summary, log_phase_seconds, summarize
-from orchestrator.units import Asked, Phase, UnitState, refresh_selections, targets_of
+from orchestrator.units import Asked, Phase, UnitState, note_curves, refresh_selections, targets_of
 from search_spaces.config import SweepConfig
 from search_spaces.duration import parse_duration
 from storage.run_dir import RunDir
@@ -131,7 +131,7 @@ class Coordinator:
             curves.setdefault((row["unit_id"], row["trial_id"]), []).append(row)
         for (unit_id, trial_id), rows in curves.items():
             if (state := self.units.get(unit_id)) is not None:
-                state.note_curves(trial_id, rows)
+                note_curves(state, trial_id, rows)
         if self.config.search.pruner is not None:  # ASHA's history of each unit
             count_stored_rungs(self.units, trials, store.read("checks").table.to_pylist())
         refresh_selections(self.units.values())

@@ -8,7 +8,7 @@ from typing import Any
 from orchestrator.records import trial_id, trial_rows, unfinished_row
 from orchestrator.rungs import is_search_trial
 from orchestrator.studies import Outcome, Studies
-from orchestrator.units import Asked, Phase, UnitState, Work
+from orchestrator.units import Asked, Phase, UnitState, Work, note_curves
 from search_spaces.config import Search
 from storage.run_dir import RunDir
 from storage.schema import Status
@@ -75,4 +75,4 @@ class Recorder:
         for tid, rows in rows_by_trial.items():
             self.store.append("curves", [dict(row, trial_id=tid, unit_id=state.unit_id, run_id=self.run_id)
                                          for row in rows])
-            state.note_curves(tid, rows)
+            note_curves(state, tid, rows)

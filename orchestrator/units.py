@@ -266,14 +266,6 @@ class UnitState:
         return (len(self.search_rows) + sum(map(len, self.replicate_ids.values())) + (self.pilot_steps is not None)
                 + sum(map(len, self.control_masks.values())))
 
-    def note_curves(self, trial_id: str, rows: list[dict[str, Any]]) -> None:
-        """A trial's curves rows are stored: it is analysed, and its val k90 is known (controls.at_k90)."""
-        self.analysed.add(trial_id)
-        flips = {int(r["k"]): float(r["flip_rate"]) for r in rows
-                 if r["kind"] == "sufficiency" and r["split"] == "val" and r["k"] is not None}
-        n_cells = next((int(r["n_cells"]) for r in rows if r.get("n_cells") is not None), None)
-        self.k90s[trial_id] = k90_of(flips, n_cells) if n_cells is not None else None
-
     # ------------------------------------------------------------ the selection
     def selection_stale(self) -> bool:
         return self._selection is None or self._selection[0] != len(self.search_rows)
@@ -408,6 +400,15 @@ class UnitState:
             self.gave_up = True
             log.error(f"unit {self.unit_id} ({self.planned.spec.describe()}): {self.failed} failed trials; "
                       "giving up on it")
+
+
+def note_curves(state: UnitState, trial_id: str, rows: list[dict[str, Any]]) -> None:
+    """A trial's curves rows are stored: it is analysed, and its val k90 is known (controls.at_k90)."""
+    state.analysed.add(trial_id)
+    flips = {int(r["k"]): float(r["flip_rate"]) for r in rows
+             if r["kind"] == "sufficiency" and r["split"] == "val" and r["k"] is not None}
+    n_cells = next((int(r["n_cells"]) for r in rows if r.get("n_cells") is not None), None)
+    state.k90s[trial_id] = k90_of(flips, n_cells) if n_cells is not None else None
 
 
 def controlled_trials(state: UnitState) -> list[dict[str, Any]]:

@@ -5,6 +5,8 @@ the attn_out site; the attention kinds are the model's own attention weights (ou
 names' tokens; patch_unit writes head kinds for head units only."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -19,7 +21,7 @@ from workers.sites import hooked, resolve_site
 def _norms(tiny_models) -> list[nn.Module]:
     norms: list[nn.Module] = [nn.LayerNorm(16)]
     for name in ("tiny-llama", "tiny-gemma3"):
-        norms.append(final_norm(tiny_models[name].model))
+        norms.append(copy.deepcopy(final_norm(tiny_models[name].model)))  # a copy: the session's models stay as built
     with torch.no_grad():
         for norm in norms:
             for p in norm.parameters():
