@@ -10,8 +10,9 @@ trial's hyper-parameters, steps and seed again with only a mask's cells free (wo
   holding IOI's names, IO, S1, S2, and the last position).
 With `replicates: true` each complete replicate of the selected trial is controlled the same way, with its own
 top cells, random draws, seed and (fold replicates) fold or (bootstrap) resample.
-With `at_k90` a top-k and the random-k masks are added at k = the controlled trial's own k90 (`k90_of`, from its
-val sufficiency curve, as the findings page reads it), so the analysis runs before the controls.
+With `at_k90` a top-k and the random-k masks are added at k = the selected trial's own k90 (`k90_of`, from its
+val sufficiency curve, as the findings page reads it; its replicates' controls at the same k, so that the page pools
+the seeds at one k), so the analysis runs before the controls.
 The masks are named from the config, the controlled trial's cell count and its k90 (`mask_names`: how many are
 left is known from the trials and curves rows), and resolved to cells from its scalars rows (`mask_cells`). Pure:
 no torch.
@@ -43,7 +44,7 @@ class ControlPlan:
     structured: tuple[str, ...] = ()
     methods: tuple[str, ...] = ()
     replicates: bool = False  # each complete replicate of the selected trial is controlled too, with its own masks
-    at_k90: bool = False  # a top-k and random-k masks at each controlled trial's own k90 too
+    at_k90: bool = False  # a top-k and random-k masks at the selected trial's own k90 too
 
     def applies_to(self, method: str) -> bool:
         return method in self.methods

@@ -89,11 +89,19 @@ class Coordinator:
                     self.studies.sync()
                 elif self.store is not None:
                     self.store.flush()
+                self._record_phase_seconds()  # a coordinator stopped by an error or Ctrl-C counts its worker time too
             finally:
                 RUNNING.remove(self)
                 if started_ray:
                     ray.shutdown()
                 lock.release()
+
+    def _record_phase_seconds(self) -> dict[str, float]:
+        """Add this coordinator's worker seconds per phase to the run's record, once; the run's sums."""
+        if self.controller is None or not self.controller.phase_seconds:
+            return self.run_dir.phase_seconds()
+        seconds, self.controller.phase_seconds = self.controller.phase_seconds, {}
+        return self.run_dir.add_phase_seconds(seconds)
 
     def _open_units(self, store: RunStore) -> Studies:
         """Plan the units, open their studies, settle what an earlier coordinator left, count what is stored."""
@@ -146,8 +154,7 @@ class Coordinator:
         studies.sync()
         record_config(self.run_dir, self.config, self.store, self.run_id)  # an edited sweep is stored once it ran
         self.store.compact_all()
-        if self.controller is not None:
-            log_phase_seconds(self.run_dir.add_phase_seconds(self.controller.phase_seconds))
+        log_phase_seconds(self._record_phase_seconds())
         return summarize(self.run_dir, list(self.units.values()), self.model_loads, time.monotonic() - self.started,
                          self.config.selection.min_flip, stopped)
 

@@ -189,8 +189,8 @@ def unit_status(run_dir: Path) -> list[dict]:
 
 
 def _left(run: RunDir, sweep, row: dict, unanalysed: list[str], k90s: dict[str, int | None]):
-    """What is left of a described unit, by the pure rule the coordinator schedules with (controls at k90: the
-    selected trial's k90 stands for its replicates'; before its analysis, the most masks there can be)."""
+    """What is left of a described unit, by the pure rule the coordinator schedules with (controls at k90: at the
+    selected trial's k90, as the coordinator trains them; before its analysis, the most masks there can be)."""
     from orchestrator.controls import mask_count, mask_names
     from orchestrator.units import Tally, targets_of, unit_left
 
@@ -199,7 +199,8 @@ def _left(run: RunDir, sweep, row: dict, unanalysed: list[str], k90s: dict[str, 
     if row["selected_trial"] is not None and targets.controls.applies_to(row["method"]):
         seeds = 1 + (int(row["replicates"]) if targets.controls.replicates else 0)
         plan, n, chosen = targets.controls, int(row["sites_total"]), row["selected_trial"]
-        per_seed = len(mask_names(plan, n, k90s[chosen])) if chosen in k90s or not plan.at_k90 else mask_count(plan, n)
+        per_seed = len(mask_names(plan, n, k90s.get(chosen))) if chosen in k90s or not plan.at_k90 \
+            else mask_count(plan, n)
         wanted = per_seed * seeds
     tally = Tally(described=True, search_finished=int(row["done"]) + int(row["pruned"]), selected=row["selected_trial"],
                   replicates_done=int(row["replicates"]), to_analyse=tuple(unanalysed),

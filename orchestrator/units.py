@@ -422,10 +422,11 @@ def controlled_trials(state: UnitState) -> list[dict[str, Any]]:
 
 
 def wanted_controls(state: UnitState) -> list[tuple[str, str]]:
-    """Every control a unit wants: (controlled trial, mask), in the order they are trained."""
-    plan = state.targets.controls
-    return [(row["trial_id"], name) for row in controlled_trials(state)
-            for name in mask_names(plan, int(row["sites_total"]), state.k90s.get(row["trial_id"]))]
+    """Every control a unit wants: (controlled trial, mask), in the order they are trained. Controls at k90 are at
+    the selected trial's k90 for its replicates too: the findings page pools the seeds' controls at one k."""
+    plan, rows = state.targets.controls, controlled_trials(state)
+    k90 = state.k90s.get(rows[0]["trial_id"]) if rows else None
+    return [(row["trial_id"], name) for row in rows for name in mask_names(plan, int(row["sites_total"]), k90)]
 
 
 def refresh_selections(states: Iterable[UnitState]) -> None:

@@ -284,9 +284,10 @@ class Controls(_Strict):
     replicates: bool = Field(False, description="also control each complete replicate of the selected trial (its "
                              "own top cells and random draws, its seed, fold and resample): the findings page pools "
                              "the controls of a trial's seeds")
-    at_k90: bool = Field(False, description="also a top-k and `random_masks` random-k controls at k = the controlled "
+    at_k90: bool = Field(False, description="also a top-k and `random_masks` random-k controls at k = the selected "
                          "trial's own k90 (the fewest top cells keeping 90% of its val flip_rate, from its analysis: "
-                         "the analysis runs before the controls); needs analysis.enabled and analysis.curves")
+                         "the analysis runs before the controls; its replicates' controls at the same k); needs "
+                         "analysis.enabled and analysis.curves")
 
     @field_validator("ks")
     @classmethod

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from orchestrator.controls import k90_of
 from orchestrator.costs import analysis_points, k90_rounds
 from workers.analysis import _keep_masks, analyze_trial, k90_bracket, k_grid, split_point
 from workers.interventions import DynScalarBias, build_intervention, method_class
@@ -147,6 +148,9 @@ def test_narrowing_rounds_and_points():
             for k, f in ((0, 0.0), (1, 0.1), (2, 0.5), (4, 0.95), (8, 1.0))]
     assert k90_bracket(rows, 8) == (2, 4)
     assert k90_bracket([dict(r, flip_rate=0.0) for r in rows], 8) is None  # a trial that flips nothing
+    # 18 of 20 prompts as a float32 mean is 0.89999998: it reaches 90%, as the page and the controls read it
+    rows[2]["flip_rate"] = float(torch.tensor(18 / 20, dtype=torch.float32))
+    assert k90_bracket(rows, 8) == (1, 2) and k90_of({r["k"]: r["flip_rate"] for r in rows}, 8) == 2
 
 
 def test_strength_moves_ld_monotonically_on_a_scale(tiny_models):

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
+from workers.asha import RATE_SLACK
 from workers.errors import UsageError
 from workers.interventions import CellRecorder, CellStats, ForwardContext, Intervention, method_class, only_cells
 from workers.models import LoadedModel
@@ -215,12 +216,14 @@ def _score_distinct(scorer: Scorer, unit: PreparedUnit, points: list[Point], spl
 
 def k90_bracket(rows: list[dict], n_cells: int, fraction: float = K90_FRACTION) -> tuple[int, int] | None:
     """(k_lo, k_hi) from val sufficiency rows: k_hi the smallest scored k whose flip_rate reaches `fraction` of
-    the full trial's (k = n_cells), k_lo the largest scored k below it; None where the trial flips nothing."""
+    the full trial's (k = n_cells; RATE_SLACK: rates are float32 means, 18/20 is 0.89999998), k_lo the largest
+    scored k below it; None where the trial flips nothing. The same k as orchestrator.controls.k90_of and the
+    findings page's `reach`."""
     points = {r["k"]: r["flip_rate"] for r in rows if r["kind"] == "sufficiency" and r["split"] == "val"}
     full = points.get(n_cells)
     if not full or full <= 0:
         return None
-    target = fraction * full
+    target = fraction * full - RATE_SLACK
     k_hi = min(k for k, flip in points.items() if flip >= target)
     below = [k for k in points if k < k_hi]
     return (max(below) if below else k_hi), k_hi

@@ -272,7 +272,7 @@ def patch_unit(loaded: LoadedModel, unit: PreparedUnit, split: str = "val",
         change = attributed_ld_change(loaded, refs, prompts, h_cf, patches, max(1, rows_per_forward))  # [P, N'']
         effects["attribution"] = -change / swap[None]
     counts = dict.fromkeys(effects, len(prompts))
-    if refs[0].n_heads:  # where each head looks and what it writes, on every prompt of the split
+    if refs[0].n_heads and set(kinds) & set(HEAD_KINDS):  # where each head looks and what it writes, every prompt
         for kind, values in head_values(loaded, unit, split, rows_per_forward).items():
             if kind in kinds:
                 effects[kind], counts[kind] = values, values.shape[1]
