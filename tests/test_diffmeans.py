@@ -138,7 +138,7 @@ def test_a_tiny_sweep_trains_analyses_and_steers_with_diffmeans(tmp_path, ray_se
     trials = runs.trials.merge(runs.units[["unit_id", "method"]], on="unit_id")
     assert set(trials.query("method == 'diffmeans'").n_params) == {1}
     curves = runs.curves.merge(runs.units[["unit_id", "method"]], on="unit_id").query("method == 'diffmeans'")
-    zero = curves.query("kind == 'strength' and beta == 0.0 and split == 'val'")
+    zero = curves.query("kind == 'strength' and beta == 0.0 and split == 'test'")  # val: the sufficiency curve only
     assert len(zero) == 1 and zero.flip_rate.iloc[0] == 0.0  # beta = 0: c' = 0, the model itself
     # `actscale steer`'s path: the stored trial at beta 1 gives its stored test predictions
     chosen = runs.selected().query("method == 'diffmeans'").iloc[0]

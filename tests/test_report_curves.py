@@ -132,7 +132,8 @@ def test_strength_at_beta_0_is_the_model_itself(sweep):
     assert len(made["strength"]) == 4
     for row in select_trials([run], t["trials"]).itertuples():
         ids = group_of(row.trial_id, t["trials"])
-        for split in ("val", "test"):
+        assert strength_frame(t["curves"], ids, "val").empty  # val: only the sufficiency curve (analysis.val_all)
+        for split in ("test",):
             frame = strength_frame(t["curves"], ids, split).set_index("beta")
             assert frame.index.tolist() == BETAS
             assert np.isclose(frame.ld_after[0.0], frame.ld_before[0.0], atol=1e-5)
