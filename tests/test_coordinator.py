@@ -190,7 +190,8 @@ def test_a_long_wait_is_logged_with_what_it_waits_for(tmp_path, monkeypatch):
     from orchestrator import controller
 
     monkeypatch.setattr(controller, "STILL_WAITING_S", 0.3)
-    config = parsed(tiny_config(search={"n_trials": 2, "batch": 2}, train={"steps": 150, "batch_size": 8}))
+    # the loop looks for a result once a second: the batch must outlast that (150 steps took under 1 s in a CI run)
+    config = parsed(tiny_config(search={"n_trials": 2, "batch": 2}, train={"steps": 1500, "batch_size": 8}))
     Coordinator(config, tmp_path, quiet=True).run()
     log = (tmp_path / "actscale.log").read_text()
     assert re.search(r"still waiting \(\d+s without a result\) for: trial\(s\) 0, 1 of unit u-[0-9a-f]{12} on a "
