@@ -10,8 +10,8 @@ trial's hyper-parameters, steps and seed again with only a mask's cells free (wo
   holding IOI's names, IO, S1, S2, and the last position).
 With `replicates: true` each complete replicate of the selected trial is controlled the same way, with its own
 top cells, random draws, seed and (fold replicates) fold or (bootstrap) resample.
-With `at_k90` a top-k and the random-k masks are added at k = the selected trial's own k90 (`k90_of`, from its
-val sufficiency curve, as the findings page reads it; its replicates' controls at the same k, so that the page pools
+With `at_k90` a top-k and the random-k masks are added at k = the selected trial's own k90 (`workers.k90.k90_of`, from
+its val sufficiency curve, as the findings page reads it; its replicates' controls at the same k, so that the page pools
 the seeds at one k), so the analysis runs before the controls.
 The masks are named from the config, the controlled trial's cell count and its k90 (`mask_names`: how many are
 left is known from the trials and curves rows), and resolved to cells from its scalars rows (`mask_cells`). Pure:
@@ -24,14 +24,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from storage.selection import RATE_SLACK
 from workers.names import NAME_ROLES
 
 if TYPE_CHECKING:
     from search_spaces.config import SweepConfig
 
 Cell = tuple[int, int, int]  # (layer, position, head; -1 off the head site)
-K90_FRACTION = 0.9  # k90: the fewest top cells whose val flip_rate reaches this share of the trial's own
 
 
 @dataclass(frozen=True)
@@ -56,18 +54,6 @@ def plan_of(config: SweepConfig) -> ControlPlan:
         return ControlPlan()
     return ControlPlan(tuple(c.ks or ()), tuple(c.k_fractions or ()), c.random_masks, tuple(c.structured),
                        tuple(c.methods), c.replicates, c.at_k90)
-
-
-def k90_of(flips: dict[int, float], n_cells: int) -> int | None:
-    """k90 from a trial's val sufficiency flip_rates (k -> flip_rate): the smallest scored k reaching K90_FRACTION of
-    the flip_rate with all n_cells acting, as reports.claims.common.reach reads it (RATE_SLACK: rates are float32
-    means); None where the trial flips nothing or its full point is missing."""
-    full = flips.get(n_cells)
-    if full is None or not full > 0:
-        return None
-    target = K90_FRACTION * full - RATE_SLACK
-    reached = [k for k, flip in flips.items() if flip >= target]
-    return min(reached) if reached else None
 
 
 def k_values(plan: ControlPlan, n_cells: int, k90: int | None = None) -> list[int]:

@@ -167,7 +167,8 @@ def search_work(c: Costing) -> list[Piece]:
     sizes = batches(search.n_trials, search.batch)
     if search.pruner is None:
         return [training_piece(c, Phase.SEARCH, [(steps, k, 1.0)], k) for k in sizes]
-    schedule = asha_schedule(sizes, round(steps), search.pruner.min_steps, search.pruner.eta)
+    schedule = asha_schedule(sizes, round(steps), search.pruner.min_steps, search.pruner.eta,
+                             min_kept=search.pruner.min_kept)
     return [training_piece(c, Phase.SEARCH, segments, k) for k, segments in zip(sizes, schedule)]
 
 
@@ -254,7 +255,7 @@ def unit_cost(c: Costing) -> UnitCost:
 
 
 def asha_schedule(sizes: list[int], steps: int, min_steps: int, eta: int, draws: int = ASHA_DRAWS,
-                  seed: int = 0) -> list[list[Segment]]:
+                  seed: int = 0, min_kept: int = 1) -> list[list[Segment]]:
     """Per batch: its expected segments of training under ASHA (between rungs: steps, trials live, share of
     draws with any live), the batches run in order, each trial's quality drawn at random once (its rank
     held at every rung), over `draws` draws."""
@@ -271,7 +272,7 @@ def asha_schedule(sizes: list[int], steps: int, min_steps: int, eta: int, draws:
             number += k
             for s, rung in enumerate([0] + rungs):
                 if rung and live:
-                    kept = Rungs(min_steps, eta, 1.0, history).kept(rung, live)
+                    kept = Rungs(min_steps, eta, 1.0, history, min_kept).kept(rung, live)
                     history[rung] = history.get(rung, ()) + tuple(live)
                     live = [e for e, keep in zip(live, kept) if keep]
                 live_sum[b][s] += len(live)

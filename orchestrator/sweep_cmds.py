@@ -169,7 +169,7 @@ def unit_status(run_dir: Path) -> list[dict]:
             n_cells[trial_id] = int(n)
         return rows, groups, cells, unanalysed, {t: k90_of(f, n_cells[t]) for t, f in curves.items()}
 
-    from orchestrator.controls import k90_of
+    from workers.k90 import k90_of
 
     rows, groups, cells, unanalysed, k90s = with_connection([run_dir], read)  # again if a compaction finished meanwhile
     for r in rows:

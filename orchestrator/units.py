@@ -33,9 +33,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from orchestrator.controls import ControlPlan, k90_of, mask_names, plan_of
+from orchestrator.controls import ControlPlan, mask_names, plan_of
 from storage.schema import Status
 from workers.asha import RungEntry
+from workers.k90 import k90_of
 
 if TYPE_CHECKING:
     from orchestrator.plan import PlannedUnit

@@ -20,10 +20,9 @@ import pandas as pd
 
 from reports.text import interval_text, prompt_interval_text
 from storage.seeds import group_of, t_interval
-from storage.selection import RATE_SLACK
+from workers.k90 import K90_FRACTION, k90_of
 
-FRACTION = 0.9  # the share of the full effect that `k_reaching` asks for by default
-SLACK = RATE_SLACK  # rates are stored from float32 means: a rate equal to the threshold must count as reaching it
+FRACTION = K90_FRACTION  # the share of the full effect that `k_reaching` asks for by default
 TIED = "n/a: tied to positions"  # a method whose cells are token positions cannot run on prompts of another length
 # summary columns per metric: (name of the mean, prefix of its interval columns, lowest value it can take)
 _METRICS = (("flip_rate", "flip", 0.0), ("ld_after", "ld", -math.inf), ("kl_other", "kl", 0.0))
@@ -52,12 +51,12 @@ def k_reaching(curves: pd.DataFrame, trial_id: str, fraction: float = FRACTION, 
     """The smallest k the trial scored (its grid and the bisected points around k90) whose sufficiency
     flip_rate reaches `fraction` of the full effect: how few of its cells carry the effect. Decided on val
     (test is only reported); None where the full effect is 0 (or missing), as any k would then "reach" it."""
-    full = full_effect(curves, trial_id, split)
-    if not full > 0:
-        return None
     rows = _rows(curves, [trial_id], "sufficiency", split)
-    reached = rows[rows.flip_rate >= fraction * full - SLACK]
-    return int(reached.k.min()) if len(reached) else None
+    return k90_of(dict(zip(rows.k.astype(int), rows.flip_rate.astype(float))), _n_cells(rows), fraction)
+
+
+def _n_cells(rows: pd.DataFrame) -> int:
+    return int(rows.n_cells.iloc[0]) if len(rows) else 0
 
 
 def _summaries(rows: pd.DataFrame, by: str, first: str) -> pd.DataFrame:

@@ -105,6 +105,10 @@ class Pruner(_Strict):
     min_steps: int = Field(gt=0, description="the first rung, in training steps (below the trials' steps)")
     eta: int = Field(3, ge=2, description="the reduction factor: about 1/eta of the trials at a rung go on to the "
                      "next, eta times as many steps on")
+    min_kept: int = Field(1, ge=1, description="at least this many of a unit's search trials go on at every rung "
+                          "(the best max(min_kept, n // eta) of the n there so far), so that at least min_kept "
+                          "search trials complete: a front for C1 and C5 needs several (5 in paper.yaml); at most "
+                          "search.n_trials")
 
 
 class Search(_Strict):
@@ -436,6 +440,9 @@ class SweepConfig(_Strict):
         if pruner.min_steps >= most:
             raise ValueError(f"search.pruner.min_steps = {pruner.min_steps} is not below the trials' steps ({most}): "
                              "no rung would come before a trial ends; lower min_steps")
+        if pruner.min_kept > self.search.n_trials:
+            raise ValueError(f"search.pruner.min_kept = {pruner.min_kept} is above search.n_trials = "
+                             f"{self.search.n_trials}: accepted 1 to n_trials (with n_trials or more, ASHA prunes nothing)")
         return self
 
     @model_validator(mode="after")

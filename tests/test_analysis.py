@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from orchestrator.controls import k90_of
 from orchestrator.costs import analysis_points, k90_rounds
 from workers.analysis import _keep_masks, analyze_trial, k90_bracket, k_grid, split_point
 from workers.interventions import DynScalarBias, build_intervention, method_class
+from workers.k90 import k90_of
 from workers.names import STRENGTHS
 from workers.prepare import prepare_unit
 from workers.sites import resolve_site

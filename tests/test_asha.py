@@ -11,9 +11,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from search_spaces.config import parse_config
 from storage.selection import RATE_SLACK, select_rows
+from tests.sweeps import tiny_config
 from workers.asha import RATE_SLACK as WORKERS_SLACK
 from workers.asha import RungEntry, Rungs, rung_key, rung_steps
+from workers.errors import UsageError
 
 MIN_FLIP = 0.9
 
@@ -32,6 +35,37 @@ def test_all_at_once_exactly_the_top_1_over_eta_continue(scores, eta):
     assert sum(kept) == n_kept
     best = sorted(scores, reverse=True)[:n_kept]
     assert {s for s, k in zip(scores, kept) if k} == set(best)
+
+
+@given(st.lists(st.floats(0, 0.85), min_size=1, max_size=40, unique=True), st.integers(2, 5), st.integers(1, 8))
+def test_min_kept_is_a_floor_on_the_trials_that_go_on(scores, eta, min_kept):
+    kept = Rungs(1, eta, MIN_FLIP, min_kept=min_kept).kept(1, _entries(scores))
+    n_kept = min(len(scores), max(min_kept, len(scores) // eta))
+    assert sum(kept) == n_kept
+    assert {s for s, k in zip(scores, kept) if k} == set(sorted(scores, reverse=True)[:n_kept])
+
+
+@given(st.lists(st.floats(0, 0.85), min_size=16, max_size=16, unique=True), st.integers(1, 6))
+def test_with_min_kept_at_least_that_many_trials_complete_in_batches(scores, min_kept):
+    """16 trials in two batches of 8 through rungs 5 and 20 (eta 4): a front of at least min_kept remains,
+    whatever the order of their qualities; without the floor (min_kept 1) ASHA may leave a single one."""
+    history: dict[int, tuple[RungEntry, ...]] = {}
+    complete = 0
+    for start in (0, 8):
+        live = _entries(scores[start:start + 8], start=start)
+        for rung in (5, 20):
+            kept = Rungs(5, 4, MIN_FLIP, history, min_kept).kept(rung, live)
+            history[rung] = history.get(rung, ()) + tuple(live)
+            live = [e for e, keep in zip(live, kept) if keep]
+        complete += len(live)
+    assert complete >= min_kept
+
+
+def test_a_floor_above_the_trials_is_refused_by_name():
+    search = {"n_trials": 4, "pruner": {"kind": "asha", "min_steps": 2, "eta": 3, "min_kept": 5}}
+    with pytest.raises(UsageError, match=r"search.pruner.min_kept = 5 is above search.n_trials = 4: accepted 1 to"):
+        parse_config(tiny_config(search=search))
+    parse_config(tiny_config(search={**search, "n_trials": 5}))
 
 
 def test_arriving_one_by_one_each_is_judged_against_what_is_known_then():

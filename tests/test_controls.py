@@ -9,11 +9,12 @@ from collections import Counter
 import pytest
 import torch
 
-from orchestrator.controls import ControlPlan, k90_of, k_values, mask_cells, mask_count, mask_names
+from orchestrator.controls import ControlPlan, k_values, mask_cells, mask_count, mask_names
 from orchestrator.units import Phase, Step, Tally, Targets, unit_left
 from search_spaces.config import parse_config
 from tests.sweeps import check_run, tiny_config
 from workers.errors import UsageError
+from workers.k90 import k90_of
 from workers.prepare import prepare_unit
 from workers.tasks.base import TaskSpec
 from workers.trainer import train_trials

@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # what validating a sweep, plan, status, query and report import: no module of these imports torch
 TORCH_FREE_PACKAGES = [d for d in ("orchestrator", "storage", "reports", "search_spaces") if (ROOT / d).is_dir()]
 # the workers' modules those import: names and contracts as plain data
-TORCH_FREE_WORKERS = ("workers.errors", "workers.names", "workers.asha", "workers.unit", "workers.results", "workers.stored_trial",
+TORCH_FREE_WORKERS = ("workers.errors", "workers.names", "workers.asha", "workers.k90", "workers.unit", "workers.results",
+                      "workers.stored_trial",
                       "workers.tasks", "workers.tasks.base", "workers.tasks.builtin", "workers.tasks.example",
                       "workers.tasks.roles")
 HEAVY = ("torch", "transformers")

@@ -49,6 +49,17 @@ def test_asha_with_the_whole_search_in_one_batch_is_exactly_successive_halving()
     assert 16 * 6 < trial_steps < 0.4 * 16 * 60  # every trial reaches the first rung; few go on
 
 
+def test_asha_with_min_kept_prices_the_floor_of_complete_trials():
+    """paper.yaml's search: 16 trials in batches of 8, rungs at 5 and 20 of 40 steps, eta 4."""
+    def priced(min_kept: int) -> tuple[float, float]:
+        schedule = asha_schedule(batches(16, 8), steps=40, min_steps=5, eta=4, min_kept=min_kept)
+        return (sum(n * live for batch in schedule for n, live, _ in batch),
+                sum(batch[-1][1] for batch in schedule))  # trial-steps, trials live after the last rung
+    (steps_1, complete_1), (steps_5, complete_5) = priced(1), priced(5)
+    assert complete_1 < 2 <= 5 <= complete_5
+    assert 16 * 5 < steps_1 < steps_5 < 0.5 * 16 * 40
+
+
 def test_the_schedule_hands_out_a_phases_pieces_to_every_worker_and_waits_for_the_phase():
     def unit(search: list[float]) -> UnitCost:
         return UnitCost(None, {Phase.DESCRIBE: [Piece(Phase.DESCRIBE, seconds=1)],  # type: ignore[arg-type]

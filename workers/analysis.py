@@ -24,9 +24,9 @@ from dataclasses import dataclass
 
 import torch
 
-from workers.asha import RATE_SLACK
 from workers.errors import UsageError
 from workers.interventions import CellRecorder, CellStats, ForwardContext, Intervention, method_class, only_cells
+from workers.k90 import K90_FRACTION, k90_of
 from workers.models import LoadedModel
 from workers.names import ANALYSIS_PRECISIONS, STRENGTHS
 from workers.objective import flipped, normalised_shift
@@ -37,7 +37,6 @@ from workers.sites import SiteRef, resolve_site
 
 BOOTSTRAP_SAMPLES = 1000
 POINTS_PER_FORWARD = 8  # curve points scored in one batched forward
-K90_FRACTION = 0.9  # k90: the fewest top cells whose val flip_rate alone reaches this share of the full trial's
 
 
 def k_grid(n_cells: int, step: int = 2) -> list[int]:
@@ -215,16 +214,13 @@ def _score_distinct(scorer: Scorer, unit: PreparedUnit, points: list[Point], spl
 
 
 def k90_bracket(rows: list[dict], n_cells: int, fraction: float = K90_FRACTION) -> tuple[int, int] | None:
-    """(k_lo, k_hi) from val sufficiency rows: k_hi the smallest scored k whose flip_rate reaches `fraction` of
-    the full trial's (k = n_cells; RATE_SLACK: rates are float32 means, 18/20 is 0.89999998), k_lo the largest
-    scored k below it; None where the trial flips nothing. The same k as orchestrator.controls.k90_of and the
-    findings page's `reach`."""
+    """(k_lo, k_hi) from val sufficiency rows: k_hi is k90 (workers.k90.k90_of: the smallest scored k reaching
+    `fraction` of the full trial's flip_rate), k_lo the largest scored k below it; None where the trial flips
+    nothing."""
     points = {r["k"]: r["flip_rate"] for r in rows if r["kind"] == "sufficiency" and r["split"] == "val"}
-    full = points.get(n_cells)
-    if not full or full <= 0:
+    k_hi = k90_of(points, n_cells, fraction)
+    if k_hi is None:
         return None
-    target = fraction * full - RATE_SLACK
-    k_hi = min(k for k, flip in points.items() if flip >= target)
     below = [k for k in points if k < k_hi]
     return (max(below) if below else k_hi), k_hi
 

@@ -8,8 +8,9 @@ search trial of its unit that has reached that rung so far.
 THE RULE (asynchronous: promote by what is known now, so no worker ever waits for a rung to fill).
 When trials reach a rung, the competitors are the unit's earlier search trials at that rung (the
 history the coordinator sends with the work, from stored rows: table `checks`, kind 'rung') plus the
-trials of this batch that reach it now, n in all. Of those, the best max(1, n // eta) by `rung_key`
-are kept; a trial of this batch continues only if it is one of them, else it is pruned at the rung
+trials of this batch that reach it now, n in all. Of those, the best max(min_kept, n // eta) by
+`rung_key` are kept (min_kept, 1 by default, is a floor so that a front of several complete trials
+remains); a trial of this batch continues only if it is one of them, else it is pruned at the rung
 (status pruned, steps_done = the rung). So with every trial of a unit at hand at once exactly the top
 1/eta continue; a trial arriving early, with fewer than eta competitors, continues only if it is the
 best so far (as Optuna's SuccessiveHalvingPruner does); and a trial is never held back to wait.
@@ -68,6 +69,7 @@ class Rungs:
     eta: int
     min_flip: float  # the selection rule's threshold (selection.min_flip)
     history: Mapping[int, tuple[RungEntry, ...]] = field(default_factory=dict)  # rung step -> earlier trials there
+    min_kept: int = 1  # at least this many go on at a rung (search.pruner.min_kept)
 
     def is_rung(self, step: int) -> bool:
         rung = self.min_steps
@@ -79,7 +81,7 @@ class Rungs:
         """For each trial reaching rung `step` now: whether it continues (THE RULE above)."""
         numbers = {e.number for e in arriving}
         competitors = [e for e in self.history.get(step, ()) if e.number not in numbers] + list(arriving)
-        n_kept = max(1, len(competitors) // self.eta)
+        n_kept = max(self.min_kept, len(competitors) // self.eta)
         best = sorted(rung_key(e, self.min_flip) for e in competitors)[:n_kept]
         keys = set(best)
         return [rung_key(e, self.min_flip) in keys for e in arriving]

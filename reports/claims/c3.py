@@ -25,9 +25,10 @@ from reports.run import ACTIVSCALAR, FLIP, LD_GAP, Run, measured
 from reports.stats import Arm, Estimate, two_level
 from reports.text import fmt
 from storage.selection import select_per_unit
+from workers.k90 import K90_FRACTION
 
 FEW = 0.05  # k90 at most this share of the cells
-FRACTION = 0.9
+FRACTION = K90_FRACTION  # the share of the full effect k90 is for (workers/k90.py)
 TOP_FLIP = 0.2  # top-k beats random-k by at least this test flip_rate ...
 TOP_LOGIT = 1.0  # ... or this many logits of LD shift (LD - LD')
 MOVED_AT = (0.05, 0.1, 0.2)  # moved thresholds the selection is redone at

@@ -67,7 +67,8 @@ def unit_tradeoff(run: Run, row: Any) -> tuple[UnitVerdict, tuple[Arm, dict[Any,
     if len(trials) < MIN_TRIALS:
         shown = f"{fmt(len(trials))} search trial(s)"
         conditions = [Condition(n, "lower bound > 0", Outcome.INCONCLUSIVE, None, shown, f"only {shown}",
-                                f"at least {fmt(MIN_TRIALS)} complete search trials (search.n_trials)") for n in names]
+                                f"at least {fmt(MIN_TRIALS)} complete search trials (search.n_trials; under ASHA "
+                                "search.pruner.min_kept)") for n in names]
         return UnitVerdict(row.model, where, conditions), None
     key = f"{where}/C5"
     faith = two_level(_rho(effect, KL), clusters, [arm], f"{key}/kl")

@@ -13,7 +13,7 @@ import pandas as pd
 from reports.run import Run
 from reports.stats import Arm, Draws, Estimate, distinct_resamples, rowwise_spearman, spearman, two_level
 from reports.text import fmt
-from storage.selection import RATE_SLACK
+from workers.k90 import k90_target
 
 MIN_REPLICATES = 3  # an interval entering a verdict rests on at least this many replicates per arm
 
@@ -122,8 +122,8 @@ def reach(curves: pd.DataFrame, trial_ids: Sequence[str], fraction: float) -> Re
             continue
         n_cells = int(r.n_cells.iloc[0])
         full = r[r.k == n_cells]
-        target = fraction * float(full.flip_rate.iloc[0]) - RATE_SLACK if len(full) else math.nan
-        if not target > 0:
+        target = k90_target(float(full.flip_rate.iloc[0]) if len(full) else None, fraction)
+        if target is None:
             per_seed.append(None)
             continue
 
