@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 
 from reports.text import interval_text, prompt_interval_text
+from storage.k90 import K90_FRACTION, k90_of
 from storage.seeds import group_of, t_interval
-from workers.k90 import K90_FRACTION, k90_of
 
 FRACTION = K90_FRACTION  # the share of the full effect that `k_reaching` asks for by default
 TIED = "n/a: tied to positions"  # a method whose cells are token positions cannot run on prompts of another length

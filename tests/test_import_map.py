@@ -10,6 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 ROOT = Path(__file__).resolve().parents[1]
 # what validating a sweep, plan, status, query and report import: no module of these imports torch
@@ -116,3 +118,14 @@ def test_a_circle_is_found_wherever_its_imports_are(tmp_path, monkeypatch):
     (package / "d.py").write_text("from pkg import a\n")
     monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
     assert _circles("pkg") == [["pkg.a", "pkg.b", "pkg.c", "pkg.a"]]
+
+
+@given(st.dictionaries(st.integers(0, 64), st.floats(0, 1)), st.integers(1, 64), st.sampled_from([0.5, 0.9, 1.0]))
+def test_the_reports_k90_is_the_workers_k90(flips, n_cells, fraction):
+    """storage/k90.py (what the page reads) and workers/k90.py (what the analysis bisects and the controls train at)
+    are one rule in two layers."""
+    import storage.k90
+    import workers.k90
+    assert storage.k90.K90_FRACTION == workers.k90.K90_FRACTION
+    assert storage.k90.k90_of(flips, n_cells, fraction) == workers.k90.k90_of(flips, n_cells, fraction)
+    assert storage.k90.k90_target(flips.get(n_cells), fraction) == workers.k90.k90_target(flips.get(n_cells), fraction)

@@ -2,7 +2,8 @@
 
 One rule for everything that reads it: the analysis bisects its bracket (workers/analysis.py), the controls are
 trained at it (orchestrator/controls.py, orchestrator/units.py), and the reports and findings page judge it
-(reports/curves.py, reports/claims/). Defined once so that a control at k90 is at the k the page reads.
+(reports/curves.py, reports/claims/, through storage/k90.py: a copy, as reports import no workers module, held
+equal by tests/test_import_map.py), so that a control at k90 is at the k the page reads.
 """
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ from reports.claims.common import Reach, pairs, reach, unpaired
 from reports.engine import ClaimResult, Condition, Outcome, Threshold, UnitVerdict, bracket, exact
 from reports.run import ACTIVSCALAR, DYNSCALAR, STEERVEC, Run
 from reports.text import fmt
-from workers.k90 import K90_FRACTION
+from storage.k90 import K90_FRACTION
 
 MIN_RATIO = 10.0  # SteerVec's parameters over ActivScalar's at least this
 FRACTION = K90_FRACTION  # the share of the full effect k90 is for (workers/k90.py)

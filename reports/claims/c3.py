@@ -24,8 +24,8 @@ from reports.engine import (
 from reports.run import ACTIVSCALAR, FLIP, LD_GAP, Run, measured
 from reports.stats import Arm, Estimate, two_level
 from reports.text import fmt
+from storage.k90 import K90_FRACTION
 from storage.selection import select_per_unit
-from workers.k90 import K90_FRACTION
 
 FEW = 0.05  # k90 at most this share of the cells
 FRACTION = K90_FRACTION  # the share of the full effect k90 is for (workers/k90.py)

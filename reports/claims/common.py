@@ -13,7 +13,7 @@ import pandas as pd
 from reports.run import Run
 from reports.stats import Arm, Draws, Estimate, distinct_resamples, rowwise_spearman, spearman, two_level
 from reports.text import fmt
-from workers.k90 import k90_target
+from storage.k90 import k90_target
 
 MIN_REPLICATES = 3  # an interval entering a verdict rests on at least this many replicates per arm
 
