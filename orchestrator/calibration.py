@@ -81,7 +81,8 @@ class SpeedRecord:
     def speed(self) -> Speed:
         steps = {tuple(int(x) for x in key.split("x")): s for key, s in self.steps.items()}
         return Speed(steps, self.eval_row_s, self.prepare_prompt_s, self.start_s, self.load_s,  # type: ignore[arg-type]
-                     self.n_layers, self.first_layer, self.command_s, self.analysis_row_s)
+                     self.n_layers, self.first_layer, self.command_s, self.analysis_row_s,
+                     trains_fp32=self.precision == "fp32")
 
     def has_steps(self, batch: int, k: int) -> bool:
         return f"{batch}x{k}" in self.steps and f"{batch}x1" in self.steps

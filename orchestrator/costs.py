@@ -50,6 +50,7 @@ class Speed:
     first_layer: int = 0
     command_s: float = 0.0  # the coordinator's imports, once per command
     analysis_row_s: float = 0.0  # a forward per prompt row in the training precision (0: not measured, eval_row_s)
+    trains_fp32: bool = False  # the unit trains on the evaluation model itself: no own logits to compute
 
     def share(self, first_layer: int) -> float:
         return (self.n_layers - first_layer + 1) / (self.n_layers - self.first_layer + 1)
@@ -237,7 +238,8 @@ def analysis_work(c: Costing) -> list[Piece]:
     forwards = trials * (on_val * f.n_val + on_test * f.n_test)
     effects = trials * (f.n_train + f.n_val)  # the cells' effects (fp32): train norms or a recorded val forward
     if a.precision == "train":  # the points in the training precision, after its own logits of val and test
-        seconds = c.speed.analysis_rows(forwards + trials * (f.n_val + f.n_test), f.first_layer)
+        own = 0 if c.speed.trains_fp32 else trials * (f.n_val + f.n_test)  # fp32 training: the evaluation's logits
+        seconds = c.speed.analysis_rows(forwards + own, f.first_layer)
     else:
         seconds = c.speed.rows(forwards, f.first_layer)
     seconds += c.speed.rows(effects, f.first_layer) + BATCH_OVERHEAD_S

@@ -81,6 +81,31 @@ def test_a_step_time_is_linear_in_the_live_trials_and_scales_with_the_layers_run
     assert speed.step(64, 2) == pytest.approx(2.5)  # twice the prompts: as twice the trials
 
 
+def test_a_unit_trained_in_fp32_is_not_priced_for_its_own_logits():
+    """bf16 training scores the analysis' points against the training model's own logits of val and test
+    (one forward per prompt and replicate); fp32 training reads the evaluation's logits, so the plan counts
+    no such rows (workers/prepare.py give_own_logits only runs where the models differ)."""
+    from orchestrator.calibration import SpeedRecord
+    from orchestrator.costs import Costing, UnitFacts, analysis_work
+    from orchestrator.plan import plan_units
+    from search_spaces.config import parse_config
+
+    config = parse_config(tiny_config(search={"n_trials": 2, "replicates": 3}))
+    unit = next(iter(plan_units(config, lambda model: 2)))
+    facts = UnitFacts(total=60, n_train=18, n_val=10, n_test=12, n_cells=56)
+    record = dict(model="m", host="h", device="cpu", threads=2, measured_at="2026-12-06T00:00:00", start_s=0.0,
+                  load_s=0.0, prepare_prompt_s=0.0, eval_row_s=0.01, n_layers=2, first_layer=0,
+                  steps={"8x1": 1.0}, analysis_row_s=0.01)
+    fp32 = SpeedRecord(precision="fp32", **record).speed()  # type: ignore[arg-type]
+    bf16 = SpeedRecord(precision="bf16", **record).speed()  # type: ignore[arg-type]
+    assert fp32.trains_fp32 and not bf16.trains_fp32
+    (piece32,) = analysis_work(Costing(config, unit, facts, fp32))
+    (piece16,) = analysis_work(Costing(config, unit, facts, bf16))
+    own_rows = 3 * (10 + 12)  # replicates x (val + test)
+    assert piece16.seconds - piece32.seconds == pytest.approx(own_rows * 0.01)
+    assert piece16.prompt_forwards == piece32.prompt_forwards
+
+
 # ----------------------------------------------------------------- against a real sweep
 @pytest.mark.slow
 def test_the_plans_counts_are_what_the_sweep_then_runs(tmp_path, calibration_dir, capsys, ray_session):
