@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 def load_trial(run_dir: Path | str, trial_id: str | None = None, unit_id: str | None = None) -> StoredTrial:
     """A complete trial by id, or a unit's selected trial, or the selected trial of a run's only unit."""
     import duckdb
+    import torch
     from safetensors.torch import load_file
 
     from storage.errors import StorageError
@@ -41,7 +42,8 @@ def load_trial(run_dir: Path | str, trial_id: str | None = None, unit_id: str | 
     if not path.is_file():
         raise UsageError(f"{path} is missing: the trial's learned tensors are needed to apply it (runs made before "
                          "every method stored them cannot be steered)")
-    return StoredTrial(run_dir, trial_id, unit, load_file(str(path)), roles, sorted(set(examples.template)),
+    tensors = {name: t.float() if t.dtype == torch.float16 else t for name, t in load_file(str(path)).items()}
+    return StoredTrial(run_dir, trial_id, unit, tensors, roles, sorted(set(examples.template)),
                        {r["prompt"]: r for r in examples.to_dict("records")})
 
 

@@ -203,10 +203,12 @@ class RunDir(os.PathLike[str]):
         return final
 
     def read_artifact(self, trial_id: str) -> dict[str, Any]:
-        """A trial's stored tensors as numpy arrays."""
+        """A trial's stored tensors as numpy arrays (float16 ones, as a published run keeps them, as float32)."""
+        import numpy as np
         from safetensors.numpy import load_file
 
         path = self.artifact(trial_id)
         if not path.is_file():
             raise StorageError(f"trial {trial_id} has no stored tensors ({path} is missing)")
-        return dict(load_file(str(path)))
+        return {name: value.astype(np.float32) if value.dtype == np.float16 else value
+                for name, value in load_file(str(path)).items()}
