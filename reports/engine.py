@@ -130,6 +130,7 @@ def interval(e: Estimate | None) -> str:
 
 
 PROMPTS = "prompt clusters"  # what the lower level of the bootstrap resamples, by default
+FAR = 100  # more than FAR times the present data: said as such, not as a count no study would collect
 
 
 def resolve_text(e: Estimate, threshold: float, items: str = PROMPTS, fixed: bool = False) -> str:
@@ -139,15 +140,27 @@ def resolve_text(e: Estimate, threshold: float, items: str = PROMPTS, fixed: boo
     if n.on_threshold:
         return ("the estimate sits on the threshold: more data narrows the interval around it but cannot move it "
                 "off")
-    options = []
+    options, far = [], []
     if n.clusters is not None and not fixed:
-        prompts = f" (~{fmt(n.prompts)} prompts; now {fmt(e.n_clusters)} clusters, {fmt(e.n_prompts)} prompts)" \
-            if items == PROMPTS else f" (now {fmt(e.n_clusters)})"
-        options.append(f"about {fmt(n.clusters)} {items}{prompts} at the present replicates")
+        if n.clusters > FAR * max(e.n_clusters, 1):
+            far.append(f"{items} (now {fmt(e.n_clusters)})")
+        else:
+            prompts = f" (~{fmt(n.prompts)} prompts; now {fmt(e.n_clusters)} clusters, {fmt(e.n_prompts)} prompts)" \
+                if items == PROMPTS else f" (now {fmt(e.n_clusters)})"
+            options.append(f"about {fmt(n.clusters)} {items}{prompts} at the present replicates")
     if n.replicates is not None:
-        options.append(f"about {fmt(n.replicates)} replicates (now {fmt(min(e.replicates))}) at the present {items}")
+        if n.replicates > FAR * max(min(e.replicates), 1):
+            far.append(f"replicates (now {fmt(min(e.replicates))})")
+        else:
+            options.append(f"about {fmt(n.replicates)} replicates (now {fmt(min(e.replicates))}) at the present {items}")
     if n.factor is not None and not fixed:
-        options.append(f"about {fmt(n.factor)} times the {items} and the replicates together")
+        if n.factor > FAR:
+            far.append(f"{items} and replicates together")
+        else:
+            options.append(f"about {fmt(n.factor)} times the {items} and the replicates together")
+    if far and not options:
+        return (f"more than {FAR} times the " + ", or the ".join(far) + ": the estimate is too close to its threshold "
+                "for more data of this design to move the interval off it, at the observed variance")
     if not options:
         return (f"not more data of this design: the spread over the {items} alone (all there are) is wider than the "
                 "distance to the threshold")

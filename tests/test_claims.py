@@ -236,3 +236,15 @@ def test_c3_draws_its_controls_and_the_scalars_beside_the_patching_map(tmp_path)
     page = findings.render_run(run, tmp_path / "findings.md", tmp_path / "figures", source="Built by hand.")
     assert "![C3: the scalars beside the patching map](figures/c3-maps.png)" in page
     assert (tmp_path / "figures" / "c3-maps.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_k90s_bracket_names_what_would_narrow_it():
+    """A coarse grid near k90 asks for a finer one; a grid already within 10% names the val prompts' bands instead
+    (the committed run's k90 brackets straddle C3's 5% because the bands over ~33 val prompts are wider than 10%)."""
+    from reports.claims.common import FINE_GRID, Reach
+
+    coarse = Reach(16, 5, 64, 270, (16,), grid_ratio=4.0)
+    fine = Reach(14, 9, 270, 270, (14, 16), grid_ratio=14 / 13)
+    assert coarse.resolve().startswith("a finer k grid near k90 (neighbouring k now up to 4 times apart)")
+    assert fine.resolve().startswith("more val prompts") and "finer k grid" not in fine.resolve()
+    assert Reach(14, 9, 20, 270, (14,), grid_ratio=FINE_GRID).resolve().startswith("more val prompts")

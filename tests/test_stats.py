@@ -81,6 +81,18 @@ def test_what_resolves_an_interval_scales_with_one_over_root_n():
     assert needed(Estimate(0.0, -0.1, 0.1, 40, 20, (3,)), 0.0).on_threshold
 
 
+def test_a_resolution_far_beyond_the_design_is_said_as_such_not_as_a_count():
+    from reports.engine import FAR, resolve_text
+
+    near = Estimate(0.1, -0.1, 0.3, 40, 20, (3,), spreads=lambda: ((0.0, 0.0), (0.2, 0.2)))
+    assert resolve_text(near, 0.0).startswith("about 80 prompt clusters")
+    # replicates' spread a hair under the distance: the clusters needed explode (d^2 - h_rep^2 -> 0)
+    edge = Estimate(0.1, -0.1, 0.3, 40, 20, (3,), spreads=lambda: ((0.0999999, 0.0999999), (0.2, 0.2)))
+    text = resolve_text(edge, 0.0)
+    assert needed(edge, 0.0).clusters > FAR * 20
+    assert text.startswith(f"more than {FAR} times the prompt clusters (now 20)") and "about" not in text, text
+
+
 def test_scipy_statistics():
     mean, lo, hi = t_interval([1.0, 2.0, 3.0])
     assert (lo, hi) == pytest.approx(scipy.stats.t.interval(0.95, 2, loc=2.0, scale=scipy.stats.sem([1, 2, 3])))

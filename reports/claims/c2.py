@@ -46,8 +46,7 @@ def empirical(a: Any, s: Any, ra: Reach, rs: Reach) -> Condition:
     shown = (f"{fmt(value)} [{fmt(lo)}, {fmt(hi)}] ({ACTIVSCALAR} k90 {fmt(ra.k)} [{fmt(ra.lo)}, {fmt(ra.hi)}] of "
              f"{fmt(ra.n_cells)}, {STEERVEC} {fmt(rs.k)} [{fmt(rs.lo)}, {fmt(rs.hi)}] of {fmt(rs.n_cells)})")
     return bracket(name, rule, (value, lo, hi), MIN_RATIO, True, shown,
-                   f"a finer k grid near k90 (neighbouring k now up to {fmt(max(ra.grid_ratio, rs.grid_ratio))} times "
-                   "apart; a ratio <= sqrt 2 is planned) and narrower bands (more test prompts)")
+                   f"{ACTIVSCALAR}: {ra.resolve()}; {STEERVEC}: {rs.resolve()}")
 
 
 def evaluate(run: Run) -> ClaimResult:

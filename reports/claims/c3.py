@@ -113,8 +113,7 @@ def few_cells(r: Reach, justified: Condition | None) -> Condition:
         return not_measured(name, rule, "curves with a val effect (analysis.curves)")
     point = (r.share(r.k), r.share(r.lo), r.share(r.hi))
     shown = f"{fmt(point[0])} [{fmt(point[1])}, {fmt(point[2])}] ({fmt(r.k)} of {fmt(r.n_cells)})"
-    judged = bracket(name, rule, point, FEW, False, shown,
-                     f"a finer k grid near k90 (neighbouring k now up to {fmt(r.grid_ratio)} times apart)")
+    judged = bracket(name, rule, point, FEW, False, shown, r.resolve())
     if judged.outcome != Outcome.NOT_SUPPORTED:
         return judged
     judged.outcome = justified.outcome if justified is not None and justified.estimate is not None else \

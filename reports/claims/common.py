@@ -16,6 +16,7 @@ from reports.text import fmt
 from storage.k90 import k90_target
 
 MIN_REPLICATES = 3  # an interval entering a verdict rests on at least this many replicates per arm
+FINE_GRID = 1.1  # neighbouring scored k at most 10% apart near k90 (analysis.k90_within: 0.1): a finer grid adds nothing
 
 
 def min_replicates_justification() -> str:
@@ -106,6 +107,15 @@ class Reach:
 
     def share(self, k: int | None) -> float:
         return k / self.n_cells if k is not None and self.n_cells else math.nan
+
+    def resolve(self) -> str:
+        """What would narrow the bracket: a finer k grid while the scored k near k90 are coarser than FINE_GRID;
+        once they are not, the bracket's width is the curves' bands over the val prompts."""
+        if math.isnan(self.grid_ratio) or self.grid_ratio > FINE_GRID + 1e-9:
+            return f"a finer k grid near k90 (neighbouring k now up to {fmt(self.grid_ratio)} times apart)"
+        return (f"more val prompts: the k grid is already fine (neighbouring k at most {fmt(self.grid_ratio)} times "
+                "apart), and the bracket's width is the curves' bands over the val prompts (its top is the first k "
+                "whose band's low end reaches 90% of the full flip_rate)")
 
 
 def reach(curves: pd.DataFrame, trial_ids: Sequence[str], fraction: float) -> Reach:
