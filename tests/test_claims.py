@@ -44,6 +44,23 @@ def test_c1_known_truth(n, ratio, spread, expected):
         assert kl.outcome == INC and "prompt clusters" in kl.resolve, kl
 
 
+def test_c1_says_when_the_matched_trial_is_not_a_replicated_one():
+    """The trial within the KL budget can be a search trial other than the selected one: it has no replicates, and
+    search.replicates would not give it any, so the page says what would (not 'more search.replicates')."""
+    t, rng = Tables(), np.random.default_rng(4)
+    test = prompts("ioi", 200)
+    for method in ("activscalar", "steervec"):
+        u = t.unit(method, test)
+        seeds(t, u, test, rng, 1.0, 0.2)
+        if method == "activscalar":  # as effective, fainter on val, but more sites moved: not selected
+            t.trial(u, 1, test, Outcomes.draw(rng, len(test), 1.0, 0.2), val_kl=0.01, sites_moved=50)
+    result = c1.evaluate(t.run())
+    flip = result.units[0].conditions[0]
+    assert flip.outcome == INC and "replicate(s)" in flip.why, flip
+    assert "ActivScalar t00001" in flip.resolve and "selected trial" in flip.resolve, flip.resolve
+    assert "SteerVec" not in flip.resolve  # SteerVec's matched trial is its selected one, replicated
+
+
 def test_c1_keeps_a_unit_near_chance_apart():
     result = c1.evaluate(c1_run(200, 1.0, base_accuracy=0.55))
     assert not result.units and "near chance" in result.apart[0]

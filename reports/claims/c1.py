@@ -7,7 +7,7 @@ from typing import Any
 import pandas as pd
 
 from reports.claims.common import MIN_REPLICATES, compare, pairs, unpaired
-from reports.engine import ClaimResult, Condition, Threshold, UnitVerdict, interval, judge
+from reports.engine import ClaimResult, Condition, Outcome, Threshold, UnitVerdict, interval, judge
 from reports.run import ACTIVSCALAR, DIFFMEANS, FLIP, KL, SHIFT, STEERVEC, Run
 from reports.stats import Estimate, paired_flip_p, paired_wilcoxon_p
 from reports.text import fmt
@@ -86,6 +86,14 @@ def evaluate(run: Run) -> ClaimResult:
                   True, min_replicates=MIN_REPLICATES),
             judge(f"test kl_other {ACTIVSCALAR} / {STEERVEC} (selected trials)", est.get("kl"), KL_RATIO, False,
                   min_replicates=MIN_REPLICATES)]
+        _, ta, tb = budget_trials(run, a, s)
+        unreplicated = [f"{r.role} {t.rsplit('-', 1)[-1]}" for r, t in ((a, ta), (s, tb))
+                        if t is not None and t != r.trial_id]
+        if conditions[0].outcome == Outcome.INCONCLUSIVE and "replicate(s)" in conditions[0].why and unreplicated:
+            conditions[0].resolve = (  # search.replicates would not help: it replicates the selected trials only
+                f"replicates of the trials within the budget ({', '.join(unreplicated)}), which are not their "
+                "units' selected trials: a sweep replicates only each unit's selected trial (search.replicates), "
+                "and replicating the matched trials is a sweep feature still to build")
         for name in ("flip", "kl"):
             e = est.get(name)
             if e is not None and not math.isnan(e.spread_clusters[0]):
