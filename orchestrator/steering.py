@@ -26,7 +26,6 @@ def load_trial(run_dir: Path | str, trial_id: str | None = None, unit_id: str | 
     """A complete trial by id, or a unit's selected trial, or the selected trial of a run's only unit."""
     import duckdb
     import torch
-    from safetensors.torch import load_file
 
     from storage.errors import StorageError
     from storage.query import with_connection
@@ -38,11 +37,12 @@ def load_trial(run_dir: Path | str, trial_id: str | None = None, unit_id: str | 
                                                                                              unit_id))
     except duckdb.Error as exc:
         raise StorageError(f"{run_dir}: could not read the trial: {str(exc).splitlines()[0]}") from exc
-    path = RunDir(run_dir).artifact(trial_id)
+    stored = RunDir(run_dir)
+    path = stored.artifact(trial_id)
     if not path.is_file():
         raise UsageError(f"{path} is missing: the trial's learned tensors are needed to apply it (runs made before "
                          "every method stored them cannot be steered)")
-    tensors = {name: t.float() if t.dtype == torch.float16 else t for name, t in load_file(str(path)).items()}
+    tensors = {name: torch.from_numpy(value) for name, value in stored.read_artifact(trial_id).items()}
     return StoredTrial(run_dir, trial_id, unit, tensors, roles, sorted(set(examples.template)),
                        {r["prompt"]: r for r in examples.to_dict("records")})
 

@@ -170,12 +170,17 @@ def resolve_text(e: Estimate, threshold: float, items: str = PROMPTS, fixed: boo
     return text
 
 
+REPLICATES_OF = "replicates of each trial compared (search.replicates)"  # what gives an arm its replicates
+
+
 def judge(name: str, e: Estimate | None, threshold: float, higher_is_claim: bool, *, min_replicates: int = 1,
-          strict: bool = False, unit: str = "", items: str = PROMPTS, fixed: bool = False) -> Condition:
+          strict: bool = False, unit: str = "", items: str = PROMPTS, fixed: bool = False,
+          replicates_of: str = REPLICATES_OF) -> Condition:
     """The claim's side of `threshold` is above it (higher_is_claim) or below it: supported when the whole interval
     is on that side (strictly, with `strict`), not supported when it is wholly on the other side, inconclusive
-    otherwise. Fewer than `min_replicates` replicates in any arm, or no interval: inconclusive."""
-    c = _judge(name, e, threshold, higher_is_claim, min_replicates, strict, unit)
+    otherwise. Fewer than `min_replicates` replicates in any arm, or no interval: inconclusive (resolved by at least
+    `min_replicates` `replicates_of`)."""
+    c = _judge(name, e, threshold, higher_is_claim, min_replicates, strict, unit, replicates_of)
     if c.outcome == Outcome.INCONCLUSIVE and e is not None and e.has_interval and c.why.startswith("the interval"):
         c.resolve = resolve_text(e, threshold, items, fixed)
     c.threshold = threshold
@@ -185,7 +190,7 @@ def judge(name: str, e: Estimate | None, threshold: float, higher_is_claim: bool
 
 
 def _judge(name: str, e: Estimate | None, threshold: float, higher_is_claim: bool, min_replicates: int, strict: bool,
-           unit: str) -> Condition:
+           unit: str, replicates_of: str) -> Condition:
     side = ">" if strict else ">="
     rule = (f"lower bound {side} {fmt(threshold)}{unit}" if higher_is_claim else
             f"upper bound {'<' if strict else '<='} {fmt(threshold)}{unit}")
@@ -195,7 +200,7 @@ def _judge(name: str, e: Estimate | None, threshold: float, higher_is_claim: boo
     if min(e.replicates, default=0) < min_replicates:
         return Condition(name, rule, Outcome.INCONCLUSIVE, e, shown,
                          f"{fmt(min(e.replicates))} replicate(s): the interval holds no seed noise",
-                         f"at least {fmt(min_replicates)} replicates of each trial compared (search.replicates)")
+                         f"at least {fmt(min_replicates)} {replicates_of}")
     if not e.has_interval:
         return Condition(name, rule, Outcome.INCONCLUSIVE, e, shown,
                          f"undefined in {fmt(100 * e.undefined)}% of the resamples",

@@ -59,8 +59,10 @@ def compact(tensor: Any) -> Any:
     with np.errstate(over="ignore"):  # beyond float16's range: inf, and the tensor stays float32
         half = tensor.astype(np.float16)
     scale = float(np.max(np.abs(tensor)))
-    if not np.all(np.isfinite(half)) or scale == 0.0:
-        return half if scale == 0.0 else tensor
+    if scale == 0.0:
+        return half
+    if not np.all(np.isfinite(half)):
+        return tensor
     error = float(np.max(np.abs(half.astype(np.float32) - tensor)))
     return half if error <= FP16_TOLERANCE * scale else tensor
 

@@ -7,7 +7,7 @@ from typing import Any
 import pandas as pd
 
 from reports.claims.common import MIN_REPLICATES, compare, pairs, unpaired
-from reports.engine import ClaimResult, Condition, Outcome, Threshold, UnitVerdict, interval, judge
+from reports.engine import REPLICATES_OF, ClaimResult, Condition, Threshold, UnitVerdict, interval, judge
 from reports.run import ACTIVSCALAR, DIFFMEANS, FLIP, KL, SHIFT, STEERVEC, Run
 from reports.stats import Estimate, paired_flip_p, paired_wilcoxon_p
 from reports.text import fmt
@@ -47,17 +47,24 @@ def budget_trials(run: Run, first: Any, second: Any) -> tuple[float, str | None,
     return budget, best(fa), best(fb)
 
 
-def _matched(run: Run, key: str, first: Any, second: Any) -> tuple[dict[str, Estimate], str]:
+def _matched(run: Run, key: str, first: Any, second: Any) -> tuple[dict[str, Estimate], str, str]:
+    """The estimates at the matched budget, where they were taken, and what would give the matched trials their
+    replicates (search.replicates replicates each unit's selected trial only: the budget's trial may be another)."""
     budget, ta, tb = budget_trials(run, first, second)
     if ta is None or tb is None:
-        return {}, "no complete search trials"
+        return {}, "no complete search trials", REPLICATES_OF
     ra, rb = run.replicates(ta), run.replicates(tb)
     flip = compare(run, f"{key}/flip", ra, rb, FLIP)
     shift = compare(run, f"{key}/shift", ra, rb, SHIFT)
     kl = compare(run, f"{key}/kl", list(first.seeds), list(second.seeds), KL, ratio=True)
     where = (f"budget val kl_other {fmt(budget)}: {first.role} {ta.rsplit('-', 1)[-1]} ({fmt(len(ra))} replicate(s)), "
              f"{second.role} {tb.rsplit('-', 1)[-1]} ({fmt(len(rb))})")
-    return {"flip": flip, "shift": shift, "kl": kl}, where
+    unreplicated = [f"{r.role} {t.rsplit('-', 1)[-1]}" for r, t in ((first, ta), (second, tb)) if t != r.trial_id]
+    replicates_of = REPLICATES_OF if not unreplicated else (
+        f"replicates of the trials within the budget ({', '.join(unreplicated)}), which are not their units' selected "
+        "trials: a sweep replicates only each unit's selected trial (search.replicates), and replicating the matched "
+        "trials is a sweep feature still to build")
+    return {"flip": flip, "shift": shift, "kl": kl}, where, replicates_of
 
 
 def _paired_tests(run: Run, first: Any, second: Any) -> str:
@@ -80,20 +87,12 @@ def evaluate(run: Run) -> ClaimResult:
         if a.apart or s.apart:
             apart.append(f"{where}: " + "; ".join(f"{r.role} {r.apart}" for r in (a, s) if r.apart))
             continue
-        est, budget = _matched(run, where, a, s)
+        est, budget, replicates_of = _matched(run, where, a, s)
         conditions: list[Condition] = [
             judge(f"test flip_rate {ACTIVSCALAR} - {STEERVEC} at matched kl_other", est.get("flip"), -FLIP_MARGIN,
-                  True, min_replicates=MIN_REPLICATES),
+                  True, min_replicates=MIN_REPLICATES, replicates_of=replicates_of),
             judge(f"test kl_other {ACTIVSCALAR} / {STEERVEC} (selected trials)", est.get("kl"), KL_RATIO, False,
                   min_replicates=MIN_REPLICATES)]
-        _, ta, tb = budget_trials(run, a, s)
-        unreplicated = [f"{r.role} {t.rsplit('-', 1)[-1]}" for r, t in ((a, ta), (s, tb))
-                        if t is not None and t != r.trial_id]
-        if conditions[0].outcome == Outcome.INCONCLUSIVE and "replicate(s)" in conditions[0].why and unreplicated:
-            conditions[0].resolve = (  # search.replicates would not help: it replicates the selected trials only
-                f"replicates of the trials within the budget ({', '.join(unreplicated)}), which are not their "
-                "units' selected trials: a sweep replicates only each unit's selected trial (search.replicates), "
-                "and replicating the matched trials is a sweep feature still to build")
         for name in ("flip", "kl"):
             e = est.get(name)
             if e is not None and not math.isnan(e.spread_clusters[0]):
@@ -113,7 +112,7 @@ def _baseline(run: Run, first: Any) -> str:
     if dm.empty:
         return (f"{DIFFMEANS} beside {STEERVEC}: not measured (needs the diffmeans method, a training-free "
                 "difference-in-means steering vector per site scaled to the swap)")
-    est, _ = _matched(run, f"{run.where(first)}/{DIFFMEANS}", first, dm.iloc[0])
+    est, _, _ = _matched(run, f"{run.where(first)}/{DIFFMEANS}", first, dm.iloc[0])
     return (f"against {DIFFMEANS} (not in the verdict): flip_rate difference at matched kl_other "
             f"{interval(est.get('flip'))}, kl_other ratio {interval(est.get('kl'))}")
 
