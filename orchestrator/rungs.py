@@ -25,7 +25,7 @@ def rungs_for(config: SweepConfig, state: UnitState) -> Rungs | None:
     if pruner is None:
         return None
     history = {step: tuple(entries) for step, entries in state.rungs.items()}
-    return Rungs(pruner.min_steps, pruner.eta, config.selection.min_flip, history, pruner.min_kept)
+    return Rungs(pruner.min_steps, pruner.eta, config.selection.min_flip, history, pruner.min_kept, pruner.rank)
 
 
 def is_search_trial(row: Mapping[str, Any]) -> bool:

@@ -98,7 +98,7 @@ class Pruner(_Strict):
 
     kind: Literal["asha"] = Field(description="asha: asynchronous successive halving; at rungs min_steps, "
                                   "min_steps*eta, min_steps*eta^2, ... steps a search trial goes on only if its "
-                                  "val-slice score (ordered as the selection rule orders trials) is among the best "
+                                  "val-slice score (in the order search.pruner.rank) is among the best "
                                   "1/eta of the unit's search trials at that rung so far; else it is pruned there "
                                   "(stored as pruned, counted in n_trials, never selected). Replicates are never "
                                   "pruned; the slice is train.check_prompts val prompts")
@@ -109,6 +109,11 @@ class Pruner(_Strict):
                           "(the best max(min_kept, n // eta) of the n there so far), so that at least min_kept "
                           "search trials complete: a front for C1 and C5 needs several (5 in paper.yaml); at most "
                           "search.n_trials")
+    rank: Literal["front", "selection"] = Field(
+        "front", description="how the trials at a rung are ordered (workers/asha.py): front: Pareto fronts on val-slice "
+        "flip_rate capped at selection.min_flip and sites moved, each front in the selection rule's order (keeps a "
+        "sparse trial whose flip dips below min_flip while L1 settles it); selection: the selection rule's order "
+        "itself (above min_flip the fewest sites moved, below it the highest flip_rate)")
 
 
 class Search(_Strict):

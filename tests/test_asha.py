@@ -15,7 +15,7 @@ from search_spaces.config import parse_config
 from storage.selection import RATE_SLACK, select_rows
 from tests.sweeps import tiny_config
 from workers.asha import RATE_SLACK as WORKERS_SLACK
-from workers.asha import RungEntry, Rungs, rung_key, rung_steps
+from workers.asha import RungEntry, Rungs, front_order, rung_key, rung_steps
 from workers.errors import UsageError
 
 MIN_FLIP = 0.9
@@ -98,6 +98,49 @@ def test_rungs_are_min_steps_times_powers_of_eta_below_the_trials_steps():
     assert rung_steps(10, 3, 270) == [10, 30, 90]
     rungs = Rungs(10, 3, MIN_FLIP)
     assert [s for s in range(1, 300) if rungs.is_rung(s)] == [10, 30, 90, 270]
+
+
+# ----------------------------------------------------------------- the 'front' order
+def test_front_keeps_a_sparse_trial_dipping_below_min_flip_where_the_selection_order_prunes_it():
+    """Measured on SmolLM2 IOI mlp_out (seed 0, step 24): the unpruned search's winner t03 is at 0.88 flip with 17
+    cells while denser trials are above 0.9; it ends at 0.93 with 7. Keeping 2 of 5: 'selection' drops it."""
+    at_rung = [RungEntry(0, 0.94, 0.2, 41), RungEntry(3, 0.88, 0.3, 17), RungEntry(8, 1.0, 0.1, 208),
+               RungEntry(13, 1.0, 0.1, 166), RungEntry(11, 0.88, 0.3, 23)]
+    front = Rungs(6, 2, MIN_FLIP, rank="front").kept(24, at_rung)
+    selection = Rungs(6, 2, MIN_FLIP, rank="selection").kept(24, at_rung)
+    assert front == [True, True, False, False, False]  # t00: the sparsest above 0.9; t03: fewer cells, lower flip
+    assert selection == [True, False, False, True, False]  # above 0.9 first, whatever their cells
+
+
+def test_front_ranks_trials_that_moved_no_cell_last_unless_they_reach_min_flip():
+    entries = [RungEntry(0, 0.05, 0.0, 0), RungEntry(1, 0.5, 0.1, 300), RungEntry(2, 0.3, 0.1, 12)]
+    assert [e.number for e in front_order(entries, MIN_FLIP)] == [1, 2, 0]
+    entries.append(RungEntry(3, 0.95, 0.1, 0))  # an effect without a cell past the threshold: the best there is
+    assert [e.number for e in front_order(entries, MIN_FLIP)][0] == 3
+
+
+ENTRY = st.builds(RungEntry, st.integers(0, 10_000), st.sampled_from([0.0, 0.3, 0.5, 0.85, 0.9, 0.95, 1.0]),
+                  st.floats(0, 2), st.integers(0, 50))
+
+
+@given(st.lists(ENTRY, min_size=1, max_size=30, unique_by=lambda e: e.number))
+def test_front_puts_the_selection_rules_pick_first_when_a_trial_reaches_min_flip(entries):
+    ordered = front_order(entries, MIN_FLIP)
+    assert sorted(ordered) == sorted(entries)  # a permutation
+    if any(e.flip_rate >= MIN_FLIP for e in entries):
+        assert ordered[0] == min(entries, key=lambda e: rung_key(e, MIN_FLIP))
+    # no trial is ranked behind one it dominates
+    for i, a in enumerate(ordered):
+        for b in ordered[:i]:
+            better = (min(a.flip_rate, MIN_FLIP) >= min(b.flip_rate, MIN_FLIP) and a.sites_moved <= b.sites_moved
+                      and (min(a.flip_rate, MIN_FLIP) > min(b.flip_rate, MIN_FLIP) or a.sites_moved < b.sites_moved))
+            assert not (better and (a.sites_moved > 0 or a.flip_rate >= MIN_FLIP)), (a, b)
+
+
+@given(st.lists(st.floats(0, 0.85), min_size=1, max_size=30, unique=True), st.integers(1, 50))
+def test_front_is_the_selection_order_when_every_trial_moves_the_same_cells(scores, moved):
+    entries = [RungEntry(n, s, 0.1, moved) for n, s in enumerate(scores)]
+    assert front_order(entries, MIN_FLIP) == sorted(entries, key=lambda e: rung_key(e, MIN_FLIP))
 
 
 # ----------------------------------------------------------------- the key keeps the selection rule's order

@@ -1,6 +1,7 @@
 """Smoke runs of the benchmarks' --quick modes: each runs and ends with one TARGET line per target."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import subprocess
@@ -52,6 +53,31 @@ def test_pruning_wide_quick_prints_its_targets(tmp_path):
     figures = json.loads(out.read_text())
     assert 0 < figures["ratio"] < 1 and set(figures["units"]) == {"mlp_out", "attn_out"}
     assert all(s["trials"] == 16 for s in figures["steps_asha"].values())
+    # the unpruned search observed its rungs and pruned nothing; both orders were replayed on each unit
+    assert all(s["pruned"] == 0 for s in figures["steps_full"].values())
+    assert set(figures["replays"]) == {"mlp_out", "attn_out"}
+    for replays in figures["replays"].values():
+        assert {name.rsplit(", ", 1)[1] for name in replays} == {"front", "selection"}
+        assert all(0 < r["share"] < 1 for r in replays.values())
+
+
+def test_pruning_replay_on_the_committed_observed_searches(tmp_path):
+    """bench/pruning.py --case replay on bench/data/pruning-observed (the unpruned searches of --seed 0 and 1, their
+    rungs observed): the benchmark's ASHA keeps the unpruned winner in all 4 units within 0.40 of the trial-steps,
+    and no setting of the selection rule's order does (the reason for the 'front' order)."""
+    out = tmp_path / "replay.json"
+    result = subprocess.run([sys.executable, "bench/pruning.py", "--case", "replay", "--out", str(out)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    spec = importlib.util.spec_from_file_location("pruning_bench", ROOT / "bench" / "pruning.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    asha = bench.ASHA
+    (mine,) = [r for r in rows if all(r[k] == asha[k] for k in ("min_steps", "eta", "min_kept", "rank"))]
+    assert mine["same"] == mine["units"] == 4 and max(mine["shares"]) <= 0.40, mine
+    affordable = [r for r in rows if r["rank"] == "selection" and max(r["shares"]) <= 0.40]
+    assert affordable and all(r["same"] < r["units"] for r in affordable)
 
 
 def test_plan_accuracy_quick_prints_its_target():

@@ -157,7 +157,8 @@ class RungJudge:
                 self.outcomes[i].stop_reason = (
                     f"pruned by asha at rung {step}: val-slice flip_rate {entry.flip_rate:.2f}, "
                     f"{entry.sites_moved} sites moved, kl_other {entry.kl_other:.3f} not among the best "
-                    f"{max(1, n // rungs.eta)} of the {n} search trial(s) at this rung (eta {rungs.eta})")
+                    f"{max(rungs.min_kept, n // rungs.eta)} of the {n} search trial(s) at this rung in the "
+                    f"{rungs.rank!r} order (eta {rungs.eta}, min_kept {rungs.min_kept})")
                 pruned.add(i)
         return [i for i in live if i not in pruned]
 
