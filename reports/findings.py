@@ -158,8 +158,10 @@ IDENTITY_LABELS = {"train_dtype": "trained in", "eval_dtype": "evaluated in"}
 def _search_text(search: dict[str, Any], train: dict[str, Any]) -> str:
     """The search and replicates as the stored sweep set them: sampler, trials, pruner, ranges, what replicates vary."""
     pruner = search.get("pruner") or {}
-    pruned = (f", pruned by ASHA (first rung {fmt(pruner.get('min_steps'))} steps, eta {fmt(pruner.get('eta', 3))})"
-              if pruner.get("kind") == "asha" else "")
+    kept = f", at least {fmt(pruner['min_kept'])} going on at each rung" if pruner.get("min_kept", 1) > 1 else ""
+    ranked = f", ranked at a rung by `{pruner['rank']}`" if pruner.get("rank") else ""
+    pruned = (f", pruned by ASHA (first rung {fmt(pruner.get('min_steps'))} steps, eta {fmt(pruner.get('eta', 3))}"
+              f"{kept}{ranked})" if pruner.get("kind") == "asha" else "")
 
     def ranges(space: dict[str, Any]) -> str:
         return ", ".join(f"{k} [{fmt(v.get('low'))}, {fmt(v.get('high'))}]" for k, v in space.items()

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from search_spaces.duration import parse_duration
 from storage.selection import DEFAULT_MIN_FLIP
+from workers.asha import Rank
 from workers.errors import UsageError
 from workers.names import (
     ANALYSIS_PRECISIONS,
@@ -109,7 +110,7 @@ class Pruner(_Strict):
                           "(the best max(min_kept, n // eta) of the n there so far), so that at least min_kept "
                           "search trials complete: a front for C1 and C5 needs several (5 in paper.yaml); at most "
                           "search.n_trials")
-    rank: Literal["front", "selection"] = Field(
+    rank: Rank = Field(
         "front", description="how the trials at a rung are ordered (workers/asha.py): front: Pareto fronts on val-slice "
         "flip_rate capped at selection.min_flip and sites moved, each front in the selection rule's order (keeps a "
         "sparse trial whose flip dips below min_flip while L1 settles it); selection: the selection rule's order "

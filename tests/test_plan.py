@@ -50,7 +50,7 @@ def test_asha_with_the_whole_search_in_one_batch_is_exactly_successive_halving()
 
 
 def test_asha_with_min_kept_prices_the_floor_of_complete_trials():
-    """paper.yaml's search: 16 trials in batches of 8, rungs at 5 and 20 of 40 steps, eta 4."""
+    """16 trials in batches of 8, rungs at 5 and 20 of 40 steps, eta 4 (paper.yaml's search until 2026-12-07)."""
     def priced(min_kept: int) -> tuple[float, float]:
         schedule = asha_schedule(batches(16, 8), steps=40, min_steps=5, eta=4, min_kept=min_kept)
         return (sum(n * live for batch in schedule for n, live, _ in batch),

@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Literal, NamedTuple, get_args
 
 # storage.selection.RATE_SLACK (workers import nothing of storage): a rate reaching min_flip within it counts
 RATE_SLACK = 1e-6
@@ -81,7 +81,8 @@ def front_order(entries: list[RungEntry], min_flip: float) -> list[RungEntry]:
     return ordered + sorted((e for e, r in zip(entries, ranked) if not r), key=lambda e: rung_key(e, min_flip))
 
 
-RANKS = ("front", "selection")
+Rank = Literal["front", "selection"]  # THE ORDER at a rung (search.pruner.rank)
+RANKS: tuple[Rank, ...] = get_args(Rank)
 
 
 def rung_steps(min_steps: int, eta: int, steps: int) -> list[int]:
@@ -103,7 +104,7 @@ class Rungs:
     min_flip: float  # the selection rule's threshold (selection.min_flip)
     history: Mapping[int, tuple[RungEntry, ...]] = field(default_factory=dict)  # rung step -> earlier trials there
     min_kept: int = 1  # at least this many go on at a rung (search.pruner.min_kept)
-    rank: str = "front"  # THE ORDER at a rung: 'front' | 'selection' (search.pruner.rank)
+    rank: Rank = "front"  # THE ORDER at a rung (search.pruner.rank)
 
     def is_rung(self, step: int) -> bool:
         rung = self.min_steps
