@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from reports.budget import BUDGET_S, DESIGN, Missing, missing_for
 from reports.claims import evaluate
 from reports.claims.common import MIN_REPLICATES, min_replicates_justification
 from reports.engine import ClaimResult, Outcome, Threshold, UnitVerdict, interval
@@ -83,7 +84,7 @@ def shown_path(path: Path) -> str:
         return full.as_posix()
 
 
-def _verdicts(run: Run, claims: list[ClaimResult]) -> list[str]:
+def _verdicts(run: Run, claims: list[ClaimResult], lacking: list[Missing]) -> list[str]:
     models = run.models
     header = ["claim", "what"] + [f"verdict on `{m}`" for m in models]
     if len(models) > 1:
@@ -99,9 +100,30 @@ def _verdicts(run: Run, claims: list[ClaimResult]) -> list[str]:
         row.append("; ".join((f"`{m}`: " if len(models) > 1 else "") + c.reason(m) for m in models))
         resolves = dict.fromkeys(x.resolve for u in c.units for x in u.conditions
                                  if x.outcome == Outcome.INCONCLUSIVE and x.resolve and u.outcome == Outcome.INCONCLUSIVE)
+        if not c.units:  # nothing to judge: what the run lacks for this claim
+            needs = [m.feature.split(":")[0] for m in lacking if c.key in m.claims]
+            resolves = dict.fromkeys([f"a unit with what this run lacks: {', '.join(needs)} (below: {UNMEASURED})"]
+                                     if needs else [])
         row.append("; ".join(resolves) or "-")
         rows.append(row)
     return table(header, rows)
+
+
+UNMEASURED = "What this run could not measure"
+
+
+def _unmeasured(run: Run, lacking: list[Missing]) -> list[str]:
+    """What the run's budget left out of the full design, and which claims each part would measure."""
+    design = shown_path(DESIGN)
+    lines = [f"## {UNMEASURED}", "",
+             f"The sweep took {fmt(run.wall_s)} s here; `make findings` (the sweep, the patching baseline and this page) "
+             f"is budgeted at {fmt(BUDGET_S)} s on this 2-core CPU for both models. The full design, `{design}` (for a "
+             f"cluster or a GPU; `actscale plan {design}` prices it), has what follows beside it: each would measure "
+             "items of the claims named, and no verdict on this page rests on it.", ""]
+    if not lacking:
+        return lines[:2] + [f"Nothing: this run has every feature of `{design}`.", ""]
+    return lines + table(["what the full design has", "full design", "this run", "claims it would measure"],
+                         [[m.feature, m.design, m.run, ", ".join(m.claims) or "-"] for m in lacking]) + [""]
 
 
 def _method(run: Run) -> list[str]:
@@ -306,6 +328,7 @@ def render_run(run: Run, page: Path, figures: Path, write_figures: Path | None =
     out_dir.mkdir(parents=True, exist_ok=True)
     link = Path(os.path.relpath(os.path.abspath(figures), os.path.abspath(Path(page).parent))).as_posix()
     claims = evaluate(run)
+    lacking = missing_for(run.config)
     for c in claims:
         draw(c, out_dir / f"{c.key.lower()}.png")
     models = ", ".join(f"`{m}`" for m in run.models)
@@ -318,8 +341,8 @@ def render_run(run: Run, page: Path, figures: Path, write_figures: Path | None =
              "(reports/engine.py). A claim is only supported or not supported where the intervals clear their "
              "thresholds; otherwise it is inconclusive, and the page says what would resolve it.", "",
              "## Verdicts", ""]
-    lines += _verdicts(run, claims) + [""]
-    lines += _method(run) + _setting(run) + _units(unit_rows(run)) + _thresholds(run, claims)
+    lines += _verdicts(run, claims, lacking) + [""]
+    lines += _method(run) + _setting(run) + _unmeasured(run, lacking) + _units(unit_rows(run)) + _thresholds(run, claims)
     for c in claims:
         lines += _claim(c, run, link)
     lines += _searches(search_rows(run))

@@ -87,8 +87,8 @@ class Tables:
             replicate_of=f"{unit_id}-t{replicate_of:05d}" if replicate_of is not None else None,
             n_params=unit["n_params"], sites_moved=sites_moved, sites_total=unit["n_cells"], started_at=T0,
             ended_at=T0, **{k: (f"{unit_id}-t{v:05d}" if k == "control_of" else v) for k, v in extra.items()}))
-        for i, (f, k, a, b) in enumerate(zip(outcomes.flipped, outcomes.kl, ld, ld_after)):
-            self.rows["predictions"].append(dict(trial_id=trial_id, unit_id=unit_id, run_id=RUN_ID, index=i,
+        for i, f, k, a, b in zip(test["index"], outcomes.flipped, outcomes.kl, ld, ld_after):  # i: place in the pool
+            self.rows["predictions"].append(dict(trial_id=trial_id, unit_id=unit_id, run_id=RUN_ID, index=int(i),
                                                  ld_before=a, ld_after=b, kl_other=k, flipped=bool(f)))
         if effects is not None:
             for c, e in enumerate(effects):

@@ -190,8 +190,9 @@ def test_c5_one_task_cannot_show_that_tasks_differ():
 
 # --- C6 ------------------------------------------------------------------------------------------------------------
 
-def c6_run(templates: tuple[str, ...], per_template: int, dyn_kl: float, bias_kl: float):
-    """DynScalar and its bias-only control on held-out templates (the same flips), and DynScalar in distribution."""
+def c6_run(templates: tuple[str, ...], per_template: int, dyn_kl: float, bias_kl: float, folds: bool = False):
+    """DynScalar and its bias-only control on held-out templates (the same flips), and DynScalar in distribution.
+    `folds`: each of the 3 replicates tests its own third of the held-out prompts (fold replicates)."""
     t, rng = Tables(), np.random.default_rng(7)
     held = prompts("ioi", per_template * len(templates), templates=templates)
     indist = prompts("ioi", 300, seed=1)
@@ -199,10 +200,11 @@ def c6_run(templates: tuple[str, ...], per_template: int, dyn_kl: float, bias_kl
     seeds(t, d, indist, rng, 0.95, 0.1)
     options = {"heldout_templates": list(templates)}
     dyn, bias = t.unit("dynscalar", held, options=options), t.unit("dynscalar_bias", held, options=options)
-    flips = [(rng.random(len(held)) < 0.9).astype(float) for _ in range(3)]
+    tested = [held.iloc[r::3] if folds else held for r in range(3)]
+    flips = [(rng.random(len(part)) < 0.9).astype(float) for part in tested]
     for unit_id, kl in ((dyn, dyn_kl), (bias, bias_kl)):
-        for r, f in enumerate(flips):
-            t.trial(unit_id, 0 if r == 0 else 10 + r, held, Outcomes(f, kl * rng.gamma(20, 1 / 20, len(held))),
+        for r, (part, f) in enumerate(zip(tested, flips)):
+            t.trial(unit_id, 0 if r == 0 else 10 + r, part, Outcomes(f, kl * rng.gamma(20, 1 / 20, len(part))),
                     replicate_of=None if r == 0 else 0)
     return t.run()
 
@@ -214,6 +216,14 @@ def test_c6_known_truth(templates, per_template, dyn_kl, bias_kl, expected):
     assert verdict(result) == expected, [(c.name, c.shown, c.outcome) for u in result.units for c in u.conditions]
     if expected == INC:
         assert "1 held-out template(s) of 33 test prompts" in result.units[0].conditions[0].shown
+
+
+def test_c6_counts_the_held_out_prompts_its_fold_replicates_test_together():
+    """Fold replicates each test a third of the 3 x 100 held-out prompts (about 33 per template): the unit is judged
+    on their pool, 100 distinct prompts per template, not on its selected trial's share."""
+    result = c6.evaluate(c6_run(("a", "b", "c"), 100, 0.1, 0.3, folds=True))
+    assert verdict(result) == SUP, [(c.name, c.shown, c.outcome) for u in result.units for c in u.conditions]
+    assert "3 held-out template(s) of 100, 100, 100 test prompts" in result.units[0].notes
 
 
 # --- the engine --------------------------------------------------------------------------------------------------

@@ -29,10 +29,10 @@ ITEMS = (f"Per model, task and site with held-out templates: {DYNSCALAR}'s selec
          f"{DYNSCALAR} - {BIAS_ONLY} on the same held-out prompts (paired); (iii) test kl_other {DYNSCALAR} - "
          f"{BIAS_ONLY}, paired.")
 RULE = (f"A unit is judged only with at least {fmt(MIN_TEMPLATES)} held-out templates of at least {fmt(MIN_PROMPTS)} "
-        f"test prompts each (fewer: inconclusive). Supported when (i)'s lower bound is >= {fmt(MIN_RETAINED)}, (ii)'s "
-        f"lower bound is >= -{fmt(FLIP_MARGIN)} and (iii)'s upper bound is < 0 (reading the activation helps: flips "
-        f"within {fmt(FLIP_MARGIN)} of the control at a lower kl_other); not supported when any interval lies wholly "
-        "on the wrong side.")
+        f"distinct test prompts each over its replicates (fewer: inconclusive). Supported when (i)'s lower bound is "
+        f">= {fmt(MIN_RETAINED)}, (ii)'s lower bound is >= -{fmt(FLIP_MARGIN)} and (iii)'s upper bound is < 0 "
+        f"(reading the activation helps: flips within {fmt(FLIP_MARGIN)} of the control at a lower kl_other); not "
+        "supported when any interval lies wholly on the wrong side.")
 
 
 def _role_aligned(run: Run, group: pd.DataFrame) -> Any:
@@ -50,9 +50,15 @@ def _indistribution(run: Run, row: Any) -> Any:
     return same.iloc[0] if len(same) else None
 
 
-def _templates(run: Run, trial_id: str) -> pd.Series:
-    t = run.prompts(trial_id).template
-    return t.fillna("(unknown)").value_counts().sort_index()
+def _templates(run: Run, trial_ids: list[str]) -> pd.Series:
+    """Distinct test prompts per held-out template over the trial and its replicates: with fold replicates each
+    tests its own share of the prompts, so the pool is what the unit is judged on (seed replicates share theirs)."""
+    frames = [f for f in (run.prompts(t) for t in trial_ids) if len(f)]
+    if not frames:
+        return pd.Series(dtype=int)
+    pooled = pd.concat(frames)
+    pooled = pooled[~pooled.index.duplicated()]
+    return pooled.template.fillna("(unknown)").value_counts().sort_index()
 
 
 def unit(run: Run, group: pd.DataFrame) -> UnitVerdict:
@@ -79,7 +85,7 @@ def unit(run: Run, group: pd.DataFrame) -> UnitVerdict:
                        0.0, False, min_replicates=MIN_REPLICATES, strict=True)]
     conditions = [retained] + helps
     notes = _rows(run, key, dyn, bias, _role_aligned(run, group))
-    templates = _templates(run, dyn.trial_id)
+    templates = _templates(run, list(dyn.seeds))
     enough = int((templates >= MIN_PROMPTS).sum())
     sizes = ", ".join(f"{fmt(int(n))}" for n in templates)
     counted = f"{fmt(len(templates))} held-out template(s) of {sizes} test prompts"
