@@ -201,3 +201,25 @@ def test_the_readme_states_the_pages_verdicts():
     for key, title, verdicts in rows:
         shown = " | ".join(v.strip("* ") for v in verdicts.split(" | ") if v.strip())
         assert f"| {key} {title.strip()} | {shown} |" in readme, (key, shown)
+
+
+def test_the_paper_run_keeps_the_tensors_of_every_analysed_trial():
+    """docs/data/paper-run keeps the learned tensors of every trial its analyses read (storage/publish.py), so that a
+    curve, strength or control can be recomputed without training: each selected ActivScalar trial's stored alpha
+    is the scalars its table holds, within float16's rounding."""
+    from storage.publish import FP16_TOLERANCE, analysed_trials
+    from storage.run_dir import RunDir
+
+    run = RunDir(PAPER_RUN)
+    kept = {p.name.removesuffix(".safetensors") for p in run.artifacts.glob("*.safetensors")}
+    analysed = analysed_trials(PAPER_RUN)
+    assert analysed and analysed <= kept, sorted(analysed - kept)[:5]
+    selected = run_sql([PAPER_RUN], "SELECT s.trial_id FROM selected s JOIN units u USING (unit_id) "
+                                    "WHERE u.method = 'activscalar'")[0].trial_id
+    assert len(selected) >= 4
+    for trial_id in selected:
+        alpha = run.read_artifact(trial_id)["alpha"]  # [L, T]
+        cells = run_sql([PAPER_RUN], f"SELECT layer, position, value FROM scalars WHERE trial_id = '{trial_id}'")[0]
+        assert len(cells) == alpha.size
+        stored = alpha[cells.layer.to_numpy(dtype=int), cells.position.to_numpy(dtype=int)]
+        assert np.max(np.abs(stored - cells.value.to_numpy())) <= FP16_TOLERANCE * np.max(np.abs(alpha)), trial_id
