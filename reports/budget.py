@@ -63,11 +63,10 @@ def missing(run: SweepConfig, design: SweepConfig) -> list[Missing]:
     if len(held_design) > len(held_run):
         out.append(Missing("held-out templates (DynScalar trained on some templates, tested on others)",
                            _names(held_design), _names(held_run), ("C6",)))
-    tasks_run = {e.name for e in run.task_entries()}
-    extra_tasks = [t for t in dict.fromkeys(e.name for e in design.task_entries()) if t not in tasks_run]
-    if extra_tasks:
-        out.append(Missing("tasks", _names(list(dict.fromkeys(e.name for e in design.task_entries()))),
-                           _names(sorted(tasks_run)), ("C1", "C2", "C3", "C4", "C5")))
+    tasks_run = list(dict.fromkeys(e.name for e in run.task_entries()))
+    tasks_design = list(dict.fromkeys(e.name for e in design.task_entries()))
+    if [t for t in tasks_design if t not in tasks_run]:
+        out.append(Missing("tasks", _names(tasks_design), _names(tasks_run), ("C1", "C2", "C3", "C4", "C5")))
     if [s for s in design.sites if s not in run.sites]:
         out.append(Missing("sites (where else in the block the task is done)", _names(design.sites),
                            _names(run.sites), ("C3", "C5")))

@@ -101,7 +101,7 @@ def _verdicts(run: Run, claims: list[ClaimResult], lacking: list[Missing]) -> li
         resolves = dict.fromkeys(x.resolve for u in c.units for x in u.conditions
                                  if x.outcome == Outcome.INCONCLUSIVE and x.resolve and u.outcome == Outcome.INCONCLUSIVE)
         if not c.units:  # nothing to judge: what the run lacks for this claim
-            needs = [m.feature.split(":")[0] for m in lacking if c.key in m.claims]
+            needs = [m.feature.split(":")[0].split(" (")[0] for m in lacking if c.key in m.claims]
             resolves = dict.fromkeys([f"a unit with what this run lacks: {', '.join(needs)} (below: {UNMEASURED})"]
                                      if needs else [])
         row.append("; ".join(resolves) or "-")
