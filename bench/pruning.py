@@ -190,17 +190,19 @@ def select_among(finals: dict[int, dict], numbers: list[int], min_flip: float) -
 
 
 def observed(run_dir: Path, min_flip: float) -> dict[str, Observed]:
-    """Per unit (by site) of a search that observed its rungs: each complete search trial's final row, its rung
-    entries and the unpruned search's winner."""
+    """Per unit (named by its site: the benchmark's units differ only there) of a search that observed its rungs:
+    each complete search trial's final row, its rung entries and the unpruned search's winner."""
     columns = ", ".join(f"t.{c}" for c in SELECTION_COLUMNS)
+    search = "t.replicate_of IS NULL AND t.control_of IS NULL AND NOT coalesce(t.pilot, false)"
     finals, _ = run_sql([run_dir], f"SELECT u.site, {columns} FROM trials t JOIN units u USING (unit_id) "
-                                   "WHERE t.replicate_of IS NULL AND t.control_of IS NULL AND t.status = 'complete'")
-    rows, _ = run_sql([run_dir], "SELECT u.site, t.trial_number, c.step, c.flip_rate, c.kl_other, c.sites_moved "
-                                 "FROM checks c JOIN trials t USING (trial_id) JOIN units u ON u.unit_id = t.unit_id "
-                                 "WHERE c.kind = 'rung' AND t.replicate_of IS NULL")
+                                   f"WHERE {search} AND t.status = 'complete'")
+    rows, _ = run_sql([run_dir], "SELECT t.unit_id, t.trial_number, c.step, c.flip_rate, c.kl_other, c.sites_moved "
+                                 f"FROM checks c JOIN trials t USING (trial_id) WHERE c.kind = 'rung' AND {search}")
+    if finals.groupby("site").unit_id.nunique().max() > 1:
+        raise SystemExit(f"{run_dir}: several units share a site; the replay names a unit by its site")
     out = {}
-    for site, group in finals.groupby("site"):
-        checks = rows[rows.site == site]
+    for (site, unit_id), group in finals.groupby(["site", "unit_id"]):
+        checks = rows[rows.unit_id == unit_id]
         kept = group[list(SELECTION_COLUMNS)].astype(object).where(group[list(SELECTION_COLUMNS)].notna(), None)
         by_number = {int(r["trial_number"]): r for r in kept.to_dict("records")}
         at = {(int(r.trial_number), int(r.step)): RungEntry(int(r.trial_number), float(r.flip_rate),

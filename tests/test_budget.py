@@ -1,26 +1,32 @@
-"""What the page says its run could not measure (reports/budget.py): the full design's features the run's sweep
-lacks, each with the claims it would measure, read from the committed studies and from sweeps built here."""
+"""What the page says its run could not measure (reports/budget.py): the full design's main features the run's
+sweep lacks, each with the claims it would add units to, read from the committed studies and from sweeps built
+here."""
 from __future__ import annotations
 
 from pathlib import Path
 
-from reports.budget import DESIGN, missing, missing_for
+from reports.budget import DESIGN, Missing, missing, missing_for
 from search_spaces.config import load_config, parse_config
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = ROOT / "search_spaces" / "paper.yaml"
 
 
-def _claims(found) -> dict[str, tuple[str, ...]]:
-    return {m.feature.split(":")[0].split(" (")[0]: m.claims for m in found}
+def _by_name(found: list[Missing]) -> dict[str, Missing]:
+    return {m.feature.split(":")[0].split(" (")[0]: m for m in found}
 
 
-def test_the_paper_run_lacks_what_c6_and_c1s_baseline_need_and_says_so():
-    found = _claims(missing(load_config(PAPER), load_config(DESIGN)))
-    assert found["method `dynscalar`"] == found["method `dynscalar_bias`"] == ("C6",)
-    assert found["method `diffmeans`"] == ("C1",)
-    assert found["held-out templates"] == ("C6",)
+def test_the_paper_run_lacks_what_c6_needs_and_says_what_only_stands_beside_a_verdict():
+    found = _by_name(missing(load_config(PAPER), load_config(DESIGN)))
+    for name in ("method `dynscalar`", "method `dynscalar_bias`", "held-out templates", "ioi prompts per template"):
+        assert found[name].makes_units and "C6" in found[name].judged, found[name]
+    assert found["ioi prompts per template"].design == "150" and found["ioi prompts per template"].run == "20"
+    diffmeans = found["method `diffmeans`"]
+    assert diffmeans.judged == () and diffmeans.beside == ("C1",)
+    assert diffmeans.claims_text() == "beside C1 (not judged)"
+    assert found["strengths beyond 1"].judged == () and found["strengths beyond 1"].beside == ("C4",)
     assert "training length from a convergence pilot" in found and "sites" in found
+    assert found["retrained mask controls"].run.startswith("at k90; 5 random-k")
 
 
 def test_a_run_with_the_whole_design_lacks_nothing():
@@ -31,9 +37,18 @@ def test_a_run_with_the_designs_methods_but_no_held_out_templates_lacks_only_tho
     design = load_config(DESIGN).model_dump(mode="json")
     design["tasks"] = [t for t in design["tasks"] if not (t.get("options") or {}).get("heldout_templates")]
     design["methods"] = [m for m in design["methods"] if m != "dynscalar_bias"]  # only the held-out task ran it
-    found = _claims(missing(parse_config(design), load_config(DESIGN)))
-    assert [k for k, claims in found.items() if "C6" in claims] == ["method `dynscalar_bias`", "held-out templates"]
+    found = _by_name(missing(parse_config(design), load_config(DESIGN)))
+    assert [k for k, m in found.items() if m.makes_units and "C6" in m.judged] == [
+        "method `dynscalar_bias`", "held-out templates"]
 
 
-def test_without_the_design_file_nothing_is_claimed(tmp_path):
-    assert missing_for(load_config(PAPER).model_dump(mode="json"), tmp_path / "absent.yaml") == []
+def test_a_run_without_controls_says_so():
+    paper = load_config(PAPER).model_dump(mode="json")
+    paper["controls"]["enabled"] = False
+    found = _by_name(missing(parse_config(paper), load_config(DESIGN)))
+    assert found["retrained mask controls"].run == "none"
+
+
+def test_a_sweep_that_cannot_be_read_or_no_design_gives_no_comparison(tmp_path):
+    assert missing_for(load_config(PAPER).model_dump(mode="json"), tmp_path / "absent.yaml") is None
+    assert missing_for({"selection": {"min_flip": 0.9}}) is None  # a stored sweep the schema does not accept

@@ -214,12 +214,13 @@ def test_the_paper_run_keeps_the_tensors_of_every_analysed_trial():
     kept = {p.name.removesuffix(".safetensors") for p in run.artifacts.glob("*.safetensors")}
     analysed = analysed_trials(PAPER_RUN)
     assert analysed and analysed <= kept, sorted(analysed - kept)[:5]
-    selected = run_sql([PAPER_RUN], "SELECT s.trial_id FROM selected s JOIN units u USING (unit_id) "
-                                    "WHERE u.method = 'activscalar'")[0].trial_id
+    selected = run_sql([PAPER_RUN], "SELECT s.trial_id, u.layers FROM selected s JOIN units u USING (unit_id) "
+                                    "WHERE u.method = 'activscalar'")[0]
     assert len(selected) >= 4
-    for trial_id in selected:
-        alpha = run.read_artifact(trial_id)["alpha"]  # [L, T]
+    for trial_id, layers in zip(selected.trial_id, selected.layers):
+        alpha = run.read_artifact(trial_id)["alpha"]  # [L, T]: L the unit's layers, in order
         cells = run_sql([PAPER_RUN], f"SELECT layer, position, value FROM scalars WHERE trial_id = '{trial_id}'")[0]
         assert len(cells) == alpha.size
-        stored = alpha[cells.layer.to_numpy(dtype=int), cells.position.to_numpy(dtype=int)]
+        row = {int(layer): i for i, layer in enumerate(layers)}
+        stored = alpha[[row[int(x)] for x in cells.layer], cells.position.to_numpy(dtype=int)]
         assert np.max(np.abs(stored - cells.value.to_numpy())) <= FP16_TOLERANCE * np.max(np.abs(alpha)), trial_id

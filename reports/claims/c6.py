@@ -125,7 +125,7 @@ def evaluate(run: Run) -> ClaimResult:
         Threshold("C6_MIN_TEMPLATES", MIN_TEMPLATES, "C6: held-out templates a unit is judged on",
                   "one template could transfer by the accident of its wording; three is the fewest that can show the "
                   "transfer is not about one template"),
-        Threshold("C6_MIN_PROMPTS", MIN_PROMPTS, "C6: test prompts per held-out template",
+        Threshold("C6_MIN_PROMPTS", MIN_PROMPTS, "C6: distinct test prompts per held-out template over a unit's replicates",
                   f"at {fmt(MIN_PROMPTS)} prompts the standard error of a rate near 0.5 is "
                   f"{fmt(float(scipy.stats.binom.std(MIN_PROMPTS, 0.5)) / MIN_PROMPTS)} (scipy.stats.binom), about "
                   "C6_FLIP_MARGIN: a template's own rate then says something"),
