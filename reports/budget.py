@@ -17,25 +17,30 @@ from pathlib import Path
 from typing import Any
 
 from reports.run import BIAS_ONLY, DIFFMEANS, DYNSCALAR, role_of
-from search_spaces.config import SweepConfig, TaskEntry, load_config, parse_config
+from search_spaces.config import IOI_DEFAULT_N, SweepConfig, TaskEntry, load_config, parse_config
 
 DESIGN = Path(__file__).resolve().parents[1] / "search_spaces" / "study.yaml"
 BUDGET_S = 2 * 3600  # `make findings` on this 2-core CPU, both embedded models (search_spaces/paper.yaml's budget)
 IN_DISTRIBUTION = ("C1", "C2", "C3", "C4", "C5")  # claims judged per model, task and site on in-distribution units
 ALL = IN_DISTRIBUTION + ("C6",)
-IOI_DEFAULT_N = 120  # workers/tasks/builtin.py: ioi's examples per template when `n` is not given
 
 
 @dataclass(frozen=True)
 class Missing:
     """One feature of the full design that the run lacks."""
 
-    feature: str  # what it is, in words
+    name: str  # its short name, as a sentence names it ("method `dynscalar`", "held-out templates")
+    gloss: str  # what it measures or how, in words ("" when the name says it)
     design: str  # the full design's value
     run: str  # the run's value
     judged: tuple[str, ...]  # claims whose verdicts it would add units to or measure better
     beside: tuple[str, ...] = ()  # claims it would only be shown beside (not in their rules)
     makes_units: bool = False  # a claim with no unit needs it to have one
+
+    @property
+    def feature(self) -> str:
+        """The name and its gloss, as the page's table shows it."""
+        return f"{self.name} ({self.gloss})" if self.gloss else self.name
 
     def claims_text(self) -> str:
         shown = list(self.judged) + [f"beside {c} (not judged)" for c in self.beside]
@@ -46,8 +51,8 @@ class Missing:
 # on it, claims it stands beside)
 METHOD_USES: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
     DYNSCALAR: ("alpha read from the activation, so it runs on any prompt length", ("C6",), ()),
-    BIAS_ONLY: ("DynScalar's bias-only control (alpha = 1 + b: is reading the activation what helps?)", ("C6",), ()),
-    DIFFMEANS: ("the training-free difference-in-means baseline (what learning buys)", (), ("C1",)),
+    BIAS_ONLY: ("DynScalar's bias-only control, alpha = 1 + b: is reading the activation what helps?", ("C6",), ()),
+    DIFFMEANS: ("the training-free difference-in-means baseline: what learning buys", (), ("C1",)),
 }
 
 
@@ -100,48 +105,48 @@ def missing(run: SweepConfig, design: SweepConfig) -> list[Missing]:
     run_methods = _methods(run)
     for method in _methods(design):
         if method not in run_methods:
-            what, judged, beside = METHOD_USES.get(role_of(method) or "", (f"method `{method}`", (), ()))
-            out.append(Missing(f"method `{method}`: {what}", "yes", "no", judged, beside, makes_units=True))
+            what, judged, beside = METHOD_USES.get(role_of(method) or "", ("", (), ()))
+            out.append(Missing(f"method `{method}`", what, "yes", "no", judged, beside, makes_units=True))
     held_run, held_design = _heldout(run), _heldout(design)
     if len(held_design) > len(held_run):
-        out.append(Missing("held-out templates (DynScalar trained on some templates, tested on others)",
+        out.append(Missing("held-out templates", "DynScalar trained on some templates, tested on others",
                            _names(held_design), _names(held_run), ("C6",), makes_units=True))
     n_run, n_design = _ioi_n(run.task_entries()), _ioi_n(design.task_entries())
     if n_design is not None and (n_run is None or n_design > n_run):
-        out.append(Missing("ioi prompts per template (C6 needs >= 100 test prompts per held-out template)",
+        out.append(Missing("ioi prompts per template", "C6 needs >= 100 test prompts per held-out template",
                            str(n_design), str(n_run or "no ioi"), ALL, makes_units=True))
     tasks_run = list(dict.fromkeys(e.name for e in run.task_entries()))
     tasks_design = list(dict.fromkeys(e.name for e in design.task_entries()))
     if [t for t in tasks_design if t not in tasks_run]:
-        out.append(Missing("tasks", _names(tasks_design), _names(tasks_run), IN_DISTRIBUTION))
+        out.append(Missing("tasks", "", _names(tasks_design), _names(tasks_run), IN_DISTRIBUTION))
     sites_run, sites_design = _sites(run), _sites(design)
     if [s for s in sites_design if s not in sites_run]:
-        out.append(Missing("sites (where else in the block the task is done)", _names(sites_design),
+        out.append(Missing("sites", "where else in the block the task is done", _names(sites_design),
                            _names(sites_run), ALL))
     if design.train.converge is not None and run.train.converge is None:
         c = design.train.converge
-        out.append(Missing("training length from a convergence pilot (val objective changing < "
-                           f"{c.tol:.0%} over {c.window} steps, at most {c.max_steps})", "yes",
+        out.append(Missing("training length from a convergence pilot", "val objective changing < "
+                           f"{c.tol:.0%} over {c.window} steps, at most {c.max_steps}", "yes",
                            f"no: a fixed {run.train.steps} steps", ALL))
     elif design.train.steps > run.train.steps:
-        out.append(Missing("training steps per trial", str(design.train.steps), str(run.train.steps), ALL))
+        out.append(Missing("training steps per trial", "", str(design.train.steps), str(run.train.steps), ALL))
     if design.search.n_trials > run.search.n_trials:
-        out.append(Missing("search trials per unit (the fronts C1 and C5 are judged on)", str(design.search.n_trials),
+        out.append(Missing("search trials per unit", "the fronts C1 and C5 are judged on", str(design.search.n_trials),
                            str(run.search.n_trials), ("C1", "C5")))
     if _decades(design) > _decades(run) + 1e-9:
-        out.append(Missing("span of the searched lambda ranges (decades, the narrowest)", f"{_decades(design):.3g}",
+        out.append(Missing("span of the searched lambda ranges", "decades, the narrowest", f"{_decades(design):.3g}",
                            f"{_decades(run):.3g}", ("C1", "C5")))
     if design.search.replicates > run.search.replicates:
-        out.append(Missing("replicates per selected trial", str(design.search.replicates),
+        out.append(Missing("replicates per selected trial", "", str(design.search.replicates),
                            str(run.search.replicates), ALL))
     if _controls(design) != _controls(run) and design.controls.enabled:
-        out.append(Missing("retrained mask controls", _controls(design), _controls(run), ("C3",)))
+        out.append(Missing("retrained mask controls", "", _controls(design), _controls(run), ("C3",)))
     if design.analysis.k_step < run.analysis.k_step:
-        out.append(Missing("the curves' k grid (k_step: 0, 1, k_step, k_step^2, ...)", str(design.analysis.k_step),
+        out.append(Missing("the curves' k grid", "k_step: 0, 1, k_step, k_step^2, ...", str(design.analysis.k_step),
                            str(run.analysis.k_step), ("C2", "C3")))
     beyond = [b for b in design.analysis.betas if b > 1 and b not in run.analysis.betas]
     if beyond:
-        out.append(Missing("strengths beyond 1 (extrapolation)", _names(beyond), "none", (), ("C4",)))
+        out.append(Missing("strengths beyond 1", "extrapolation", _names(beyond), "none", (), ("C4",)))
     return out
 
 

@@ -101,7 +101,7 @@ def _verdicts(run: Run, claims: list[ClaimResult], lacking: list[Missing] | None
         resolves = dict.fromkeys(x.resolve for u in c.units for x in u.conditions
                                  if x.outcome == Outcome.INCONCLUSIVE and x.resolve and u.outcome == Outcome.INCONCLUSIVE)
         if not c.units:  # nothing to judge: what the run lacks to have a unit of this claim
-            needs = [m.feature.split(":")[0].split(" (")[0] for m in lacking or [] if m.makes_units and c.key in m.judged]
+            needs = [m.name for m in lacking or [] if m.makes_units and c.key in m.judged]
             resolves = dict.fromkeys([f"a unit with what this run lacks: {', '.join(needs)} (below: {UNMEASURED})"]
                                      if needs else [])
         row.append("; ".join(resolves) or "-")
@@ -117,19 +117,19 @@ def _unmeasured(run: Run, lacking: list[Missing] | None) -> list[str]:
     design = shown_path(DESIGN)
     wall = (f"The sweep took {fmt(run.wall_s)} s" if run.wall_s == run.wall_s and run.wall_s else
             "The sweep's wall time is not recorded")
-    lines = [f"## {UNMEASURED}", "",
-             f"{wall}; `make findings` (the sweep, the patching baseline and this page) is budgeted at {fmt(BUDGET_S)} s "
-             f"on this project's 2-core CPU for both models. The full design, `{design}` (for a cluster or a GPU; "
-             f"`actscale plan {design}` prices it), has the main features that follow beside this run: each would add "
-             "units to the verdicts of the claims named or measure them better, and no verdict on this page rests on "
-             "it.", ""]
+    heading = [f"## {UNMEASURED}", ""]
     if lacking is None:
-        return lines[:2] + [f"{wall}. This run's stored sweep could not be compared with `{design}` (the file is "
-                            "absent, or the stored sweep is one the present schema does not read).", ""]
+        return heading + [f"{wall}. This run's stored sweep could not be compared with `{design}` (the file is "
+                          "absent, or the stored sweep is one the present schema does not read).", ""]
     if not lacking:
-        return lines[:2] + [f"{wall}. This run has the main features of `{design}`.", ""]
-    return lines + table(["what the full design has", "full design", "this run", "claims"],
-                         [[m.feature, m.design, m.run, m.claims_text()] for m in lacking]) + [""]
+        return heading + [f"{wall}. This run has the main features of `{design}`.", ""]
+    return heading + [
+        f"{wall}; `make findings` (the sweep, the patching baseline and this page) is budgeted at {fmt(BUDGET_S)} s "
+        f"on this project's 2-core CPU for both models. The full design, `{design}` (for a cluster or a GPU; "
+        f"`actscale plan {design}` prices it), has the main features that follow beside this run: each would add "
+        "units to the verdicts of the claims named or measure them better, and no verdict on this page rests on "
+        "it.", ""] + table(["what the full design has", "full design", "this run", "claims"],
+                           [[m.feature, m.design, m.run, m.claims_text()] for m in lacking]) + [""]
 
 
 def _method(run: Run) -> list[str]:

@@ -41,6 +41,7 @@ ROLES = (ACTIVSCALAR, STEERVEC, DIFFMEANS, DYNSCALAR, BIAS_ONLY)
 NEAR_CHANCE = 0.6  # units.base_accuracy below this: the model barely does the task (chance is 0.5)
 # per-prompt values a trial's test predictions give (names used by the claims)
 FLIP, KL, LD, LD_AFTER, SHIFT, MIRROR, LD_GAP = "flip", "kl", "ld", "ld_after", "shift", "mirror", "ld_gap"
+PROMPT_COLUMNS = ["cluster", "template", FLIP, KL, LD, LD_AFTER, SHIFT, MIRROR, LD_GAP]  # `Run.prompts`, beside the key
 # what names a model on a page: its family, checkpoint, quantisation, the dtypes it trained and was evaluated in
 IDENTITY_COLUMNS = ("model_family", "model_checkpoint", "model_quantisation", "train_dtype", "eval_dtype", "model_source",
                     "model_licence")
@@ -116,10 +117,20 @@ class Run:
             self._prompts[trial_id] = self._prompt_frame(trial_id)
         return self._prompts[trial_id]
 
+    def pooled_prompts(self, trial_ids: list[str]) -> pd.DataFrame:
+        """The trials' test prompts pooled, each prompt key once (the first trial's row), in `prompts`' columns:
+        with fold replicates each replicate tests its own share of a unit's prompts, so the pool is what the
+        unit is judged on; seed replicates share one test split, so their pool is one trial's."""
+        frames = [f for f in (self.prompts(t) for t in trial_ids) if len(f)]
+        if not frames:
+            return pd.DataFrame(columns=PROMPT_COLUMNS)
+        pooled = pd.concat(frames)
+        return pooled[~pooled.index.duplicated()]
+
     def _prompt_frame(self, trial_id: str) -> pd.DataFrame:
         p = self.predictions[self.predictions.trial_id == trial_id]
         if p.empty:
-            return pd.DataFrame(columns=["cluster", "template", FLIP, KL, LD, LD_AFTER, SHIFT, MIRROR, LD_GAP])
+            return pd.DataFrame(columns=PROMPT_COLUMNS)
         unit_id = str(p.unit_id.iloc[0])
         e = self.examples
         e = e[e.unit_id == unit_id]

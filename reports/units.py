@@ -43,9 +43,7 @@ def unit_rows(run: Run) -> list[UnitRow]:
 
 
 def pooled_test(run: Run, trial_ids: list[str]) -> tuple[int, int]:
-    """(distinct test prompts, distinct prompt clusters) over the trials' test sets: the same as one trial's with
-    seed replicates on one split, every tested entity once with fold replicates over all folds."""
-    frames = [run.prompts(t) for t in trial_ids]
-    prompts = {k for f in frames for k in f.index}
-    clusters = {c for f in frames for c in f.cluster}
-    return len(prompts), len(clusters)
+    """(distinct test prompts, distinct prompt clusters) over the trials' test sets (`Run.pooled_prompts`): the
+    same as one trial's with seed replicates on one split, every tested entity once with fold replicates."""
+    pooled = run.pooled_prompts(trial_ids)
+    return len(pooled), pooled.cluster.nunique()

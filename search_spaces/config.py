@@ -25,6 +25,7 @@ from workers.names import (
     import_plugins,
     method_names,
 )
+from workers.tasks.builtin import IOI_DEFAULT_N as IOI_DEFAULT_N  # re-exported: reports import no workers
 from workers.unit import Convergence, TrainSettings
 
 V = TypeVar("V", bound=Iterable[str])

@@ -13,7 +13,7 @@ PAPER = ROOT / "search_spaces" / "paper.yaml"
 
 
 def _by_name(found: list[Missing]) -> dict[str, Missing]:
-    return {m.feature.split(":")[0].split(" (")[0]: m for m in found}
+    return {m.name: m for m in found}
 
 
 def test_the_paper_run_lacks_what_c6_needs_and_says_what_only_stands_beside_a_verdict():

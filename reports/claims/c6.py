@@ -51,13 +51,11 @@ def _indistribution(run: Run, row: Any) -> Any:
 
 
 def _templates(run: Run, trial_ids: list[str]) -> pd.Series:
-    """Distinct test prompts per held-out template over the trial and its replicates: with fold replicates each
-    tests its own share of the prompts, so the pool is what the unit is judged on (seed replicates share theirs)."""
-    frames = [f for f in (run.prompts(t) for t in trial_ids) if len(f)]
-    if not frames:
+    """Distinct test prompts per held-out template over the trial and its replicates (`Run.pooled_prompts`):
+    with fold replicates each tests its own share of the prompts, so the pool is what the unit is judged on."""
+    pooled = run.pooled_prompts(trial_ids)
+    if pooled.empty:
         return pd.Series(dtype=int)
-    pooled = pd.concat(frames)
-    pooled = pooled[~pooled.index.duplicated()]
     return pooled.template.fillna("(unknown)").value_counts().sort_index()
 
 

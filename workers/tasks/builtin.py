@@ -128,15 +128,18 @@ def _too_few(task: str, what: str, have: int, need: int, tokenizer) -> UsageErro
                       f"({type(tokenizer).__name__}); the task needs at least {need}")
 
 
+IOI_DEFAULT_N = 120  # ioi's examples per template when option n is not given
+
+
 def ioi(options: dict, seed: int, tokenizer=None) -> list[Example]:
     """Distinct prompts; the entity is the unordered name pair, so no pair is in two splits. With a
     tokenizer, only names, places and objects that are one token for it are used."""
-    _check_options("ioi", options, {"n": "examples per template, default 120",
+    _check_options("ioi", options, {"n": f"examples per template, default {IOI_DEFAULT_N}",
                                     "templates": f"list of {sorted(IOI_TEMPLATES)}",
                                     "heldout_templates": "templates used only for the test split",
                                     "counterfactual": "'swap' (default: S2 named as the IO, so the answer is "
                                                       "the other name) or 'abc' (S2 a third name)"})
-    n = _n("ioi", options, 120)
+    n = _n("ioi", options, IOI_DEFAULT_N)
     counterfactual = options.get("counterfactual", "swap")
     if counterfactual not in ("swap", "abc"):
         raise UsageError(f"task 'ioi': option counterfactual={counterfactual!r}; accepted: 'swap' or 'abc'")
