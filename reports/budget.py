@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reports.run import BIAS_ONLY, DIFFMEANS, DYNSCALAR, role_of
+from reports.run import ACTIVSCALAR_ROLE, BIAS_ONLY, DIFFMEANS, DYNSCALAR, role_of
 from search_spaces.config import IOI_DEFAULT_N, SweepConfig, TaskEntry, load_config, parse_config
 
 DESIGN = Path(__file__).resolve().parents[1] / "search_spaces" / "study.yaml"
@@ -53,6 +53,8 @@ METHOD_USES: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
     DYNSCALAR: ("alpha read from the activation, so it runs on any prompt length", ("C6",), ()),
     BIAS_ONLY: ("DynScalar's bias-only control, alpha = 1 + b: is reading the activation what helps?", ("C6",), ()),
     DIFFMEANS: ("the training-free difference-in-means baseline: what learning buys", (), ("C1",)),
+    ACTIVSCALAR_ROLE: ("ActivScalar's scalars per token role, applied by role to the held-out templates: C6's "
+                       "role-aligned baseline", (), ("C6",)),
 }
 
 

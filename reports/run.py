@@ -33,11 +33,13 @@ from storage.seeds import group_of
 from storage.selection import select_per_unit
 
 # The paper's methods as the paper spells them; a run's method is one of them when the names are equal ignoring
-# case. DynScalar_bias (alpha = 1 + b, the activation not read) and DiffMeans (a difference-in-means steering
-# vector, no training) are this project's controls.
+# case. DynScalar_bias (alpha = 1 + b, the activation not read), DiffMeans (a difference-in-means steering
+# vector, no training) and ActivScalar_role (ActivScalar's scalars per token role, C6's role-aligned baseline) are
+# this project's controls.
 ACTIVSCALAR, STEERVEC, DYNSCALAR, BIAS_ONLY, DIFFMEANS = "ActivScalar", "SteerVec", "DynScalar", "DynScalar_bias", \
     "DiffMeans"
-ROLES = (ACTIVSCALAR, STEERVEC, DIFFMEANS, DYNSCALAR, BIAS_ONLY)
+ACTIVSCALAR_ROLE = "ActivScalar_role"
+ROLES = (ACTIVSCALAR, STEERVEC, DIFFMEANS, DYNSCALAR, BIAS_ONLY, ACTIVSCALAR_ROLE)
 NEAR_CHANCE = 0.6  # units.base_accuracy below this: the model barely does the task (chance is 0.5)
 # per-prompt values a trial's test predictions give (names used by the claims)
 FLIP, KL, LD, LD_AFTER, SHIFT, MIRROR, LD_GAP = "flip", "kl", "ld", "ld_after", "shift", "mirror", "ld_gap"

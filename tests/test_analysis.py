@@ -20,7 +20,8 @@ METRICS = ("flip_rate", "ld_after", "kl_other")
 CASES = [("activscalar", "mlp_out", {}), ("steervec", "mlp_out", {}), ("dynscalar", "mlp_out", {}),
          ("dynscalar_bias", "attn_out", {}), ("activscalar", "head", {}), ("steervec", "head", {}),
          ("dynscalar", "mlp_out", {"heldout_templates": ["longer"]}), ("diffmeans", "resid_post", {}),
-         ("diffmeans", "head", {})]
+         ("diffmeans", "head", {}), ("activscalar_role", "mlp_out", {"heldout_templates": ["longer"]}),
+         ("activscalar_role", "head", {})]
 
 
 def _trained(tiny_models, method: str, site: str, options: dict, trains_in: str = "fp32", **analysis):

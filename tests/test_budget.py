@@ -24,6 +24,8 @@ def test_the_paper_run_lacks_what_c6_needs_and_says_what_only_stands_beside_a_ve
     diffmeans = found["method `diffmeans`"]
     assert diffmeans.judged == () and diffmeans.beside == ("C1",)
     assert diffmeans.claims_text() == "beside C1 (not judged)"
+    aligned = found["method `activscalar_role`"]  # a row beside C6's verdict, not in its rule
+    assert aligned.judged == () and aligned.beside == ("C6",)
     assert found["strengths beyond 1"].judged == () and found["strengths beyond 1"].beside == ("C4",)
     assert "training length from a convergence pilot" in found and "sites" in found
     assert found["retrained mask controls"].run.startswith("at k90; 5 random-k")
@@ -36,7 +38,8 @@ def test_a_run_with_the_whole_design_lacks_nothing():
 def test_a_run_with_the_designs_methods_but_no_held_out_templates_lacks_only_those_for_c6():
     design = load_config(DESIGN).model_dump(mode="json")
     design["tasks"] = [t for t in design["tasks"] if not (t.get("options") or {}).get("heldout_templates")]
-    design["methods"] = [m for m in design["methods"] if m != "dynscalar_bias"]  # only the held-out task ran it
+    # only the held-out task ran them
+    design["methods"] = [m for m in design["methods"] if m not in ("dynscalar_bias", "activscalar_role")]
     found = _by_name(missing(parse_config(design), load_config(DESIGN)))
     assert [k for k, m in found.items() if m.makes_units and "C6" in m.judged] == [
         "method `dynscalar_bias`", "held-out templates"]

@@ -25,6 +25,7 @@ from workers.sites import SiteRef
 from workers.unit import TrainSettings
 
 K, B, T, W, H = 2, 3, 5, 8, 2
+R = 3  # roles of a role vocabulary (a method with needs_roles)
 
 
 def _refs(heads: int | None = None) -> list[SiteRef]:
@@ -32,9 +33,15 @@ def _refs(heads: int | None = None) -> list[SiteRef]:
 
 
 def _build(method: str, refs: list[SiteRef], k: int = K, t: int | None = T) -> Intervention:
-    """A fresh intervention; a method needing a direction (DiffMeans) gets a random one."""
+    """A fresh intervention; a method needing a direction (DiffMeans) gets a random one, one needing roles R."""
     direction = torch.randn(len(refs), T, W, generator=torch.Generator().manual_seed(3))
-    return build_intervention(method, refs, k, t, direction)
+    return build_intervention(method, refs, k, t, direction, R)
+
+
+def _ctx(h: torch.Tensor) -> ForwardContext:
+    """Every token of h ([K*B, T, W]) real, each with a role index in 0..R (R: a role outside the vocabulary)."""
+    roles = torch.randint(R + 1, h.shape[:2], generator=torch.Generator().manual_seed(5))  # [K*B, T]
+    return ForwardContext(torch.ones(h.shape[:2], dtype=torch.long), token_roles=roles)
 
 
 def _moved(made: Intervention) -> Intervention:
@@ -52,19 +59,20 @@ def test_every_method_keeps_the_contract(method, heads):
     h = torch.randn(K * B, T, W)
     original = h.clone()
     fresh = _build(method, _refs(heads))
-    assert torch.equal(fresh.transform(1, h, ForwardContext.every_token(h)), h), "identity at initialisation"
+    assert torch.equal(fresh.transform(1, h, _ctx(h)), h), "identity at initialisation"
     made = _moved(_build(method, _refs(heads)))
-    out = made.transform(1, h, ForwardContext.every_token(h))
+    out = made.transform(1, h, _ctx(h))
     assert out.shape == h.shape and torch.equal(h, original) and not torch.equal(out, h)
     # per token: a token's output does not depend on the other tokens' h
     other = h.clone()
     other[:, 1:] = torch.randn(K * B, T - 1, W)
-    again = made.transform(1, other, ForwardContext.every_token(other))
+    again = made.transform(1, other, _ctx(other))
     assert torch.equal(again[:, 0], out[:, 0])
     # trial k's parameters act on the k-th block of rows only
     assert len(made.trial_parameters(0)) == len(made.trial_parameters(1)) and made.n_params > 0
     made.keep_trials([1])
-    alone = made.transform(1, h[B:], ForwardContext.every_token(h[B:]))
+    ctx_b = ForwardContext(torch.ones(B, T, dtype=torch.long), token_roles=_ctx(h).token_roles[B:])  # trial 1's rows
+    alone = made.transform(1, h[B:], ctx_b)
     torch.testing.assert_close(alone, out[B:], rtol=0, atol=1e-6)
 
 

@@ -26,15 +26,16 @@ VERDICT = re.compile(r"^\*\*Verdict (C\d): (.+?)\*\* \(", re.M)
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, ray_session) -> Path:
     """search_spaces/paper.yaml's structure on tiny-gpt2: ioi and ccc with three methods, the held-out ioi
-    task with DynScalar and its bias-only control; 3 search trials, 3 seeds, a short strength sweep."""
+    task with DynScalar, its bias-only control and the role-aligned ActivScalar; 3 search trials, 3 seeds, a short
+    strength sweep."""
     from orchestrator.coordinator import Coordinator
 
     config = parsed(tiny_config(
         tasks=[{"name": "ioi", "options": {"n": 24}, "methods": INDIST},
                {"name": "ccc", "options": {"n": 200}, "methods": INDIST},
                {"name": "ioi", "options": {"n": 24, "heldout_templates": ["longer"]},
-                "methods": ["dynscalar", "dynscalar_bias"]}],
-        sites=["mlp_out"], methods=INDIST + ["dynscalar_bias"],
+                "methods": ["dynscalar", "dynscalar_bias", "activscalar_role"]}],
+        sites=["mlp_out"], methods=INDIST + ["dynscalar_bias", "activscalar_role"],
         search={"n_trials": 3, "batch": 3, "replicates": 3}, train={"steps": 3, "batch_size": 8},
         analysis={"betas": [-1.0, 0.0, 0.5, 1.0, 2.0]}))
     run = tmp_path_factory.mktemp("paper-tiny")
@@ -84,6 +85,19 @@ def test_page_has_every_claim_a_verdict_and_its_figures(tiny_run, tmp_path):
     for t in findings.general_thresholds(run):
         assert f"| `{t.name}` | {fmt(t.value)} |" in page
     _tables_are_rectangular(page)
+
+
+@pytest.mark.slow
+def test_c6_shows_the_role_aligned_activscalar_beside_dynscalar(tiny_run, tmp_path):
+    """The held-out unit of method activscalar_role: one scalar per (layer, token role), shown in C6's rows with its
+    test flip_rate and kl_other (not in the rule)."""
+    units, scalars = load(tiny_run, "units"), load(tiny_run, "scalars")
+    (unit_id,) = units[units.method == "activscalar_role"].unit_id.unique()
+    cells = scalars[scalars.unit_id == unit_id]
+    assert len(cells) and cells.position.isna().all() and {"IO", "S1", "S2", "END"} <= set(cells.role)
+    c6 = _page(tiny_run, tmp_path).split("\n## C6", 1)[1].split("\n## ", 1)[0]
+    assert re.search(r"role-aligned ActivScalar \(ActivScalar_role\): test flip_rate [0-9.]+ \[[0-9.]+, [0-9.]+\], "
+                     r"test kl_other [0-9.]+", c6), c6
 
 
 @pytest.mark.slow

@@ -56,9 +56,10 @@ def test_the_full_design_has_length_from_convergence_both_orders_and_held_out_te
     templates = {t for task in ioi for t in task.options.get("templates", [])}
     assert {"when_baba", "after_baba", "while_baba"} <= templates and {"when", "after", "while"} <= templates
     held_out = [task for task in ioi if task.options.get("heldout_templates")]
-    assert held_out and set(held_out[0].methods or []) == {"dynscalar", "dynscalar_bias"}
+    # DynScalar, its bias-only control and the role-aligned ActivScalar on the held-out templates (C6)
+    assert held_out and set(held_out[0].methods or []) == {"dynscalar", "dynscalar_bias", "activscalar_role"}
     assert len(config.analysis.betas) >= 13 + 2 and sum(-1 <= b <= 1 for b in config.analysis.betas) >= 13
-    assert {"diffmeans", "dynscalar", "dynscalar_bias"} <= set(config.methods)
+    assert {"diffmeans", "dynscalar", "dynscalar_bias", "activscalar_role"} <= set(config.methods)
     units = _units(config)
     assert {u.spec.site for u in units} == {"mlp_out", "attn_out", "resid_post", "head"}
     assert {u.spec.task.name for u in units} == {"ioi", "ccc", "city_country"}

@@ -75,9 +75,11 @@ class PointBatch:
         blocks = h.reshape((k, h.shape[0] // k) + h.shape[1:]).unbind(0)  # K x [B, T, W]
         columns = ctx.token_columns.reshape(k, -1, ctx.token_columns.shape[1])[:, :, : h.shape[1]]  # [K, B, T]
         masks = ctx.token_mask.reshape(k, -1, ctx.token_mask.shape[1])  # [K, B, T]
+        roles = None if ctx.token_roles is None else ctx.token_roles.reshape(k, -1, ctx.token_roles.shape[1])  # [K, B, T]
         out = []
         for j, (point, x) in enumerate(zip(self.points, blocks)):
-            changed = point.intervention.transform(index, x, ForwardContext(masks[j]))  # [B, T, W]
+            inner = ForwardContext(masks[j], token_roles=roles[j] if roles is not None else None)
+            changed = point.intervention.transform(index, x, inner)  # [B, T, W]
             out.append(only_cells(x, changed, point.keep[index], columns[j], self.n_heads))
         return torch.cat(out)
 
@@ -88,7 +90,7 @@ class PointBatch:
 def _token_columns(unit: PreparedUnit, split: str, n_columns: int) -> torch.Tensor:
     """Each token's cell column on a split, [N, T], numbered as on val (where the cells were
     measured); a role val does not have gets column n_columns."""
-    if unit.n_positions is not None:
+    if unit.n_positions is not None or unit.roles is not None:  # positions, or the vocabulary's fixed roles
         return unit.cell_columns(split)[1]
     val_columns = unit.cell_columns("val")[0]
     index = {c.role: i for i, c in enumerate(val_columns)}

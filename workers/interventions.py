@@ -1,5 +1,5 @@
-"""The method contract (`Intervention`) and the built-in methods: ActivScalar, SteerVec, DynScalar
-and DynScalarBias, torch modules with a leading trial dimension.
+"""The method contract (`Intervention`) and the built-in methods: ActivScalar, ActivScalarRole, SteerVec,
+DiffMeans, DynScalar and DynScalarBias, torch modules with a leading trial dimension.
 
 A method is a subclass of `Intervention` registered by name with `@register_method`. It owns
 everything method-specific (its parameters, transform, minimality, the measure of a cell's
@@ -49,6 +49,8 @@ class Setup:
     # [L, T, W] the train split's mean difference at each cell, counterfactual prompt minus prompt, unintervened
     # (workers/directions.py), for a method with `needs_direction` (DiffMeans)
     direction: torch.Tensor | None = None
+    # the roles of the unit's role vocabulary (workers/columns.py RoleVocabulary), for a method with `needs_roles`
+    n_roles: int | None = None
 
 
 class CellRecorder:
@@ -87,6 +89,9 @@ class ForwardContext:
     token_columns: torch.Tensor | None = None  # [K*B, T] each token's cell column (workers/columns.py)
     recorder: CellRecorder | None = None  # set while a method's cells are recorded (evaluation on val)
     gathered: dict[str, list[torch.Tensor]] = field(default_factory=dict)  # terms a method gathers in the forward
+    # [K*B, T] each token's index in the unit's role vocabulary (workers/columns.py RoleVocabulary; a role outside
+    # it: the vocabulary's size), for a method with `needs_roles`; None where the prompts have no roles (free text)
+    token_roles: torch.Tensor | None = None
 
     @classmethod
     def every_token(cls, h: torch.Tensor) -> ForwardContext:
@@ -159,6 +164,9 @@ class Intervention(nn.Module, abc.ABC):
       (DynScalar: its L1 is a function of the activation) keeps the subgradient (`has_shrink`);
     - `needs_direction`: the constructor gets the train split's difference-in-means direction per cell
       (`Setup.direction`, computed by the trainer like `needs_norms`' norms): DiffMeans;
+    - `needs_roles`: the constructor gets the size of the unit's role vocabulary (`Setup.n_roles`) and every
+      forward each token's index in it (`ctx.token_roles`, filled from `SplitData.roles` by whoever runs the
+      forward: training, scoring, the analysis' points): ActivScalarRole;
     - per-cell activation patching: a method reading a counterfactual prompt's h at the same cell from a
       new `ForwardContext` field, filled by the forward that runs it.
     """
@@ -171,6 +179,7 @@ class Intervention(nn.Module, abc.ABC):
     needs_norms: ClassVar[bool] = False  # `cells` needs the mean |h| per cell on train (CellStats.norms)
     records_cells: ClassVar[bool] = False  # `cells` needs a recorded val evaluation (CellStats.recorded)
     needs_direction: ClassVar[bool] = False  # the constructor needs Setup.direction (the train mean difference)
+    needs_roles: ClassVar[bool] = False  # one parameter per role: Setup.n_roles and every forward's ctx.token_roles
 
     def __init__(self, setup: Setup):
         super().__init__()
@@ -313,8 +322,8 @@ def method_class(method: str) -> type[Intervention]:
 
 
 def build_intervention(method: str, refs: list[SiteRef], n_trials: int, n_positions: int | None,
-                       direction: torch.Tensor | None = None) -> Intervention:
-    return method_class(method).create(Setup(refs, n_trials, n_positions, direction))
+                       direction: torch.Tensor | None = None, n_roles: int | None = None) -> Intervention:
+    return method_class(method).create(Setup(refs, n_trials, n_positions, direction, n_roles))
 
 
 def only_cells(x: torch.Tensor, changed: torch.Tensor, keep: torch.Tensor, columns: torch.Tensor,
@@ -373,6 +382,71 @@ class ActivScalar(Intervention):
     def from_artifact(cls, refs: list[SiteRef], tensors: dict[str, torch.Tensor], beta: float = 1.0) -> Intervention:
         alpha = tensors["alpha"].float()  # [L, T(, H)]
         made = cls(Setup(refs, 1, alpha.shape[1]))
+        with torch.no_grad():
+            made.alphas[0].copy_(torch.lerp(torch.ones_like(alpha), alpha, beta))  # exact at beta 0 and 1
+        return made
+
+
+@register_method
+class ActivScalarRole(Intervention):
+    """h <- alpha * h, one alpha per (layer, role[, head]), initialised to 1: ActivScalar with its scalars tied to
+    token roles (IO, S1, S2, END, a template's words; workers/tasks/roles.py) instead of positions, so that it runs
+    on prompts of any length and applies its per-role scalars by role to a held-out template: the role-aligned
+    baseline beside DynScalar (C6). The roles are the unit's role vocabulary (workers/columns.py RoleVocabulary,
+    from the prompts that are not held out); a token of a role outside it (a held-out template's own word) is left
+    alone. Each forward hands each token's role index in `ctx.token_roles`; a forward without one (free text) is
+    refused, since the scalars mean nothing without roles."""
+
+    method = "activscalar_role"
+    fixed_length = False
+    needs_roles = True
+    moved_measure = "|alpha-1|"
+
+    def __init__(self, setup: Setup):
+        super().__init__(setup)
+        if setup.n_roles is None or setup.n_roles < 1:
+            raise UsageError(f"method {self.method!r} needs the unit's role vocabulary (Setup.n_roles, at least 1 "
+                             f"role; got {setup.n_roles!r})")
+        shape = (len(setup.refs), setup.n_roles) + ((self.n_heads,) if self.n_heads else ())
+        self.alphas = nn.ParameterList([nn.Parameter(torch.ones(shape)) for _ in range(setup.n_trials)])
+
+    def transform(self, index: int, h: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        if ctx.token_roles is None:
+            raise UsageError(f"method {self.method!r} scales each token by its role, and this forward gives no "
+                             "token roles (a prompt of free text has none): apply it to a task's prompts")
+        x = self._split(h)  # [K, B, T, W] or [K, B, T, H, W/H]
+        k, bsz, t = x.shape[:3]
+        alpha = _stacked(self.alphas)[:, index].to(x.dtype)  # [K, R(, H)]
+        alpha = torch.cat([alpha, torch.ones_like(alpha[:, :1])], dim=1)  # [K, R + 1(, H)]: R, a role outside
+        roles = ctx.token_roles.reshape(k, bsz, -1)[:, :, :t].reshape(k, bsz * t).to(x.device)  # [K, B*T]
+        if self.n_heads:
+            per_token = alpha.gather(1, roles[..., None].expand(-1, -1, self.n_heads))  # [K, B*T, H]
+            return (x * per_token.reshape(k, bsz, t, self.n_heads, 1)).reshape(h.shape)
+        return (x * alpha.gather(1, roles).reshape(k, bsz, t, 1)).reshape(h.shape)
+
+    def minimality(self, ctx: ForwardContext) -> torch.Tensor:
+        return (_stacked(self.alphas) - 1).abs().flatten(1).sum(1)
+
+    def trial_parameters(self, k: int) -> list[nn.Parameter]:
+        return [self.alphas[k]]
+
+    def shrink(self, k: int, amounts: list[torch.Tensor]) -> None:
+        """alpha <- 1 + sign(alpha - 1) max(|alpha - 1| - amount, 0)."""
+        with torch.no_grad():
+            self.alphas[k].copy_(soft_threshold(self.alphas[k], 1.0, amounts[0]))
+
+    def cells(self, k: int, stats: CellStats) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per (layer, vocabulary role[, head]): the columns of its unit (RoleVocabulary.columns)."""
+        alpha = self.alphas[k].detach().cpu()  # [L, R(, H)]
+        return alpha, (alpha - 1).abs()
+
+    def artifact_tensors(self, k: int) -> dict[str, torch.Tensor]:
+        return {"alpha": self.alphas[k].detach().cpu().clone()}  # [L, R(, H)]
+
+    @classmethod
+    def from_artifact(cls, refs: list[SiteRef], tensors: dict[str, torch.Tensor], beta: float = 1.0) -> Intervention:
+        alpha = tensors["alpha"].float()  # [L, R(, H)]
+        made = cls(Setup(refs, 1, None, n_roles=alpha.shape[1]))
         with torch.no_grad():
             made.alphas[0].copy_(torch.lerp(torch.ones_like(alpha), alpha, beta))  # exact at beta 0 and 1
         return made

@@ -86,6 +86,9 @@ METHODS: dict[str, MethodInfo] = {
     # the training-free baseline: SteerVec's form with the train mean difference as the vector, times one scalar
     "diffmeans": MethodInfo("workers.interventions:DiffMeans", True, 0.0, "|c||v|/mean|h| (v estimated, not learned)",
                             "steer_threshold"),
+    # ActivScalar per token role instead of position: runs on any length (C6's role-aligned baseline)
+    "activscalar_role": MethodInfo("workers.interventions:ActivScalarRole", False, 1.0, "|alpha-1|",
+                                   "active_threshold"),
 }
 # the strengths beta of the strength sweep (workers/analysis.py; `Intervention.from_artifact`)
 STRENGTHS = (-1.0, -0.5, 0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from workers.columns import CellColumn, position_columns, role_columns
+from workers.columns import CellColumn, RoleVocabulary, position_columns, role_columns
 from workers.errors import UsageError
 from workers.forward import logits_and_states, pad_batch
 from workers.interventions import any_length_methods, method_class
@@ -48,13 +48,15 @@ class SplitData:
     logits: torch.Tensor  # [N, V] unintervened, last position
     prefix: torch.Tensor | None = None  # [N, T, d] states entering the first intervened layer (prefix cache)
     own_logits: torch.Tensor | None = None  # [N, V] the training model's own, where it differs (bf16): train, check
+    roles: torch.Tensor | None = None  # [N, T] each token's index in the unit's role vocabulary (`needs_roles`)
 
     def head(self, n: int) -> SplitData:
         """The first n prompts (the early-stopping checks' val slice)."""
         own = self.own_logits[:n] if self.own_logits is not None else None
         prefix = self.prefix[:n] if self.prefix is not None else None
+        roles = self.roles[:n] if self.roles is not None else None
         return SplitData(self.examples[:n], self.ids[:n], self.lengths[:n], self.a_ids[:n], self.b_ids[:n],
-                         self.logits[:n], prefix, own)
+                         self.logits[:n], prefix, own, roles)
 
     @property
     def has_counterfactual(self) -> torch.Tensor:
@@ -105,6 +107,9 @@ class PreparedUnit:
     fold: int | None = None
     pool: SplitData | None = None
     trained_pool: SplitData | None = None
+    # a method with one parameter per role (`needs_roles`): the roles it has, fixed for the unit (workers/columns.py),
+    # so that a role has one index in every split; each SplitData's `roles` holds its tokens' indices
+    roles: RoleVocabulary | None = None
 
     @property
     def n_folds(self) -> int:
@@ -145,6 +150,9 @@ class PreparedUnit:
         if self.n_positions is not None:
             ids = torch.arange(data.ids.shape[1]).expand(len(data), -1)  # [N, T]
             return position_columns(data.examples, self.n_positions), ids
+        if self.roles is not None:  # the vocabulary's roles on every split; a role outside it: column len(roles)
+            assert data.roles is not None, "a unit with a role vocabulary gives every split its tokens' roles"
+            return self.roles.columns(data.examples), data.roles
         return role_columns(data.examples, data.ids.shape[1])
 
     @property
@@ -298,6 +306,10 @@ def prepare_unit(loaded: LoadedModel, spec: UnitSpec) -> PreparedUnit:
                                 "(actscale train --filter none), or a task the model does")
     indices = [i for i, k in enumerate(keep) if k]
     tokens = SplitData(tokenized, all_ids, all_lengths, a_ids, b_ids, logits, states)  # every prompt tokenized
+    vocabulary = None
+    if method.needs_roles:  # fixed once, from the prompts kept, so that a role has one index in every split
+        vocabulary = RoleVocabulary.of([tokenized[i] for i in indices] or tokenized)
+        tokens.roles = vocabulary.ids(tokenized, all_ids.shape[1])  # [N, T]
     precision = resolve_precision(settings.precision, loaded)
     trains_on = training_model(loaded, precision)
 
@@ -305,7 +317,8 @@ def prepare_unit(loaded: LoadedModel, spec: UnitSpec) -> PreparedUnit:
         if trains_on is not evaluates_on:
             give_own_logits(data, trains_on, settings.eval_batch, cache_layer)
     unit_hash = task_hash(spec.task, settings.seed)  # as the coordinator hashes it: no tokenizer
-    unit = PreparedUnit(spec, layers, n_positions, {}, counts, unit_hash, precision, base_accuracy, mean_ld, None, hints)
+    unit = PreparedUnit(spec, layers, n_positions, {}, counts, unit_hash, precision, base_accuracy, mean_ld, None, hints,
+                        roles=vocabulary)
     if settings.folds == 1:
         _single_split(unit, tokens, indices, as_trained)
     else:
@@ -322,7 +335,8 @@ def _rows(source: SplitData, rows: list[int], trained: SplitData | None = None) 
     return SplitData([source.examples[i] for i in rows], source.ids[idx][:, :width], source.lengths[idx],
                      source.a_ids[idx], source.b_ids[idx], source.logits[idx],
                      states[idx][:, :width] if states is not None else None,
-                     trained.own_logits[idx] if trained is not None else None)
+                     trained.own_logits[idx] if trained is not None else None,
+                     source.roles[idx][:, :width] if source.roles is not None else None)
 
 
 def _require(unit: PreparedUnit, parts: dict[str, list[int]], fold: int | None) -> None:
@@ -381,7 +395,8 @@ def _cross_fitted(unit: PreparedUnit, tokens: SplitData, indices: list[int], as_
     unit.pool = _rows(tokens, used)
     if differs:
         pool = unit.pool
-        unit.trained_pool = SplitData(pool.examples, pool.ids, pool.lengths, pool.a_ids, pool.b_ids, pool.logits)
+        unit.trained_pool = SplitData(pool.examples, pool.ids, pool.lengths, pool.a_ids, pool.b_ids, pool.logits,
+                                      roles=pool.roles)
         as_trained(unit.trained_pool)
     unit.fold = 0
     unit.splits, unit.check = _fold_splits(unit.pool, unit.trained_pool, unit.folds[0], settings)

@@ -23,10 +23,12 @@ from workers.sites import SiteRef, hooked
 def intervened_logits(loaded: LoadedModel, hooks: Installed, ids: torch.Tensor, lengths: torch.Tensor,
                       first_layer: int = 0, prefix: torch.Tensor | None = None,
                       token_columns: torch.Tensor | None = None, recorder: CellRecorder | None = None,
-                      ) -> tuple[torch.Tensor, ForwardContext]:
+                      token_roles: torch.Tensor | None = None) -> tuple[torch.Tensor, ForwardContext]:
     """Intervened last-position logits [K*B, V] and the forward's context (what `minimality` reads);
-    with a prefix cache (`prefix`: the states entering `first_layer`), only the layers from there run."""
-    ctx = ForwardContext(attention_mask(ids, lengths).to(loaded.device), token_columns, recorder)
+    with a prefix cache (`prefix`: the states entering `first_layer`), only the layers from there run.
+    token_roles: [K*B, T] each token's role index (`SplitData.roles`), for a method with `needs_roles`."""
+    ctx = ForwardContext(attention_mask(ids, lengths).to(loaded.device), token_columns, recorder,
+                         token_roles=token_roles.to(loaded.device) if token_roles is not None else None)
     with hooks.forward(ctx):
         if prefix is None:
             return last_token_logits(loaded, ids, lengths), ctx
@@ -73,11 +75,13 @@ def score(loaded: LoadedModel, acting: Acting, refs: list[SiteRef], split: Split
             n = split.ids[sl].shape[0]
             lengths = split.lengths[sl].repeat(k)
             ids = split.ids[sl].repeat(k, 1)[:, : int(lengths.max())]
-            columns = None
+            columns = roles = None
             if token_columns is not None:
                 columns = token_columns[sl].repeat(k, 1)[:, : ids.shape[1]].to(loaded.device)  # [K*n, T]
+            if split.roles is not None:
+                roles = split.roles[sl].repeat(k, 1)[:, : ids.shape[1]]  # [K*n, T]
             prefix = split.prefix[sl].repeat(k, 1, 1) if split.prefix is not None else None
-            logits, ctx = intervened_logits(loaded, hooks, ids, lengths, first_layer, prefix, columns, recorder)
+            logits, ctx = intervened_logits(loaded, hooks, ids, lengths, first_layer, prefix, columns, recorder, roles)
             after = logits.reshape(k, n, -1).cpu()  # [K, n, V]
             before = reference[sl].expand(k, -1, -1)
             a, b = split.a_ids[sl].expand(k, -1), split.b_ids[sl].expand(k, -1)

@@ -102,6 +102,10 @@ def apply_trial(model: nn.Module, trial: StoredTrial, beta: float = 1.0,
     removed. `roles`: the prompt's token roles, checked against a position-tied trial's
     (`prompt_roles` gives them). orchestrator.steering.steer loads the trial from a run."""
     check_model(model, trial)
+    if method_class(trial.method).needs_roles:
+        raise UsageError(f"trial {trial.trial_id} ({trial.method}) scales each token by its role in its unit's role "
+                         "vocabulary, which steering does not rebuild yet; steer a trial of activscalar (a prompt of "
+                         "the trained template) or of dynscalar (any prompt)")
     if roles is not None:
         check_roles(trial, roles)
     refs = resolve_site(model, str(trial.unit["site"]), [int(x) for x in trial.unit["layers"]])

@@ -106,7 +106,8 @@ def train_group(loaded: LoadedModel, unit: PreparedUnit, hypers: list[Hyper], re
     views = views or fold_views(unit, hypers)
     trains = [views[h.fold or 0].splits["train"] for h in hypers]  # each trial's train split
     pad_id = loaded.tokenizer.pad_token_id
-    intervention = build_intervention(unit.spec.method, refs, k, unit.n_positions, direction).to(loaded.device)
+    n_roles = len(unit.roles.roles) if unit.roles is not None else None
+    intervention = build_intervention(unit.spec.method, refs, k, unit.n_positions, direction, n_roles).to(loaded.device)
     optimizers = [torch.optim.Adam(intervention.trial_parameters(i), lr=h.lr) for i, h in enumerate(hypers)]
     keep = _mask_grid(unit, hypers, refs, intervention)  # [K, L, T(, H)]: masked controls (workers/masks.py)
     steps = [h.steps or unit.spec.settings.steps for h in hypers]
@@ -142,12 +143,14 @@ def train_group(loaded: LoadedModel, unit: PreparedUnit, hypers: list[Hyper], re
         lengths = torch.cat([trains[i].lengths[r] for i, r in zip(live, idx)])
         width = int(lengths.max())
         ids = _gathered([trains[i].ids[r] for i, r in zip(live, idx)], width, pad_id)
-        prefix = None
+        prefix = roles = None
         if trains[0].prefix is not None:
             prefix = _gathered([trains[i].prefix[r] for i, r in zip(live, idx)], width)
+        if trains[0].roles is not None:
+            roles = _gathered([trains[i].roles[r] for i, r in zip(live, idx)], width)  # [K'*B, T]
         acting: Acting = intervention if keep is None else MaskedTraining(intervention, keep[live])
         with installed(acting, refs) as hooks:
-            logits, ctx = intervened_logits(loaded, hooks, ids, lengths, unit.first_layer, prefix)
+            logits, ctx = intervened_logits(loaded, hooks, ids, lengths, unit.first_layer, prefix, token_roles=roles)
         logits = logits.reshape(len(live), len(idx[0]), -1)  # [K', B, V]
         before = torch.stack([trains[i].reference_logits[r] for i, r in zip(live, idx)]).to(loaded.device)
         a = torch.stack([trains[i].a_ids[r] for i, r in zip(live, idx)]).to(loaded.device)  # [K', B]

@@ -8,7 +8,7 @@ import scipy.stats
 
 from reports.claims.common import MIN_REPLICATES, compare, mean_of
 from reports.engine import ClaimResult, Condition, Outcome, Threshold, UnitVerdict, interval, judge, not_measured
-from reports.run import ACTIVSCALAR, BIAS_ONLY, DYNSCALAR, FLIP, KL, LD, Run
+from reports.run import ACTIVSCALAR, ACTIVSCALAR_ROLE, BIAS_ONLY, DYNSCALAR, FLIP, KL, LD, Run
 from reports.text import fmt
 
 MIN_TEMPLATES = 3  # held-out templates a unit is judged on ...
@@ -35,13 +35,11 @@ RULE = (f"A unit is judged only with at least {fmt(MIN_TEMPLATES)} held-out temp
         "supported when any interval lies wholly on the wrong side.")
 
 
-def _role_aligned(run: Run, group: pd.DataFrame) -> Any:
-    """The held-out group's ActivScalar unit whose cells are roles (no position), if any."""
-    for row in group[group.role == ACTIVSCALAR].itertuples(index=False):
-        cells = run.scalars[run.scalars.trial_id == row.trial_id]
-        if len(cells) and cells.position.isna().all():
-            return row
-    return None
+def _role_aligned(group: pd.DataFrame) -> Any:
+    """The held-out group's role-aligned ActivScalar unit (method activscalar_role: one scalar per token role), if
+    any."""
+    aligned = group[group.role == ACTIVSCALAR_ROLE]
+    return aligned.iloc[0] if len(aligned) else None
 
 
 def _indistribution(run: Run, row: Any) -> Any:
@@ -82,7 +80,7 @@ def unit(run: Run, group: pd.DataFrame) -> UnitVerdict:
                  judge(f"test kl_other {DYNSCALAR} - {BIAS_ONLY}", compare(run, f"{key}/kl", list(dyn.seeds), b, KL),
                        0.0, False, min_replicates=MIN_REPLICATES, strict=True)]
     conditions = [retained] + helps
-    notes = _rows(run, key, dyn, bias, _role_aligned(run, group))
+    notes = _rows(run, key, dyn, bias, _role_aligned(group))
     templates = _templates(run, list(dyn.seeds))
     enough = int((templates >= MIN_PROMPTS).sum())
     sizes = ", ".join(f"{fmt(int(n))}" for n in templates)
@@ -105,11 +103,12 @@ def _rows(run: Run, key: str, dyn: Any, bias: pd.DataFrame, aligned: Any) -> lis
     lines = [f"{name}: test flip_rate {interval(mean_of(run, f'{key}/{name}/flip', list(r.seeds), FLIP))}, test "
              f"kl_other {interval(mean_of(run, f'{key}/{name}/kl', list(r.seeds), KL))}" for name, r in shown]
     if aligned is not None:
-        lines.append(f"role-aligned {ACTIVSCALAR}: test flip_rate "
-                     f"{interval(mean_of(run, f'{key}/aligned/flip', list(aligned.seeds), FLIP))}")
+        lines.append(f"role-aligned {ACTIVSCALAR} ({ACTIVSCALAR_ROLE}): test flip_rate "
+                     f"{interval(mean_of(run, f'{key}/aligned/flip', list(aligned.seeds), FLIP))}, test kl_other "
+                     f"{interval(mean_of(run, f'{key}/aligned/kl', list(aligned.seeds), KL))}")
     else:
-        lines.append(f"role-aligned {ACTIVSCALAR}: not measured (needs an {ACTIVSCALAR} unit with one scalar per "
-                     "token role on the held-out task)")
+        lines.append(f"role-aligned {ACTIVSCALAR}: not measured (needs a unit of method activscalar_role, one scalar "
+                     "per token role, on the held-out task)")
     ld = float(run.prompts(dyn.trial_id)[LD].mean())
     lines.append(f"no intervention: flip_rate 0, kl_other 0, mean LD {fmt(ld)}")
     return lines
