@@ -33,7 +33,7 @@ from orchestrator.rungs import count_stored_rungs
 from orchestrator.startup import check_task_data, record_config, setup_logging
 from orchestrator.studies import Studies, open_studies
 from orchestrator.summary import Summary, log_phase_seconds, summarize
-from orchestrator.units import Asked, Phase, UnitState, note_curves, refresh_selections, targets_of
+from orchestrator.units import Asked, Phase, UnitState, link_partners, note_curves, refresh_selections, targets_of
 from search_spaces.config import SweepConfig
 from search_spaces.duration import parse_duration
 from storage.run_dir import RunDir
@@ -115,6 +115,7 @@ class Coordinator:
         targets = targets_of(self.config)
         self.units = {p.unit_id: UnitState(p, targets, p.unit_id in described,
                                            lambda tid: self.run_dir.artifact(tid).exists()) for p in planned}
+        link_partners(self.units.values(), self.config.search.matched)  # search.matched: C1's pairs
         self._count_stored(studies.reconcile(self._interrupted_by_a_crash), store)
         left = [s.left() for s in self.units.values()]
         search, replicates, controls = (sum(x.steps[phase].left for x in left)

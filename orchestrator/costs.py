@@ -11,7 +11,7 @@ Trial-steps with ASHA (`search.pruner`) are expected values: the rule (workers/a
 the unit's batches in order, with trial qualities drawn at random and kept from rung to rung (a
 trial's rank holds through training, the ideal ASHA is built for), averaged over `ASHA_DRAWS` draws.
 Patience and `train.prune` cannot be foreseen: the plan counts their checks but no early stop, so
-it is an upper bound there.
+it is an upper bound there; so is `search.matched`: each pair may replicate one more trial per unit.
 """
 from __future__ import annotations
 
@@ -173,9 +173,18 @@ def search_work(c: Costing) -> list[Piece]:
     return [training_piece(c, Phase.SEARCH, segments, k) for k, segments in zip(sizes, schedule)]
 
 
+def matched_partners(config: SweepConfig, method: str) -> int:
+    """The search.matched pairs a unit of `method` is in whose other method the sweep runs: at most that many
+    matched trials more to replicate (none where the matched trial is the selected one)."""
+    return sum(1 for pair in config.search.matched if method in pair
+               and next(m for m in pair if m != method) in config.methods)
+
+
 def replicate_work(c: Costing) -> list[Piece]:
+    """The selected trial's replicates, and at most one more trial's per search.matched pair (an upper bound)."""
     steps, _ = trial_shape(c.config, c.unit.spec.method)
-    return [training_piece(c, Phase.REPLICATES, [(steps, k, 1.0)], k)
+    replicated = 1 + matched_partners(c.config, c.unit.spec.method)  # each handed out in its own batches
+    return [training_piece(c, Phase.REPLICATES, [(steps, k, 1.0)], k) for _ in range(replicated)
             for k in batches(c.config.search.replicates - 1, c.config.search.batch)]
 
 

@@ -43,7 +43,7 @@ from orchestrator.controls import mask_cells
 from orchestrator.journal import repair_journal
 from orchestrator.plan import PlannedUnit
 from orchestrator.records import trial_id
-from orchestrator.units import Asked, Phase, Work, controlled_trials
+from orchestrator.units import Asked, Phase, Work, controlled_trials, replicated_row
 from search_spaces.config import Search
 from search_spaces.spaces import directions, distributions, grid_size, make_sampler, objective_values
 from storage.run_dir import RunDir
@@ -158,20 +158,21 @@ class UnitStudy:
     def ask_search(self, k: int, steps: int | None = None) -> list[Asked]:
         return [Asked(t.number, self.trial_params(t, steps)) for t in (self._ask(None) for _ in range(k))]
 
-    def ask_replicates(self, selected: dict[str, Any], folds: list[int | None], steps: int | None = None
+    def ask_replicates(self, replicated: dict[str, Any], folds: list[int | None], steps: int | None = None
                        ) -> list[Asked]:
-        """The selected trial's hyper-parameters again as new trials (so new trial seeds), one per entry of
-        `folds` (None: no fold of its own), each enqueued with the `replicate_of` attribute (and its fold) in
-        one journal record, then asked at once; `steps`: the training length a pilot set."""
-        params = {name: selected[name] for name in self.dists}
+        """The replicated trial's hyper-parameters (the selected trial's, or a matched one's: search.matched) again as
+        new trials (so new trial seeds), one per entry of `folds` (None: no fold of its own), each enqueued with the
+        `replicate_of` attribute (and its fold) in one journal record, then asked at once; `steps`: the training
+        length a pilot set."""
+        params = {name: replicated[name] for name in self.dists}
         asked = []
         for fold in folds:
-            attrs: dict[str, Any] = {REPLICATE_ATTR: selected["trial_id"]}
+            attrs: dict[str, Any] = {REPLICATE_ATTR: replicated["trial_id"]}
             if fold is not None:
                 attrs[FOLD_ATTR] = fold
             self.study.enqueue_trial(params, user_attrs=attrs)
-            trial = self._ask(selected["trial_id"], fold)
-            asked.append(Asked(trial.number, self.trial_params(trial, steps), selected["trial_id"]))
+            trial = self._ask(replicated["trial_id"], fold)
+            asked.append(Asked(trial.number, self.trial_params(trial, steps), replicated["trial_id"]))
         return asked
 
     def ask_controls(self, controlled: dict[str, Any], masks: list[tuple[str, list[tuple[int, int, int]]]],
@@ -237,9 +238,10 @@ class Studies:
         self.sync()
         if work.phase is Phase.CONTROLS:
             return self._ask_controls(work)
-        selected = unit.selected
-        assert selected is not None and selected["trial_id"] == work.replicate_of
-        return study.ask_replicates(selected, unit.take_replicate_folds(work.count), unit.pilot_steps)
+        assert work.replicate_of is not None, "replicates name the trial they re-train"
+        replicated = replicated_row(unit, work.replicate_of)  # the selected trial, or a matched one (search.matched)
+        return study.ask_replicates(replicated, unit.take_replicate_folds(work.count, work.replicate_of),
+                                    unit.pilot_steps)
 
     def _ask_controls(self, work: Work) -> list[Asked]:
         """A batch of controls, their cells from each controlled trial's scalars rows (durable: synced before)."""

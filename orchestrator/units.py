@@ -10,7 +10,10 @@ A unit is in the first phase, in this order, that has anything left:
   become the training length of the unit's search trials and replicates (workers/convergence.py);
 - SEARCH: `search.n_trials` search trials from its Optuna study (complete and pruned ones count);
 - REPLICATES: the selected trial's hyper-parameters trained `search.replicates - 1` more times (with
-  `search.replicate_data: folds`, replicate r on fold r mod K: `replicate_folds`);
+  `search.replicate_data: folds`, replicate r on fold r mod K: `replicate_folds`); with `search.matched`, once
+  the unit's partner (the pair's other method at the same model, task and site) has finished its search too,
+  the unit's search trial at the pair's matched val kl_other (storage/matched.py) the same way, where that is
+  not its selected trial (`matched_of`: a unit may come back to this phase when its partner finishes);
 - CONTROLS (`controls:`): the selected trial's hyper-parameters, steps and seed trained again restricted to each
   of its masks (top-k, random-k, structured: orchestrator/controls.py), with `controls.replicates` each complete
   replicate's too; a (trial, mask) with a complete control is done;
@@ -27,6 +30,7 @@ runs its work in orchestrator/controller.py.
 from __future__ import annotations
 
 import enum
+import json
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
@@ -34,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from orchestrator.controls import ControlPlan, mask_names, plan_of
+from storage.matched import matched_trials
 from storage.schema import Status
 from workers.asha import RungEntry
 from workers.k90 import k90_of
@@ -114,6 +119,7 @@ class Tally:
     search_finished: int = 0  # complete and pruned search trials
     selected: str | None = None  # the selected trial's id (storage/selection.py)
     replicates_done: int = 0  # complete replicates of the selected trial
+    matched_left: int = 0  # replicates still wanted of the unit's matched trials (search.matched), in flight included
     to_analyse: tuple[str, ...] = ()  # the selected trial and those replicates, without curves rows yet
     analysis_stopped: bool = False  # failed ANALYSIS_TRIES times, or a trial has no stored tensors
     gave_up: bool = False
@@ -146,9 +152,11 @@ def _search(targets: Targets, tally: Tally) -> Step:
 
 
 def _replicates(targets: Targets, tally: Tally) -> Step:
-    """Replicates of the selected trial; none for a unit whose finished search selected nothing."""
+    """Replicates of the selected trial (none for a unit whose finished search selected nothing) and of its matched
+    trials."""
     search_over = tally.search_finished >= targets.n_trials
     left = 0 if tally.selected is None and search_over else max(0, targets.replicates - 1 - tally.replicates_done)
+    left += tally.matched_left
     return Step(left, max(0, left - tally.in_flight.get(Phase.REPLICATES, 0)))
 
 
@@ -238,7 +246,9 @@ class UnitState:
         self.search_rows: list[dict[str, Any]] = []  # complete search trials (for the selection)
         self.replicate_ids: dict[str, list[str]] = {}  # selected trial id -> complete replicates' ids
         self.trial_folds: dict[str, int] = {}  # complete trials' folds (trials.fold), where set
-        self.folds_in_flight: list[int] = []  # the folds of replicates handed out (search.replicate_data: folds)
+        # replicated trial id -> the folds of its replicates handed out (None each: replicates vary no fold)
+        self.replicates_in_flight: dict[str, list[int | None]] = {}
+        self.partners: list[UnitState] = []  # search.matched: the pairs' other units at the same model, task and site
         self.analysed: set[str] = set()  # trial ids with rows in the curves table
         self.k90s: dict[str, int | None] = {}  # analysed trial id -> its val k90 (controls.at_k90), None: flips nothing
         self.pilot_steps: int | None = None  # the complete convergence pilot's steps: the search's training length
@@ -289,13 +299,12 @@ class UnitState:
         replicates = self.replicate_ids.get(chosen, []) if chosen is not None else []
         to_analyse = tuple(t for t in ([chosen] if chosen else []) + replicates if t not in self.analysed)
         done = len(replicates)
-        if self.targets.replicate_folds:  # with folds, a replicate counts where its fold is still wanted
-            folds = [self.trial_folds.get(t) for t in replicates]
-            done = self.targets.replicates - 1 - len(replicate_folds(self.targets.replicates,
-                                                                     self.targets.replicate_folds, folds))
+        if self.targets.replicate_folds and chosen is not None:  # with folds, a replicate counts where its fold is wanted
+            done = self.targets.replicates - 1 - len(replicate_folds_left(self, chosen, in_flight=False))
+        matched_left = sum(len(replicate_folds_left(self, t, in_flight=False)) for t in matched_of(self))
         wanted = wanted_controls(self)
         done_masks = {(t, m) for t, masks in self.control_masks.items() for m in masks}
-        return Tally(self.described, len(self.search_rows) + self.pruned, chosen, done, to_analyse,
+        return Tally(self.described, len(self.search_rows) + self.pruned, chosen, done, matched_left, to_analyse,
                      self.analysis_failures >= ANALYSIS_TRIES, self.gave_up, dict(self.in_flight),
                      self.pilot_steps is not None, len(wanted), len(done_masks & set(wanted)))
 
@@ -307,16 +316,15 @@ class UnitState:
         self.controls_in_flight += chosen
         return chosen
 
-    def take_replicate_folds(self, k: int) -> list[int | None]:
-        """The folds of the next k replicates, marked in flight until their work is released (None each: the
-        replicates vary no fold)."""
-        if not self.targets.replicate_folds:
-            return [None] * k
-        chosen = self.selected["trial_id"] if self.selected is not None else None
-        done = [self.trial_folds.get(t) for t in self.replicate_ids.get(chosen, [])] if chosen is not None else []
-        folds = replicate_folds(self.targets.replicates, self.targets.replicate_folds, done, self.folds_in_flight)[:k]
-        self.folds_in_flight += folds
-        return list(folds)
+    def take_replicate_folds(self, k: int, trial_id: str | None = None) -> list[int | None]:
+        """The folds of the next k replicates of `trial_id` (None: the selected trial), marked in flight until their
+        work is released (None each: the replicates vary no fold)."""
+        if trial_id is None:
+            assert self.selected is not None, "replicates are handed out once a trial is selected"
+            trial_id = str(self.selected["trial_id"])
+        folds = replicate_folds_left(self, trial_id)[:k]
+        self.replicates_in_flight.setdefault(trial_id, []).extend(folds)
+        return folds
 
     def left(self) -> Left:
         return unit_left(self.targets, self.tally())
@@ -333,9 +341,15 @@ class UnitState:
             return None
         if left.phase is Phase.ANALYSE:
             return self._analysis_work()
+        if left.phase is Phase.REPLICATES:  # the first trial with some to hand out: the selected one, then matched ones
+            selected = self.selected
+            for trial_id in ([selected["trial_id"]] if selected is not None else []) + matched_of(self):
+                n = len(replicate_folds_left(self, trial_id))
+                if n:
+                    return Work(Phase.REPLICATES, self, min(batch, n), trial_id)
+            return None
         if left.phase in TRIAL_PHASES:
-            selected = self.selected if left.phase is Phase.REPLICATES else None
-            return Work(left.phase, self, min(batch, left.hand_out), selected["trial_id"] if selected else None)
+            return Work(left.phase, self, min(batch, left.hand_out))
         return Work(left.phase, self)
 
     def _analysis_work(self) -> Work | None:
@@ -359,8 +373,9 @@ class UnitState:
     def release(self, work: Work) -> None:
         self.in_flight[work.phase] -= work.size
         for asked in work.asked:
-            if asked.replicate_of is not None and asked.params.get("fold") in self.folds_in_flight:
-                self.folds_in_flight.remove(asked.params["fold"])
+            handed = self.replicates_in_flight.get(asked.replicate_of or "", [])
+            if asked.replicate_of is not None and asked.params.get("fold") in handed:
+                handed.remove(asked.params.get("fold"))
             control = (asked.params.get("control_of"), asked.params.get("mask"))
             if control in self.controls_in_flight:
                 self.controls_in_flight.remove(control)
@@ -428,6 +443,63 @@ def wanted_controls(state: UnitState) -> list[tuple[str, str]]:
     plan, rows = state.targets.controls, controlled_trials(state)
     k90 = state.k90s.get(rows[0]["trial_id"]) if rows else None
     return [(row["trial_id"], name) for row in rows for name in mask_names(plan, int(row["sites_total"]), k90)]
+
+
+def search_over(state: UnitState) -> bool:
+    """Whether the unit's search has its n_trials finished (complete or pruned) trials."""
+    return len(state.search_rows) + state.pruned >= state.targets.n_trials
+
+
+def matched_of(state: UnitState) -> list[str]:
+    """The unit's search trials at its pairs' matched val kl_other (search.matched, storage/matched.py) that are not
+    its selected trial (each replicated like it), once its search and its partner's are over; from stored rows, so
+    a resume finds the same."""
+    if not state.partners or not search_over(state) or state.selected is None:
+        return []
+    found: list[str] = []
+    for partner in state.partners:
+        if not search_over(partner):
+            continue
+        _, mine, _ = matched_trials(state.search_rows, partner.search_rows)
+        if mine is not None and mine != state.selected["trial_id"] and mine not in found:
+            found.append(mine)
+    return found
+
+
+def replicated_row(state: UnitState, trial_id: str) -> dict[str, Any]:
+    """The search row of a trial the unit replicates (its selected trial or a matched one)."""
+    return next(r for r in state.search_rows if r["trial_id"] == trial_id)
+
+
+def replicate_folds_left(state: UnitState, trial_id: str, in_flight: bool = True) -> list[int | None]:
+    """The folds (None each: no fold) of the replicates of `trial_id` still wanted: not complete and, with
+    in_flight, not handed out either."""
+    targets = state.targets
+    done = state.replicate_ids.get(trial_id, [])
+    handed = state.replicates_in_flight.get(trial_id, []) if in_flight else []
+    if targets.replicate_folds:
+        return list(replicate_folds(targets.replicates, targets.replicate_folds,
+                                    [state.trial_folds.get(t) for t in done], handed))
+    return [None] * max(0, targets.replicates - 1 - len(done) - len(handed))
+
+
+def pair_key(state: UnitState) -> str:
+    """What two units of a search.matched pair share: model, task and its options, site and layers."""
+    spec = state.planned.spec
+    layers = spec.layers if isinstance(spec.layers, str) else list(spec.layers)
+    return json.dumps([spec.model, spec.task.name, spec.task.options_dict, spec.site, layers], sort_keys=True)
+
+
+def link_partners(states: Iterable[UnitState], pairs: Iterable[tuple[str, str]]) -> None:
+    """Give each unit of a search.matched pair the pair's other unit at the same model, task and site (if any)."""
+    states = list(states)
+    by_key = {(pair_key(s), s.planned.spec.method): s for s in states}
+    for first, second in pairs:
+        for a, b in ((first, second), (second, first)):
+            for s in states:
+                partner = by_key.get((pair_key(s), b)) if s.planned.spec.method == a else None
+                if partner is not None and partner not in s.partners:
+                    s.partners.append(partner)
 
 
 def refresh_selections(states: Iterable[UnitState]) -> None:

@@ -138,6 +138,11 @@ def missing(run: SweepConfig, design: SweepConfig) -> list[Missing]:
     if _decades(design) > _decades(run) + 1e-9:
         out.append(Missing("span of the searched lambda ranges", "decades, the narrowest", f"{_decades(design):.3g}",
                            f"{_decades(run):.3g}", ("C1", "C5")))
+    pairs = [p for p in design.search.matched if p not in run.search.matched]
+    if pairs:
+        out.append(Missing("replicates of C1's matched trials", "search.matched: each pair's trials at matched val "
+                           "kl_other replicated like the selected ones", _names(["/".join(p) for p in pairs]),
+                           _names(["/".join(p) for p in run.search.matched]), ("C1",)))
     if design.search.replicates > run.search.replicates:
         out.append(Missing("replicates per selected trial", "", str(design.search.replicates),
                            str(run.search.replicates), ALL))

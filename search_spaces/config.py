@@ -139,6 +139,12 @@ class Search(_Strict):
         "the selected configuration. The old booleans are read as true: bootstrap, false: none")
     pruner: Pruner | None = Field(None, description="prune search trials at rungs of training steps (absent: none; "
                                   "train.prune is the other, batch-local rule)")
+    matched: list[tuple[str, str]] = Field(
+        default_factory=list, description="pairs of methods, e.g. [[activscalar, steervec]]: once both units of a pair "
+        "(same model, task and site) have finished their searches, each also replicates, like its selected trial "
+        "(replicates - 1 times, the same folds), its search trial at the pair's matched val kl_other (the larger of "
+        "the two units' lowest val kl_other; the trial with the highest val flip_rate within it: storage/matched.py), "
+        "where that is not its selected trial: the findings page's C1 compares the pair there")
 
     @field_validator("replicate_data", mode="before")
     @classmethod
@@ -458,6 +464,15 @@ class SweepConfig(_Strict):
         if self.controls.enabled and self.controls.at_k90 and not (self.analysis.enabled and self.analysis.curves):
             raise ValueError(f"controls.at_k90 needs the analysis' curves (analysis.enabled: {self.analysis.enabled}, "
                              f"analysis.curves: {self.analysis.curves}); enable both, or drop at_k90")
+        return self
+
+    @model_validator(mode="after")
+    def _matched_pairs(self) -> Self:
+        for i, (first, second) in enumerate(self.search.matched):
+            unknown = [m for m in (first, second) if m not in self.methods]
+            if unknown or first == second:
+                raise ValueError(f"search.matched[{i}] = [{first}, {second}]: two different methods of the sweep's "
+                                 f"methods ({', '.join(self.methods)})")
         return self
 
     @model_validator(mode="after")

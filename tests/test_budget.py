@@ -29,6 +29,8 @@ def test_the_paper_run_lacks_what_c6_needs_and_says_what_only_stands_beside_a_ve
     assert found["strengths beyond 1"].judged == () and found["strengths beyond 1"].beside == ("C4",)
     assert "training length from a convergence pilot" in found and "sites" in found
     assert found["retrained mask controls"].run.startswith("at k90; 5 random-k")
+    matched = found["replicates of C1's matched trials"]  # C1's flip at matched kl_other needs their replicates
+    assert matched.judged == ("C1",) and not matched.makes_units and matched.run == "none"
 
 
 def test_a_run_with_the_whole_design_lacks_nothing():

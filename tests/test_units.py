@@ -3,7 +3,7 @@ scheduler, the progress display and `status` see them; no Ray, no Optuna."""
 from __future__ import annotations
 
 from orchestrator.plan import PlannedUnit
-from orchestrator.units import Asked, Phase, Tally, Targets, UnitState, Work, unit_left
+from orchestrator.units import Asked, Phase, Tally, Targets, UnitState, Work, matched_of, unit_left
 from storage.schema import Status
 from workers.tasks.base import TaskSpec
 from workers.unit import TrainSettings, UnitSpec
@@ -135,3 +135,83 @@ def test_a_unit_hands_out_fold_replicates_by_fold_and_asks_again_the_fold_cut_of
     again = unit.next_work(batch=2)
     unit.start(again)
     assert again.count == 1 and unit.take_replicate_folds(again.count) == [2]  # the fold cut off, again
+
+
+def _kl_row(unit: UnitState, number: int, flip: float, kl: float, moved: int = 3, replicate_of: str | None = None,
+            fold: int | None = None) -> dict:
+    return dict(_row(unit, number, flip=flip, moved=moved, replicate_of=replicate_of), val_kl_other=kl, fold=fold)
+
+
+def _pair(targets: Targets) -> tuple[UnitState, UnitState]:
+    """An ActivScalar and a SteerVec unit at the same model, task and site, partners under search.matched."""
+    from orchestrator.units import link_partners
+
+    specs = [UnitSpec("tiny-gpt2", TaskSpec.make("ioi"), "mlp_out", "all", m, TrainSettings())
+             for m in ("activscalar", "steervec")]
+    a, s = (UnitState(PlannedUnit(f"u-00000000000{i}", spec), targets, described=True) for i, spec in enumerate(specs))
+    link_partners([a, s], [("activscalar", "steervec")])
+    assert a.partners == [s] and s.partners == [a]
+    return a, s
+
+
+def test_matched_trials_are_replicated_once_both_searches_are_over_and_counted_from_stored_rows():
+    """ActivScalar's selected trial (t1: fewest cells above min_flip) is not its trial at the matched val kl_other
+    (the budget is SteerVec's lowest, 0.3; within it ActivScalar's highest flip is t0): t0 is replicated like t1,
+    by fold; SteerVec's matched trial is its selected one, so it replicates nothing more."""
+    targets = Targets(n_trials=2, replicates=3, give_up_after=8, min_flip=0.5, replicate_folds=3)
+    a, s = _pair(targets)
+    a.count(_kl_row(a, 0, flip=0.9, kl=0.2, moved=9))
+    a.count(_kl_row(a, 1, flip=0.8, kl=0.5, moved=2))
+    s.count(_kl_row(s, 0, flip=0.95, kl=0.3))
+    assert a.selected["trial_id"].endswith("t00001") and matched_of(a) == []  # the partner's search is not over
+    s.count(_kl_row(s, 1, flip=0.6, kl=0.4))
+    first = f"{a.unit_id}-t00000"
+    assert matched_of(a) == [first] and matched_of(s) == []
+    assert a.tally().matched_left == 2 and a.left().steps[Phase.REPLICATES].left == 4
+    selected = a.selected["trial_id"]
+    work = a.next_work(batch=8)
+    assert work.replicate_of == selected and work.count == 2  # the selected trial first
+    a.start(work)
+    assert a.take_replicate_folds(work.count, work.replicate_of) == [1, 2]
+    matched = a.next_work(batch=8)
+    assert matched.replicate_of == first and matched.count == 2
+    a.start(matched)
+    assert a.take_replicate_folds(matched.count, first) == [1, 2] and a.next_work(batch=8) is None
+    matched.asked = [Asked(20 + i, {"fold": f}, first) for i, f in enumerate([1, 2])]
+    _finish(a, matched, [_kl_row(a, 20, 0.9, 0.2, replicate_of=first, fold=1)])  # fold 2 never came back
+    again = a.next_work(batch=8)
+    assert again.replicate_of == first and again.count == 1
+    a.start(again)
+    assert a.take_replicate_folds(again.count, first) == [2]  # the fold that did not come back, asked again
+    work.asked = [Asked(10 + i, {"fold": f}, selected) for i, f in enumerate([1, 2])]
+    _finish(a, work, [_kl_row(a, 10 + i, 0.8, 0.5, replicate_of=selected, fold=f) for i, f in enumerate([1, 2])])
+    assert a.tally().replicates_done == 2 and a.tally().matched_left == 1 and a.next_work(batch=8) is None
+    again.asked = [Asked(22, {"fold": 2}, first)]
+    _finish(a, again, [_kl_row(a, 22, 0.9, 0.2, replicate_of=first, fold=2)])
+    assert a.tally().matched_left == 0 and a.left().steps[Phase.REPLICATES].left == 0
+    # a resumed coordinator counts the same from the stored rows alone
+    b, t = _pair(targets)
+    for unit, rows in ((b, [_kl_row(b, 0, 0.9, 0.2, moved=9), _kl_row(b, 1, 0.8, 0.5, moved=2),
+                            _kl_row(b, 20, 0.9, 0.2, replicate_of=f"{b.unit_id}-t00000", fold=1)]),
+                       (t, [_kl_row(t, 0, 0.95, 0.3), _kl_row(t, 1, 0.6, 0.4)])):
+        for row in rows:
+            unit.count(row)
+    assert matched_of(b) == [f"{b.unit_id}-t00000"] and b.tally().matched_left == 1
+
+
+def test_the_matched_rule_takes_the_larger_lowest_kl_and_the_best_flip_within_it():
+    from storage.matched import matched_trials
+
+    a = [dict(trial_id="a0", val_kl_other=0.1, val_flip_rate=0.5), dict(trial_id="a1", val_kl_other=0.25,
+                                                                         val_flip_rate=0.9),
+         dict(trial_id="a2", val_kl_other=0.6, val_flip_rate=1.0), dict(trial_id="a3", val_kl_other=float("nan"),
+                                                                        val_flip_rate=1.0)]
+    s = [dict(trial_id="s0", val_kl_other=0.3, val_flip_rate=0.7), dict(trial_id="s1", val_kl_other=0.9,
+                                                                        val_flip_rate=1.0)]
+    assert matched_trials(a, s) == (0.3, "a1", "s0")
+    assert matched_trials(s, a) == (0.3, "s0", "a1")
+    tied = [dict(trial_id="b", val_kl_other=0.3, val_flip_rate=0.7), dict(trial_id="a", val_kl_other=0.3,
+                                                                        val_flip_rate=0.7)]
+    assert matched_trials(tied, s)[1] == "a"  # ties end on the trial id
+    none = [dict(trial_id="x", val_kl_other=float("nan"), val_flip_rate=1.0)]
+    assert matched_trials(none, s)[1:] == (None, None)

@@ -4,17 +4,15 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import pandas as pd
-
 from reports.claims.common import MIN_REPLICATES, compare, pairs, unpaired
 from reports.engine import REPLICATES_OF, ClaimResult, Condition, Threshold, UnitVerdict, interval, judge
 from reports.run import ACTIVSCALAR, DIFFMEANS, FLIP, KL, SHIFT, STEERVEC, Run
 from reports.stats import Estimate, paired_flip_p, paired_wilcoxon_p
 from reports.text import fmt
+from storage.matched import matched_trials
 
 FLIP_MARGIN = 0.05  # ActivScalar's flip_rate at matched KL at most this below SteerVec's
 KL_RATIO = 1.25  # ActivScalar's kl_other at most this times SteerVec's
-BUDGET_SLACK = 1e-9
 
 TITLE = "As effective and as faithful as steering vectors"
 STATEMENT = (f"{ACTIVSCALAR} reaches an effectiveness (test flip_rate) and a faithfulness (test kl_other) comparable to "
@@ -34,17 +32,9 @@ RULE = (f"A pair is supported when the lower bound of the flip_rate difference i
 
 
 def budget_trials(run: Run, first: Any, second: Any) -> tuple[float, str | None, str | None]:
-    """The matched val kl_other budget and each method's trial within it (decided on val)."""
-    fa, fb = run.search_trials(first.unit_id), run.search_trials(second.unit_id)
-    if fa.empty or fb.empty:
-        return math.nan, None, None
-    budget = max(float(fa.val_kl_other.min()), float(fb.val_kl_other.min()))
-
-    def best(t: pd.DataFrame) -> str:
-        within = t[t.val_kl_other <= budget + BUDGET_SLACK]
-        order = within.assign(neg=-within.val_flip_rate).sort_values(["neg", "val_kl_other", "trial_id"])
-        return str(order.trial_id.iloc[0])
-    return budget, best(fa), best(fb)
+    """The matched val kl_other budget and each method's trial within it (decided on val: storage/matched.py, the
+    rule the coordinator replicates them by under search.matched)."""
+    return matched_trials(*(run.search_trials(r.unit_id).to_dict("records") for r in (first, second)))
 
 
 def _matched(run: Run, key: str, first: Any, second: Any) -> tuple[dict[str, Estimate], str, str]:
@@ -59,11 +49,11 @@ def _matched(run: Run, key: str, first: Any, second: Any) -> tuple[dict[str, Est
     kl = compare(run, f"{key}/kl", list(first.seeds), list(second.seeds), KL, ratio=True)
     where = (f"budget val kl_other {fmt(budget)}: {first.role} {ta.rsplit('-', 1)[-1]} ({fmt(len(ra))} replicate(s)), "
              f"{second.role} {tb.rsplit('-', 1)[-1]} ({fmt(len(rb))})")
-    unreplicated = [f"{r.role} {t.rsplit('-', 1)[-1]}" for r, t in ((first, ta), (second, tb)) if t != r.trial_id]
+    unreplicated = [f"{r.role} {t.rsplit('-', 1)[-1]}" for r, t, reps in ((first, ta, ra), (second, tb, rb))
+                    if t != r.trial_id and len(reps) < 2]
     replicates_of = REPLICATES_OF if not unreplicated else (
         f"replicates of the trials within the budget ({', '.join(unreplicated)}), which are not their units' selected "
-        "trials: a sweep replicates only each unit's selected trial (search.replicates), and replicating the matched "
-        "trials is a sweep feature still to build")
+        "trials: a sweep replicates them too with search.matched (e.g. [[activscalar, steervec]])")
     return {"flip": flip, "shift": shift, "kl": kl}, where, replicates_of
 
 
