@@ -26,6 +26,7 @@ from orchestrator.plan import PlannedUnit
 from orchestrator.units import Phase, targets_of
 from search_spaces.config import IntRange, SweepConfig
 from workers.asha import RungEntry, Rungs, rung_steps
+from workers.tasks.base import TaskSpec
 
 ASHA_DRAWS = 200  # random draws of the trials' qualities behind ASHA's expected schedule
 BATCH_OVERHEAD_S = 0.3  # per piece of work: Optuna's ask and tell, rows to Parquet, Ray's call (performance.md, c)
@@ -173,17 +174,22 @@ def search_work(c: Costing) -> list[Piece]:
     return [training_piece(c, Phase.SEARCH, segments, k) for k, segments in zip(sizes, schedule)]
 
 
-def matched_partners(config: SweepConfig, method: str) -> int:
-    """The search.matched pairs a unit of `method` is in whose other method the sweep runs: at most that many
-    matched trials more to replicate (none where the matched trial is the selected one)."""
-    return sum(1 for pair in config.search.matched if method in pair
-               and next(m for m in pair if m != method) in config.methods)
+def matched_partners(config: SweepConfig, unit: PlannedUnit) -> int:
+    """The search.matched pairs the unit's method is in whose other method runs at the unit's task (name and
+    options) and site: at most that many matched trials more to replicate (none where the matched trial is the
+    selected one)."""
+    spec = unit.spec
+    entries = [e for e in config.task_entries()
+               if TaskSpec.make(e.name, e.options) == spec.task and spec.site in (e.sites or config.sites)]
+    runs = {m for e in entries for m in (e.methods or config.methods)}
+    return sum(1 for pair in config.search.matched if spec.method in pair
+               and next(m for m in pair if m != spec.method) in runs)
 
 
 def replicate_work(c: Costing) -> list[Piece]:
     """The selected trial's replicates, and at most one more trial's per search.matched pair (an upper bound)."""
     steps, _ = trial_shape(c.config, c.unit.spec.method)
-    replicated = 1 + matched_partners(c.config, c.unit.spec.method)  # each handed out in its own batches
+    replicated = 1 + matched_partners(c.config, c.unit)  # each handed out in its own batches
     return [training_piece(c, Phase.REPLICATES, [(steps, k, 1.0)], k) for _ in range(replicated)
             for k in batches(c.config.search.replicates - 1, c.config.search.batch)]
 

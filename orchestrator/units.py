@@ -213,7 +213,7 @@ class Work:
     phase: Phase
     unit: UnitState
     count: int = 1  # trials to ask (search trials, replicates)
-    replicate_of: str | None = None  # REPLICATES: the selected trial
+    replicate_of: str | None = None  # REPLICATES: the trial replicated (the selected one, or a matched one)
     trial_ids: list[str] = field(default_factory=list)  # ANALYSE: the trials analysed
     asked: list[Asked] = field(default_factory=list)  # trial phases: the trials, once asked from Optuna
 

@@ -468,11 +468,18 @@ class SweepConfig(_Strict):
 
     @model_validator(mode="after")
     def _matched_pairs(self) -> Self:
+        seen: set[frozenset[str]] = set()
         for i, (first, second) in enumerate(self.search.matched):
             unknown = [m for m in (first, second) if m not in self.methods]
             if unknown or first == second:
                 raise ValueError(f"search.matched[{i}] = [{first}, {second}]: two different methods of the sweep's "
                                  f"methods ({', '.join(self.methods)})")
+            if frozenset((first, second)) in seen:
+                raise ValueError(f"search.matched[{i}] = [{first}, {second}]: that pair is listed already")
+            seen.add(frozenset((first, second)))
+        if self.search.matched and self.search.replicates < 2:
+            raise ValueError(f"search.matched replicates each pair's matched trials search.replicates - 1 times, and "
+                             f"search.replicates is {self.search.replicates}: set it to 2 or more, or drop matched")
         return self
 
     @model_validator(mode="after")

@@ -1,9 +1,10 @@
 """How stable a selected trial is across seeds: the selected trial and its replicates.
 
 A unit's replicates (`trials.replicate_of` = the selected trial's id) re-train the selected
-hyper-parameters with other trial seeds. From their moved cells (`scalars.moved`) and
-effects (`scalars.effect`) this gives: how often each cell moved, the mean pairwise Jaccard
-overlap of the moved sets, the mean pairwise Spearman rank correlation of the cells'
+hyper-parameters with other trial seeds (`search.matched` replicates a unit's trial at C1's matched
+kl_other too, under that trial's id: `group_of` takes the replicates of the trial it is given). From
+their moved cells (`scalars.moved`) and effects (`scalars.effect`) this gives: how often each cell
+moved, the mean pairwise Jaccard overlap of the moved sets, the mean pairwise Spearman rank correlation of the cells'
 effects, and 95% intervals over seeds of the test metrics (Student t, as seeds are few;
 quantiles and ranks from scipy.stats). Data only: reports/ draws it, `actscale status` prints it.
 """

@@ -9,6 +9,7 @@ from storage.matched import matched_trials
 from storage.query import run_sql
 from storage.store import read_table
 from tests.sweeps import parsed, tiny_config
+from workers.errors import UsageError
 
 REPLICATES, FOLDS = 3, 3
 
@@ -62,7 +63,21 @@ def test_a_sweep_replicates_each_pairs_matched_trials_and_a_resume_runs_none_twi
 
 def test_the_plan_counts_one_more_trials_replicates_per_pair_at_most():
     from orchestrator.costs import matched_partners
+    from orchestrator.plan import plan_units
 
-    config = parsed(tiny_config(methods=["activscalar", "steervec", "diffmeans", "dynscalar"],
-                                search={"matched": [["activscalar", "steervec"], ["activscalar", "diffmeans"]]}))
-    assert [matched_partners(config, m) for m in config.methods] == [2, 1, 1, 0]
+    config = parsed(tiny_config(
+        tasks=[{"name": "ioi", "options": {"n": 20}}, {"name": "ccc", "methods": ["activscalar", "dynscalar"]}],
+        methods=["activscalar", "steervec", "diffmeans", "dynscalar"],
+        search={"matched": [["activscalar", "steervec"], ["activscalar", "diffmeans"]], "replicates": 2}))
+    counted = {(u.spec.task.name, u.spec.method): matched_partners(config, u) for u in plan_units(config, lambda m: 2)}
+    assert counted == {("ioi", "activscalar"): 2, ("ioi", "steervec"): 1, ("ioi", "diffmeans"): 1, ("ioi", "dynscalar"): 0,
+                       ("ccc", "activscalar"): 0, ("ccc", "dynscalar"): 0}  # ccc runs neither partner
+
+
+def test_a_pair_twice_or_without_replicates_is_refused_by_name():
+    for search, message in (({"matched": [["activscalar", "steervec"], ["steervec", "activscalar"]], "replicates": 2},
+                             "listed already"),
+                            ({"matched": [["activscalar", "steervec"]]}, "set it to 2 or more"),
+                            ({"matched": [["activscalar", "nope"]], "replicates": 2}, "two different methods")):
+        with pytest.raises(UsageError, match=message):
+            parsed(tiny_config(methods=["activscalar", "steervec"], search=search))

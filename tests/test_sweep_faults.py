@@ -184,3 +184,45 @@ def test_multi_node_cluster_survives_losing_a_worker_node(tmp_path):
         assert nodes_seen  # trials ran on the cluster's worker nodes
     finally:
         cluster.shutdown()
+
+
+def test_matched_trials_replicated_exactly_once_after_sigkills_while_replicating(tmp_path):
+    """search.matched with fold replicates, one trial at a time: kills land while the replicates of the selected
+    and of the matched trials train; after the resume each trial a unit replicates (its selected one and its trial
+    at the pair's matched val kl_other, storage/matched.py) has exactly one replicate on each fold 1..R-1."""
+    from storage.matched import matched_trials
+    from storage.query import run_sql
+
+    cfg = write_config(tmp_path / "sweep.yaml", tiny_config(
+        tasks=[{"name": "ioi", "options": {"n": 20}}], analysis={"enabled": False}, methods=["activscalar", "steervec"],
+        selection={"min_flip": 1.0},  # every unit falls back to its highest val flip, seldom its matched trial
+        search={"n_trials": 3, "batch": 1, "replicates": 3, "replicate_data": "folds",
+                "matched": [["activscalar", "steervec"]]},
+        train={"steps": 60, "batch_size": 8, "folds": 3, "filter": "none"}))
+    run = tmp_path / "run"
+    rng = random.Random(5)
+    for attempt in range(3):
+        before = _replicate_count(run)
+        proc = start_coordinator(["run", str(cfg), "--out", str(run), "--quiet"], tmp_path / "out.log")
+        assert wait_for(lambda: _replicate_count(run) > before or _complete_count(run) >= 6  # noqa: B023
+                        and attempt == 0 or proc.poll() is not None, timeout=900)  # noqa: B023
+        time.sleep(rng.uniform(0.2, 1.5))
+        kill_session(proc)
+    proc = start_coordinator(["resume", str(run), "--quiet"], tmp_path / "out.log")
+    assert proc.wait(timeout=1500) == 0, (tmp_path / "out.log").read_text()[-3000:]
+    rows = read_table(run, "trials").table.to_pylist()
+    complete = [r for r in rows if r["status"] == "complete"]
+    assert len({r["trial_id"] for r in rows}) == len(rows) and not [r for r in rows if r["status"] == "failed"]
+    units = {r["method"]: r["unit_id"] for r in read_table(run, "units").table.to_pylist()}
+    search = {u: [r for r in complete if r["unit_id"] == u and r["replicate_of"] is None] for u in units.values()}
+    selected = dict(run_sql([run], "SELECT unit_id, trial_id FROM selected")[0][["unit_id", "trial_id"]].values)
+    _, matched_a, matched_s = matched_trials(search[units["activscalar"]], search[units["steervec"]])
+    assert matched_a != selected[units["activscalar"]] or matched_s != selected[units["steervec"]], "nothing matched"
+    for unit, matched in ((units["activscalar"], matched_a), (units["steervec"], matched_s)):
+        for trial in {selected[unit], matched}:
+            folds = sorted(r["fold"] for r in complete if r["replicate_of"] == trial)
+            assert folds == [1, 2], (unit, trial, folds)  # each fold's replicate exactly once
+        assert {r["replicate_of"] for r in complete if r["unit_id"] == unit and r["replicate_of"]} == \
+            {selected[unit], matched}
+    assert [r for r in rows if r["status"] == "interrupted" and r["replicate_of"] is not None], \
+        "no kill landed on a replicate"

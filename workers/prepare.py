@@ -307,8 +307,9 @@ def prepare_unit(loaded: LoadedModel, spec: UnitSpec) -> PreparedUnit:
     indices = [i for i, k in enumerate(keep) if k]
     tokens = SplitData(tokenized, all_ids, all_lengths, a_ids, b_ids, logits, states)  # every prompt tokenized
     vocabulary = None
-    if method.needs_roles:  # fixed once, from the prompts kept, so that a role has one index in every split
-        vocabulary = RoleVocabulary.of([tokenized[i] for i in indices] or tokenized)
+    if method.needs_roles:  # fixed once, from every prompt tokenized (not the model's filter, which a machine's
+        # numerics could tip for a borderline prompt), so that a role has one index in every split and every rebuild
+        vocabulary = RoleVocabulary.of(tokenized)
         tokens.roles = vocabulary.ids(tokenized, all_ids.shape[1])  # [N, T]
     precision = resolve_precision(settings.precision, loaded)
     trains_on = training_model(loaded, precision)

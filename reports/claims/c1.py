@@ -39,7 +39,8 @@ def budget_trials(run: Run, first: Any, second: Any) -> tuple[float, str | None,
 
 def _matched(run: Run, key: str, first: Any, second: Any) -> tuple[dict[str, Estimate], str, str]:
     """The estimates at the matched budget, where they were taken, and what would give the matched trials their
-    replicates (search.replicates replicates each unit's selected trial only: the budget's trial may be another)."""
+    replicates (search.replicates replicates each unit's selected trial; the budget's trial may be another, which
+    search.matched replicates too)."""
     budget, ta, tb = budget_trials(run, first, second)
     if ta is None or tb is None:
         return {}, "no complete search trials", REPLICATES_OF
