@@ -25,7 +25,8 @@ from workers.sites import SiteRef
 from workers.unit import TrainSettings
 
 K, B, T, W, H = 2, 3, 5, 8, 2
-R = 3  # roles of a role vocabulary (a method with needs_roles)
+ROLES = ("IO", "S1", "END")  # a role vocabulary (a method with needs_roles)
+R = len(ROLES)
 
 
 def _refs(heads: int | None = None) -> list[SiteRef]:
@@ -35,7 +36,7 @@ def _refs(heads: int | None = None) -> list[SiteRef]:
 def _build(method: str, refs: list[SiteRef], k: int = K, t: int | None = T) -> Intervention:
     """A fresh intervention; a method needing a direction (DiffMeans) gets a random one, one needing roles R."""
     direction = torch.randn(len(refs), T, W, generator=torch.Generator().manual_seed(3))
-    return build_intervention(method, refs, k, t, direction, R)
+    return build_intervention(method, refs, k, t, direction, ROLES)
 
 
 def _ctx(h: torch.Tensor) -> ForwardContext:

@@ -48,7 +48,7 @@ def test_a_role_has_one_index_in_every_split_and_a_held_out_templates_own_words_
 
 def test_each_token_is_scaled_by_its_roles_scalar_and_a_role_outside_is_left_alone():
     refs = [SiteRef(0, nn.Identity(), False, None, 4)]
-    made = build_intervention("activscalar_role", refs, 1, None, n_roles=2)
+    made = build_intervention("activscalar_role", refs, 1, None, roles=("IO", "END"))
     with torch.no_grad():
         made.alphas[0].copy_(torch.tensor([[2.0, 0.5]]))  # [L, R]
     h = torch.randn(1, 3, 4)
@@ -75,16 +75,30 @@ def test_it_trains_on_its_templates_and_is_scored_on_held_out_ones(tiny_models):
     assert result.tensors["alpha"].shape == (len(LAYERS), n_roles)
     # rebuilt from its tensors it is the same function (the analysis and a resumed run rebuild it so)
     rebuilt = ActivScalarRole.from_artifact([SiteRef(i, nn.Identity(), False, None, 8) for i in LAYERS],
-                                            {"alpha": torch.as_tensor(result.tensors["alpha"])})
+                                            {k: torch.as_tensor(v) for k, v in result.tensors.items()})
     assert torch.equal(rebuilt.alphas[0].detach(), torch.as_tensor(result.tensors["alpha"]).float())
+    assert rebuilt.roles == unit.roles.roles  # the vocabulary's names travel with the tensors
 
 
-def test_steering_refuses_it_by_name(tiny_models):
+def test_steering_applies_it_by_the_prompts_roles_as_scoring_does(tiny_models):
+    """apply_trial with a prompt's roles gives the LD' the trial's test predictions hold for that prompt; without
+    roles it is refused by name."""
     loaded = tiny_models["tiny-llama"]
+    unit = _unit(tiny_models)
+    (result,) = train_trials(loaded, unit, [Hyper(lr=0.2, lambda_min=0.001, seed=3)])
     config = loaded.model.config
     trial = StoredTrial(Path("."), "u-x-t00000", {"method": "activscalar_role", "n_layers": config.num_hidden_layers,
-                                                  "d_model": config.hidden_size, "site": "mlp_out", "layers": [0],
-                                                  "model": "tiny-llama", "task": "ioi"}, {})
-    with pytest.raises(UsageError, match="activscalar_role.*role vocabulary"):
+                                                  "d_model": config.hidden_size, "site": "mlp_out",
+                                                  "layers": list(LAYERS), "model": "tiny-llama", "task": "ioi"},
+                        {k: torch.as_tensor(v) for k, v in result.tensors.items()})
+    with pytest.raises(UsageError, match="activscalar_role.*token roles"):
         with apply_trial(loaded.model, trial):
             pass
+    test = unit.splits["test"]  # the held-out template's prompts only
+    assert any(abs(p["ld_after"] - p["ld_before"]) > 1e-3 for p in result.predictions), "the trial changes nothing"
+    for n in (0, len(test) - 1):
+        e = test.examples[n]
+        with apply_trial(loaded.model, trial, 1.0, roles=e.roles), torch.no_grad():
+            z = loaded.model(input_ids=torch.tensor([e.input_ids])).logits[0, -1]  # [V]
+        ld_after = float(z[e.answer_a_id] - z[e.answer_b_id])
+        assert abs(ld_after - result.predictions[n]["ld_after"]) < 1e-4, (n, ld_after, result.predictions[n])

@@ -49,8 +49,8 @@ class Setup:
     # [L, T, W] the train split's mean difference at each cell, counterfactual prompt minus prompt, unintervened
     # (workers/directions.py), for a method with `needs_direction` (DiffMeans)
     direction: torch.Tensor | None = None
-    # the roles of the unit's role vocabulary (workers/columns.py RoleVocabulary), for a method with `needs_roles`
-    n_roles: int | None = None
+    # the unit's role vocabulary, in order (workers/columns.py RoleVocabulary), for a method with `needs_roles`
+    roles: tuple[str, ...] | None = None
 
 
 class CellRecorder:
@@ -164,7 +164,7 @@ class Intervention(nn.Module, abc.ABC):
       (DynScalar: its L1 is a function of the activation) keeps the subgradient (`has_shrink`);
     - `needs_direction`: the constructor gets the train split's difference-in-means direction per cell
       (`Setup.direction`, computed by the trainer like `needs_norms`' norms): DiffMeans;
-    - `needs_roles`: the constructor gets the size of the unit's role vocabulary (`Setup.n_roles`) and every
+    - `needs_roles`: the constructor gets the unit's role vocabulary (`Setup.roles`) and every
       forward each token's index in it (`ctx.token_roles`, filled from `SplitData.roles` by whoever runs the
       forward: training, scoring, the analysis' points): ActivScalarRole;
     - per-cell activation patching: a method reading a counterfactual prompt's h at the same cell from a
@@ -179,7 +179,7 @@ class Intervention(nn.Module, abc.ABC):
     needs_norms: ClassVar[bool] = False  # `cells` needs the mean |h| per cell on train (CellStats.norms)
     records_cells: ClassVar[bool] = False  # `cells` needs a recorded val evaluation (CellStats.recorded)
     needs_direction: ClassVar[bool] = False  # the constructor needs Setup.direction (the train mean difference)
-    needs_roles: ClassVar[bool] = False  # one parameter per role: Setup.n_roles and every forward's ctx.token_roles
+    needs_roles: ClassVar[bool] = False  # one parameter per role: Setup.roles and every forward's ctx.token_roles
 
     def __init__(self, setup: Setup):
         super().__init__()
@@ -188,6 +188,7 @@ class Intervention(nn.Module, abc.ABC):
         self.n_heads = setup.refs[0].n_heads
         self.width = setup.refs[0].width
         self._n_positions = setup.n_positions
+        self.roles: tuple[str, ...] = tuple(setup.roles or ())  # a method with needs_roles: its role vocabulary
 
     @classmethod
     def create(cls, setup: Setup) -> Intervention:
@@ -322,8 +323,8 @@ def method_class(method: str) -> type[Intervention]:
 
 
 def build_intervention(method: str, refs: list[SiteRef], n_trials: int, n_positions: int | None,
-                       direction: torch.Tensor | None = None, n_roles: int | None = None) -> Intervention:
-    return method_class(method).create(Setup(refs, n_trials, n_positions, direction, n_roles))
+                       direction: torch.Tensor | None = None, roles: tuple[str, ...] | None = None) -> Intervention:
+    return method_class(method).create(Setup(refs, n_trials, n_positions, direction, roles))
 
 
 def only_cells(x: torch.Tensor, changed: torch.Tensor, keep: torch.Tensor, columns: torch.Tensor,
@@ -404,10 +405,10 @@ class ActivScalarRole(Intervention):
 
     def __init__(self, setup: Setup):
         super().__init__(setup)
-        if setup.n_roles is None or setup.n_roles < 1:
-            raise UsageError(f"method {self.method!r} needs the unit's role vocabulary (Setup.n_roles, at least 1 "
-                             f"role; got {setup.n_roles!r})")
-        shape = (len(setup.refs), setup.n_roles) + ((self.n_heads,) if self.n_heads else ())
+        if not setup.roles:
+            raise UsageError(f"method {self.method!r} needs the unit's role vocabulary (Setup.roles, at least 1 role; "
+                             f"got {setup.roles!r})")
+        shape = (len(setup.refs), len(self.roles)) + ((self.n_heads,) if self.n_heads else ())
         self.alphas = nn.ParameterList([nn.Parameter(torch.ones(shape)) for _ in range(setup.n_trials)])
 
     def transform(self, index: int, h: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
@@ -441,12 +442,23 @@ class ActivScalarRole(Intervention):
         return alpha, (alpha - 1).abs()
 
     def artifact_tensors(self, k: int) -> dict[str, torch.Tensor]:
-        return {"alpha": self.alphas[k].detach().cpu().clone()}  # [L, R(, H)]
+        """alpha, and the role vocabulary's names (UTF-8 bytes, one role per line), so a stored trial can be applied
+        by role to a new prompt (workers/steer.py)."""
+        return {"alpha": self.alphas[k].detach().cpu().clone(),  # [L, R(, H)]
+                "roles": torch.tensor(list("\n".join(self.roles).encode()), dtype=torch.uint8)}  # [bytes]
+
+    @staticmethod
+    def stored_roles(tensors: dict[str, torch.Tensor]) -> tuple[str, ...]:
+        """The role vocabulary a stored trial was trained with (its "roles" tensor)."""
+        return tuple(bytes(torch.as_tensor(tensors["roles"]).tolist()).decode().split("\n"))
 
     @classmethod
     def from_artifact(cls, refs: list[SiteRef], tensors: dict[str, torch.Tensor], beta: float = 1.0) -> Intervention:
         alpha = tensors["alpha"].float()  # [L, R(, H)]
-        made = cls(Setup(refs, 1, None, n_roles=alpha.shape[1]))
+        made = cls(Setup(refs, 1, None, roles=cls.stored_roles(tensors)))
+        if len(made.roles) != alpha.shape[1]:
+            raise UsageError(f"a stored {cls.method!r} trial has {alpha.shape[1]} roles' scalars and {len(made.roles)} "
+                             "role names: its tensors do not belong together")
         with torch.no_grad():
             made.alphas[0].copy_(torch.lerp(torch.ones_like(alpha), alpha, beta))  # exact at beta 0 and 1
         return made

@@ -8,7 +8,9 @@ on any model of the trial's architecture and size, loaded by the user or by name
 A position-tied method (ActivScalar, SteerVec: one parameter per position) applies only to
 a prompt of the trained length whose tokens hold the trained roles, position by position
 (`check_roles`); its hooks change the prompt's positions only, never generated tokens. A
-method for any length (DynScalar) applies to every token, generated ones included.
+method for any length (DynScalar) applies to every token, generated ones included. A method by role
+(ActivScalar_role) applies to the prompt's tokens by their roles (`prompt_roles`) in the trial's role
+vocabulary (stored with its tensors), never to generated tokens.
 
 `next_token_effect` shows what a trial does to one prompt, any prompt: the top next tokens
 without and with it, with their probabilities, and two answers' probabilities and logit
@@ -95,6 +97,24 @@ def _any_length_fn(intervention: Intervention) -> SiteFn:
     return fn
 
 
+def _role_fn(intervention: Intervention, roles: list[str]) -> SiteFn:
+    """Scale the prompt's tokens by their roles (a method with needs_roles): its index in the trial's role vocabulary
+    for each of the prompt's tokens; a role outside it, and every generated token, is left alone."""
+    vocabulary = intervention.roles
+    other = len(vocabulary)
+    prompt = torch.tensor([vocabulary.index(r) if r in vocabulary else other for r in roles])  # [n]
+
+    def fn(index: int, h: torch.Tensor) -> torch.Tensor:  # h: [B, T, W]
+        t = h.shape[1]
+        ids = torch.full((t,), other, dtype=torch.long)  # a pass of generated tokens only: none of the prompt's
+        if t >= len(prompt):  # the prompt's pass (with any tokens generated after it when generation re-runs it)
+            ids[: len(prompt)] = prompt
+        ctx = ForwardContext(torch.ones(h.shape[:2], dtype=torch.long, device=h.device),
+                             token_roles=ids.expand(h.shape[0], t).to(h.device))
+        return intervention.transform(index, h, ctx)
+    return fn
+
+
 @contextmanager
 def apply_trial(model: nn.Module, trial: StoredTrial, beta: float = 1.0,
                 roles: list[str] | None = None) -> Iterator[StoredTrial]:
@@ -102,10 +122,10 @@ def apply_trial(model: nn.Module, trial: StoredTrial, beta: float = 1.0,
     removed. `roles`: the prompt's token roles, checked against a position-tied trial's
     (`prompt_roles` gives them). orchestrator.steering.steer loads the trial from a run."""
     check_model(model, trial)
-    if method_class(trial.method).needs_roles:
-        raise UsageError(f"trial {trial.trial_id} ({trial.method}) scales each token by its role in its unit's role "
-                         "vocabulary, which steering does not rebuild yet; steer a trial of activscalar (a prompt of "
-                         "the trained template) or of dynscalar (any prompt)")
+    by_role = method_class(trial.method).needs_roles
+    if by_role and roles is None:
+        raise UsageError(f"trial {trial.trial_id} ({trial.method}) scales each token by its role: apply it with the "
+                         "prompt's token roles (`prompt_roles`; `next_token_effect` and `actscale steer` find them)")
     if roles is not None:
         check_roles(trial, roles)
     refs = resolve_site(model, str(trial.unit["site"]), [int(x) for x in trial.unit["layers"]])
@@ -116,7 +136,13 @@ def apply_trial(model: nn.Module, trial: StoredTrial, beta: float = 1.0,
     if trial.fixed_length and n is None:
         raise UsageError(f"method {trial.method!r} is tied to positions but its class does not say how many "
                          "(define the n_positions property)")
-    fn = _position_tied_fn(intervention, n, trial.trial_id) if n is not None else _any_length_fn(intervention)
+    if by_role:
+        assert roles is not None
+        fn = _role_fn(intervention, roles)
+    elif n is not None:
+        fn = _position_tied_fn(intervention, n, trial.trial_id)
+    else:
+        fn = _any_length_fn(intervention)
     _STEERED[model] = _STEERED.get(model, 0) + 1
     try:
         with hooked(refs, fn):

@@ -106,8 +106,9 @@ def train_group(loaded: LoadedModel, unit: PreparedUnit, hypers: list[Hyper], re
     views = views or fold_views(unit, hypers)
     trains = [views[h.fold or 0].splits["train"] for h in hypers]  # each trial's train split
     pad_id = loaded.tokenizer.pad_token_id
-    n_roles = len(unit.roles.roles) if unit.roles is not None else None
-    intervention = build_intervention(unit.spec.method, refs, k, unit.n_positions, direction, n_roles).to(loaded.device)
+    vocabulary = unit.roles.roles if unit.roles is not None else None  # a method with needs_roles
+    intervention = build_intervention(unit.spec.method, refs, k, unit.n_positions, direction, vocabulary
+                                      ).to(loaded.device)
     optimizers = [torch.optim.Adam(intervention.trial_parameters(i), lr=h.lr) for i, h in enumerate(hypers)]
     keep = _mask_grid(unit, hypers, refs, intervention)  # [K, L, T(, H)]: masked controls (workers/masks.py)
     steps = [h.steps or unit.spec.settings.steps for h in hypers]
