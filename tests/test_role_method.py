@@ -22,9 +22,10 @@ from workers.unit import Hyper, TrainSettings, UnitSpec
 LAYERS = (0, 1, 2, 3)
 
 
-def _unit(tiny_models, folds: int = 1):
+def _unit(tiny_models, folds: int = 1, precision: str = "fp32"):
     spec = UnitSpec("tiny-llama", TaskSpec.make("ioi", {"n": 40, "heldout_templates": ["longer"]}), "mlp_out", LAYERS,
-                    "activscalar_role", TrainSettings(steps=6, batch_size=16, filter="none", folds=folds))
+                    "activscalar_role", TrainSettings(steps=6, batch_size=16, filter="none", folds=folds,
+                                                      precision=precision, patience=2))
     return prepare_unit(tiny_models["tiny-llama"], spec)
 
 
@@ -78,6 +79,17 @@ def test_it_trains_on_its_templates_and_is_scored_on_held_out_ones(tiny_models):
                                             {k: torch.as_tensor(v) for k, v in result.tensors.items()})
     assert torch.equal(rebuilt.alphas[0].detach(), torch.as_tensor(result.tensors["alpha"]).float())
     assert rebuilt.roles == unit.roles.roles  # the vocabulary's names travel with the tensors
+
+
+def test_in_bf16_with_folds_the_training_models_own_splits_carry_the_roles_too(tiny_models):
+    """bf16 training: the train split and the check slice come from the training model's own pool (trained_pool),
+    which must carry each token's role; the trial trains (its early-stopping checks score the slice) and moves."""
+    unit = _unit(tiny_models, folds=2, precision="bf16")
+    assert unit.precision == "bf16" and unit.trained_pool is not None and unit.trained_pool.roles is not None
+    assert unit.check is not None and unit.check.roles is not None and unit.splits["train"].roles is not None
+    (result,) = train_trials(tiny_models["tiny-llama"], unit, [Hyper(lr=0.2, lambda_min=0.001, seed=3)])
+    assert result.ok, result.error
+    assert any(abs(c["value"] - 1) > 1e-3 for c in result.scalars)
 
 
 def test_steering_applies_it_by_the_prompts_roles_as_scoring_does(tiny_models):
