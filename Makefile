@@ -40,8 +40,8 @@ docs: install
 	rm -f docs/data/sample-run/actscale.log
 	ACTSCALE_WRITE_DOCS=1 $(BIN)/python -m pytest -q tests/test_query_docs.py tests/test_python_api.py
 
-# The paper's study on both embedded models (search_spaces/paper.yaml; the committed run's sweep 5660 s and
-# `make findings` 6796 s in all, measured here: `actscale plan search_spaces/paper.yaml` prices it), the patching baseline of its
+# The paper's study on both embedded models (search_spaces/paper.yaml; the committed run's sweep 5011 s and
+# `make findings` 6008 s in all, measured here: `actscale plan search_spaces/paper.yaml` prices it), the patching baseline of its
 # ActivScalar units (about 4 minutes per SmolLM2 unit), then docs/findings.md and its figures generated from it.
 # The run's tables, sweep.yaml, run.json and the tensors of its analysed trials and controls (storage/publish.py:
 # float16 where lossless enough) are what docs/data/paper-run keeps (a test regenerates the page and compares).
