@@ -6,7 +6,7 @@ import torch
 
 from tests.conftest import TINY
 from workers.forward import last_token_logits
-from workers.interventions import ForwardContext, build_intervention, installed
+from workers.interventions import ForwardContext, build_intervention, installed, method_class
 from workers.names import method_names
 from workers.sites import SITES, decoder_layers, resolve_site
 
@@ -14,12 +14,21 @@ METHODS = method_names()
 
 IDS = torch.tensor([[5, 17, 42, 9, 33, 81, 7, 12], [6, 18, 40, 11, 3, 80, 71, 14]])
 LENGTHS = torch.tensor([8, 8])
+ROLES = ("S1", "IO", "S2", "END")  # a role vocabulary for a method with needs_roles
+TOKEN_ROLES = torch.tensor([[4, 0, 4, 1, 4, 2, 4, 3], [4, 1, 4, 0, 4, 2, 4, 3]])  # [B, T] 4: a role outside it
 
 
 def _build(method: str, refs, n_trials: int):
-    """A fresh intervention; a method needing a direction (diffmeans) gets a random one."""
+    """A fresh intervention; a method needing a direction (diffmeans) gets a random one, one needing roles
+    (activscalar_role) the vocabulary ROLES."""
     direction = torch.randn(len(refs), IDS.shape[1], refs[0].width, generator=torch.Generator().manual_seed(0))
-    return build_intervention(method, refs, n_trials, IDS.shape[1], direction)
+    roles = ROLES if method_class(method).needs_roles else None
+    return build_intervention(method, refs, n_trials, IDS.shape[1], direction, roles)
+
+
+def _context(ids: torch.Tensor, repeats: int = 1) -> ForwardContext:
+    """The forward's context for prompts `ids` (each row of IDS `repeats` times): every token real, with roles."""
+    return ForwardContext(torch.ones_like(ids), token_roles=TOKEN_ROLES.repeat(repeats, 1))
 
 
 def _all_hooks(model) -> set[tuple[str, str, int]]:
@@ -39,7 +48,7 @@ def test_identity_at_initialisation(tiny_models, name, site, method):
         base = last_token_logits(loaded, IDS, LENGTHS)
         refs = resolve_site(loaded.model, site, list(range(loaded.n_layers)))
         intervention = _build(method, refs, 1)
-        with installed(intervention):
+        with installed(intervention) as hooks, hooks.forward(_context(IDS)):
             after = last_token_logits(loaded, IDS, LENGTHS)
     assert (after - base).abs().max().item() <= 1e-6
     assert _all_hooks(loaded.model) == before
@@ -101,7 +110,7 @@ def test_gradients_reach_only_the_intervention(tiny_models, name, method):
     with torch.no_grad():
         for p in intervention.parameters():
             p.add_(0.01 * torch.randn_like(p))
-    with installed(intervention):
+    with installed(intervention) as hooks, hooks.forward(_context(IDS.repeat(2, 1), 2)):
         logits = last_token_logits(loaded, IDS.repeat(2, 1), LENGTHS.repeat(2))
     logits.sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in intervention.parameters())
