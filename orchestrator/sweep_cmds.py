@@ -141,6 +141,16 @@ WHERE t.trial_id NOT IN (SELECT trial_id FROM curves)
 GROUP BY s.unit_id"""
 
 
+# search.matched: each unit's pairing key, its complete search trials, and the complete replicates per trial
+PAIR_KEYS_SQL = "SELECT DISTINCT ON (unit_id) unit_id, model, task, task_options, site, layers FROM units ORDER BY unit_id"
+SEARCH_ROWS_SQL = f"""
+SELECT unit_id, trial_id, val_kl_other, val_flip_rate FROM trials
+WHERE status = '{Status.COMPLETE}' AND replicate_of IS NULL AND NOT coalesce(pilot, false) AND control_of IS NULL"""
+REPLICATES_DONE_SQL = f"""
+SELECT replicate_of, count(*) FROM trials WHERE status = '{Status.COMPLETE}' AND replicate_of IS NOT NULL
+GROUP BY replicate_of"""
+
+
 # each selected trial's val sufficiency curve: its k90, for the masks of controls.at_k90
 K90_SQL = """
 SELECT c.trial_id, c.k, c.flip_rate, c.n_cells FROM curves c JOIN selected s ON c.trial_id = s.trial_id
@@ -167,17 +177,19 @@ def unit_status(run_dir: Path) -> list[dict]:
         for trial_id, k, flip, n in con.execute(K90_SQL).fetchall():
             curves.setdefault(trial_id, {})[int(k)] = float(flip)
             n_cells[trial_id] = int(n)
-        return rows, groups, cells, unanalysed, {t: k90_of(f, n_cells[t]) for t, f in curves.items()}
+        matched = _matched_left(con, sweep, rows) if sweep.search.matched else {}
+        return rows, groups, cells, unanalysed, {t: k90_of(f, n_cells[t]) for t, f in curves.items()}, matched
 
     from workers.k90 import k90_of
 
-    rows, groups, cells, unanalysed, k90s = with_connection([run_dir], read)  # again if a compaction finished meanwhile
+    # again if a compaction finished meanwhile
+    rows, groups, cells, unanalysed, k90s, matched = with_connection([run_dir], read)
     for r in rows:
         for key, value in r.items():  # a unit with no selected trial yet: NULLs, whatever pandas made of them
             if isinstance(value, float) and value != value:
                 r[key] = None
         r["warnings"] = [str(w) for w in r["warnings"]] if r["warnings"] is not None else []
-        left = _left(run, sweep, r, unanalysed.get(r["unit_id"], []), k90s)
+        left = _left(run, sweep, r, unanalysed.get(r["unit_id"], []), k90s, matched.get(r["unit_id"], 0))
         r["pending"], r["phase"] = left.trials, left.phase.value
         r["seed_jaccard"] = None
         if r["replicates"]:  # so the cells were read
@@ -188,7 +200,24 @@ def unit_status(run_dir: Path) -> list[dict]:
     return rows
 
 
-def _left(run: RunDir, sweep, row: dict, unanalysed: list[str], k90s: dict[str, int | None]):
+def _matched_left(con, sweep, rows: list[dict]) -> dict[str, int]:
+    """Per unit: the replicates of its search.matched trials still to run (orchestrator.units.stored_matched_left)."""
+    from orchestrator.units import StoredUnit, stored_matched_left
+
+    keys = {u: json.dumps([m, t, o, s, list(map(int, layers))])
+            for u, m, t, o, s, layers in con.execute(PAIR_KEYS_SQL).fetchall()}
+    search: dict[str, list[dict]] = {}
+    for unit_id, trial_id, kl, flip in con.execute(SEARCH_ROWS_SQL).fetchall():
+        search.setdefault(unit_id, []).append({"trial_id": trial_id, "val_kl_other": kl, "val_flip_rate": flip})
+    done = {t: int(n) for t, n in con.execute(REPLICATES_DONE_SQL).fetchall()}
+    n_trials = sweep.search.n_trials
+    units = {r["unit_id"]: StoredUnit(keys[r["unit_id"]], r["method"], int(r["done"]) + int(r["pruned"]) >= n_trials,
+                                      r["selected_trial"] if isinstance(r["selected_trial"], str) else None,
+                                      search.get(r["unit_id"], [])) for r in rows if r["unit_id"] in keys}
+    return stored_matched_left(units, sweep.search.matched, sweep.search.replicates, done)
+
+
+def _left(run: RunDir, sweep, row: dict, unanalysed: list[str], k90s: dict[str, int | None], matched_left: int = 0):
     """What is left of a described unit, by the pure rule the coordinator schedules with (controls at k90: at the
     selected trial's k90, as the coordinator trains them; before its analysis, the most masks there can be)."""
     from orchestrator.controls import mask_count, mask_names
@@ -203,7 +232,7 @@ def _left(run: RunDir, sweep, row: dict, unanalysed: list[str], k90s: dict[str, 
             else mask_count(plan, n)
         wanted = per_seed * seeds
     tally = Tally(described=True, search_finished=int(row["done"]) + int(row["pruned"]), selected=row["selected_trial"],
-                  replicates_done=int(row["replicates"]), to_analyse=tuple(unanalysed),
+                  replicates_done=int(row["replicates"]), matched_left=matched_left, to_analyse=tuple(unanalysed),
                   analysis_stopped=not all(run.artifact(tid).exists() for tid in unanalysed),
                   pilot_done=int(row["pilots"]) > 0, controls_wanted=wanted,
                   controls_done=min(wanted, int(row["controls"] or 0)))

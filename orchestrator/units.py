@@ -456,14 +456,48 @@ def matched_of(state: UnitState) -> list[str]:
     a resume finds the same."""
     if not state.partners or not search_over(state) or state.selected is None:
         return []
+    return matched_ids(state.search_rows, state.selected["trial_id"],
+                       [p.search_rows for p in state.partners if search_over(p)])
+
+
+def matched_ids(search_rows: list[dict[str, Any]], selected: str, partners_rows: Iterable[list[dict[str, Any]]]
+                ) -> list[str]:
+    """A unit's trials at the matched val kl_other with each partner whose search is over (partners_rows: their
+    complete search rows), its selected trial left out: the one rule of matched_of and stored_matched_left."""
     found: list[str] = []
-    for partner in state.partners:
-        if not search_over(partner):
-            continue
-        _, mine, _ = matched_trials(state.search_rows, partner.search_rows)
-        if mine is not None and mine != state.selected["trial_id"] and mine not in found:
+    for rows in partners_rows:
+        _, mine, _ = matched_trials(search_rows, rows)
+        if mine is not None and mine != selected and mine not in found:
             found.append(mine)
     return found
+
+
+class StoredUnit(NamedTuple):
+    """What `actscale status` knows of a unit from its stored rows, for the matched rule (stored_matched_left)."""
+
+    pair_key: str  # model, task and its options, site and layers (as pair_key)
+    method: str
+    search_over: bool  # n_trials finished search trials (complete or pruned)
+    selected: str | None  # the selected trial's id
+    search_rows: list[dict[str, Any]]  # complete search trials (trial_id, val_kl_other, val_flip_rate)
+
+
+def stored_matched_left(units: Mapping[str, StoredUnit], pairs: Iterable[tuple[str, str]], replicates: int,
+                        replicates_done: Mapping[str, int]) -> dict[str, int]:
+    """Per unit id: the replicates of its matched trials (search.matched) still to run, by the coordinator's rule
+    (link_partners, matched_of) on stored rows alone: `actscale status` has no UnitState. replicates_done: complete
+    replicates per replicated trial id."""
+    pairs = list(pairs)
+    by_key = {(u.pair_key, u.method): unit_id for unit_id, u in units.items()}
+    left: dict[str, int] = {}
+    for unit_id, unit in units.items():
+        partners = [units[by_key[(unit.pair_key, b)]] for first, second in pairs
+                    for a, b in ((first, second), (second, first))
+                    if unit.method == a and (unit.pair_key, b) in by_key]
+        found = matched_ids(unit.search_rows, unit.selected, [p.search_rows for p in partners if p.search_over]) \
+            if unit.search_over and unit.selected is not None else []
+        left[unit_id] = sum(max(0, replicates - 1 - replicates_done.get(t, 0)) for t in found)
+    return left
 
 
 def replicated_row(state: UnitState, trial_id: str) -> dict[str, Any]:

@@ -55,6 +55,9 @@ def test_a_sweep_replicates_each_pairs_matched_trials_and_a_resume_runs_none_twi
     _, page_a, page_s = budget_trials(page_run, pair.loc["activscalar"], pair.loc["steervec"])
     assert (page_a, page_s) == (matched_a, matched_s)
     assert len(page_run.replicates(page_a)) == len(page_run.replicates(page_s)) == REPLICATES
+    # `actscale status` counts nothing left, matched replicates included (orchestrator.units.stored_matched_left)
+    from orchestrator.sweep_cmds import unit_status
+    assert [(r["pending"], r["phase"]) for r in unit_status(run)] == [(0, "done")] * 2
     # a second run over the same directory finds every piece done: nothing is trained twice
     Coordinator(config, run, quiet=True).run()
     again = read_table(run, "trials").table.to_pylist()

@@ -199,6 +199,36 @@ def test_matched_trials_are_replicated_once_both_searches_are_over_and_counted_f
     assert matched_of(b) == [f"{b.unit_id}-t00000"] and b.tally().matched_left == 1
 
 
+def test_status_counts_the_matched_replicates_left_from_stored_rows_as_the_coordinator_does():
+    """`actscale status` has no UnitState: orchestrator.units.stored_matched_left counts, from stored rows, what
+    the coordinator's tally counts (the same rows as the test above); a unit at another site has no partner."""
+    from orchestrator.units import StoredUnit, stored_matched_left
+
+    targets = Targets(n_trials=2, replicates=3, give_up_after=8, min_flip=0.5, replicate_folds=3)
+    a, s = _pair(targets)
+    pairs = [("activscalar", "steervec")]
+
+    def stored(done: dict[str, int]) -> dict[str, int]:
+        units = {u.unit_id: StoredUnit(key, u.planned.spec.method, len(u.search_rows) >= 2,
+                                       u.selected["trial_id"] if u.selected else None, u.search_rows)
+                 for u, key in ((a, "here"), (s, "here"))}
+        lone = StoredUnit("another site", "activscalar", True, "u-x-t00001",
+                          [{"trial_id": "u-x-t00000", "val_kl_other": 0.2, "val_flip_rate": 0.9},
+                           {"trial_id": "u-x-t00001", "val_kl_other": 0.5, "val_flip_rate": 0.8}])
+        return stored_matched_left({**units, "u-x": lone}, pairs, targets.replicates, done)
+
+    a.count(_kl_row(a, 0, flip=0.9, kl=0.2, moved=9))
+    a.count(_kl_row(a, 1, flip=0.8, kl=0.5, moved=2))
+    s.count(_kl_row(s, 0, flip=0.95, kl=0.3))
+    assert stored({}) == {a.unit_id: 0, s.unit_id: 0, "u-x": 0}  # SteerVec's search is not over
+    s.count(_kl_row(s, 1, flip=0.6, kl=0.4))
+    first = f"{a.unit_id}-t00000"
+    assert stored({}) == {a.unit_id: a.tally().matched_left, s.unit_id: s.tally().matched_left, "u-x": 0}
+    assert stored({})[a.unit_id] == 2
+    a.count(_kl_row(a, 20, 0.9, 0.2, replicate_of=first, fold=1))
+    assert stored({first: 1})[a.unit_id] == a.tally().matched_left == 1
+
+
 def test_the_matched_rule_takes_the_larger_lowest_kl_and_the_best_flip_within_it():
     from storage.matched import matched_trials
 
