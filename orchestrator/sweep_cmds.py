@@ -104,12 +104,15 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return _run(config.model_copy(update={"analysis": analysis}), run_dir, args)
 
 
+# a complete search trial: not a replicate, the convergence pilot or a mask control
+SEARCH_TRIAL = (f"status = '{Status.COMPLETE}' AND replicate_of IS NULL AND NOT coalesce(pilot, false) "
+                "AND control_of IS NULL")
+
 STATUS_SQL = f"""
 WITH u AS (SELECT DISTINCT ON (unit_id) * FROM units ORDER BY unit_id),
 counts AS (
     SELECT unit_id,
-           count(*) FILTER (WHERE status = '{Status.COMPLETE}' AND replicate_of IS NULL
-                            AND NOT coalesce(pilot, false) AND control_of IS NULL) AS done,
+           count(*) FILTER (WHERE {SEARCH_TRIAL}) AS done,
            count(*) FILTER (WHERE status = '{Status.COMPLETE}' AND coalesce(pilot, false)) AS pilots,
            count(*) FILTER (WHERE status = '{Status.FAILED}') AS failed,
            count(*) FILTER (WHERE status = '{Status.INTERRUPTED}') AS interrupted,
@@ -144,8 +147,7 @@ GROUP BY s.unit_id"""
 # search.matched: each unit's pairing key, its complete search trials, and the complete replicates per trial
 PAIR_KEYS_SQL = "SELECT DISTINCT ON (unit_id) unit_id, model, task, task_options, site, layers FROM units ORDER BY unit_id"
 SEARCH_ROWS_SQL = f"""
-SELECT unit_id, trial_id, val_kl_other, val_flip_rate FROM trials
-WHERE status = '{Status.COMPLETE}' AND replicate_of IS NULL AND NOT coalesce(pilot, false) AND control_of IS NULL"""
+SELECT unit_id, trial_id, val_kl_other, val_flip_rate FROM trials WHERE {SEARCH_TRIAL}"""
 REPLICATES_DONE_SQL = f"""
 SELECT replicate_of, count(*) FROM trials WHERE status = '{Status.COMPLETE}' AND replicate_of IS NOT NULL
 GROUP BY replicate_of"""

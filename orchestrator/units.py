@@ -491,9 +491,8 @@ def stored_matched_left(units: Mapping[str, StoredUnit], pairs: Iterable[tuple[s
     by_key = {(u.pair_key, u.method): unit_id for unit_id, u in units.items()}
     left: dict[str, int] = {}
     for unit_id, unit in units.items():
-        partners = [units[by_key[(unit.pair_key, b)]] for first, second in pairs
-                    for a, b in ((first, second), (second, first))
-                    if unit.method == a and (unit.pair_key, b) in by_key]
+        partners = [units[by_key[(unit.pair_key, m)]] for m in partner_methods(unit.method, pairs)
+                    if (unit.pair_key, m) in by_key]
         found = matched_ids(unit.search_rows, unit.selected, [p.search_rows for p in partners if p.search_over]) \
             if unit.search_over and unit.selected is not None else []
         left[unit_id] = sum(max(0, replicates - 1 - replicates_done.get(t, 0)) for t in found)
@@ -526,14 +525,18 @@ def pair_key(state: UnitState) -> str:
 
 def link_partners(states: Iterable[UnitState], pairs: Iterable[tuple[str, str]]) -> None:
     """Give each unit of a search.matched pair the pair's other unit at the same model, task and site (if any)."""
-    states = list(states)
+    states, pairs = list(states), list(pairs)
     by_key = {(pair_key(s), s.planned.spec.method): s for s in states}
-    for first, second in pairs:
-        for a, b in ((first, second), (second, first)):
-            for s in states:
-                partner = by_key.get((pair_key(s), b)) if s.planned.spec.method == a else None
-                if partner is not None and partner not in s.partners:
-                    s.partners.append(partner)
+    for s in states:
+        for method in partner_methods(s.planned.spec.method, pairs):
+            partner = by_key.get((pair_key(s), method))
+            if partner is not None and partner not in s.partners:
+                s.partners.append(partner)
+
+
+def partner_methods(method: str, pairs: Iterable[tuple[str, str]]) -> list[str]:
+    """The methods that search.matched pairs `method` with, in the pairs' order (link_partners, stored_matched_left)."""
+    return [b for first, second in pairs for a, b in ((first, second), (second, first)) if a == method]
 
 
 def refresh_selections(states: Iterable[UnitState]) -> None:
